@@ -1,0 +1,125 @@
+"""Pure planning: control items plus export items in, one ordered, deduplicated plan out.
+
+The plan is a function of the *sets* of items received, never of page size or page order:
+- an entry is kept when its status is ``pending`` or ``in_progress``;
+- an entry listed twice keeps its most advanced status (statuses only move forward:
+  pending → in_progress → a terminal one), so a terminal sighting drops it;
+- order is (export item ``date`` in UTC, ``accountingEntryId``), entries with no export item last
+  (by id); ``entry_id`` ordering uses the id alone;
+- each planned entry gets ``sequence`` 0..N-1.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from producer.config import Ordering
+from producer.models import ACTIONABLE_ITEM_STATUSES, ExportItem, JobItem
+
+# How far along its life a status is; the furthest sighting of an entry wins.
+_PROGRESS = {"pending": 0, "in_progress": 1}
+_TERMINAL = 2
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedItem:
+    """One entry to publish, at its place in the job's order."""
+
+    accounting_entry_id: str
+    sequence: int
+    status_at_fetch: str
+    booked_at: str | None
+    export_item: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The ordered entries to publish, and what was left out and why."""
+
+    items: tuple[PlannedItem, ...]
+    items_seen: int
+    distinct_entries: int
+    not_actionable: int
+    missing_export_items: int
+
+    @property
+    def total(self) -> int:
+        """Number of messages the plan asks for."""
+        return len(self.items)
+
+    @property
+    def duplicates(self) -> int:
+        """Control-layer sightings that repeated an entry already seen."""
+        return self.items_seen - self.distinct_entries
+
+
+def make_plan(
+    job_items: Iterable[JobItem],
+    export_items: Mapping[str, ExportItem] | None,
+    *,
+    ordering: Ordering = "booked_at",
+) -> Plan:
+    """Build the plan; ``export_items`` maps entry id to its data-layer item (None for entry_id)."""
+    furthest: dict[str, str] = {}
+    seen = 0
+    for item in job_items:
+        seen += 1
+        known = furthest.get(item.accounting_entry_id)
+        if known is None or _rank(item.status) > _rank(known):
+            furthest[item.accounting_entry_id] = item.status
+    actionable = {eid: st for eid, st in furthest.items() if st in ACTIONABLE_ITEM_STATUSES}
+
+    dated: list[tuple[Any, str]] = []
+    undated: list[str] = []
+    for entry_id in actionable:
+        export_item = export_items.get(entry_id) if export_items is not None else None
+        if ordering == "booked_at" and export_item is not None:
+            dated.append((export_item.booked_at, entry_id))
+        else:
+            undated.append(entry_id)
+    order = [eid for _, eid in sorted(dated)] + sorted(undated)
+
+    planned = []
+    for sequence, entry_id in enumerate(order):
+        export_item = export_items.get(entry_id) if export_items is not None else None
+        planned.append(
+            PlannedItem(
+                accounting_entry_id=entry_id,
+                sequence=sequence,
+                status_at_fetch=actionable[entry_id],
+                booked_at=export_item.date if export_item is not None else None,
+                export_item=export_item.payload if export_item is not None else None,
+            )
+        )
+    missing = 0 if export_items is None else sum(1 for e in actionable if e not in export_items)
+    return Plan(
+        items=tuple(planned),
+        items_seen=seen,
+        distinct_entries=len(furthest),
+        not_actionable=len(furthest) - len(actionable),
+        missing_export_items=missing,
+    )
+
+
+def index_export_items(pages: Iterable[Iterable[ExportItem]]) -> dict[str, ExportItem]:
+    """Map entry id to export item; a repeated entry keeps the earliest, ties broken by content."""
+    index: dict[str, ExportItem] = {}
+    for page in pages:
+        for item in page:
+            known = index.get(item.accounting_entry_id)
+            if known is None or _export_key(item) < _export_key(known):
+                index[item.accounting_entry_id] = item
+    return index
+
+
+def _export_key(item: ExportItem) -> tuple[Any, str, str]:
+    # Only reached for an entry the data layer listed twice; the canonical JSON makes the choice
+    # independent of page order even when both copies carry the same date.
+    return (item.booked_at, item.date, json.dumps(item.payload, sort_keys=True, default=str))
+
+
+def _rank(status: str) -> int:
+    return _PROGRESS.get(status, _TERMINAL)
