@@ -1,0 +1,352 @@
+"""Redis ledger: the per-job lease, the per-(job, entry) publish marks, and job progress.
+
+Key names and lifetimes (all under one prefix so an operator can find them with SCAN):
+
+    pleo-export:job:{job_id}:lease     "{fence}:{run_id}", PX lease_ttl: who runs the job now.
+    pleo-export:job:{job_id}:fence     integer, INCR on every acquisition. Fencing tokens only grow,
+                                       so a run that lost its lease cannot write with a stale one.
+    pleo-export:job:{job_id}:marks     hash entry_id -> "p" (published) | "r" (reserved, publish not
+                                       yet confirmed). TTL dedup_ttl (30 days), refreshed on write.
+    pleo-export:job:{job_id}:progress  hash of counters, state and timestamps. TTL dedup_ttl.
+
+The Redis-broker publish path writes marks, messages and counters in one Lua script (see
+``publish.py``); every script checks the caller's lease token first, so a run whose lease
+expired and was taken over cannot publish.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import redis
+from redis.typing import EncodableT, FieldT
+
+from producer.errors import BrokerUnavailable, LeaseHeld, LeaseLost
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PREFIX = "pleo-export"
+PUBLISHED = "p"
+RESERVED = "r"
+
+
+def lease_key(job_id: str) -> str:
+    """Key of the job's lease."""
+    return f"{PREFIX}:job:{job_id}:lease"
+
+
+def fence_key(job_id: str) -> str:
+    """Key of the job's fencing counter."""
+    return f"{PREFIX}:job:{job_id}:fence"
+
+
+def marks_key(job_id: str) -> str:
+    """Key of the job's publish marks."""
+    return f"{PREFIX}:job:{job_id}:marks"
+
+
+def progress_key(job_id: str) -> str:
+    """Key of the job's progress record."""
+    return f"{PREFIX}:job:{job_id}:progress"
+
+
+# KEYS[1] lease, KEYS[2] fence; ARGV[1] run id, ARGV[2] lease ttl ms.
+# Returns the new fencing token, or 0 when another run holds the lease.
+_ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local fence = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], fence .. ':' .. ARGV[1], 'PX', ARGV[2])
+return fence
+"""
+
+# KEYS[1] lease; ARGV[1] token, ARGV[2] ttl ms. Returns 1 if still ours (and extended), else 0.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS[1] lease; ARGV[1] token. Deletes the lease only if it is still ours.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS[1] lease, KEYS[2] marks; ARGV[1] token, ARGV[2] marks ttl ms, ARGV[3..] entry ids.
+# Reserves each entry not yet published; returns the ids to publish now (new or reserved
+# earlier but never confirmed), or -1 when the lease is no longer ours.
+_RESERVE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local todo = {}
+for i = 3, #ARGV do
+  local mark = redis.call('HGET', KEYS[2], ARGV[i])
+  if mark ~= 'p' then
+    if not mark then redis.call('HSET', KEYS[2], ARGV[i], 'r') end
+    todo[#todo + 1] = ARGV[i]
+  end
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return todo
+"""
+
+# KEYS[1] lease, KEYS[2] marks, KEYS[3] broker queue list, KEYS[4] progress;
+# ARGV[1] token, ARGV[2] ttl ms, then pairs (entry id, encoded message) in plan order.
+# Marks each new entry published and LPUSHes its message, atomically; returns the number added,
+# or -1 when the lease is no longer ours (nothing written).
+_PUBLISH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local added = 0
+for i = 3, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], 'p') == 1 then
+    redis.call('LPUSH', KEYS[3], ARGV[i + 1])
+    added = added + 1
+  end
+end
+local offered = (#ARGV - 2) / 2
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('HINCRBY', KEYS[4], 'enqueued', added)
+redis.call('HINCRBY', KEYS[4], 'already_enqueued', offered - added)
+redis.call('PEXPIRE', KEYS[4], ARGV[2])
+return added
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A held lease: its fencing token is the value stored under the lease key."""
+
+    job_id: str
+    token: str
+    fence: int
+
+
+def now_iso() -> str:
+    """UTC timestamp for progress records."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Ledger:
+    """The job's state in Redis: who runs it, what was published, how far it got."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        lease_ttl: float,
+        dedup_ttl: int,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._r = client
+        self._lease_ms = int(lease_ttl * 1000)
+        self._ttl_ms = dedup_ttl * 1000
+        self._sleep = sleep
+        self._clock = clock
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._reserve = client.register_script(_RESERVE)
+        self._publish = client.register_script(_PUBLISH)
+
+    # -- lease -------------------------------------------------------------------------------
+
+    def acquire(self, job_id: str, *, wait: float) -> Lease:
+        """Take the job's lease, waiting up to ``wait`` seconds, else raise LeaseHeld."""
+        run_id = uuid.uuid4().hex
+        deadline = self._clock() + wait
+        while True:
+            fence = int(
+                self._call(
+                    self._acquire, [lease_key(job_id), fence_key(job_id)], [run_id, self._lease_ms]
+                )
+            )
+            if fence:
+                log.info("lease_acquired job_id=%s fence=%d", job_id, fence)
+                return Lease(job_id=job_id, token=f"{fence}:{run_id}", fence=fence)
+            if self._clock() >= deadline:
+                raise LeaseHeld(
+                    f"Another run holds export job {job_id}; this one steps aside.", job_id=job_id
+                )
+            self._sleep(min(0.1, max(0.0, deadline - self._clock())))
+
+    def renew(self, lease: Lease) -> bool:
+        """Extend the lease; False means it expired and may belong to another run now."""
+        return bool(
+            self._call(self._renew, [lease_key(lease.job_id)], [lease.token, self._lease_ms])
+        )
+
+    def release(self, lease: Lease) -> None:
+        """Give the lease back, if it is still ours."""
+        self._call(self._release, [lease_key(lease.job_id)], [lease.token])
+
+    @contextmanager
+    def held(self, job_id: str, *, wait: float) -> Iterator[Lease]:
+        """Hold the job's lease for a block, renewing it from a heartbeat thread."""
+        lease = self.acquire(job_id, wait=wait)
+        stop = threading.Event()
+        beat = threading.Thread(
+            target=self._heartbeat, args=(lease, stop), name=f"lease-{job_id}", daemon=True
+        )
+        beat.start()
+        try:
+            yield lease
+        finally:
+            stop.set()
+            beat.join()
+            try:
+                self.release(lease)
+            except BrokerUnavailable:
+                log.warning("lease_release_failed job_id=%s (it expires by itself)", job_id)
+
+    def _heartbeat(self, lease: Lease, stop: threading.Event) -> None:
+        # Renew at a third of the TTL: two missed beats still leave the lease alive.
+        interval = self._lease_ms / 3000
+        while not stop.wait(interval):
+            try:
+                if not self.renew(lease):
+                    log.error("lease_lost job_id=%s fence=%d", lease.job_id, lease.fence)
+                    return
+            except BrokerUnavailable:
+                log.warning("lease_renew_failed job_id=%s", lease.job_id)
+
+    # -- marks -------------------------------------------------------------------------------
+
+    def publish_batch(
+        self, lease: Lease, queue_key: str, pairs: Sequence[tuple[str, bytes]]
+    ) -> int:
+        """Atomically mark and LPUSH each new (entry id, message); return how many were new."""
+        args: list[str | bytes | int] = [lease.token, self._ttl_ms]
+        for entry_id, message in pairs:
+            args += [entry_id, message]
+        keys = [
+            lease_key(lease.job_id),
+            marks_key(lease.job_id),
+            queue_key,
+            progress_key(lease.job_id),
+        ]
+        added: int = self._call(self._publish, keys, args)
+        if added < 0:
+            raise LeaseLost(
+                f"The lease on export job {lease.job_id} was lost before publishing.",
+                job_id=lease.job_id,
+            )
+        return added
+
+    def reserve(self, lease: Lease, entry_ids: Sequence[str]) -> list[str]:
+        """Reserve entries for a confirm-based publish; return those not yet confirmed."""
+        result = self._call(
+            self._reserve,
+            [lease_key(lease.job_id), marks_key(lease.job_id)],
+            [lease.token, self._ttl_ms, *entry_ids],
+        )
+        if result == -1:
+            raise LeaseLost(
+                f"The lease on export job {lease.job_id} was lost before publishing.",
+                job_id=lease.job_id,
+            )
+        return [e.decode() if isinstance(e, bytes) else str(e) for e in result]
+
+    def confirm(self, job_id: str, entry_ids: Sequence[str], *, already: int) -> None:
+        """Mark entries published once the broker confirmed them, and count them."""
+        if not entry_ids and not already:
+            return
+        with self._pipeline() as pipe:
+            if entry_ids:
+                pipe.hset(marks_key(job_id), mapping=dict.fromkeys(entry_ids, PUBLISHED))
+            pipe.hincrby(progress_key(job_id), "enqueued", len(entry_ids))
+            pipe.hincrby(progress_key(job_id), "already_enqueued", already)
+            pipe.pexpire(marks_key(job_id), self._ttl_ms)
+            pipe.execute()
+
+    def marks(self, job_id: str) -> dict[str, str]:
+        """Every entry's mark for the job (for status and tests)."""
+        raw = self._call_plain(lambda: self._r.hgetall(marks_key(job_id)))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    # -- progress ----------------------------------------------------------------------------
+
+    def start_run(self, job_id: str, fence: int) -> None:
+        """Open a run's progress record: counters of this run start at zero."""
+        fields: dict[FieldT, EncodableT] = {
+            "state": "claiming",
+            "fence": fence,
+            "started_at": now_iso(),
+            "updated_at": now_iso(),
+            "pages": 0,
+            "items_seen": 0,
+            "planned": 0,
+            "enqueued": 0,
+            "already_enqueued": 0,
+            "error": "",
+            "finished_at": "",
+        }
+        with self._pipeline() as pipe:
+            pipe.hset(progress_key(job_id), mapping=fields)
+            pipe.hincrby(progress_key(job_id), "runs", 1)
+            pipe.pexpire(progress_key(job_id), self._ttl_ms)
+            pipe.execute()
+
+    def record(self, job_id: str, **fields: str | int | float) -> None:
+        """Set progress fields (state, counters, job status...) and stamp the update time."""
+        mapping: dict[FieldT, EncodableT] = {"updated_at": now_iso()}
+        mapping.update(fields.items())
+        self._call_plain(lambda: self._r.hset(progress_key(job_id), mapping=mapping))
+
+    def progress(self, job_id: str) -> dict[str, str]:
+        """The job's progress record, empty when no run was ever recorded."""
+        raw = self._call_plain(lambda: self._r.hgetall(progress_key(job_id)))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def published_count(self, job_id: str) -> int:
+        """How many entries of the job are marked published."""
+        marks = self.marks(job_id)
+        return sum(1 for v in marks.values() if v == PUBLISHED)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _pipeline(self) -> Iterator[redis.client.Pipeline]:
+        try:
+            with self._r.pipeline(transaction=True) as pipe:
+                yield pipe
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"Redis refused a ledger write: {exc}.") from exc
+
+    def _call(
+        self,
+        script: redis.commands.core.Script,
+        keys: Sequence[str],
+        args: Sequence[str | bytes | int],
+    ) -> Any:
+        # Script replies are untyped by nature (integers, arrays, bulk strings).
+        return self._call_plain(lambda: script(keys=list(keys), args=list(args)))
+
+    @staticmethod
+    def _call_plain(fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"Redis could not be reached for the ledger: {exc}.") from exc
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def progress_view(raw: Mapping[str, str]) -> dict[str, object]:
+    """Progress fields with counters as ints, for JSON output."""
+    view: dict[str, object] = {}
+    for key, value in raw.items():
+        view[key] = int(value) if value.lstrip("-").isdigit() else value
+    return view

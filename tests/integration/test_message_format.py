@@ -1,0 +1,70 @@
+"""Our messages are what Celery's own apply_async would write, and a stock worker runs them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import redis
+
+from producer.celery_app import make_app
+from producer.components import produce
+from producer.config import ITEM_TASK, ITEMS_QUEUE, Settings
+from producer.plan import PlannedItem
+from producer.publish import MessageEncoder, item_kwargs, task_id_for
+from producer.simulator import JobSpec, SimState
+from tests.conftest import wait_for
+from tests.support.queues import redis_queue
+from tests.support.recording_app import RECEIVED_KEY
+
+pytestmark = pytest.mark.integration
+JOB = "0b9f6c1e-2a5d-4f0e-8c3b-7d1e2f3a4b5c"
+ENTRY = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+
+
+def without_delivery_tag(raw: bytes | str) -> dict[str, Any]:
+    envelope: dict[str, Any] = json.loads(raw)
+    # kombu gives every message a fresh random delivery tag; nothing else may differ.
+    del envelope["properties"]["delivery_tag"]
+    return envelope
+
+
+def test_encoded_message_equals_apply_async(settings: Settings, rdb: redis.Redis) -> None:
+    """The bytes we LPUSH equal, tag aside, what Celery's apply_async puts on the queue."""
+    app = make_app(settings)
+    item = PlannedItem(ENTRY, 0, "pending", "2026-01-01T00:00:00Z", {"accountingEntryId": ENTRY})
+    kwargs = item_kwargs(JOB, None, item, 1)
+    task_id = task_id_for(JOB, ENTRY)
+
+    app.send_task(ITEM_TASK, kwargs=kwargs, task_id=task_id, queue=ITEMS_QUEUE)
+    celerys = rdb.rpop(ITEMS_QUEUE)
+    encoder = MessageEncoder(app, settings.broker_url)
+    key, ours = encoder.encode(task_id, kwargs)
+    encoder.close()
+
+    assert key == ITEMS_QUEUE
+    assert celerys is not None
+    assert without_delivery_tag(ours) == without_delivery_tag(celerys)
+
+
+def test_stock_worker_runs_every_message(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any
+) -> None:
+    """An unmodified `celery worker -Q pleo-export-items` receives each message once, in order."""
+    job_id = sim_state.add_job(JobSpec(items=300))
+    summary = produce(job_id, settings=settings, app=make_app(settings))
+    published = [q.kwargs for q in redis_queue(rdb)]
+    start_worker("tests.support.recording_app", ITEMS_QUEUE)
+
+    received = wait_for(
+        lambda: (r := rdb.lrange(RECEIVED_KEY, 0, -1)) and len(r) >= summary.planned and r,
+        timeout=60,
+        what="the worker to run every message",
+    )
+    deliveries = [json.loads(r) for r in received]
+    assert [d["kwargs"] for d in deliveries] == published
+    assert [d["task_id"] for d in deliveries] == [
+        task_id_for(job_id, k["accounting_entry_id"]) for k in published
+    ]
+    assert rdb.llen(ITEMS_QUEUE) == 0
