@@ -1,0 +1,265 @@
+"""The ``pleo-export`` command line (also ``python -m producer``).
+
+Exit status: 0 success (also "nothing to do" and "another run holds the job"), 2 bad input,
+3 a permanent refusal from Pleo, 4 transient failures past the retry budget (or Redis/broker
+down), 1 anything else. Errors are one sentence on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from producer.config import PRODUCER_QUEUE, PRODUCER_TASK, Settings
+from producer.errors import BrokerUnavailable, LeaseHeld, PleoExportError
+from producer.runner import Observer, RunSummary, validate_job_id
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"pleo-export: {message}", err=True)
+    sys.exit(code)
+
+
+def _one_sentence(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def guarded(fn: F) -> F:
+    """Turn every error into one sentence on stderr and the contract's exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PleoExportError as exc:
+            _fail(_one_sentence(exc.message), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("Interrupted.", 130)
+        except Exception as exc:  # the last resort: a sentence, not a traceback
+            log.debug("unexpected_error", exc_info=True)
+            _fail(_one_sentence(f"Unexpected error ({type(exc).__name__}): {exc}"), 1)
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_settings() -> Settings:
+    """Settings from the environment (a bad value is bad input, exit 2)."""
+    return Settings.from_env()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="Log events to stderr (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Move Pleo export jobs into your ERP: every page, one message per entry, in order, once."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@guarded
+def run(job_id: str, as_json: bool) -> None:
+    """Claim, fetch, plan and enqueue JOB_ID in this process (no worker needed)."""
+    from producer.celery_app import make_app
+    from producer.components import produce
+
+    settings = load_settings()
+    job_id = validate_job_id(job_id)
+    app = make_app(settings)
+    try:
+        with _progress(enabled=not as_json and sys.stderr.isatty()) as observer:
+            summary = produce(job_id, settings=settings, app=app, observer=observer)
+    except LeaseHeld as exc:
+        summary = RunSummary(job_id=job_id, status="locked", reason=exc.message)
+    _print_summary(summary, as_json=as_json)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--company-id", default=None, help="The job's company, passed to the task.")
+@guarded
+def enqueue(job_id: str, company_id: str | None) -> None:
+    """Send the producer task for JOB_ID to the broker, for a worker to run."""
+    from kombu.exceptions import OperationalError
+
+    from producer.celery_app import make_app
+
+    settings = load_settings()
+    job_id = validate_job_id(job_id)
+    if company_id is not None:
+        company_id = validate_job_id(company_id)
+    app = make_app(settings)
+    try:
+        result = app.send_task(
+            PRODUCER_TASK,
+            args=[job_id],
+            kwargs={"company_id": company_id},
+            queue=PRODUCER_QUEUE,
+            retry=True,
+            retry_policy={
+                "max_retries": 3,
+                "interval_start": 0.2,
+                "interval_step": 0.5,
+                "interval_max": 1.0,
+            },
+        )
+    except OperationalError as exc:
+        raise BrokerUnavailable(
+            f"The broker could not be reached to enqueue the job: {exc}"
+        ) from exc
+    click.echo(f"enqueued producer task {result.id} for job {job_id} on {PRODUCER_QUEUE}")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@guarded
+def status(job_id: str, as_json: bool) -> None:
+    """Show JOB_ID's progress as the producer recorded it in Redis."""
+    from producer.components import make_ledger
+    from producer.ledger import progress_view
+
+    settings = load_settings()
+    job_id = validate_job_id(job_id)
+    ledger = make_ledger(settings)
+    view: dict[str, object] = {"job_id": job_id, "state": "unknown"}
+    view.update(progress_view(ledger.progress(job_id)))
+    view["published_total"] = ledger.published_count(job_id)
+    if as_json:
+        click.echo(json.dumps(view, sort_keys=True))
+        return
+    if view["state"] == "unknown":
+        click.echo(f"No run of job {job_id} is recorded in Redis.")
+        return
+    for key in sorted(view):
+        click.echo(f"{key:>18}: {view[key]}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--items",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(0, 10_000_000),
+    help="Items in the seeded sample job.",
+)
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--max-page-size", default=1000, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--latency",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds added to every API request.",
+)
+@guarded
+def simulate(
+    *, host: str, port: int, items: int, seed: int, max_page_size: int, latency: float
+) -> None:
+    """Run the Pleo API simulator with one seeded pending job."""
+    from producer.simulator import JobSpec, SimState, serve
+
+    settings = load_settings()
+    state = SimState(
+        token=settings.api_token,
+        api_key=settings.api_key,
+        max_page_size=max_page_size,
+        latency=latency,
+        seed=seed,
+    )
+    job_id = state.add_job(JobSpec(items=items, seed=seed))
+    click.echo(
+        f"simulated pending job {job_id} with {items} items at http://{host}:{port}", err=True
+    )
+    serve(state, host, port)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@guarded
+def webhook(host: str, port: int) -> None:
+    """Run the webhook receiver (not built yet: issue 4)."""
+    raise PleoExportError("The webhook receiver is not built yet; it comes with issue 4.")
+
+
+@main.command()
+@guarded
+def demo() -> None:
+    """Run the whole pipeline on this machine (not built yet: issue 4)."""
+    raise PleoExportError("The demo is not built yet; it comes with issue 4.")
+
+
+def _print_summary(summary: RunSummary, *, as_json: bool) -> None:
+    data = summary.as_dict()
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=True))
+        return
+    headline = {
+        "enqueued": f"enqueued {summary.enqueued} new messages "
+        f"({summary.already_enqueued} were already queued) of {summary.planned} planned",
+        "nothing_to_do": "nothing to do: no pending or in_progress items",
+        "skipped": f"nothing to do: {summary.reason}",
+        "locked": "another run holds this job; this one stepped aside",
+    }.get(summary.status, summary.status)
+    click.echo(f"job {summary.job_id}: {headline}")
+    for key in (
+        "job_status",
+        "recovery",
+        "pages",
+        "items_seen",
+        "duplicates",
+        "not_actionable",
+        "missing_export_items",
+        "seconds",
+    ):
+        click.echo(f"{key:>22}: {data[key]}")
+
+
+@contextmanager
+def _progress(*, enabled: bool) -> Iterator[Observer | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bars:
+        pages = bars.add_task("pages fetched", total=None)
+        items = bars.add_task("items enqueued", total=None)
+
+        def on_page(layer: str, page: int, seen: int) -> None:
+            bars.update(pages, completed=page, description=f"pages fetched ({layer})")
+
+        def on_publish(done: int, total: int) -> None:
+            bars.update(items, completed=done, total=total)
+
+        yield Observer(on_page=on_page, on_publish=on_publish)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

