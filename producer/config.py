@@ -61,6 +61,8 @@ class Settings:
     lease_wait: float = 3.0
     dedup_ttl: int = 30 * 24 * 3600
     publish_batch: int = 500
+    # Whole-run retries of the Celery task (after the client's own retries gave up): base delay.
+    run_retry_delay: float = 5.0
 
     def __repr__(self) -> str:
         shown = []
@@ -121,6 +123,7 @@ class Settings:
             lease_wait=_number(env, "PLEO_LEASE_WAIT", d.lease_wait, float, low=0),
             dedup_ttl=_number(env, "PLEO_DEDUP_TTL", d.dedup_ttl, int, low=3600),
             publish_batch=_number(env, "PLEO_PUBLISH_BATCH", d.publish_batch, int, low=1),
+            run_retry_delay=_number(env, "PLEO_RUN_RETRY_DELAY", d.run_retry_delay, float, low=0),
         )
 
 

@@ -66,8 +66,9 @@ def item_kwargs(
 def celery_message(app: Celery, task_id: str, kwargs: dict[str, Any]) -> Any:
     """Celery's task message for ``consumers.export_item``, as ``app.send_task`` would build it.
 
-    The one departure: no ``task-sent`` event per message (Flower still sees every task received,
-    started and finished from the workers); sending one would cost a Redis round trip per item.
+    Two departures, both for speed and legibility: no ``task-sent`` event per message (Flower still
+    sees every task received, started and finished from the workers), and a short ``kwargsrepr``
+    naming the entry instead of Celery's repr of the whole payload, which cost 1.5 ms per message.
     """
     return app.amqp.as_task_v2(
         task_id,
@@ -77,7 +78,15 @@ def celery_message(app: Celery, task_id: str, kwargs: dict[str, Any]) -> Any:
         reply_to=app.thread_oid,
         create_sent_event=False,
         ignore_result=None,
+        argsrepr="()",
+        kwargsrepr=short_repr(kwargs),
     )
+
+
+def short_repr(kwargs: dict[str, Any]) -> str:
+    """What Flower shows for an item message: the ids and position, not the payload."""
+    shown = {k: kwargs[k] for k in ("job_id", "accounting_entry_id", "sequence", "total")}
+    return repr(shown)
 
 
 @dataclass(frozen=True, slots=True)

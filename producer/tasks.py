@@ -26,9 +26,9 @@ app = make_app(settings)
 MAX_RUN_RETRIES = 8
 
 
-def run_retry_countdown(retries: int) -> float:
-    """Seconds before the next whole-run attempt: jittered exponential, 5 s up to 5 minutes."""
-    return float(random.uniform(0.5, 1.0) * min(300.0, 5.0 * 2.0**retries))
+def run_retry_countdown(retries: int, base: float) -> float:
+    """Seconds before the next whole-run attempt: jittered exponential from ``base``, to 5 min."""
+    return float(random.uniform(0.5, 1.0) * min(300.0, base * 2.0**retries))
 
 
 @app.task(
@@ -53,7 +53,7 @@ def enqueue_export_job(self: Task, job_id: str, company_id: str | None = None) -
         log.info("producer_task_locked job_id=%s", job_id)
         return {"job_id": job_id, "status": "locked", "reason": exc.message}
     except (TransientUpstreamError, BrokerUnavailable, LeaseLost) as exc:
-        countdown = run_retry_countdown(self.request.retries)
+        countdown = run_retry_countdown(self.request.retries, settings.run_retry_delay)
         log.warning(
             "producer_task_retry job_id=%s error=%s countdown=%.1f",
             job_id,

@@ -101,6 +101,7 @@ def settings(sim: RunningSimulator, redis_url: str, rdb: redis.Redis) -> Setting
         retry_after_max=0.2,
         lease_ttl=2.0,
         lease_wait=0.2,
+        run_retry_delay=0.2,
     )
 
 
@@ -114,6 +115,9 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
         PLEO_PAGE_SIZE=str(settings.page_size),
         PLEO_HTTP_TIMEOUT=str(settings.http_timeout),
         PLEO_RETRY_BUDGET=str(settings.retry_budget),
+        PLEO_RETRY_ATTEMPTS=str(settings.retry_attempts),
+        PLEO_RUN_RETRY_DELAY=str(settings.run_retry_delay),
+        PLEO_PUBLISH_BATCH=str(settings.publish_batch),
         PLEO_BACKOFF_INITIAL=str(settings.backoff_initial),
         PLEO_BACKOFF_MAX=str(settings.backoff_max),
         PLEO_RETRY_AFTER_MAX=str(settings.retry_after_max),

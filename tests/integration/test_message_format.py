@@ -12,7 +12,7 @@ from producer.celery_app import make_app
 from producer.components import produce
 from producer.config import ITEM_TASK, ITEMS_QUEUE, Settings
 from producer.plan import PlannedItem
-from producer.publish import MessageEncoder, item_kwargs, task_id_for
+from producer.publish import MessageEncoder, item_kwargs, short_repr, task_id_for
 from producer.simulator import JobSpec, SimState
 from tests.conftest import wait_for
 from tests.support.queues import redis_queue
@@ -23,15 +23,17 @@ JOB = "0b9f6c1e-2a5d-4f0e-8c3b-7d1e2f3a4b5c"
 ENTRY = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
 
 
-def without_delivery_tag(raw: bytes | str) -> dict[str, Any]:
+def comparable(raw: bytes | str) -> dict[str, Any]:
     envelope: dict[str, Any] = json.loads(raw)
-    # kombu gives every message a fresh random delivery tag; nothing else may differ.
+    # kombu gives every message a fresh random delivery tag, and we choose a short kwargsrepr
+    # (what Flower shows); nothing else may differ.
     del envelope["properties"]["delivery_tag"]
+    del envelope["headers"]["kwargsrepr"]
     return envelope
 
 
 def test_encoded_message_equals_apply_async(settings: Settings, rdb: redis.Redis) -> None:
-    """The bytes we LPUSH equal, tag aside, what Celery's apply_async puts on the queue."""
+    """The bytes we LPUSH equal what Celery's send_task puts on the queue, but for two fields."""
     app = make_app(settings)
     item = PlannedItem(ENTRY, 0, "pending", "2026-01-01T00:00:00Z", {"accountingEntryId": ENTRY})
     kwargs = item_kwargs(JOB, None, item, 1)
@@ -45,7 +47,8 @@ def test_encoded_message_equals_apply_async(settings: Settings, rdb: redis.Redis
 
     assert key == ITEMS_QUEUE
     assert celerys is not None
-    assert without_delivery_tag(ours) == without_delivery_tag(celerys)
+    assert comparable(ours) == comparable(celerys)
+    assert json.loads(ours)["headers"]["kwargsrepr"] == short_repr(kwargs)
 
 
 def test_stock_worker_runs_every_message(

@@ -1,0 +1,77 @@
+"""The producer as a Celery task, run by a real `celery -A producer worker`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from subprocess import CompletedProcess
+from typing import Any
+
+import pytest
+import redis
+
+from producer.config import PRODUCER_QUEUE, Settings
+from producer.ledger import progress_key
+from producer.simulator import FaultRule, JobSpec, SimState
+from tests.conftest import wait_for, with_settings
+from tests.support.queues import redis_queue
+
+pytestmark = [pytest.mark.integration, pytest.mark.worker]
+Cli = Callable[..., CompletedProcess[str]]
+
+
+def finished_state(rdb: redis.Redis, job_id: str) -> str | None:
+    state = rdb.hget(progress_key(job_id), "state")
+    if state in {b"enqueued", b"nothing_to_do", b"skipped"}:
+        return state.decode()
+    return None
+
+
+def test_enqueued_job_is_produced_by_a_worker(
+    cli: Cli, sim_state: SimState, rdb: redis.Redis, start_worker: Any
+) -> None:
+    """`pleo-export enqueue` plus a producer worker queue every entry once, in order."""
+    job_id = sim_state.add_job(JobSpec(items=250, item_statuses={"pending": 1.0}))
+    start_worker("producer", PRODUCER_QUEUE)
+    assert cli("enqueue", job_id).returncode == 0
+    wait_for(lambda: finished_state(rdb, job_id), timeout=60, what="the producer task to finish")
+    queued = redis_queue(rdb)
+    assert [q.kwargs["sequence"] for q in queued] == list(range(250))
+    assert len({q.kwargs["accounting_entry_id"] for q in queued}) == 250
+    assert rdb.llen(PRODUCER_QUEUE) == 0
+
+
+def test_transient_failure_past_the_budget_is_retried_by_celery(
+    cli: Cli, settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any
+) -> None:
+    """503s that outlast the client's retries fail the run; Celery retries it and it completes."""
+    job_id = sim_state.add_job(JobSpec(items=50, item_statuses={"pending": 1.0}))
+    # Three attempts per request: four 503s fail the first run and the second run recovers.
+    sim_state.add_fault(FaultRule(endpoint="job", kind="status", status=503, times=4))
+    quick = with_settings(settings, retry_attempts=3)
+    start_worker("producer", PRODUCER_QUEUE, settings_=quick)
+    assert cli("enqueue", job_id, settings_=quick).returncode == 0
+    wait_for(lambda: finished_state(rdb, job_id), timeout=60, what="the retried task to finish")
+    progress = {k.decode(): v.decode() for k, v in rdb.hgetall(progress_key(job_id)).items()}
+    assert progress["runs"] == "2"
+    assert progress["enqueued"] == "50"
+    assert len([c for c in sim_state.calls if c.status == 503]) == 4
+    assert len(redis_queue(rdb)) == 50
+
+
+def test_permanent_failure_is_not_retried(cli: Cli, rdb: redis.Redis, start_worker: Any) -> None:
+    """A job Pleo does not know fails the task once; the progress record says why."""
+    job_id = "5d6b1f0e-8c2a-4e7b-9f3d-2a1c0b9e8d7f"
+    start_worker("producer", PRODUCER_QUEUE)
+    assert cli("enqueue", job_id).returncode == 0
+    failed = wait_for(
+        lambda: rdb.hget(progress_key(job_id), "state") == b"failed",
+        timeout=60,
+        what="the task to fail",
+    )
+    assert failed
+    time.sleep(1.0)  # five times the test's retry delay: a retry would have started by now
+    progress = json.loads(cli("status", job_id, "--json").stdout)
+    assert progress["runs"] == 1
+    assert "404" in progress["error"]
