@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -140,12 +141,9 @@ class MessageEncoder:
             raise BrokerUnavailable(f"The Redis broker could not be reached: {exc}.") from exc
         self._producer = Producer(self._channel, auto_declare=False)
 
-    def encode(self, task_id: str, kwargs: dict[str, Any]) -> tuple[str, str]:
-        """One message, exactly as ``apply_async`` to the items queue would write it."""
-        message = celery_message(self._app, task_id, kwargs)
-        self._app.amqp.send_task_message(
-            self._producer, ITEM_TASK, message, queue=ITEMS_QUEUE, declare=[], retry=False
-        )
+    def encode(self, message: Any) -> tuple[str, str]:
+        """The (list key, bytes) kombu's Redis transport would LPUSH for a Celery task message."""
+        _send_message(self._app, self._producer, message)
         return self._channel.captured.pop()  # type: ignore[no-any-return]
 
     def close(self) -> None:
@@ -153,8 +151,11 @@ class MessageEncoder:
         self._connection.release()
 
 
-class RedisPublisher:
-    """Marks and messages written together, one Lua transaction per batch."""
+BatchSender = Callable[[Sequence[PlannedItem]], int]
+
+
+class _BatchPublisher:
+    """Walks the plan in batches; a subclass session sends one batch and counts the new entries."""
 
     def __init__(self, app: Celery, ledger: Ledger, broker_url: str, *, batch_size: int) -> None:
         self._app = app
@@ -170,84 +171,84 @@ class RedisPublisher:
         *,
         on_progress: ProgressCallback | None = None,
     ) -> PublishResult:
-        """Publish ``items`` in plan order; entries already marked are skipped inside Redis."""
-        encoder = MessageEncoder(self._app, self._broker_url)
+        """Publish ``items`` in plan order, skipping entries the ledger has already published."""
         total = len(items)
         added = done = 0
-        try:
-            for batch in _batches(items, self._batch_size):
-                pairs: list[tuple[str, bytes]] = []
-                queue_key = ""
-                for item in batch:
-                    queue_key, body = encoder.encode(
-                        task_id_for(lease.job_id, item.accounting_entry_id),
-                        item_kwargs(lease.job_id, company_id, item, total),
-                    )
-                    pairs.append((item.accounting_entry_id, body.encode()))
-                added += self._ledger.publish_batch(lease, queue_key, pairs)
+        with self._session(lease, company_id, total) as send:
+            for start in range(0, total, self._batch_size):
+                batch = items[start : start + self._batch_size]
+                added += send(batch)
                 done += len(batch)
                 log.info("batch_published job_id=%s done=%d total=%d", lease.job_id, done, total)
                 if on_progress is not None:
                     on_progress(done, total)
-        finally:
-            encoder.close()
         return PublishResult(enqueued=added, already_enqueued=total - added)
 
+    def _message(self, lease: Lease, company_id: str | None, item: PlannedItem, total: int) -> Any:
+        return celery_message(
+            self._app,
+            task_id_for(lease.job_id, item.accounting_entry_id),
+            item_kwargs(lease.job_id, company_id, item, total),
+        )
 
-class KombuPublisher:
+    def _session(
+        self, lease: Lease, company_id: str | None, total: int
+    ) -> AbstractContextManager[BatchSender]:
+        raise NotImplementedError
+
+
+class RedisPublisher(_BatchPublisher):
+    """Marks and messages written together, one Lua transaction per batch."""
+
+    @contextmanager
+    def _session(self, lease: Lease, company_id: str | None, total: int) -> Iterator[BatchSender]:
+        encoder = MessageEncoder(self._app, self._broker_url)
+
+        def send(batch: Sequence[PlannedItem]) -> int:
+            pairs: list[tuple[str, bytes]] = []
+            queue_key = ITEMS_QUEUE
+            for item in batch:
+                queue_key, body = encoder.encode(self._message(lease, company_id, item, total))
+                pairs.append((item.accounting_entry_id, body.encode()))
+            return self._ledger.publish_batch(lease, queue_key, pairs)
+
+        try:
+            yield send
+        finally:
+            encoder.close()
+
+
+class KombuPublisher(_BatchPublisher):
     """Reserve, send with publisher confirms, then mark published: for non-Redis brokers."""
 
-    def __init__(self, app: Celery, ledger: Ledger, broker_url: str, *, batch_size: int) -> None:
-        self._app = app
-        self._ledger = ledger
-        self._broker_url = broker_url
-        self._batch_size = batch_size
-
-    def publish(
-        self,
-        lease: Lease,
-        company_id: str | None,
-        items: Sequence[PlannedItem],
-        *,
-        on_progress: ProgressCallback | None = None,
-    ) -> PublishResult:
-        """Publish what the ledger has not seen confirmed, in plan order."""
-        total = len(items)
-        added = done = 0
-        by_id = {item.accounting_entry_id: item for item in items}
+    @contextmanager
+    def _session(self, lease: Lease, company_id: str | None, total: int) -> Iterator[BatchSender]:
         connection = Connection(self._broker_url, transport_options={"confirm_publish": True})
+
         try:
             with connection:
                 channel = connection.default_channel
                 self._app.amqp.queues[ITEMS_QUEUE](channel).declare()
                 producer = Producer(channel, auto_declare=False)
-                for batch in _batches(items, self._batch_size):
-                    todo = self._ledger.reserve(lease, [i.accounting_entry_id for i in batch])
-                    for entry_id in todo:
-                        item = by_id[entry_id]
-                        message = celery_message(
-                            self._app,
-                            task_id_for(lease.job_id, entry_id),
-                            item_kwargs(lease.job_id, company_id, item, total),
+
+                def send(batch: Sequence[PlannedItem]) -> int:
+                    todo = set(self._ledger.reserve(lease, [i.accounting_entry_id for i in batch]))
+                    sent = [i for i in batch if i.accounting_entry_id in todo]
+                    for item in sent:
+                        _send_message(
+                            self._app, producer, self._message(lease, company_id, item, total)
                         )
-                        self._app.amqp.send_task_message(
-                            producer,
-                            ITEM_TASK,
-                            message,
-                            queue=ITEMS_QUEUE,
-                            declare=[],
-                            retry=False,
-                        )
-                    self._ledger.confirm(lease.job_id, todo, already=len(batch) - len(todo))
-                    added += len(todo)
-                    done += len(batch)
-                    if on_progress is not None:
-                        on_progress(done, total)
+                    ids = [i.accounting_entry_id for i in sent]
+                    self._ledger.confirm(lease.job_id, ids, already=len(batch) - len(sent))
+                    return len(sent)
+
+                yield send
         except connection.connection_errors as exc:
             raise BrokerUnavailable(f"The broker refused or dropped the publish: {exc}.") from exc
-        return PublishResult(enqueued=added, already_enqueued=total - added)
 
 
-def _batches(items: Sequence[PlannedItem], size: int) -> Iterator[Sequence[PlannedItem]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _send_message(app: Celery, producer: Any, message: Any) -> None:
+    """Hand one Celery task message to a kombu producer, as ``send_task`` does."""
+    app.amqp.send_task_message(
+        producer, ITEM_TASK, message, queue=ITEMS_QUEUE, declare=[], retry=False
+    )

@@ -12,7 +12,13 @@ from producer.celery_app import make_app
 from producer.components import produce
 from producer.config import ITEM_TASK, ITEMS_QUEUE, Settings
 from producer.plan import PlannedItem
-from producer.publish import MessageEncoder, item_kwargs, short_repr, task_id_for
+from producer.publish import (
+    MessageEncoder,
+    celery_message,
+    item_kwargs,
+    short_repr,
+    task_id_for,
+)
 from producer.simulator import JobSpec, SimState
 from tests.conftest import wait_for
 from tests.support.queues import redis_queue
@@ -42,7 +48,7 @@ def test_encoded_message_equals_apply_async(settings: Settings, rdb: redis.Redis
     app.send_task(ITEM_TASK, kwargs=kwargs, task_id=task_id, queue=ITEMS_QUEUE)
     celerys = rdb.rpop(ITEMS_QUEUE)
     encoder = MessageEncoder(app, settings.broker_url)
-    key, ours = encoder.encode(task_id, kwargs)
+    key, ours = encoder.encode(celery_message(app, task_id, kwargs))
     encoder.close()
 
     assert key == ITEMS_QUEUE
