@@ -1,17 +1,8 @@
 """Redis ledger: the per-job lease, the per-(job, entry) publish marks, and job progress.
 
-Key names and lifetimes (all under one prefix so an operator can find them with SCAN):
-
-    pleo-export:job:{job_id}:lease     "{fence}:{run_id}", PX lease_ttl: who runs the job now.
-    pleo-export:job:{job_id}:fence     integer, INCR on every acquisition. Fencing tokens only grow,
-                                       so a run that lost its lease cannot write with a stale one.
-    pleo-export:job:{job_id}:marks     hash entry_id -> "p" (published) | "r" (reserved, publish not
-                                       yet confirmed). TTL dedup_ttl (30 days), refreshed on write.
-    pleo-export:job:{job_id}:progress  hash of counters, state and timestamps. TTL dedup_ttl.
-
-The Redis-broker publish path writes marks, messages and counters in one Lua script (see
-``publish.py``); every script checks the caller's lease token first, so a run whose lease
-expired and was taken over cannot publish.
+Key names and lifetimes are listed in ``producer/keys.py``. The Redis-broker publish path writes
+marks, messages and counters in one Lua script (see ``publish.py``); every script checks the
+caller's lease token first, so a run whose lease expired and was taken over cannot publish.
 """
 
 from __future__ import annotations
@@ -30,34 +21,14 @@ import redis
 from redis.typing import EncodableT, FieldT
 
 from producer.errors import BrokerUnavailable, LeaseHeld, LeaseLost
+from producer.keys import fence_key, lease_key, marks_key, progress_key
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-PREFIX = "pleo-export"
 PUBLISHED = "p"
 RESERVED = "r"
-
-
-def lease_key(job_id: str) -> str:
-    """Key of the job's lease."""
-    return f"{PREFIX}:job:{job_id}:lease"
-
-
-def fence_key(job_id: str) -> str:
-    """Key of the job's fencing counter."""
-    return f"{PREFIX}:job:{job_id}:fence"
-
-
-def marks_key(job_id: str) -> str:
-    """Key of the job's publish marks."""
-    return f"{PREFIX}:job:{job_id}:marks"
-
-
-def progress_key(job_id: str) -> str:
-    """Key of the job's progress record."""
-    return f"{PREFIX}:job:{job_id}:progress"
 
 
 # KEYS[1] lease, KEYS[2] fence; ARGV[1] run id, ARGV[2] lease ttl ms.

@@ -22,9 +22,15 @@ from starlette.types import Receive, Scope, Send
 
 from producer.simulator import control, handlers
 from producer.simulator.auth import authorized
-from producer.simulator.faults import Firing, break_schema, distort_page, error_body
+from producer.simulator.faults import (
+    Firing,
+    break_schema,
+    distort_page,
+    error_body,
+    hold_back_updates,
+)
 from producer.simulator.handlers import Handler, Reply
-from producer.simulator.records import Call
+from producer.simulator.records import Call, JsonObject
 from producer.simulator.state import SimState
 
 logger = logging.getLogger(__name__)
@@ -91,7 +97,12 @@ async def _serve(state: SimState, endpoint: str, handler: Handler, request: Requ
         if any(f.rule.kind == "drop" for f in firings) and await _drop(request):
             _record(state, endpoint, request, body, status=0, firings=firings)
             return Response(status_code=204)
+        held: list[JsonObject] = []
+        if any(f.rule.kind == "item_errors" for f in firings):
+            body, held = hold_back_updates(body)
         reply = _fault_reply(answering) if answering else handler(state, request, body)
+        if held and reply.status == 200:
+            reply = Reply(200, {**reply.body, "errors": [*reply.body["errors"], *held]})
         reply = _distort(reply, firings, endpoint)
     raw = b"" if reply.body is None else json.dumps(reply.body).encode()
     if any(f.rule.kind == "truncated" for f in firings):

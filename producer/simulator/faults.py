@@ -17,10 +17,13 @@ Kinds, and when they act:
   it points back to the start); ``duplicate`` (the page also carries the entry just before it, the
   last entry of the previous page, or its own first entry on a first page); ``total_lie``
   (``total`` halved); ``schema`` (the first entry breaks the spec; also works on a single job).
+- on item updates only: ``item_errors`` (a 200 whose ``errors[]`` holds every tenth update of the
+  batch, counting from the first, which is not applied: Pleo's partial failure).
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -34,7 +37,7 @@ ENDPOINTS: Final = frozenset(
 PAGED_ENDPOINTS: Final = frozenset({"job_items", "export_items", "jobs"})
 ANSWERING_KINDS: Final = frozenset({"status", "rate_limit", "drop"})
 PAGE_KINDS: Final = frozenset({"cursor_loop", "duplicate", "total_lie", "schema"})
-KINDS: Final = ANSWERING_KINDS | PAGE_KINDS | {"timeout", "truncated"}
+KINDS: Final = ANSWERING_KINDS | PAGE_KINDS | {"timeout", "truncated", "item_errors"}
 
 # Each fire of a ``schema`` fault breaks the page a different way, cycling through these.
 _SCHEMA_BREAKS: Final = {
@@ -68,6 +71,8 @@ class FaultRule:
         allowed = PAGED_ENDPOINTS | {"any"} | ({"job"} if self.kind == "schema" else set())
         if self.kind in PAGE_KINDS and self.endpoint not in allowed:
             raise ValueError(f"{self.kind} faults only apply to {sorted(allowed)}")
+        if self.kind == "item_errors" and self.endpoint != "job_items_put":
+            raise ValueError("item_errors faults only apply to job_items_put")
         if not 400 <= self.status <= 599:
             raise ValueError("status must be an HTTP error status (400-599)")
         if self.every < 1 or self.after < 0 or (self.times is not None and self.times < 0):
@@ -83,6 +88,8 @@ class FaultRule:
             return self.endpoint == endpoint
         if self.kind == "schema":
             return endpoint in PAGED_ENDPOINTS or endpoint == "job"
+        if self.kind == "item_errors":
+            return endpoint == "job_items_put"
         return self.kind not in PAGE_KINDS or endpoint in PAGED_ENDPOINTS
 
 
@@ -198,3 +205,24 @@ def _garble(entry: JsonObject, field: str, value: str | None) -> JsonObject:
     if value is None:
         return {key: item for key, item in entry.items() if key != field}
     return {**entry, field: value}
+
+
+def hold_back_updates(body: bytes) -> tuple[bytes, list[JsonObject]]:
+    """Remove every tenth update from a PUT body; return the rest and the errors[] for those."""
+    try:
+        updates = json.loads(body)
+    except ValueError:
+        return body, []
+    if not isinstance(updates, list):
+        return body, []
+    kept = [u for i, u in enumerate(updates) if i % 10]
+    errors = [
+        {
+            "accountingEntryId": u.get("accountingEntryId") if isinstance(u, dict) else None,
+            "message": "Export entry status update failed.",
+            "type": "ACCOUNTING_ENTRY_UPDATE_FAILED",
+        }
+        for i, u in enumerate(updates)
+        if not i % 10
+    ]
+    return json.dumps(kept).encode(), errors

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import random
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from typing import Final, Literal
 
@@ -77,6 +78,8 @@ class SimState:
         self._jobs: dict[str, Job] = {}
         self._items: dict[str, dict[str, JobItem]] = {}
         self._export_items: dict[str, tuple[JsonObject, ...]] = {}
+        # How many applied PUT updates each entry got, to prove "reported once".
+        self._update_counts: dict[str, Counter[str]] = {}
         self._calls: list[Call] = []
         self._faults = FaultBook(random.Random(f"pleo-simulator-faults:{seed}"))
 
@@ -115,6 +118,7 @@ class SimState:
             )
             self._items[job_id] = {item.accounting_entry_id: item for item in data.items}
             self._export_items[job_id] = data.export_items
+            self._update_counts[job_id] = Counter()
         logger.info("sim_job_added job_id=%s items=%d status=%s", job_id, spec.items, spec.status)
         return job_id
 
@@ -211,9 +215,16 @@ class SimState:
                 # PUT replaces the item's attributes: fields left out become null.
                 item = JobItem(export_job_id=job_id, **dataclasses.asdict(update))
                 items[update.accounting_entry_id] = item
+                self._update_counts[job_id][update.accounting_entry_id] += 1
                 updated.append(item)
             self._jobs[job_id] = dataclasses.replace(job, last_updated_at=timestamp())
         return updated, errors
+
+    def update_counts(self, job_id: str) -> dict[str, int]:
+        """How many applied updates each entry of the job received over all PUTs."""
+        with self._lock:
+            self.job(job_id)
+            return dict(self._update_counts[job_id])
 
     def _abandon_unfinished(self, job_id: str) -> None:
         """A failed job leaves its unfinished items ``abandoned``."""

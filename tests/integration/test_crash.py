@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from producer.config import Settings
-from producer.ledger import marks_key
+from producer.keys import marks_key
 from producer.simulator import JobSpec, SimState
 from tests.conftest import env_for, wait_for, with_settings
 from tests.support.queues import redis_queue

@@ -8,7 +8,8 @@ import pytest
 import redis
 
 from producer.errors import LeaseHeld, LeaseLost
-from producer.ledger import Ledger, marks_key
+from producer.keys import marks_key
+from producer.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 JOB = "3f2c1a52-4a0e-4a43-9d4e-1f6b1b0f7a10"

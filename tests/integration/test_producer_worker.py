@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from producer.config import PRODUCER_QUEUE, Settings
-from producer.ledger import progress_key
+from producer.keys import progress_key
 from producer.simulator import FaultRule, JobSpec, SimState
 from tests.conftest import wait_for, with_settings
 from tests.support.queues import redis_queue

@@ -15,7 +15,7 @@ from kombu import Connection
 from producer.celery_app import make_app
 from producer.components import produce
 from producer.config import ITEMS_QUEUE, Settings
-from producer.ledger import marks_key
+from producer.keys import marks_key
 from producer.publish import task_id_for
 from producer.simulator import JobSpec, SimState
 from tests.conftest import need_service, with_settings

@@ -1,0 +1,54 @@
+"""Every Redis key the producer and the ERP workers use, in one place, under one prefix.
+
+All keys are per job, so an operator finds a job's state with ``SCAN MATCH pleo-export:job:<id>:*``.
+Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); everything else lives
+``dedup_ttl`` (30 days by default, longer than any export job), refreshed on every write.
+
+    Producer (``producer/ledger.py``)
+    :lease      "{fence}:{run_id}": who runs the job now
+    :fence      integer, INCR on every lease acquisition; fencing tokens only grow
+    :marks      hash entry -> "p" (published) | "r" (reserved, publish not yet confirmed)
+    :progress   hash: state, counters (pages, items_seen, planned, enqueued, ...), timestamps
+
+    ERP workers (``consumers/reporting.py``)
+    :results    hash entry -> JSON outcome (successful + external ref, or failed + reason);
+                HSETNX, so the first outcome of an entry is the only one
+    :outbox     hash entry -> JSON update waiting for ``PUT /v3/export-jobs/{id}/items``
+    :attempts   hash entry -> times Pleo answered the entry's update with an error
+    :reported   set of entries whose update Pleo accepted
+    :items      hash: successful, failed, reported, report_errors, report_dropped, final_event
+    :flush      the write-back lock ("token", PX): one flusher per job at a time
+    :flush-due  set while a delayed flush is scheduled (PX = the flush interval)
+    :final      the final job event: "sending" (PX, while the call is under way), then its name
+    :erp-down   when the ERP was first found unreachable for this job (epoch seconds)
+    :payloads   hash entry -> export item JSON, filled once per job when messages carry none
+"""
+
+from __future__ import annotations
+
+PREFIX = "pleo-export"
+
+
+def job_key(job_id: str, name: str) -> str:
+    """The key ``name`` (one of the suffixes above) of ``job_id``."""
+    return f"{PREFIX}:job:{job_id}:{name}"
+
+
+def lease_key(job_id: str) -> str:
+    """Key of the job's lease."""
+    return job_key(job_id, "lease")
+
+
+def fence_key(job_id: str) -> str:
+    """Key of the job's fencing counter."""
+    return job_key(job_id, "fence")
+
+
+def marks_key(job_id: str) -> str:
+    """Key of the job's publish marks."""
+    return job_key(job_id, "marks")
+
+
+def progress_key(job_id: str) -> str:
+    """Key of the job's producer progress record."""
+    return job_key(job_id, "progress")
