@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from producer.config import ITEMS_QUEUE, PRODUCER_QUEUE, PRODUCER_TASK, Settings
 
@@ -26,11 +26,39 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_send_sent_event": True,
         "worker_send_task_events": True,
-        "task_queues": (Queue(PRODUCER_QUEUE), Queue(ITEMS_QUEUE)),
+        # Each queue bound to its own direct exchange under its own name, as Celery's own
+        # automatic queues are (messages themselves go through the default exchange).
+        "task_queues": tuple(
+            Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in (PRODUCER_QUEUE, ITEMS_QUEUE)
+        ),
         "task_routes": {PRODUCER_TASK: {"queue": PRODUCER_QUEUE}},
         "task_default_queue": PRODUCER_QUEUE,
         "broker_connection_retry_on_startup": True,
+        # Only the Redis transport knows a visibility timeout; AMQP redelivers on disconnect.
+        "broker_transport_options": redis_transport_options(settings)
+        if settings.uses_redis_broker
+        else {},
         "worker_hijack_root_logger": False,
+    }
+
+
+def redis_transport_options(settings: Settings) -> dict[str, Any]:
+    """kombu Redis options: a dead worker's messages return ``visibility_timeout`` s later.
+
+    kombu sweeps for such messages every ``interval`` seconds but scans Redis only on every
+    ``throttle``-th sweep (10 x 10 s by default, so up to 100 s late): one scan per sweep, at
+    most 10 s apart, keeps the promise close to the setting for one cheap ZRANGE. Each scan
+    takes a Redis mutex that outlives a worker killed while holding it by its expiry (5 min
+    by default, blocking every restore meanwhile); the restore itself is a WATCHed transaction,
+    so a short expiry is safe.
+    """
+    timeout = settings.visibility_timeout
+    return {
+        "visibility_timeout": timeout,
+        "unacked_restore_interval": max(1, min(10, timeout // 5)),
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": max(5, min(60, timeout)),
     }
 
 

@@ -131,20 +131,17 @@ def enqueue(job_id: str, company_id: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @guarded
 def status(job_id: str, as_json: bool) -> None:
-    """Show JOB_ID's progress as the producer recorded it in Redis."""
-    from producer.components import make_ledger
-    from producer.ledger import progress_view
+    """Show JOB_ID's progress as the producer and the ERP workers recorded it in Redis."""
+    from producer.components import redis_client
+    from producer.status import job_status
 
     settings = load_settings()
     job_id = validate_job_id(job_id)
-    ledger = make_ledger(settings)
-    view: dict[str, object] = {"job_id": job_id, "state": "unknown"}
-    view.update(progress_view(ledger.progress(job_id)))
-    view["published_total"] = ledger.published_count(job_id)
+    view = job_status(redis_client(settings.ledger_url), job_id)
     if as_json:
         click.echo(json.dumps(view, sort_keys=True))
         return
-    if view["state"] == "unknown":
+    if view["state"] == "unknown" and not view["published_total"]:
         click.echo(f"No run of job {job_id} is recorded in Redis.")
         return
     for key in sorted(view):

@@ -61,8 +61,19 @@ class Settings:
     lease_wait: float = 3.0
     dedup_ttl: int = 30 * 24 * 3600
     publish_batch: int = 500
+    # Redis broker: seconds before a message taken by a worker that died is delivered again.
+    # Longer than the slowest task (a producer run of a large job), shorter than users' patience.
+    visibility_timeout: int = 3600
     # Whole-run retries of the Celery task (after the client's own retries gave up): base delay.
     run_retry_delay: float = 5.0
+    # ERP workers: how long results wait before a partial batch is written back to Pleo, how
+    # often Pleo may refuse one item's update before we stop offering it, and how long the ERP
+    # may stay unreachable before the job is failed with accounting_system_unreachable.
+    report_interval: float = 2.0
+    report_max_attempts: int = 5
+    erp_unreachable_limit: float = 600.0
+    erp_retry_delay: float = 5.0
+    erp_url_template: str | None = None
 
     def __repr__(self) -> str:
         shown = []
@@ -123,7 +134,21 @@ class Settings:
             lease_wait=_number(env, "PLEO_LEASE_WAIT", d.lease_wait, float, low=0),
             dedup_ttl=_number(env, "PLEO_DEDUP_TTL", d.dedup_ttl, int, low=3600),
             publish_batch=_number(env, "PLEO_PUBLISH_BATCH", d.publish_batch, int, low=1),
+            visibility_timeout=_number(
+                env, "PLEO_VISIBILITY_TIMEOUT", d.visibility_timeout, int, low=1
+            ),
             run_retry_delay=_number(env, "PLEO_RUN_RETRY_DELAY", d.run_retry_delay, float, low=0),
+            report_interval=_number(
+                env, "PLEO_REPORT_INTERVAL", d.report_interval, float, low=0.05
+            ),
+            report_max_attempts=_number(
+                env, "PLEO_REPORT_MAX_ATTEMPTS", d.report_max_attempts, int, low=1
+            ),
+            erp_unreachable_limit=_number(
+                env, "ERP_UNREACHABLE_LIMIT", d.erp_unreachable_limit, float, low=0
+            ),
+            erp_retry_delay=_number(env, "ERP_RETRY_DELAY", d.erp_retry_delay, float, low=0),
+            erp_url_template=env.get("ERP_EXTERNAL_URL_TEMPLATE") or None,
         )
 
 

@@ -17,7 +17,7 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
     :attempts   hash entry -> times Pleo answered the entry's update with an error
     :reported   set of entries whose update Pleo accepted
     :items      hash: successful, failed, reported, report_errors, report_dropped, final_event
-    :flush      the write-back lock ("token", PX): one flusher per job at a time
+    :flush      the write-back lease (like :lease, with :flush-fence): one flusher per job
     :flush-due  set while a delayed flush is scheduled (PX = the flush interval)
     :final      the final job event: "sending" (PX, while the call is under way), then its name
     :erp-down   when the ERP was first found unreachable for this job (epoch seconds)
@@ -52,3 +52,10 @@ def marks_key(job_id: str) -> str:
 def progress_key(job_id: str) -> str:
     """Key of the job's producer progress record."""
     return job_key(job_id, "progress")
+
+
+def lease_keys(job_id: str, name: str) -> tuple[str, str]:
+    """The (lease, fencing counter) keys of the job's lease called ``name``."""
+    if name == "lease":
+        return lease_key(job_id), fence_key(job_id)
+    return job_key(job_id, name), job_key(job_id, f"{name}-fence")

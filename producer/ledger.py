@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +21,7 @@ import redis
 from redis.typing import EncodableT, FieldT
 
 from producer.errors import BrokerUnavailable, LeaseHeld, LeaseLost
-from producer.keys import fence_key, lease_key, marks_key, progress_key
+from producer.keys import lease_keys, marks_key, progress_key
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,12 @@ class Lease:
     job_id: str
     token: str
     fence: int
+    name: str = "lease"
+
+    @property
+    def key(self) -> str:
+        """The Redis key holding this lease."""
+        return lease_keys(self.job_id, self.name)[0]
 
 
 def now_iso() -> str:
@@ -132,19 +138,19 @@ class Ledger:
 
     # -- lease -------------------------------------------------------------------------------
 
-    def acquire(self, job_id: str, *, wait: float) -> Lease:
-        """Take the job's lease, waiting up to ``wait`` seconds, else raise LeaseHeld."""
+    def acquire(self, job_id: str, *, wait: float, name: str = "lease") -> Lease:
+        """Take the job's lease ``name``, waiting up to ``wait`` seconds, else raise LeaseHeld.
+
+        ``lease`` is the producer's; the ERP workers hold ``flush`` while writing results back.
+        """
         run_id = uuid.uuid4().hex
         deadline = self._clock() + wait
+        keys = list(lease_keys(job_id, name))
         while True:
-            fence = int(
-                self._call(
-                    self._acquire, [lease_key(job_id), fence_key(job_id)], [run_id, self._lease_ms]
-                )
-            )
+            fence = int(self._call(self._acquire, keys, [run_id, self._lease_ms]))
             if fence:
-                log.info("lease_acquired job_id=%s fence=%d", job_id, fence)
-                return Lease(job_id=job_id, token=f"{fence}:{run_id}", fence=fence)
+                log.info("lease_acquired job_id=%s lease=%s fence=%d", job_id, name, fence)
+                return Lease(job_id=job_id, token=f"{fence}:{run_id}", fence=fence, name=name)
             if self._clock() >= deadline:
                 raise LeaseHeld(
                     f"Another run holds export job {job_id}; this one steps aside.", job_id=job_id
@@ -153,21 +159,19 @@ class Ledger:
 
     def renew(self, lease: Lease) -> bool:
         """Extend the lease; False means it expired and may belong to another run now."""
-        return bool(
-            self._call(self._renew, [lease_key(lease.job_id)], [lease.token, self._lease_ms])
-        )
+        return bool(self._call(self._renew, [lease.key], [lease.token, self._lease_ms]))
 
     def release(self, lease: Lease) -> None:
         """Give the lease back, if it is still ours."""
-        self._call(self._release, [lease_key(lease.job_id)], [lease.token])
+        self._call(self._release, [lease.key], [lease.token])
 
     @contextmanager
-    def held(self, job_id: str, *, wait: float) -> Iterator[Lease]:
-        """Hold the job's lease for a block, renewing it from a heartbeat thread."""
-        lease = self.acquire(job_id, wait=wait)
+    def held(self, job_id: str, *, wait: float, name: str = "lease") -> Iterator[Lease]:
+        """Hold the job's lease ``name`` for a block, renewing it from a heartbeat thread."""
+        lease = self.acquire(job_id, wait=wait, name=name)
         stop = threading.Event()
         beat = threading.Thread(
-            target=self._heartbeat, args=(lease, stop), name=f"lease-{job_id}", daemon=True
+            target=self._heartbeat, args=(lease, stop), name=f"{name}-{job_id}", daemon=True
         )
         beat.start()
         try:
@@ -201,7 +205,7 @@ class Ledger:
         for entry_id, message in pairs:
             args += [entry_id, message]
         keys = [
-            lease_key(lease.job_id),
+            lease.key,
             marks_key(lease.job_id),
             queue_key,
             progress_key(lease.job_id),
@@ -218,7 +222,7 @@ class Ledger:
         """Reserve entries for a confirm-based publish; return those not yet confirmed."""
         result = self._call(
             self._reserve,
-            [lease_key(lease.job_id), marks_key(lease.job_id)],
+            [lease.key, marks_key(lease.job_id)],
             [lease.token, self._ttl_ms, *entry_ids],
         )
         if result == -1:
@@ -279,11 +283,6 @@ class Ledger:
         raw = self._call_plain(lambda: self._r.hgetall(progress_key(job_id)))
         return {_text(k): _text(v) for k, v in raw.items()}
 
-    def published_count(self, job_id: str) -> int:
-        """How many entries of the job are marked published."""
-        marks = self.marks(job_id)
-        return sum(1 for v in marks.values() if v == PUBLISHED)
-
     # -- plumbing ----------------------------------------------------------------------------
 
     @contextmanager
@@ -313,11 +312,3 @@ class Ledger:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def progress_view(raw: Mapping[str, str]) -> dict[str, object]:
-    """Progress fields with counters as ints, for JSON output."""
-    view: dict[str, object] = {}
-    for key, value in raw.items():
-        view[key] = int(value) if value.lstrip("-").isdigit() else value
-    return view

@@ -6,7 +6,9 @@ Redis: REDIS_TEST_URL, else redis://127.0.0.1:6379/9. When nothing answers there
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -85,7 +87,7 @@ def sim(sim_state: SimState) -> Iterator[RunningSimulator]:
 
 
 @pytest.fixture
-def settings(sim: RunningSimulator, redis_url: str, rdb: redis.Redis) -> Settings:
+def settings(sim: RunningSimulator, redis_url: str, rdb: redis.Redis, tmp_path: Path) -> Settings:
     """Settings pointing at the simulator and the test Redis, with quick retries and leases."""
     return Settings(
         api_url=sim.url,
@@ -102,12 +104,16 @@ def settings(sim: RunningSimulator, redis_url: str, rdb: redis.Redis) -> Setting
         lease_ttl=2.0,
         lease_wait=0.2,
         run_retry_delay=0.2,
+        erp_database_url=f"sqlite:///{tmp_path / 'erp-journal.sqlite3'}",
+        report_interval=0.3,
+        erp_retry_delay=0.2,
+        visibility_timeout=5,
     )
 
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     """Environment that makes a subprocess use ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLEO_", "CELERY_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLEO_", "CELERY_", "ERP_"))}
     env.update(
         PLEO_API_URL=settings.api_url,
         REDIS_URL=settings.redis_url,
@@ -118,6 +124,12 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
         PLEO_RETRY_ATTEMPTS=str(settings.retry_attempts),
         PLEO_RUN_RETRY_DELAY=str(settings.run_retry_delay),
         PLEO_PUBLISH_BATCH=str(settings.publish_batch),
+        PLEO_VISIBILITY_TIMEOUT=str(settings.visibility_timeout),
+        PLEO_REPORT_INTERVAL=str(settings.report_interval),
+        PLEO_REPORT_MAX_ATTEMPTS=str(settings.report_max_attempts),
+        ERP_DATABASE_URL=settings.erp_database_url,
+        ERP_RETRY_DELAY=str(settings.erp_retry_delay),
+        ERP_UNREACHABLE_LIMIT=str(settings.erp_unreachable_limit),
         PLEO_BACKOFF_INITIAL=str(settings.backoff_initial),
         PLEO_BACKOFF_MAX=str(settings.backoff_max),
         PLEO_RETRY_AFTER_MAX=str(settings.retry_after_max),
@@ -153,15 +165,25 @@ def cli(settings: Settings) -> Callable[..., subprocess.CompletedProcess[str]]:
     return run
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
+def wait_for(
+    predicate: Callable[[], Any],
+    *,
+    timeout: float,
+    what: str,
+    explain: Callable[[], object] | None = None,
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds.
+
+    On failure the message includes ``explain()``: the state that would tell why.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+            detail = f"; state: {explain()}" if explain is not None else ""
+            pytest.fail(f"timed out after {timeout}s waiting for {what}{detail}")
         time.sleep(0.05)
 
 
@@ -206,19 +228,36 @@ def start_worker(
                 cwd=ROOT,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
+                # Its own process group, so a test can kill the worker with all its children.
+                start_new_session=True,
             )
         procs.append(proc)
         return proc
 
     yield start
+    for index in range(len(procs)):
+        # Shown by pytest only when the test failed: what each worker was doing.
+        lines = (tmp_path / f"worker-{index}.log").read_text(errors="replace").splitlines()
+        print(f"--- worker-{index}.log (last 40 lines) ---", *lines[-40:], sep="\n")
     for proc in procs:
-        proc.terminate()
+        _signal_group(proc, signal.SIGTERM)
     for proc in procs:
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _signal_group(proc, signal.SIGKILL)
             proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+def kill_worker(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a worker and every process it forked, as a crash or an OOM kill would."""
+    _signal_group(proc, signal.SIGKILL)
+    proc.wait(timeout=10)
 
 
 def with_settings(base: Settings, **changes: Any) -> Settings:

@@ -1,0 +1,95 @@
+"""Export-item payloads for messages that carry none.
+
+With ``PLEO_ORDERING=entry_id`` the producer skips the data layer, and an entry the data layer
+lacked arrives with ``export_item: null``. Pleo has no per-entry lookup, so the first worker that
+needs a payload pages through ``/v3/export-items?job_id=`` once, under a per-job lock, and stores
+every payload in Redis (``:payloads``); the others wait for it and read from there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import redis
+
+from producer.errors import BrokerUnavailable, TransientUpstreamError
+from producer.keys import job_key
+from producer.pleo import PleoClient
+
+log = logging.getLogger(__name__)
+
+_COMPLETE = "__complete__"  # field written last: the hash holds the whole data layer
+_LOCK_MS = 300_000
+
+
+class PayloadCache:
+    """Reads a job's data layer once and serves each entry's payload from Redis."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        pleo: PleoClient,
+        *,
+        dedup_ttl: int,
+        wait: float = 120.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._r = client
+        self._pleo = pleo
+        self._ttl_ms = dedup_ttl * 1000
+        self._wait = wait
+        self._sleep = sleep
+        self._clock = clock
+
+    def get(self, job_id: str, entry_id: str) -> Mapping[str, Any] | None:
+        """The entry's export item, or None when the job's data layer has none for it."""
+        key = job_key(job_id, "payloads")
+        deadline = self._clock() + self._wait
+        while True:
+            found, complete = self._call(lambda: self._r.hmget(key, [entry_id, _COMPLETE]))
+            if found is not None:
+                return dict(json.loads(found))
+            if complete is not None:
+                return None
+            if self._try_fill(job_id):
+                continue
+            if self._clock() > deadline:
+                raise TransientUpstreamError(
+                    f"Another worker is still reading the data layer of job {job_id}.",
+                    job_id=job_id,
+                )
+            self._sleep(0.2)
+
+    def _try_fill(self, job_id: str) -> bool:
+        lock = job_key(job_id, "payloads-lock")
+        token = uuid.uuid4().hex
+        if not self._call(lambda: self._r.set(lock, token, nx=True, px=_LOCK_MS)):
+            return False
+        key = job_key(job_id, "payloads")
+        try:
+            count = 0
+            for page in self._pleo.iter_export_items(job_id):
+                mapping = {i.accounting_entry_id: json.dumps(i.payload) for i in page.items}
+                if mapping:
+                    self._call(lambda m=mapping: self._r.hset(key, mapping=m))  # type: ignore[misc]
+                count += len(page.items)
+            self._call(lambda: self._r.hset(key, _COMPLETE, "1"))
+            self._call(lambda: self._r.pexpire(key, self._ttl_ms))
+            log.info("payloads_cached job_id=%s items=%d", job_id, count)
+        finally:
+            if self._call(lambda: self._r.get(lock)) == token.encode():
+                self._call(lambda: self._r.delete(lock))
+        return True
+
+    @staticmethod
+    def _call(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"Redis could not be reached for payloads: {exc}.") from exc

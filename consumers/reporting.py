@@ -1,0 +1,318 @@
+"""Results back to Pleo: buffered per job in Redis, written in batches of at most 100, and the
+job completed exactly once when every published entry has been reported.
+
+Any worker may flush any job: a per-job lock (``:flush``) keeps it to one flusher at a time, and a
+flusher that finds more work when it is done schedules the next flush. A 200 whose ``errors[]``
+names some entries keeps just those in the outbox for the next flush (``report_max_attempts`` times
+at most); a 422 means the job was finished elsewhere and nothing more can be written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from producer.errors import BrokerUnavailable, LeaseHeld, Unprocessable
+from producer.keys import job_key, marks_key, progress_key
+from producer.ledger import Ledger, now_iso
+from producer.pleo import MAX_UPDATE_ITEMS, PleoClient
+
+log = logging.getLogger(__name__)
+
+# States of the producer's progress record in which every message of the job has been published.
+_PUBLISHED_STATES = frozenset({"enqueued", "nothing_to_do"})
+_FINAL_EVENTS = frozenset({"completed", "completed_with_errors", "failed", "already_finished"})
+_SENDING_MS = 120_000
+
+# KEYS[1] results, KEYS[2] outbox, KEYS[3] counters; ARGV[1] entry, ARGV[2] update JSON,
+# ARGV[3] counter to bump ("successful" or "failed"), ARGV[4] ttl ms.
+# Keeps the entry's first outcome only; returns the outbox size, or 0 if the entry had one already.
+_RECORD = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+return redis.call('HLEN', KEYS[2])
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class FlushResult:
+    """What one flush wrote back."""
+
+    sent: int = 0
+    accepted: int = 0
+    refused: int = 0
+    dropped: int = 0
+    locked: bool = False
+
+
+def success_update(
+    entry_id: str, external_id: str, external_url: str | None, at: str
+) -> dict[str, Any]:
+    """The ``UpdateExportJobItemV3`` of an entry the ERP booked."""
+    update: dict[str, Any] = {
+        "accountingEntryId": entry_id,
+        "status": "successful",
+        "externalId": external_id,
+        "exportedAt": at,
+    }
+    if external_url is not None:
+        update["externalUrl"] = external_url
+    return update
+
+
+def failure_update(entry_id: str, reason_type: str, reason: str) -> dict[str, Any]:
+    """The ``UpdateExportJobItemV3`` of an entry the ERP refused."""
+    return {
+        "accountingEntryId": entry_id,
+        "status": "failed",
+        "failureReasonType": reason_type,
+        "failureReason": reason,
+    }
+
+
+class Reporter:
+    """Per-job result buffer, batched write-back and the final job event."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        pleo: PleoClient,
+        ledger: Ledger,
+        *,
+        dedup_ttl: int,
+        max_attempts: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._r = client
+        self._pleo = pleo
+        self._ledger = ledger
+        self._ttl_ms = dedup_ttl * 1000
+        self._max_attempts = max_attempts
+        self._clock = clock
+        self._record = client.register_script(_RECORD)
+
+    # -- results -----------------------------------------------------------------------------
+
+    def outcome(self, job_id: str, entry_id: str) -> Mapping[str, Any] | None:
+        """The entry's recorded outcome, if it has one."""
+        raw = self._redis(lambda: self._r.hget(job_key(job_id, "results"), entry_id))
+        return None if raw is None else dict(json.loads(raw))
+
+    def record(self, job_id: str, update: Mapping[str, Any]) -> int:
+        """Keep an entry's first outcome and queue it for write-back; 0 if it had one already."""
+        keys = [job_key(job_id, n) for n in ("results", "outbox", "items")]
+        args = [update["accountingEntryId"], json.dumps(update), update["status"], self._ttl_ms]
+        return int(self._redis(lambda: self._record(keys=keys, args=args)))
+
+    def final_event(self, job_id: str) -> str | None:
+        """The job's final event once sent (or "already_finished"), else None."""
+        raw = self._redis(lambda: self._r.get(job_key(job_id, "final")))
+        value = None if raw is None else raw.decode()
+        return value if value in _FINAL_EVENTS else None
+
+    def claim_flush_slot(self, job_id: str, interval: float) -> bool:
+        """True for the one caller that should schedule the next delayed flush of the job."""
+        key = job_key(job_id, "flush-due")
+        return bool(self._redis(lambda: self._r.set(key, "1", nx=True, px=int(interval * 1000))))
+
+    def pending(self, job_id: str) -> int:
+        """Results waiting to be written back."""
+        return int(self._redis(lambda: self._r.hlen(job_key(job_id, "outbox"))))
+
+    # -- write-back --------------------------------------------------------------------------
+
+    def flush(self, job_id: str) -> FlushResult:
+        """Write every waiting result back in batches of at most 100; one flusher per job.
+
+        The flusher holds the job's ``flush`` lease (heartbeat, short TTL), so a worker killed
+        mid-flush frees the write-back within seconds.
+        """
+        try:
+            with self._ledger.held(job_id, wait=0, name="flush"):
+                self._redis(lambda: self._r.delete(job_key(job_id, "flush-due")))
+                return self._flush_locked(job_id)
+        except LeaseHeld:
+            return FlushResult(locked=True)
+
+    def _flush_locked(self, job_id: str) -> FlushResult:
+        outbox = job_key(job_id, "outbox")
+        waiting = self._redis(lambda: self._r.hgetall(outbox))
+        updates = [json.loads(v) for _, v in sorted(waiting.items())]
+        sent = accepted = refused = dropped = 0
+        for start in range(0, len(updates), MAX_UPDATE_ITEMS):
+            batch = updates[start : start + MAX_UPDATE_ITEMS]
+            try:
+                result = self._pleo.update_job_items(job_id, batch)
+            except Unprocessable:
+                log.warning(
+                    "report_refused_job_finished job_id=%s waiting=%d", job_id, len(updates)
+                )
+                self._finish(job_id, "already_finished")
+                self._redis(lambda: self._r.delete(outbox))
+                return FlushResult(sent=sent, accepted=accepted, refused=len(updates) - accepted)
+            errors = {e.accounting_entry_id: e for e in result.errors}
+            ok = [u["accountingEntryId"] for u in batch if u["accountingEntryId"] not in errors]
+            gave_up = self._note_refusals(job_id, list(errors))
+            self._accept(job_id, ok, gave_up)
+            sent += len(batch)
+            accepted += len(ok)
+            refused += len(errors)
+            dropped += len(gave_up)
+            for error in result.errors:
+                log.warning(
+                    "report_item_refused job_id=%s entry=%s type=%s message=%s",
+                    job_id,
+                    error.accounting_entry_id,
+                    error.type,
+                    error.message,
+                )
+            log.info(
+                "report_batch_sent job_id=%s items=%d accepted=%d refused=%d",
+                job_id,
+                len(batch),
+                len(ok),
+                len(errors),
+            )
+        return FlushResult(sent=sent, accepted=accepted, refused=refused, dropped=dropped)
+
+    def _note_refusals(self, job_id: str, entry_ids: list[str]) -> list[str]:
+        """Count refusals; return the entries refused too often, which leave the outbox."""
+        if not entry_ids:
+            return []
+        attempts = job_key(job_id, "attempts")
+
+        def bump() -> list[Any]:
+            with self._r.pipeline(transaction=True) as pipe:
+                for entry_id in entry_ids:
+                    pipe.hincrby(attempts, entry_id, 1)
+                pipe.pexpire(attempts, self._ttl_ms)
+                return list(pipe.execute())
+
+        counts = self._redis(bump)[: len(entry_ids)]
+        gave_up = [e for e, n in zip(entry_ids, counts, strict=True) if n >= self._max_attempts]
+        for entry_id in gave_up:
+            log.error(
+                "report_dropped job_id=%s entry=%s attempts=%d",
+                job_id,
+                entry_id,
+                self._max_attempts,
+            )
+        return gave_up
+
+    def _accept(self, job_id: str, accepted: list[str], dropped: list[str]) -> None:
+        """Move accepted entries from the outbox to ``reported``; drop the hopeless ones."""
+        if not accepted and not dropped:
+            return
+        outbox, items = job_key(job_id, "outbox"), job_key(job_id, "items")
+
+        def write() -> None:
+            with self._r.pipeline(transaction=True) as pipe:
+                pipe.hdel(outbox, *accepted, *dropped)
+                if accepted:
+                    pipe.sadd(job_key(job_id, "reported"), *accepted)
+                    pipe.hincrby(items, "reported", len(accepted))
+                if dropped:
+                    pipe.hincrby(items, "report_dropped", len(dropped))
+                pipe.pexpire(job_key(job_id, "reported"), self._ttl_ms)
+                pipe.execute()
+
+        self._redis(write)
+
+    # -- completion --------------------------------------------------------------------------
+
+    def maybe_complete(self, job_id: str) -> str | None:
+        """Send the final event once every published entry is reported; return it if sent now."""
+        state = self._redis(lambda: self._r.hget(progress_key(job_id), "state"))
+        if state is None or state.decode() not in _PUBLISHED_STATES:
+            return None
+        with self._r.pipeline(transaction=False) as pipe:
+            pipe.hlen(marks_key(job_id))
+            pipe.scard(job_key(job_id, "reported"))
+            pipe.hlen(job_key(job_id, "outbox"))
+            pipe.hget(job_key(job_id, "items"), "failed")
+            pipe.hget(job_key(job_id, "items"), "report_dropped")
+            published, reported, waiting, failed, dropped = self._redis(pipe.execute)
+        if waiting or int(reported) + int(dropped or 0) < int(published):
+            return None
+        event = (
+            "completed"
+            if not int(failed or 0) and not int(dropped or 0)
+            else ("completed_with_errors")
+        )
+        return self.send_final(job_id, event)
+
+    def send_final(
+        self,
+        job_id: str,
+        event: str,
+        *,
+        failure_reason: str | None = None,
+        failure_reason_type: str | None = None,
+    ) -> str | None:
+        """Send the job's final event unless one was sent or is being sent; return it if sent."""
+        final = job_key(job_id, "final")
+        if not self._redis(lambda: self._r.set(final, "sending", nx=True, px=_SENDING_MS)):
+            return None
+        try:
+            self._pleo.post_job_event(
+                job_id,
+                event,
+                failure_reason=failure_reason,
+                failure_reason_type=failure_reason_type,
+            )
+        except Unprocessable:
+            log.warning(
+                "final_event_refused job_id=%s event=%s (job already finished)", job_id, event
+            )
+            self._finish(job_id, "already_finished")
+            return None
+        except BaseException:
+            # Not sent: let the next completion check try again.
+            self._redis(lambda: self._r.delete(final))
+            raise
+        self._finish(job_id, event)
+        log.info("job_finished job_id=%s event=%s", job_id, event)
+        return event
+
+    def _finish(self, job_id: str, event: str) -> None:
+        def write() -> None:
+            with self._r.pipeline(transaction=True) as pipe:
+                pipe.set(job_key(job_id, "final"), event, px=self._ttl_ms)
+                pipe.hset(
+                    job_key(job_id, "items"),
+                    mapping={"final_event": event, "final_event_at": now_iso()},
+                )
+                pipe.execute()
+
+        self._redis(write)
+
+    # -- ERP availability --------------------------------------------------------------------
+
+    def erp_down_for(self, job_id: str) -> float:
+        """Seconds since the ERP was first found unreachable for this job (0 on first sight)."""
+        key = job_key(job_id, "erp-down")
+        now = self._clock()
+        self._redis(lambda: self._r.set(key, repr(now), nx=True, px=self._ttl_ms))
+        since = self._redis(lambda: self._r.get(key))
+        return max(0.0, now - float(since)) if since is not None else 0.0
+
+    def erp_reachable(self, job_id: str) -> None:
+        """Forget an earlier ERP outage for this job."""
+        self._redis(lambda: self._r.delete(job_key(job_id, "erp-down")))
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _redis(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"Redis could not be reached for reporting: {exc}.") from exc

@@ -1,0 +1,172 @@
+"""The ERP worker's Celery tasks: ``consumers.export_item`` and ``consumers.flush_reports``.
+
+Thin wiring: each task builds nothing per message (the ERP adapter, Pleo client and Redis
+connection are made once per worker process), calls one framework-free function, and maps typed
+errors to a retry (Pleo, Redis or the ERP unreachable for now) or a terminal state.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from typing import Any
+
+import httpx
+import redis
+from celery import Task
+
+from consumers.erp import ERPUnavailable, SqlJournal
+from consumers.message import MessageRejected, parse_message
+from consumers.payloads import PayloadCache
+from consumers.reporting import Reporter
+from consumers.worker import process_item
+from producer.celery_app import make_app
+from producer.components import redis_client
+from producer.config import ITEM_TASK, ITEMS_QUEUE, Settings
+from producer.errors import BrokerUnavailable, PermanentUpstreamError, TransientUpstreamError
+from producer.ledger import Ledger
+from producer.pleo import MAX_UPDATE_ITEMS, PleoClient, make_http_client
+
+log = logging.getLogger(__name__)
+
+FLUSH_TASK = "consumers.flush_reports"
+
+settings = Settings.from_env()
+app = make_app(settings, main="consumers")
+app.conf.task_routes = {ITEM_TASK: {"queue": ITEMS_QUEUE}, FLUSH_TASK: {"queue": ITEMS_QUEUE}}
+
+_TRANSIENT = (TransientUpstreamError, BrokerUnavailable)
+
+
+@functools.cache
+def _redis() -> redis.Redis:
+    return redis_client(settings.ledger_url)
+
+
+@functools.cache
+def _pleo() -> PleoClient:
+    http: httpx.Client = make_http_client(settings)
+    return PleoClient(http, settings)
+
+
+@functools.cache
+def _erp() -> SqlJournal:
+    return SqlJournal(settings.erp_database_url, url_template=settings.erp_url_template)
+
+
+@functools.cache
+def _reporter() -> Reporter:
+    ledger = Ledger(_redis(), lease_ttl=settings.lease_ttl, dedup_ttl=settings.dedup_ttl)
+    return Reporter(
+        _redis(),
+        _pleo(),
+        ledger,
+        dedup_ttl=settings.dedup_ttl,
+        max_attempts=settings.report_max_attempts,
+    )
+
+
+@functools.cache
+def _payloads() -> PayloadCache:
+    return PayloadCache(_redis(), _pleo(), dedup_ttl=settings.dedup_ttl)
+
+
+def _countdown(retries: int, base: float) -> float:
+    return float(random.uniform(0.5, 1.0) * min(300.0, base * 2.0**retries))
+
+
+@app.task(
+    name=ITEM_TASK,
+    bind=True,
+    queue=ITEMS_QUEUE,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,
+)
+def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
+    """Post one entry to the ERP exactly once and queue its result for Pleo."""
+    try:
+        entry = parse_message(kwargs)
+    except MessageRejected as rejected:
+        # A malformed message can never succeed: log it and end here (no retry loop).
+        log.error(  # noqa: TRY400 - the reason is the whole story; a traceback adds nothing
+            "message_rejected task_id=%s reason=%s", self.request.id, rejected
+        )
+        return {"status": "rejected", "reason": str(rejected)}
+    job_id = entry.job_id
+    reporter = _reporter()
+    try:
+        outcome = process_item(entry, erp=_erp(), reporter=reporter, payloads=_payloads())
+    except ERPUnavailable as down:
+        return _erp_down(self, job_id, down)
+    except _TRANSIENT as exc:
+        countdown = _countdown(self.request.retries, settings.erp_retry_delay)
+        log.warning(
+            "item_retry job_id=%s entry=%s error=%s countdown=%.1f",
+            job_id,
+            entry.accounting_entry_id,
+            type(exc).__name__,
+            countdown,
+        )
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    if outcome.waiting >= MAX_UPDATE_ITEMS:
+        try:
+            _flush(job_id)
+        except _TRANSIENT as exc:
+            # The outcome is safely recorded; the write-back is retried by its own task.
+            log.warning("inline_flush_failed job_id=%s error=%s", job_id, type(exc).__name__)
+            flush_reports.apply_async(args=[job_id], countdown=settings.report_interval)
+    elif outcome.waiting and reporter.claim_flush_slot(job_id, settings.report_interval):
+        flush_reports.apply_async(args=[job_id], countdown=settings.report_interval)
+    return {"job_id": job_id, "entry": entry.accounting_entry_id, "status": outcome.status}
+
+
+@app.task(name=FLUSH_TASK, bind=True, queue=ITEMS_QUEUE, acks_late=True, max_retries=None)
+def flush_reports(self: Task, job_id: str) -> dict[str, Any]:
+    """Write a job's waiting results back to Pleo and complete the job when all are in."""
+    try:
+        return _flush(job_id)
+    except _TRANSIENT as exc:
+        countdown = _countdown(self.request.retries, settings.report_interval)
+        log.warning(
+            "flush_retry job_id=%s error=%s countdown=%.1f", job_id, type(exc).__name__, countdown
+        )
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    except PermanentUpstreamError as exc:
+        log.error(  # noqa: TRY400 - re-raised just below, Celery records the traceback
+            "flush_failed job_id=%s error=%s", job_id, exc.message
+        )
+        raise
+
+
+def _flush(job_id: str) -> dict[str, Any]:
+    reporter = _reporter()
+    result = reporter.flush(job_id)
+    final = None if result.locked else reporter.maybe_complete(job_id)
+    if reporter.pending(job_id) and reporter.claim_flush_slot(job_id, settings.report_interval):
+        # Left over: refused items, or results recorded while the lock was held elsewhere.
+        flush_reports.apply_async(args=[job_id], countdown=settings.report_interval)
+    return {
+        "job_id": job_id,
+        "sent": result.sent,
+        "accepted": result.accepted,
+        "refused": result.refused,
+        "locked": result.locked,
+        "final_event": final,
+    }
+
+
+def _erp_down(task: Task, job_id: str, down: ERPUnavailable) -> dict[str, Any]:
+    reporter = _reporter()
+    outage = reporter.erp_down_for(job_id)
+    if outage < settings.erp_unreachable_limit:
+        countdown = _countdown(task.request.retries, settings.erp_retry_delay)
+        log.warning("erp_unreachable job_id=%s for=%.0fs countdown=%.1f", job_id, outage, countdown)
+        raise task.retry(exc=down, countdown=countdown) from down
+    reason = f"The accounting system could not be reached for {outage:.0f} seconds."
+    log.error("erp_unreachable_giving_up job_id=%s for=%.0fs", job_id, outage)
+    reporter.send_final(
+        job_id, "failed", failure_reason=reason, failure_reason_type="accounting_system_unreachable"
+    )
+    return {"job_id": job_id, "status": "job_failed", "reason": reason}

@@ -1,0 +1,70 @@
+"""One item message, framework-free: post the entry to the ERP once, record the outcome once.
+
+Exactly-once effect, step by step:
+1. a job already finished (final event sent) takes no more work;
+2. an entry with a recorded outcome is a redelivery: nothing is posted or reported again;
+3. the ERP is asked first (``find``), and ``post`` is idempotent on ``accounting_entry_id``, so a
+   worker killed between posting and recording posts nothing twice when the message runs again;
+4. the outcome is recorded with HSETNX: of two concurrent deliveries only one is reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+from consumers.erp import Entry, EntryRejected, ERPAdapter, validate_entry
+from consumers.payloads import PayloadCache
+from consumers.reporting import Reporter, failure_update, success_update
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome:
+    """What handling one message did: ``status`` and how many results now wait for write-back."""
+
+    status: str  # successful | failed | duplicate | job_finished
+    waiting: int = 0
+
+
+def process_item(
+    entry: Entry, *, erp: ERPAdapter, reporter: Reporter, payloads: PayloadCache
+) -> ItemOutcome:
+    """Post ``entry`` to the ERP unless done before, and record its outcome for Pleo."""
+    job_id, entry_id = entry.job_id, entry.accounting_entry_id
+    final = reporter.final_event(job_id)
+    if final is not None:
+        log.info("item_skipped_job_finished job_id=%s entry=%s final=%s", job_id, entry_id, final)
+        return ItemOutcome("job_finished")
+    if reporter.outcome(job_id, entry_id) is not None:
+        log.info("item_duplicate job_id=%s entry=%s", job_id, entry_id)
+        return ItemOutcome("duplicate")
+    if entry.export_item is None:
+        entry = dataclasses.replace(entry, export_item=payloads.get(job_id, entry_id))
+    try:
+        ref = erp.find(entry_id)
+        if ref is None:
+            validate_entry(entry)
+            ref = erp.post(entry)
+            log.info(
+                "item_posted job_id=%s entry=%s external_id=%s sequence=%d",
+                job_id,
+                entry_id,
+                ref.external_id,
+                entry.sequence,
+            )
+        else:
+            log.info(
+                "item_found job_id=%s entry=%s external_id=%s", job_id, entry_id, ref.external_id
+            )
+        update = success_update(entry_id, ref.external_id, ref.external_url, ref.exported_at)
+    except EntryRejected as rejected:
+        log.info("item_rejected job_id=%s entry=%s type=%s", job_id, entry_id, rejected.reason_type)
+        update = failure_update(entry_id, rejected.reason_type, rejected.reason)
+    reporter.erp_reachable(job_id)
+    waiting = reporter.record(job_id, update)
+    if not waiting:
+        return ItemOutcome("duplicate")
+    return ItemOutcome(update["status"], waiting)

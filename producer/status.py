@@ -1,0 +1,47 @@
+"""One job's progress as the producer and the ERP workers recorded it, read in one round trip."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from producer.errors import BrokerUnavailable
+from producer.keys import job_key, marks_key, progress_key
+from producer.ledger import PUBLISHED
+
+_WORKER_COUNTERS = ("successful", "failed", "reported", "report_dropped")
+
+
+def job_status(client: redis.Redis, job_id: str) -> dict[str, Any]:
+    """Producer progress, publish marks and worker counters, as one JSON-ready dict."""
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(progress_key(job_id))
+            pipe.hvals(marks_key(job_id))
+            pipe.hgetall(job_key(job_id, "items"))
+            pipe.hlen(job_key(job_id, "outbox"))
+            progress, marks, items, waiting = pipe.execute()
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(f"Redis could not be reached for the job's status: {exc}.") from exc
+    view: dict[str, Any] = {"job_id": job_id, "state": "unknown"}
+    view.update({_text(k): _value(v) for k, v in progress.items()})
+    published = sum(1 for mark in marks if _text(mark) == PUBLISHED)
+    workers = {_text(k): _value(v) for k, v in items.items()}
+    counts = {name: int(workers.get(name, 0)) for name in _WORKER_COUNTERS}
+    view.update(counts)
+    view["published_total"] = published
+    view["in_progress"] = max(0, published - counts["successful"] - counts["failed"])
+    view["waiting_report"] = int(waiting)
+    view["final_event"] = workers.get("final_event")
+    view["final_event_at"] = workers.get("final_event_at")
+    return view
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _value(raw: bytes | str) -> Any:
+    text = _text(raw)
+    return int(text) if text.lstrip("-").isdigit() else text

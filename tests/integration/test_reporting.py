@@ -1,0 +1,150 @@
+"""Write-back and completion against the simulator over HTTP and a real Redis."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from consumers.reporting import Reporter, failure_update, success_update
+from producer.config import Settings
+from producer.keys import job_key, marks_key, progress_key
+from producer.ledger import Ledger
+from producer.pleo import PleoClient, make_http_client
+from producer.simulator import FaultRule, JobSpec, SimState
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def reporter(settings: Settings, rdb: redis.Redis) -> Iterator[Reporter]:
+    """A Reporter wired to the simulator and the test Redis."""
+    with make_http_client(settings) as http:
+        ledger = Ledger(rdb, lease_ttl=settings.lease_ttl, dedup_ttl=3600)
+        yield Reporter(rdb, PleoClient(http, settings), ledger, dedup_ttl=3600, max_attempts=2)
+
+
+def started_job(state: SimState, items: int) -> tuple[str, list[str]]:
+    job_id = state.add_job(JobSpec(items=items, status="in_progress", item_statuses={"pending": 1}))
+    return job_id, [i.accounting_entry_id for i in state.items(job_id)]
+
+
+def published(rdb: redis.Redis, job_id: str, entries: list[str]) -> None:
+    """Record what the producer would have: every entry published, the run finished."""
+    rdb.hset(marks_key(job_id), mapping=dict.fromkeys(entries, "p"))
+    rdb.hset(progress_key(job_id), "state", "enqueued")
+
+
+def test_first_outcome_wins(reporter: Reporter, sim_state: SimState) -> None:
+    """A second outcome for the same entry is ignored and nothing more is queued."""
+    job_id, entries = started_job(sim_state, 1)
+    ok = success_update(entries[0], "JE-1", None, "2026-01-01T00:00:00Z")
+    assert reporter.record(job_id, ok) == 1
+    assert reporter.record(job_id, failure_update(entries[0], "validation_failure", "x")) == 0
+    assert reporter.outcome(job_id, entries[0]) == ok
+    assert reporter.pending(job_id) == 1
+
+
+def test_flush_sends_batches_of_at_most_100(reporter: Reporter, sim_state: SimState) -> None:
+    """250 waiting results go out as PUTs of 100, 100 and 50; each entry updated once."""
+    job_id, entries = started_job(sim_state, 250)
+    for n, entry in enumerate(entries):
+        reporter.record(job_id, success_update(entry, f"JE-{n}", None, "2026-01-01T00:00:00Z"))
+    result = reporter.flush(job_id)
+    assert (result.sent, result.accepted, result.refused) == (250, 250, 0)
+    assert sorted(c.items or 0 for c in sim_state.calls if c.method == "PUT") == [50, 100, 100]
+    assert set(sim_state.update_counts(job_id).values()) == {1}
+    assert reporter.pending(job_id) == 0
+    assert reporter.flush(job_id).sent == 0
+
+
+def test_refused_items_are_offered_again_then_dropped(
+    reporter: Reporter, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """Items in errors[] stay waiting; after max_attempts refusals they are dropped and counted."""
+    job_id, entries = started_job(sim_state, 30)
+    for entry in entries:
+        reporter.record(job_id, success_update(entry, "JE", None, "2026-01-01T00:00:00Z"))
+    sim_state.add_fault(FaultRule(endpoint="job_items_put", kind="item_errors", times=2))
+    first = reporter.flush(job_id)
+    assert (first.accepted, first.refused, first.dropped) == (27, 3, 0)
+    second = reporter.flush(job_id)
+    # The fault refuses every tenth update of a batch: of these 3, only the first again.
+    assert (second.sent, second.accepted, second.refused, second.dropped) == (3, 2, 1, 1)
+    assert reporter.pending(job_id) == 0
+    assert rdb.hget(job_key(job_id, "items"), "report_dropped") == b"1"
+    assert rdb.hget(job_key(job_id, "items"), "reported") == b"29"
+
+
+def test_completion_waits_for_every_published_entry(
+    reporter: Reporter, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """No final event while an entry is unreported; then `completed_with_errors` once."""
+    job_id, entries = started_job(sim_state, 3)
+    published(rdb, job_id, entries)
+    reporter.record(job_id, success_update(entries[0], "JE-1", None, "2026-01-01T00:00:00Z"))
+    reporter.record(job_id, failure_update(entries[1], "missing_configuration", "no account"))
+    reporter.flush(job_id)
+    assert reporter.maybe_complete(job_id) is None
+    reporter.record(job_id, success_update(entries[2], "JE-3", None, "2026-01-01T00:00:00Z"))
+    reporter.flush(job_id)
+    assert reporter.maybe_complete(job_id) == "completed_with_errors"
+    assert reporter.maybe_complete(job_id) is None
+    assert [e.event for e in sim_state.events(job_id)] == ["completed_with_errors"]
+    assert reporter.final_event(job_id) == "completed_with_errors"
+
+
+def test_many_workers_finishing_together_send_one_event(
+    reporter: Reporter, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """Twelve concurrent completion checks on a finished job send exactly one event."""
+    job_id, entries = started_job(sim_state, 5)
+    published(rdb, job_id, entries)
+    for entry in entries:
+        reporter.record(job_id, success_update(entry, "JE", None, "2026-01-01T00:00:00Z"))
+    reporter.flush(job_id)
+    sent: list[str | None] = []
+    barrier = threading.Barrier(12)
+
+    def check() -> None:
+        barrier.wait()
+        sent.append(reporter.maybe_complete(job_id))
+
+    threads = [threading.Thread(target=check) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sent.count("completed") == 1
+    assert sent.count(None) == 11
+    assert [e.event for e in sim_state.events(job_id)] == ["completed"]
+
+
+def test_job_finished_elsewhere_is_not_retried(
+    reporter: Reporter, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """A 422 on write-back (job already finished) ends the job's reporting quietly."""
+    job_id, entries = started_job(sim_state, 2)
+    sim_state.post_event(job_id, "completed")
+    reporter.record(job_id, success_update(entries[0], "JE", None, "2026-01-01T00:00:00Z"))
+    result = reporter.flush(job_id)
+    assert result.accepted == 0
+    assert reporter.final_event(job_id) == "already_finished"
+    assert reporter.pending(job_id) == 0
+
+
+def test_failed_final_event_can_be_sent_again(
+    reporter: Reporter, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """A final event that failed transiently is not marked sent, so the next check sends it."""
+    job_id, entries = started_job(sim_state, 1)
+    published(rdb, job_id, entries)
+    reporter.record(job_id, success_update(entries[0], "JE", None, "2026-01-01T00:00:00Z"))
+    reporter.flush(job_id)
+    sim_state.add_fault(FaultRule(endpoint="job_events", kind="status", status=503, times=100))
+    with pytest.raises(Exception, match="503"):
+        reporter.maybe_complete(job_id)
+    sim_state.clear_faults()
+    assert reporter.maybe_complete(job_id) == "completed"
