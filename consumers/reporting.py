@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 _PUBLISHED_STATES = frozenset({"enqueued", "nothing_to_do"})
 _FINAL_EVENTS = frozenset({"completed", "completed_with_errors", "failed", "already_finished"})
 _SENDING_MS = 120_000
+_FLUSH_DUE_MS = 600_000
 
 # KEYS[1] results, KEYS[2] outbox, KEYS[3] counters; ARGV[1] entry, ARGV[2] update JSON,
 # ARGV[3] counter to bump ("successful" or "failed"), ARGV[4] ttl ms.
@@ -118,10 +119,23 @@ class Reporter:
         value = None if raw is None else raw.decode()
         return value if value in _FINAL_EVENTS else None
 
-    def claim_flush_slot(self, job_id: str, interval: float) -> bool:
-        """True for the one caller that should schedule the next delayed flush of the job."""
+    def request_flush(self, job_id: str, interval: float) -> str:
+        """Decide who writes waiting results back: ``schedule``, ``now`` or ``none``.
+
+        The first result after a flush asks for one (``schedule``: a delayed flush task, of which
+        at most one is pending per job). That task may sit behind a backlog of items in the
+        queue, so a worker that finds the request older than ``interval`` flushes itself
+        (``now``): results never wait much longer than the interval, however deep the queue.
+        """
         key = job_key(job_id, "flush-due")
-        return bool(self._redis(lambda: self._r.set(key, "1", nx=True, px=int(interval * 1000))))
+        now = self._clock()
+        # The request outlives any backlog; the flush that serves it deletes it.
+        if self._redis(lambda: self._r.set(key, repr(now), nx=True, px=_FLUSH_DUE_MS)):
+            return "schedule"
+        since = self._redis(lambda: self._r.get(key))
+        if since is not None and now - float(since) >= interval:
+            return "now"
+        return "none"
 
     def pending(self, job_id: str) -> int:
         """Results waiting to be written back."""

@@ -110,16 +110,27 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
             countdown,
         )
         raise self.retry(exc=exc, countdown=countdown) from exc
-    if outcome.waiting >= MAX_UPDATE_ITEMS:
+    if outcome.waiting:
+        _write_back(reporter, job_id, outcome.waiting)
+    return {"job_id": job_id, "entry": entry.accounting_entry_id, "status": outcome.status}
+
+
+def _write_back(reporter: Reporter, job_id: str, waiting: int) -> None:
+    """Flush here when a full batch waits or the last request is overdue, else schedule one."""
+    decision = (
+        "now"
+        if waiting >= MAX_UPDATE_ITEMS
+        else reporter.request_flush(job_id, settings.report_interval)
+    )
+    if decision == "schedule":
+        flush_reports.apply_async(args=[job_id], countdown=settings.report_interval)
+    elif decision == "now":
         try:
             _flush(job_id)
         except _TRANSIENT as exc:
             # The outcome is safely recorded; the write-back is retried by its own task.
             log.warning("inline_flush_failed job_id=%s error=%s", job_id, type(exc).__name__)
             flush_reports.apply_async(args=[job_id], countdown=settings.report_interval)
-    elif outcome.waiting and reporter.claim_flush_slot(job_id, settings.report_interval):
-        flush_reports.apply_async(args=[job_id], countdown=settings.report_interval)
-    return {"job_id": job_id, "entry": entry.accounting_entry_id, "status": outcome.status}
 
 
 @app.task(name=FLUSH_TASK, bind=True, queue=ITEMS_QUEUE, acks_late=True, max_retries=None)
@@ -144,8 +155,9 @@ def _flush(job_id: str) -> dict[str, Any]:
     reporter = _reporter()
     result = reporter.flush(job_id)
     final = None if result.locked else reporter.maybe_complete(job_id)
-    if reporter.pending(job_id) and reporter.claim_flush_slot(job_id, settings.report_interval):
-        # Left over: refused items, or results recorded while the lock was held elsewhere.
+    waiting = reporter.pending(job_id)
+    if waiting and reporter.request_flush(job_id, settings.report_interval) == "schedule":
+        # Left over: refused items, or results recorded while another worker was flushing.
         flush_reports.apply_async(args=[job_id], countdown=settings.report_interval)
     return {
         "job_id": job_id,

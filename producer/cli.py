@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 import click
 
-from producer.config import PRODUCER_QUEUE, PRODUCER_TASK, Settings
-from producer.errors import BrokerUnavailable, LeaseHeld, PleoExportError
+from producer.config import PRODUCER_QUEUE, Settings
+from producer.errors import LeaseHeld, PleoExportError
 from producer.runner import Observer, RunSummary, validate_job_id
 
 log = logging.getLogger(__name__)
@@ -96,34 +96,19 @@ def run(job_id: str, as_json: bool) -> None:
 @guarded
 def enqueue(job_id: str, company_id: str | None) -> None:
     """Send the producer task for JOB_ID to the broker, for a worker to run."""
-    from kombu.exceptions import OperationalError
-
-    from producer.celery_app import make_app
+    from producer.triggers import enqueue as send
 
     settings = load_settings()
-    job_id = validate_job_id(job_id)
-    if company_id is not None:
-        company_id = validate_job_id(company_id)
-    app = make_app(settings)
-    try:
-        result = app.send_task(
-            PRODUCER_TASK,
-            args=[job_id],
-            kwargs={"company_id": company_id},
-            queue=PRODUCER_QUEUE,
-            retry=True,
-            retry_policy={
-                "max_retries": 3,
-                "interval_start": 0.2,
-                "interval_step": 0.5,
-                "interval_max": 1.0,
-            },
+    result = send(job_id, company_id=company_id, settings=settings, source="cli")
+    if result.deduplicated:
+        click.echo(
+            f"job {result.job_id} was triggered moments ago (task {result.task_id}); "
+            "nothing more sent"
         )
-    except OperationalError as exc:
-        raise BrokerUnavailable(
-            f"The broker could not be reached to enqueue the job: {exc}"
-        ) from exc
-    click.echo(f"enqueued producer task {result.id} for job {job_id} on {PRODUCER_QUEUE}")
+        return
+    click.echo(
+        f"enqueued producer task {result.task_id} for job {result.job_id} on {PRODUCER_QUEUE}"
+    )
 
 
 @main.command()
@@ -191,11 +176,13 @@ def simulate(
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @guarded
 def webhook(host: str, port: int) -> None:
-    """Run the webhook receiver (not built yet: issue 4)."""
-    raise PleoExportError("The webhook receiver is not built yet; it comes with issue 4.")
+    """Run the webhook receiver for Pleo's v1.export-job.created (POST /webhooks/pleo)."""
+    from producer.webhook import serve
+
+    serve(load_settings(), host, port)
 
 
 @main.command()

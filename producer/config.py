@@ -74,6 +74,8 @@ class Settings:
     erp_unreachable_limit: float = 600.0
     erp_retry_delay: float = 5.0
     erp_url_template: str | None = None
+    # Triggers of one job (webhook, cron, CLI) within this many seconds send one producer task.
+    trigger_window: float = 60.0
 
     def __repr__(self) -> str:
         shown = []
@@ -149,6 +151,7 @@ class Settings:
             ),
             erp_retry_delay=_number(env, "ERP_RETRY_DELAY", d.erp_retry_delay, float, low=0),
             erp_url_template=env.get("ERP_EXTERNAL_URL_TEMPLATE") or None,
+            trigger_window=_number(env, "PLEO_TRIGGER_WINDOW", d.trigger_window, float, low=0.001),
         )
 
 

@@ -2,6 +2,7 @@
 
     PleoExportError                      root; ``exit_code`` is what the CLI returns
     ├── BadInput                         reject the input, exit 2 (bad job id, bad setting)
+    │   └── SignatureInvalid             a webhook that fails verification (signature.py): 401
     ├── UpstreamError                    Pleo answered badly; carries status, url, job_id
     │   ├── PermanentUpstreamError       give up at once, exit 3 (401/403/404/422, other 4xx)
     │   │   ├── AuthenticationFailed     401/403

@@ -22,6 +22,10 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
     :final      the final job event: "sending" (PX, while the call is under way), then its name
     :erp-down   when the ERP was first found unreachable for this job (epoch seconds)
     :payloads   hash entry -> export item JSON, filled once per job when messages carry none
+
+    Triggers (``producer/triggers.py``, ``producer/webhook.py``)
+    :trigger    the producer task id of the latest trigger (PX = trigger window, 60 s)
+    pleo-export:webhook:{webhook-id}   a delivery already taken (24 h): Pleo's retries are no-ops
 """
 
 from __future__ import annotations

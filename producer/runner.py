@@ -57,11 +57,16 @@ class Observer:
     on_publish: Callable[[int, int], None] | None = None
 
 
+def validate_uuid(value: object, what: str) -> str:
+    """Return ``value`` lower-cased if it is a UUID, else raise BadInput naming ``what``."""
+    if not isinstance(value, str) or not is_uuid(value):
+        raise BadInput(f"{what} {value!r} is not a UUID.")
+    return value.lower()
+
+
 def validate_job_id(job_id: str) -> str:
     """Return the job id if it is a UUID, else raise BadInput."""
-    if not is_uuid(job_id):
-        raise BadInput(f"Job id {job_id!r} is not a UUID.")
-    return job_id.lower()
+    return validate_uuid(job_id, "Job id")
 
 
 def run_job(

@@ -1,0 +1,159 @@
+"""One way in for every trigger of a producer run (webhook, CLI, demo): ``enqueue``.
+
+Triggers of the same job within a short window send one ``producer.enqueue_export_job`` task:
+Pleo may deliver the same event several times, under several webhook ids, and users click twice.
+This only saves work. The producer's lease lets one run per job proceed and its ledger marks stop
+a second message per entry, so a duplicate task that slips through (after the window, or across
+two Redis instances) is harmless.
+
+Redis keys (on ``settings.ledger_url``; the job's other keys are listed in ``producer/keys.py``):
+
+    pleo-export:job:{job_id}:trigger   the Celery task id last sent for the job; set with
+                                       ``NX PX window`` by a Lua script that returns the id already
+                                       there, so a claim and its answer are one round trip; deleted
+                                       (only if it still holds our id) when the send fails
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Final
+
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from producer.celery_app import make_app
+from producer.components import redis_client
+from producer.config import PRODUCER_QUEUE, PRODUCER_TASK, Settings
+from producer.errors import BrokerUnavailable
+from producer.keys import job_key
+from producer.runner import validate_job_id, validate_uuid
+
+log = logging.getLogger(__name__)
+
+TRIGGER_KEY: Final = "trigger"
+
+# A short publish retry: callers (a webhook that must answer within seconds, a CLI user) would
+# rather get BrokerUnavailable quickly and try again later than wait for a long backoff.
+PUBLISH_RETRY_POLICY: Final = {
+    "max_retries": 2,
+    "interval_start": 0.0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+
+# KEYS[1] trigger key; ARGV[1] our task id, ARGV[2] window in ms.
+# Returns the task id already holding the key, or nil when ours was stored.
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return nil
+"""
+
+# KEYS[1] trigger key; ARGV[1] our task id. Deletes the key only while it still holds our id.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    """What a trigger did: the task now responsible for the job, and whether it was already sent."""
+
+    job_id: str
+    task_id: str
+    deduplicated: bool
+
+
+def trigger_key(job_id: str) -> str:
+    """Key of the job's trigger claim."""
+    return job_key(job_id, TRIGGER_KEY)
+
+
+def enqueue(
+    job_id: str,
+    *,
+    company_id: str | None = None,
+    settings: Settings,
+    app: Celery | None = None,
+    client: redis.Redis | None = None,
+    source: str = "api",
+    window: float | None = None,
+) -> EnqueueResult:
+    """Send the producer task for ``job_id`` unless a trigger sent one within ``window`` seconds.
+
+    Raises BadInput for an id that is not a UUID and BrokerUnavailable when Redis or the broker
+    cannot be reached (the claim is then released, so a retry sends). The producer's lease makes
+    a duplicate that slips through harmless: deduplicating here only saves a worker's time.
+    """
+    job_id = validate_job_id(job_id)
+    if company_id is not None:
+        company_id = validate_uuid(company_id, "Company id")
+    window_s = settings.trigger_window if window is None else window
+    owned_client = client is None
+    owned_app = app is None
+    redis_ = redis_client(settings.ledger_url) if client is None else client
+    try:
+        task_id = str(uuid.uuid4())
+        key = trigger_key(job_id)
+        try:
+            held = redis_.eval(_CLAIM, 1, key, task_id, max(1, round(window_s * 1000)))
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(
+                f"Redis could not be reached to record the trigger of job {job_id}: {exc}",
+                job_id=job_id,
+            ) from exc
+        if held is not None:
+            held_id = held.decode() if isinstance(held, bytes) else str(held)
+            log.info("trigger_deduplicated job_id=%s task_id=%s source=%s", job_id, held_id, source)
+            return EnqueueResult(job_id, held_id, deduplicated=True)
+        celery_app = make_app(settings) if app is None else app
+        try:
+            _send(celery_app, job_id, company_id, task_id)
+        except BrokerUnavailable:
+            _release(redis_, key, task_id, job_id)
+            raise
+        finally:
+            if owned_app:
+                celery_app.close()
+        log.info(
+            "trigger_enqueued job_id=%s task_id=%s company_id=%s source=%s",
+            job_id,
+            task_id,
+            company_id,
+            source,
+        )
+        return EnqueueResult(job_id, task_id, deduplicated=False)
+    finally:
+        if owned_client:
+            redis_.close()
+
+
+def _send(app: Celery, job_id: str, company_id: str | None, task_id: str) -> None:
+    try:
+        app.send_task(
+            PRODUCER_TASK,
+            args=[job_id],
+            kwargs={"company_id": company_id},
+            queue=PRODUCER_QUEUE,
+            task_id=task_id,
+            retry=True,
+            retry_policy=PUBLISH_RETRY_POLICY,
+        )
+    except (OperationalError, redis.RedisError, OSError) as exc:
+        raise BrokerUnavailable(
+            f"The broker could not be reached to enqueue job {job_id}: {exc}", job_id=job_id
+        ) from exc
+
+
+def _release(client: redis.Redis, key: str, task_id: str, job_id: str) -> None:
+    """Drop our claim after a failed send; if Redis is down too, the claim expires by itself."""
+    try:
+        client.eval(_RELEASE, 1, key, task_id)
+    except redis.RedisError:
+        log.warning("trigger_release_failed job_id=%s task_id=%s", job_id, task_id)

@@ -1,0 +1,368 @@
+"""The webhook receiver: verify Pleo's delivery, drop repeats, enqueue the producer, answer 202.
+
+``POST /webhooks/pleo`` answers within milliseconds and never calls Pleo: it reads at most 1 MiB,
+checks the Standard Webhooks signature (401), the event's shape (400), marks the delivery's
+``webhook-id`` so a redelivery enqueues nothing (202 ``duplicate``), and hands
+``v1.export-job.created`` to ``triggers.enqueue`` (202 ``enqueued`` or ``deduplicated``). Other
+event types are acknowledged and ignored without touching Redis. When Redis or the broker is
+down it answers 503 and forgets the delivery, so Pleo's retry is processed. ``GET /healthz``
+says the process is up; ``GET /readyz`` says whether Redis and the broker answer.
+
+Redis keys (on ``settings.ledger_url``; the job keys are listed in ``producer/keys.py``):
+
+    pleo-export:webhook:{webhook-id}   the job id of an accepted delivery; SET NX EX 24 h, longer
+                                       than Pleo's retry schedule of one delivery; deleted when the
+                                       enqueue fails (503), so the retry is not taken for a repeat
+
+Every log line names the webhook id and the job id (``-`` while unknown); none carries the
+secret or a signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Final
+
+import redis
+import uvicorn
+from celery import Celery
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from producer import signature, triggers
+from producer.celery_app import make_app
+from producer.components import redis_client as make_redis_client
+from producer.config import Settings
+from producer.errors import BadInput, BrokerUnavailable
+from producer.models import is_uuid
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES: Final = 1024 * 1024
+DELIVERY_TTL_SECONDS: Final = 24 * 3600
+DELIVERY_PREFIX: Final = "pleo-export:webhook:"
+EXPORT_JOB_CREATED: Final = "v1.export-job.created"
+READY_TIMEOUT_SECONDS: Final = 2.0
+_GRACEFUL_SHUTDOWN_SECONDS: Final = 2
+
+
+def delivery_key(webhook_id: str) -> str:
+    """Key marking the delivery ``webhook_id`` as accepted."""
+    return f"{DELIVERY_PREFIX}{webhook_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ExportJobCreated:
+    """A checked ``v1.export-job.created`` event: the job to produce and its company."""
+
+    job_id: str
+    company_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OtherEvent:
+    """A well-formed event of a type this receiver does not act on."""
+
+    event_type: str
+    job_id: str | None
+
+
+class BadPayload(BadInput):
+    """The signed body is not an event this receiver can read (answered 400)."""
+
+
+def parse_event(body: bytes) -> ExportJobCreated | OtherEvent:
+    """Decide what a verified body asks for; a malformed one raises BadPayload."""
+    try:
+        event = json.loads(body)
+    except ValueError:  # also UnicodeDecodeError
+        raise BadPayload("the body is not JSON") from None
+    if not isinstance(event, dict):
+        raise BadPayload("the body is not a JSON object")
+    event_type = event.get("eventType")
+    if not isinstance(event_type, str):
+        raise BadPayload("eventType is missing or not a string")
+    data = event.get("data")
+    job_id = _uuid_or_none(data.get("id")) if isinstance(data, dict) else None
+    if event_type != EXPORT_JOB_CREATED:
+        return OtherEvent(event_type, job_id)
+    if not isinstance(data, dict):
+        raise BadPayload("data is missing or not an object")
+    if job_id is None:
+        raise BadPayload("data.id is missing or not a UUID")
+    raw_company = data.get("companyId")
+    company_id = _uuid_or_none(raw_company)
+    if raw_company is not None and company_id is None:
+        raise BadPayload("data.companyId is not a UUID", job_id=job_id)
+    return ExportJobCreated(job_id, company_id)
+
+
+def _uuid_or_none(value: object) -> str | None:
+    """``value`` lower-cased when it is a UUID string, else None."""
+    return value.lower() if isinstance(value, str) and is_uuid(value) else None
+
+
+def check_secret(secret: str | None) -> str:
+    """The secret, if it is a usable ``whsec_<base64>`` one; else BadInput in one sentence."""
+    if not secret:
+        raise BadInput("PLEO_WEBHOOK_SECRET is not set, so webhook deliveries cannot be verified.")
+    try:
+        signature.decode_secret(secret)
+    except signature.SignatureInvalid:
+        raise BadInput("PLEO_WEBHOOK_SECRET is not a whsec_<base64> secret.") from None
+    return secret
+
+
+def create_app(
+    settings: Settings,
+    *,
+    redis_client: redis.Redis | None = None,
+    celery_app: Celery | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Starlette:
+    """The receiver as an ASGI app; clients it creates itself are closed at lifespan shutdown."""
+    secret = check_secret(settings.webhook_secret)
+    rdb = make_redis_client(settings.ledger_url) if redis_client is None else redis_client
+    app = make_app(settings) if celery_app is None else celery_app
+    receiver = _Receiver(settings, secret, rdb, app, clock)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        if redis_client is None:
+            rdb.close()
+        if celery_app is None:
+            app.close()
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/pleo", receiver.deliver, methods=["POST"]),
+            Route("/healthz", _healthz, methods=["GET"]),
+            Route("/readyz", receiver.ready, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: _http_error},
+        lifespan=lifespan,
+    )
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the receiver on ``host:port`` until interrupted (what ``pleo-export webhook`` runs)."""
+    check_secret(settings.webhook_secret)
+    sock = bind(host, port)
+    url = url_of(sock)
+    app = create_app(settings)
+    log.info("webhook_serving url=%s/webhooks/pleo webhook_id=- job_id=-", url)
+    try:
+        uvicorn.Server(server_config(app)).run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn re-raises the Ctrl-C it handled; for the CLI that is a normal stop.
+        log.info("webhook_stopped url=%s webhook_id=- job_id=-", url)
+
+
+def server_config(app: Starlette) -> uvicorn.Config:
+    """uvicorn settings for the receiver; the host process keeps its own logging configuration."""
+    return uvicorn.Config(
+        app,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+    )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on ``host:port`` (0: any free port), so the URL is known."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio only disables Nagle on sockets whose proto says TCP.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise BadInput(f"The webhook receiver cannot listen on {host}:{port}: {exc}.") from exc
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    """The http URL a bound socket serves."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class _Receiver:
+    """The request handlers, bound to their settings, clients and clock."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        secret: str,
+        rdb: redis.Redis,
+        app: Celery,
+        clock: Callable[[], float],
+    ) -> None:
+        self._settings = settings
+        self._secret = secret
+        self._redis = rdb
+        self._app = app
+        self._clock = clock
+
+    async def deliver(self, request: Request) -> Response:
+        """``POST /webhooks/pleo``: verify, dedupe, enqueue; see the module docstring."""
+        shown_id = _shown(request.headers.get(signature.ID_HEADER))
+        body = await _read_capped(request)
+        if body is None:
+            log.warning("webhook_too_large webhook_id=%s job_id=- status=413", shown_id)
+            return _error(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+        try:
+            signature.verify(request.headers, body, self._secret, now=self._clock())
+        except signature.SignatureInvalid as exc:
+            log.warning(
+                "webhook_rejected webhook_id=%s job_id=- status=401 reason=%s",
+                shown_id,
+                exc.reason,
+            )
+            return _error(401, exc.reason)
+        # Verified: the id is now printable ASCII, and signed.
+        webhook_id = request.headers[signature.ID_HEADER]
+        try:
+            event = parse_event(body)
+        except BadPayload as exc:
+            log.warning(
+                "webhook_bad_payload webhook_id=%s job_id=%s status=400 reason=%s",
+                webhook_id,
+                exc.job_id or "-",
+                exc.message,
+            )
+            return _error(400, exc.message)
+        if isinstance(event, OtherEvent):
+            log.info(
+                "webhook_ignored webhook_id=%s job_id=%s event_type=%s",
+                webhook_id,
+                event.job_id or "-",
+                _shown(event.event_type),
+            )
+            return JSONResponse({"status": "ignored"}, status_code=202)
+        return await self._enqueue(webhook_id, event)
+
+    async def _enqueue(self, webhook_id: str, event: ExportJobCreated) -> Response:
+        job_id = event.job_id
+        key = delivery_key(webhook_id)
+        try:
+            first = await run_in_threadpool(
+                self._redis.set, key, job_id, nx=True, ex=DELIVERY_TTL_SECONDS
+            )
+        except redis.RedisError as exc:
+            return self._unavailable(webhook_id, job_id, f"Redis is unreachable: {exc}")
+        if not first:
+            log.info("webhook_duplicate webhook_id=%s job_id=%s", webhook_id, job_id)
+            return JSONResponse({"status": "duplicate"}, status_code=202)
+        try:
+            result = await run_in_threadpool(
+                triggers.enqueue,
+                job_id,
+                company_id=event.company_id,
+                settings=self._settings,
+                app=self._app,
+                client=self._redis,
+                source="webhook",
+            )
+        except BrokerUnavailable as exc:
+            with contextlib.suppress(redis.RedisError):
+                await run_in_threadpool(self._redis.delete, key)
+            return self._unavailable(webhook_id, job_id, exc.message)
+        status = "deduplicated" if result.deduplicated else "enqueued"
+        log.info(
+            "webhook_accepted webhook_id=%s job_id=%s task_id=%s status=%s",
+            webhook_id,
+            job_id,
+            result.task_id,
+            status,
+        )
+        return JSONResponse(
+            {"status": status, "job_id": result.job_id, "task_id": result.task_id},
+            status_code=202,
+        )
+
+    def _unavailable(self, webhook_id: str, job_id: str, reason: str) -> Response:
+        log.warning(
+            "webhook_unavailable webhook_id=%s job_id=%s status=503 reason=%s",
+            webhook_id,
+            job_id,
+            reason,
+        )
+        return _error(503, "Redis or the broker is unavailable; retry later")
+
+    async def ready(self, _: Request) -> Response:
+        """``GET /readyz``: 200 when Redis and the broker both answer within two seconds."""
+        checks = {"redis": self._ping_redis, "broker": self._ping_broker}
+        results = await asyncio.gather(*(_within(check) for check in checks.values()))
+        down = [name for name, ok in zip(checks, results, strict=True) if not ok]
+        if down:
+            log.warning("webhook_not_ready webhook_id=- job_id=- down=%s", ",".join(down))
+            return JSONResponse({"status": "unavailable", "down": down}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    def _ping_redis(self) -> None:
+        self._redis.ping()
+
+    def _ping_broker(self) -> None:
+        with self._app.connection_for_write(connect_timeout=READY_TIMEOUT_SECONDS) as conn:
+            conn.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0.2, timeout=READY_TIMEOUT_SECONDS
+            )
+
+
+async def _within(check: Callable[[], None]) -> bool:
+    """True when ``check`` returns within the readiness timeout without raising."""
+    try:
+        await asyncio.wait_for(run_in_threadpool(check), READY_TIMEOUT_SECONDS)
+    except Exception:  # noqa: BLE001  # any failure means "not ready"; the name says which
+        return False
+    return True
+
+
+async def _read_capped(request: Request) -> bytes | None:
+    """The body, or None when it is (or says it is) larger than MAX_BODY_BYTES."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return None
+    return bytes(body)
+
+
+async def _healthz(_: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    """404/405 and friends as JSON, keeping headers such as ``Allow``."""
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def _error(status: int, message: str) -> Response:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _shown(value: str | None) -> str:
+    """An unverified header value made safe for a log line: printable, at most 100 characters."""
+    if not value:
+        return "-"
+    text = value if value.isprintable() and len(value) <= 100 else repr(value[:100])
+    return text.replace(" ", "_")
