@@ -122,20 +122,21 @@ class Reporter:
     def request_flush(self, job_id: str, interval: float) -> str:
         """Decide who writes waiting results back: ``schedule``, ``now`` or ``none``.
 
-        The first result after a flush asks for one (``schedule``: a delayed flush task, of which
-        at most one is pending per job). That task may sit behind a backlog of items in the
-        queue, so a worker that finds the request older than ``interval`` flushes itself
-        (``now``): results never wait much longer than the interval, however deep the queue.
+        At most one delayed flush task is pending per job (``:flush-due``, cleared when that task
+        runs): the first result that finds none schedules one. That task may sit behind a backlog
+        of items in the queue, so a worker that finds the last flush older than ``interval``
+        flushes itself (``now``): results never wait much longer than the interval.
         """
-        key = job_key(job_id, "flush-due")
+        due, flushed = job_key(job_id, "flush-due"), job_key(job_id, "flushed-at")
         now = self._clock()
-        # The request outlives any backlog; the flush that serves it deletes it.
-        if self._redis(lambda: self._r.set(key, repr(now), nx=True, px=_FLUSH_DUE_MS)):
+        if self._redis(lambda: self._r.set(due, repr(now), nx=True, px=_FLUSH_DUE_MS)):
             return "schedule"
-        since = self._redis(lambda: self._r.get(key))
-        if since is not None and now - float(since) >= interval:
-            return "now"
-        return "none"
+        stamps = [float(v) for v in self._redis(lambda: self._r.mget(due, flushed)) if v]
+        return "now" if stamps and now - max(stamps) >= interval else "none"
+
+    def scheduled_flush_started(self, job_id: str) -> None:
+        """The pending delayed flush task is running: the next result may schedule another."""
+        self._redis(lambda: self._r.delete(job_key(job_id, "flush-due")))
 
     def pending(self, job_id: str) -> int:
         """Results waiting to be written back."""
@@ -151,7 +152,8 @@ class Reporter:
         """
         try:
             with self._ledger.held(job_id, wait=0, name="flush"):
-                self._redis(lambda: self._r.delete(job_key(job_id, "flush-due")))
+                stamp = job_key(job_id, "flushed-at")
+                self._redis(lambda: self._r.set(stamp, repr(self._clock()), px=self._ttl_ms))
                 return self._flush_locked(job_id)
         except LeaseHeld:
             return FlushResult(locked=True)

@@ -137,6 +137,7 @@ def _write_back(reporter: Reporter, job_id: str, waiting: int) -> None:
 def flush_reports(self: Task, job_id: str) -> dict[str, Any]:
     """Write a job's waiting results back to Pleo and complete the job when all are in."""
     try:
+        _reporter().scheduled_flush_started(job_id)
         return _flush(job_id)
     except _TRANSIENT as exc:
         countdown = _countdown(self.request.retries, settings.report_interval)

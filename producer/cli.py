@@ -7,6 +7,7 @@ down), 1 anything else. Errors are one sentence on stderr, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -109,6 +110,43 @@ def enqueue(job_id: str, company_id: str | None) -> None:
     click.echo(
         f"enqueued producer task {result.task_id} for job {result.job_id} on {PRODUCER_QUEUE}"
     )
+
+
+@main.command()
+@click.option("--company-id", default=None, help="Only this company's jobs.")
+@click.option(
+    "--in-progress/--no-in-progress",
+    default=True,
+    show_default=True,
+    help="Also enqueue in_progress jobs (recovery of interrupted runs).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@guarded
+def poll(company_id: str | None, in_progress: bool, as_json: bool) -> None:
+    """Enqueue every pending (and in_progress) job, oldest first: the fallback beside webhooks."""
+    from producer.pleo import PleoClient, make_http_client
+    from producer.poll import poll as poll_jobs
+    from producer.runner import validate_uuid
+
+    settings = load_settings()
+    if company_id is not None:
+        company_id = validate_uuid(company_id, "Company id")
+    with make_http_client(settings) as http:
+        result = poll_jobs(
+            settings,
+            client=PleoClient(http, settings),
+            include_in_progress=in_progress,
+            company_id=company_id,
+        )
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(result), sort_keys=True))
+        return
+    click.echo(
+        f"found {result.found} jobs: enqueued {result.enqueued}, "
+        f"{result.deduplicated} already triggered moments ago"
+    )
+    for job_id in result.job_ids:
+        click.echo(f"  {job_id}")
 
 
 @main.command()

@@ -18,7 +18,8 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
     :reported   set of entries whose update Pleo accepted
     :items      hash: successful, failed, reported, report_errors, report_dropped, final_event
     :flush      the write-back lease (like :lease, with :flush-fence): one flusher per job
-    :flush-due  set while a delayed flush is scheduled (PX = the flush interval)
+    :flush-due  set while a delayed flush task is pending (cleared when it runs; PX 10 min)
+    :flushed-at when the job's results were last written back (epoch seconds)
     :final      the final job event: "sending" (PX, while the call is under way), then its name
     :erp-down   when the ERP was first found unreachable for this job (epoch seconds)
     :payloads   hash entry -> export item JSON, filled once per job when messages carry none

@@ -1,0 +1,159 @@
+"""The polling fallback against the simulator over HTTP, real Redis and real Celery messages."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import pytest
+import redis
+
+from producer.config import PRODUCER_QUEUE, PRODUCER_TASK, Settings
+from producer.errors import AuthenticationFailed
+from producer.pleo import PleoClient, make_http_client
+from producer.poll import poll
+from producer.simulator import FaultRule, JobSpec, SimState
+from tests.support.queues import redis_queue
+
+pytestmark = pytest.mark.integration
+
+OTHER_COMPANY = "0c3f5a9e-7b1d-4e2a-9c8f-6d5e4b3a2f10"
+
+
+@contextmanager
+def pleo(settings: Settings) -> Iterator[PleoClient]:
+    """A Pleo client on ``settings`` (its page size included), closed afterwards."""
+    with make_http_client(settings) as http:
+        yield PleoClient(http, settings)
+
+
+def add(state: SimState, status: str, company_id: str | None = None) -> str:
+    """Add a one-item job in ``status`` (the simulator's company unless told); return its id."""
+    return state.add_job(JobSpec(items=1, status=status, company_id=company_id))
+
+
+def next_second() -> None:
+    """Wait for the wall clock's next second, so the next job's createdAt is strictly later."""
+    time.sleep(1.0 - time.time() % 1.0 + 0.02)
+
+
+def queued_job_ids(rdb: redis.Redis) -> list[str]:
+    """Job ids of the producer tasks on the broker, in delivery order."""
+    messages = redis_queue(rdb, PRODUCER_QUEUE)
+    assert all(m.task == PRODUCER_TASK for m in messages)
+    return [m.args[0] for m in messages]
+
+
+def test_pending_and_in_progress_jobs_are_enqueued_oldest_first_and_terminal_ones_are_not(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """Pending and in-progress jobs are enqueued oldest first; terminal jobs are left alone."""
+    recovering = add(sim_state, "in_progress")
+    next_second()
+    for terminal in ("completed", "completed_with_errors", "failed"):
+        add(sim_state, terminal)
+    older = add(sim_state, "pending")
+    next_second()
+    newer = add(sim_state, "pending")
+
+    with pleo(settings) as client:
+        result = poll(settings, client=client)
+
+    assert result.job_ids == (recovering, older, newer)
+    assert (result.found, result.enqueued, result.deduplicated) == (3, 3, 0)
+    assert queued_job_ids(rdb) == [recovering, older, newer]
+    messages = redis_queue(rdb, PRODUCER_QUEUE)
+    assert {m.kwargs["company_id"] for m in messages} == {sim_state.company_id}
+
+
+def test_without_in_progress_only_pending_jobs_are_enqueued(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """include_in_progress=False leaves in-progress jobs out of the poll."""
+    add(sim_state, "in_progress")
+    pending = add(sim_state, "pending")
+
+    with pleo(settings) as client:
+        result = poll(settings, client=client, include_in_progress=False)
+
+    assert result.job_ids == (pending,)
+    assert queued_job_ids(rdb) == [pending]
+
+
+def test_a_second_poll_within_the_trigger_window_enqueues_nothing_more(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """Polling again within the trigger window deduplicates every job instead of resending."""
+    jobs = {add(sim_state, "pending"), add(sim_state, "in_progress")}
+
+    with pleo(settings) as client:
+        first = poll(settings, client=client)
+        second = poll(settings, client=client)
+
+    assert (first.found, first.enqueued, first.deduplicated) == (2, 2, 0)
+    assert (second.found, second.enqueued, second.deduplicated) == (2, 0, 2)
+    assert second.job_ids == first.job_ids
+    assert sorted(queued_job_ids(rdb)) == sorted(jobs)
+
+
+def test_polling_posts_no_job_events_and_changes_no_job(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """Detection only reads: no job events are posted and every job keeps its status."""
+    jobs = [add(sim_state, "pending"), add(sim_state, "in_progress")]
+    before = {job_id: sim_state.job(job_id).status for job_id in jobs}
+
+    with pleo(settings) as client:
+        poll(settings, client=client)
+
+    assert {job_id: sim_state.events(job_id) for job_id in jobs} == {j: [] for j in jobs}
+    assert {job_id: sim_state.job(job_id).status for job_id in jobs} == before
+    assert {(call.method, call.path) for call in sim_state.calls} == {("GET", "/v3/export-jobs")}
+
+
+def test_jobs_on_every_page_are_enqueued(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """With more jobs than fit one page, the poll walks every page and enqueues them all."""
+    small = replace(settings, page_size=2)
+    jobs = [add(sim_state, "pending") for _ in range(5)]
+    expected = sorted(jobs, key=lambda j: (sim_state.job(j).created_at, j))
+
+    with pleo(small) as client:
+        result = poll(small, client=client)
+
+    assert result.job_ids == tuple(expected)
+    assert queued_job_ids(rdb) == expected
+    assert len([c for c in sim_state.calls if c.path == "/v3/export-jobs"]) == 3
+
+
+def test_company_id_limits_the_poll_to_that_company(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """A poll for one company enqueues only that company's jobs, with its company id."""
+    ours = add(sim_state, "pending")
+    add(sim_state, "pending", company_id=OTHER_COMPANY)
+
+    with pleo(settings) as client:
+        result = poll(settings, client=client, company_id=sim_state.company_id)
+
+    assert result.job_ids == (ours,)
+    [message] = redis_queue(rdb, PRODUCER_QUEUE)
+    assert (message.args, message.kwargs) == ([ours], {"company_id": sim_state.company_id})
+
+
+def test_a_client_error_propagates_typed_and_nothing_is_enqueued(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """A refusal on the second page raises AuthenticationFailed before any job is enqueued."""
+    small = replace(settings, page_size=1)
+    add(sim_state, "pending")
+    add(sim_state, "pending")
+    sim_state.add_fault(FaultRule("jobs", "status", status=403, after=1))
+
+    with pleo(small) as client, pytest.raises(AuthenticationFailed):
+        poll(small, client=client)
+
+    assert redis_queue(rdb, PRODUCER_QUEUE) == []
