@@ -79,7 +79,6 @@ def _countdown(retries: int, base: float) -> float:
 @app.task(
     name=ITEM_TASK,
     bind=True,
-    queue=ITEMS_QUEUE,
     acks_late=True,
     reject_on_worker_lost=True,
     max_retries=None,
@@ -133,7 +132,7 @@ def _write_back(reporter: Reporter, job_id: str, waiting: int) -> None:
             flush_reports.apply_async(args=[job_id], countdown=settings.report_interval)
 
 
-@app.task(name=FLUSH_TASK, bind=True, queue=ITEMS_QUEUE, acks_late=True, max_retries=None)
+@app.task(name=FLUSH_TASK, bind=True, acks_late=True, max_retries=None)
 def flush_reports(self: Task, job_id: str) -> dict[str, Any]:
     """Write a job's waiting results back to Pleo and complete the job when all are in."""
     try:

@@ -14,7 +14,7 @@ from celery import Task
 
 from producer.celery_app import make_app
 from producer.components import produce
-from producer.config import PRODUCER_QUEUE, PRODUCER_TASK, Settings
+from producer.config import PRODUCER_TASK, Settings
 from producer.errors import BrokerUnavailable, LeaseHeld, LeaseLost, TransientUpstreamError
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ def run_retry_countdown(retries: int, base: float) -> float:
 @app.task(
     name=PRODUCER_TASK,
     bind=True,
-    queue=PRODUCER_QUEUE,
     acks_late=True,
     reject_on_worker_lost=True,
     max_retries=MAX_RUN_RETRIES,

@@ -15,7 +15,7 @@ import redis
 from celery import Celery, Task
 
 from producer.celery_app import celery_config
-from producer.config import ITEM_TASK, ITEMS_QUEUE, Settings
+from producer.config import ITEM_TASK, Settings
 
 RECEIVED_KEY = "test:received"
 
@@ -25,7 +25,7 @@ app.conf.update(celery_config(settings))
 _redis = redis.Redis.from_url(os.environ.get("REDIS_URL", settings.redis_url))
 
 
-@app.task(name=ITEM_TASK, bind=True, queue=ITEMS_QUEUE, acks_late=True)
+@app.task(name=ITEM_TASK, bind=True, acks_late=True)
 def export_item(self: Task, **kwargs: Any) -> None:
     """Record the delivery: task id and every keyword argument."""
     _redis.rpush(RECEIVED_KEY, json.dumps({"task_id": self.request.id, "kwargs": kwargs}))
