@@ -17,9 +17,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from producer.errors import PleoExportError
+from producer.models import ItemFailureReason
 
 if TYPE_CHECKING:
     from consumers.erp_sql import SqlJournal
@@ -40,27 +41,6 @@ __all__ = [
     "validate_entry",
 ]
 
-# Pleo's ExportJobItemFailureReasonType: the only values an item's failureReasonType may take.
-ItemFailureReason = Literal[
-    "receipt_upload_failure",
-    "receipt_download_failure",
-    "receipt_file_size_limit_exceeded",
-    "receipt_conversion_failure",
-    "unexpected_failure",
-    "invalid_configuration",
-    "missing_configuration",
-    "accounting_system_authentication_failure",
-    "accounting_system_rate_limit",
-    "accounting_system_unreachable",
-    "validation_failure",
-    "accounting_system_validation_failure",
-    "authorization_failure",
-    "accounting_system_timeout",
-    "vendor_unknown",
-    "account_unknown",
-    "tax_code_unknown",
-    "tag_unknown",
-]
 
 # Amounts are stored in 64-bit integer columns; anything larger is not a real expense.
 MAX_CENTS = 2**63 - 1

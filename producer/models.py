@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar, get_args
 
 from producer.errors import ContractViolation
 
@@ -23,6 +23,28 @@ JOB_STATUSES = frozenset({"pending", "in_progress", "failed", "completed", "comp
 TERMINAL_JOB_STATUSES = frozenset({"failed", "completed", "completed_with_errors"})
 ITEM_STATUSES = frozenset({"pending", "in_progress", "failed", "successful", "abandoned"})
 ACTIONABLE_ITEM_STATUSES = frozenset({"pending", "in_progress"})
+# Pleo's ExportJobItemFailureReasonType: the only values an item's failureReasonType may take.
+ItemFailureReason = Literal[
+    "receipt_upload_failure",
+    "receipt_download_failure",
+    "receipt_file_size_limit_exceeded",
+    "receipt_conversion_failure",
+    "unexpected_failure",
+    "invalid_configuration",
+    "missing_configuration",
+    "accounting_system_authentication_failure",
+    "accounting_system_rate_limit",
+    "accounting_system_unreachable",
+    "validation_failure",
+    "accounting_system_validation_failure",
+    "authorization_failure",
+    "accounting_system_timeout",
+    "vendor_unknown",
+    "account_unknown",
+    "tax_code_unknown",
+    "tag_unknown",
+]
+ITEM_FAILURE_REASON_TYPES = frozenset(get_args(ItemFailureReason))
 JOB_EVENTS = frozenset({"started", "failed", "completed", "completed_with_errors"})
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")

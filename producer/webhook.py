@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from producer.components import redis_client as make_redis_client
 from producer.config import Settings
 from producer.errors import BadInput, BrokerUnavailable
 from producer.models import is_uuid
+from producer.serving import bind, url_of
 
 log = logging.getLogger(__name__)
 
@@ -179,26 +179,6 @@ def server_config(app: Starlette) -> uvicorn.Config:
         access_log=False,
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
     )
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket on ``host:port`` (0: any free port), so the URL is known."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio only disables Nagle on sockets whose proto says TCP.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise BadInput(f"The webhook receiver cannot listen on {host}:{port}: {exc}.") from exc
-    return sock
-
-
-def url_of(sock: socket.socket) -> str:
-    """The http URL a bound socket serves."""
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 class _Receiver:

@@ -36,28 +36,6 @@ JOB_FAILURE_REASON_TYPES: Final = frozenset(
     }
 )
 
-ITEM_FAILURE_REASON_TYPES: Final = frozenset(
-    {
-        "receipt_upload_failure",
-        "receipt_download_failure",
-        "receipt_file_size_limit_exceeded",
-        "receipt_conversion_failure",
-        "unexpected_failure",
-        "invalid_configuration",
-        "missing_configuration",
-        "accounting_system_authentication_failure",
-        "accounting_system_rate_limit",
-        "accounting_system_unreachable",
-        "validation_failure",
-        "accounting_system_validation_failure",
-        "authorization_failure",
-        "accounting_system_timeout",
-        "vendor_unknown",
-        "account_unknown",
-        "tax_code_unknown",
-        "tag_unknown",
-    }
-)
 
 # Tuples, not sets: the data generator picks from them with a seeded RNG, so their order matters.
 EXPORT_ITEM_TYPES: Final = (

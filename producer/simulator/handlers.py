@@ -18,8 +18,8 @@ from typing import Any, Final
 
 from starlette.requests import Request
 
+from producer.models import ITEM_FAILURE_REASON_TYPES
 from producer.simulator.enums import (
-    ITEM_FAILURE_REASON_TYPES,
     ITEM_STATUSES,
     JOB_EVENTS,
     JOB_FAILURE_REASON_TYPES,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from types import TracebackType
@@ -11,6 +10,7 @@ from typing import Final
 
 import uvicorn
 
+from producer.serving import bind, url_of
 from producer.simulator.app import create_app
 from producer.simulator.state import SimState
 
@@ -57,8 +57,8 @@ def start_in_thread(
     state: SimState, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 10.0
 ) -> RunningSimulator:
     """Serve ``state`` on ``host:port`` (0: any free port) from a daemon thread, once it accepts."""
-    sock = _bind(host, port)
-    url = _url(sock)
+    sock = bind(host, port)
+    url = url_of(sock)
     server = uvicorn.Server(_config(state, access_log=False))
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="pleo-simulator", daemon=True
@@ -78,8 +78,8 @@ def start_in_thread(
 
 def serve(state: SimState, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve ``state`` on ``host:port`` until interrupted (what ``pleo-export simulate`` runs)."""
-    sock = _bind(host, port)
-    url = _url(sock)
+    sock = bind(host, port)
+    url = url_of(sock)
     logger.info("sim_serving url=%s", url)
     for job_id, job in state.jobs.items():
         logger.info("sim_job job_id=%s status=%s items=%d", job_id, job.status, job.number_of_items)
@@ -99,22 +99,3 @@ def _config(state: SimState, *, access_log: bool) -> uvicorn.Config:
         access_log=access_log,
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
     )
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """A bound socket, so the real port is known before the server starts."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio only disables Nagle on sockets whose proto says TCP.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
