@@ -17,8 +17,9 @@ from typing import Any
 
 import redis
 
-from producer.errors import BrokerUnavailable, TransientUpstreamError
+from producer.errors import TransientUpstreamError
 from producer.keys import job_key
+from producer.ledger import redis_call
 from producer.pleo import PleoClient
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,4 @@ class PayloadCache:
 
     @staticmethod
     def _call(fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except redis.RedisError as exc:
-            raise BrokerUnavailable(f"Redis could not be reached for payloads: {exc}.") from exc
+        return redis_call(fn, "payloads")

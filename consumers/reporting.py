@@ -18,9 +18,9 @@ from typing import Any
 
 import redis
 
-from producer.errors import BrokerUnavailable, LeaseHeld, Unprocessable
+from producer.errors import LeaseHeld, Unprocessable
 from producer.keys import job_key, marks_key, progress_key
-from producer.ledger import Ledger, now_iso
+from producer.ledger import Ledger, now_iso, redis_call
 from producer.pleo import MAX_UPDATE_ITEMS, PleoClient
 
 log = logging.getLogger(__name__)
@@ -328,7 +328,4 @@ class Reporter:
 
     @staticmethod
     def _redis(fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except redis.RedisError as exc:
-            raise BrokerUnavailable(f"Redis could not be reached for reporting: {exc}.") from exc
+        return redis_call(fn, "reporting")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 from typing import Any
 
 import httpx
@@ -21,7 +20,7 @@ from consumers.message import MessageRejected, parse_message
 from consumers.payloads import PayloadCache
 from consumers.reporting import Reporter
 from consumers.worker import process_item
-from producer.celery_app import make_app
+from producer.celery_app import make_app, retry_countdown
 from producer.components import redis_client
 from producer.config import ITEM_TASK, ITEMS_QUEUE, Settings
 from producer.errors import BrokerUnavailable, PermanentUpstreamError, TransientUpstreamError
@@ -72,10 +71,6 @@ def _payloads() -> PayloadCache:
     return PayloadCache(_redis(), _pleo(), dedup_ttl=settings.dedup_ttl)
 
 
-def _countdown(retries: int, base: float) -> float:
-    return float(random.uniform(0.5, 1.0) * min(300.0, base * 2.0**retries))
-
-
 @app.task(
     name=ITEM_TASK,
     bind=True,
@@ -100,7 +95,7 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
     except ERPUnavailable as down:
         return _erp_down(self, job_id, down)
     except _TRANSIENT as exc:
-        countdown = _countdown(self.request.retries, settings.erp_retry_delay)
+        countdown = retry_countdown(self.request.retries, settings.erp_retry_delay)
         log.warning(
             "item_retry job_id=%s entry=%s error=%s countdown=%.1f",
             job_id,
@@ -139,7 +134,7 @@ def flush_reports(self: Task, job_id: str) -> dict[str, Any]:
         _reporter().scheduled_flush_started(job_id)
         return _flush(job_id)
     except _TRANSIENT as exc:
-        countdown = _countdown(self.request.retries, settings.report_interval)
+        countdown = retry_countdown(self.request.retries, settings.report_interval)
         log.warning(
             "flush_retry job_id=%s error=%s countdown=%.1f", job_id, type(exc).__name__, countdown
         )
@@ -173,7 +168,7 @@ def _erp_down(task: Task, job_id: str, down: ERPUnavailable) -> dict[str, Any]:
     reporter = _reporter()
     outage = reporter.erp_down_for(job_id)
     if outage < settings.erp_unreachable_limit:
-        countdown = _countdown(task.request.retries, settings.erp_retry_delay)
+        countdown = retry_countdown(task.request.retries, settings.erp_retry_delay)
         log.warning("erp_unreachable job_id=%s for=%.0fs countdown=%.1f", job_id, outage, countdown)
         raise task.retry(exc=down, countdown=countdown) from down
     reason = f"The accounting system could not be reached for {outage:.0f} seconds."

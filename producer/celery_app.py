@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from celery import Celery
@@ -60,6 +61,11 @@ def redis_transport_options(settings: Settings) -> dict[str, Any]:
         "unacked_restore_throttle": 1,
         "unacked_mutex_expire": max(5, min(60, timeout)),
     }
+
+
+def retry_countdown(retries: int, base: float) -> float:
+    """Seconds before a task's next attempt: jittered exponential from ``base``, capped at 5 min."""
+    return float(random.uniform(0.5, 1.0) * min(300.0, base * 2.0**retries))
 
 
 def make_app(settings: Settings, *, main: str = "producer") -> Celery:

@@ -108,6 +108,14 @@ class Lease:
         return lease_keys(self.job_id, self.name)[0]
 
 
+def redis_call(fn: Callable[[], T], purpose: str) -> T:
+    """Run one Redis operation; an unreachable or refusing Redis becomes BrokerUnavailable."""
+    try:
+        return fn()
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(f"Redis could not be reached for {purpose}: {exc}.") from exc
+
+
 def now_iso() -> str:
     """UTC timestamp for progress records."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -304,10 +312,7 @@ class Ledger:
 
     @staticmethod
     def _call_plain(fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except redis.RedisError as exc:
-            raise BrokerUnavailable(f"Redis could not be reached for the ledger: {exc}.") from exc
+        return redis_call(fn, "the ledger")
 
 
 def _text(value: bytes | str) -> str:

@@ -7,12 +7,11 @@ lease) retry the whole run later; permanent ones fail the task. A rerun is alway
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
 from celery import Task
 
-from producer.celery_app import make_app
+from producer.celery_app import make_app, retry_countdown
 from producer.components import produce
 from producer.config import PRODUCER_TASK, Settings
 from producer.errors import BrokerUnavailable, LeaseHeld, LeaseLost, TransientUpstreamError
@@ -24,11 +23,6 @@ app = make_app(settings)
 
 # Whole-run retries are few and slow: the HTTP client already retried each request.
 MAX_RUN_RETRIES = 8
-
-
-def run_retry_countdown(retries: int, base: float) -> float:
-    """Seconds before the next whole-run attempt: jittered exponential from ``base``, to 5 min."""
-    return float(random.uniform(0.5, 1.0) * min(300.0, base * 2.0**retries))
 
 
 @app.task(
@@ -52,7 +46,7 @@ def enqueue_export_job(self: Task, job_id: str, company_id: str | None = None) -
         log.info("producer_task_locked job_id=%s", job_id)
         return {"job_id": job_id, "status": "locked", "reason": exc.message}
     except (TransientUpstreamError, BrokerUnavailable, LeaseLost) as exc:
-        countdown = run_retry_countdown(self.request.retries, settings.run_retry_delay)
+        countdown = retry_countdown(self.request.retries, settings.run_retry_delay)
         log.warning(
             "producer_task_retry job_id=%s error=%s countdown=%.1f",
             job_id,
