@@ -224,10 +224,20 @@ def webhook(host: str, port: int) -> None:
 
 
 @main.command()
+@click.option(
+    "--items",
+    default=3000,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="Entries in the sample export job.",
+)
+@click.option("--no-input", is_flag=True, help="Never wait for Enter at the end.")
 @guarded
-def demo() -> None:
-    """Run the whole pipeline on this machine (not built yet: issue 4)."""
-    raise PleoExportError("The demo is not built yet; it comes with issue 4.")
+def demo(items: int, no_input: bool) -> None:
+    """Run the whole pipeline on this machine: simulator, Redis, webhook, workers, summary."""
+    from producer.demo import run_demo
+
+    run_demo(items=items, interactive=not no_input)
 
 
 def _print_summary(summary: RunSummary, *, as_json: bool) -> None:
