@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
-from producer.config import ITEMS_QUEUE, PRODUCER_QUEUE, PRODUCER_TASK, Settings
+from producer.config import ITEMS_QUEUE, POLL_TASK, PRODUCER_QUEUE, PRODUCER_TASK, Settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             Queue(name, Exchange(name, type="direct"), routing_key=name)
             for name in (PRODUCER_QUEUE, ITEMS_QUEUE)
         ),
-        "task_routes": {PRODUCER_TASK: {"queue": PRODUCER_QUEUE}},
+        "task_routes": {name: {"queue": PRODUCER_QUEUE} for name in (PRODUCER_TASK, POLL_TASK)},
         "task_default_queue": PRODUCER_QUEUE,
         "broker_connection_retry_on_startup": True,
         # Only the Redis transport knows a visibility timeout; AMQP redelivers on disconnect.

@@ -15,6 +15,7 @@ Ordering = Literal["booked_at", "entry_id"]
 PRODUCER_QUEUE = "pleo-export-producer"
 ITEMS_QUEUE = "pleo-export-items"
 PRODUCER_TASK = "producer.enqueue_export_job"
+POLL_TASK = "producer.poll_export_jobs"
 ITEM_TASK = "consumers.export_item"
 MESSAGE_SCHEMA = 1
 

@@ -6,6 +6,7 @@ lease) retry the whole run later; permanent ones fail the task. A rerun is alway
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -13,8 +14,11 @@ from celery import Task
 
 from producer.celery_app import make_app, retry_countdown
 from producer.components import produce
-from producer.config import PRODUCER_TASK, Settings
+from producer.config import POLL_TASK, PRODUCER_TASK, Settings
 from producer.errors import BrokerUnavailable, LeaseHeld, LeaseLost, TransientUpstreamError
+from producer.pleo import PleoClient, make_http_client
+from producer.poll import poll
+from producer.triggers import EnqueueResult, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +58,18 @@ def enqueue_export_job(self: Task, job_id: str, company_id: str | None = None) -
             countdown,
         )
         raise self.retry(exc=exc, countdown=countdown) from exc
+
+
+@app.task(name=POLL_TASK, acks_late=True)
+def poll_export_jobs() -> dict[str, Any]:
+    """Enqueue every pending and in_progress job, oldest first (schedule it with Celery beat)."""
+    with make_http_client(settings) as http:
+        result = poll(settings, client=PleoClient(http, settings), enqueue_fn=_enqueue_here)
+    return dataclasses.asdict(result)
+
+
+def _enqueue_here(
+    job_id: str, /, *, company_id: str | None, settings: Settings, source: str
+) -> EnqueueResult:
+    # This app is already configured and connected: reuse it for every job of the poll.
+    return enqueue(job_id, company_id=company_id, settings=settings, app=app, source=source)

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import redis
 
-from producer.config import PRODUCER_QUEUE, Settings
+from producer.celery_app import make_app
+from producer.config import POLL_TASK, PRODUCER_QUEUE, Settings
 from producer.keys import progress_key
 from producer.simulator import FaultRule, JobSpec, SimState
 from tests.conftest import wait_for, with_settings
@@ -75,3 +76,14 @@ def test_permanent_failure_is_not_retried(cli: Cli, rdb: redis.Redis, start_work
     progress = json.loads(cli("status", job_id, "--json").stdout)
     assert progress["runs"] == 1
     assert "404" in progress["error"]
+
+
+def test_beat_poll_task_enqueues_and_produces_open_jobs(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any
+) -> None:
+    """`producer.poll_export_jobs` (what Celery beat would send) gets a pending job produced."""
+    job_id = sim_state.add_job(JobSpec(items=40, item_statuses={"pending": 1.0}))
+    start_worker("producer", PRODUCER_QUEUE)
+    make_app(settings).send_task(POLL_TASK, queue=PRODUCER_QUEUE)
+    wait_for(lambda: finished_state(rdb, job_id), timeout=60, what="the polled job to be produced")
+    assert len(redis_queue(rdb)) == 40
