@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Any
 
 from celery import Task
@@ -18,12 +19,16 @@ from producer.config import POLL_TASK, PRODUCER_TASK, Settings
 from producer.errors import BrokerUnavailable, LeaseHeld, LeaseLost, TransientUpstreamError
 from producer.pleo import PleoClient, make_http_client
 from producer.poll import poll
+from producer.runner import Observer
 from producer.triggers import EnqueueResult, enqueue
 
 log = logging.getLogger(__name__)
 
 settings = Settings.from_env()
 app = make_app(settings)
+
+# Progress events go out at most this often: Flower shows the latest, a flood helps no one.
+PROGRESS_EVERY = 0.5
 
 # Whole-run retries are few and slow: the HTTP client already retried each request.
 MAX_RUN_RETRIES = 8
@@ -45,7 +50,8 @@ def enqueue_export_job(self: Task, job_id: str, company_id: str | None = None) -
         self.request.id,
     )
     try:
-        return produce(job_id, settings=settings, app=app).as_dict()
+        observer = progress_events(self, job_id)
+        return produce(job_id, settings=settings, app=app, observer=observer).as_dict()
     except LeaseHeld as exc:
         log.info("producer_task_locked job_id=%s", job_id)
         return {"job_id": job_id, "status": "locked", "reason": exc.message}
@@ -73,3 +79,28 @@ def _enqueue_here(
 ) -> EnqueueResult:
     # This app is already configured and connected: reuse it for every job of the poll.
     return enqueue(job_id, company_id=company_id, settings=settings, app=app, source=source)
+
+
+def progress_events(task: Task, job_id: str) -> Observer:
+    """An Observer that reports the run as ``task-progress`` events (state PROGRESS in Flower)."""
+    last = [0.0]
+    seen: dict[str, Any] = {"job_id": job_id}
+
+    def send(force: bool = False, **fields: Any) -> None:
+        seen.update(fields)
+        now = time.monotonic()
+        if not force and now - last[0] < PROGRESS_EVERY:
+            return
+        last[0] = now
+        try:
+            task.send_event("task-progress", retry=False, **seen)
+        except Exception:  # monitoring must never break a run
+            log.debug("progress_event_failed job_id=%s", job_id, exc_info=True)
+
+    def on_page(layer: str, pages: int, items: int) -> None:
+        send(layer=layer, pages=pages, items_seen=items)
+
+    def on_publish(done: int, total: int) -> None:
+        send(force=done == total, enqueued=done, planned=total)
+
+    return Observer(on_page=on_page, on_publish=on_publish)

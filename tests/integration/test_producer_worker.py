@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from subprocess import CompletedProcess
@@ -15,6 +16,7 @@ from producer.celery_app import make_app
 from producer.config import POLL_TASK, PRODUCER_QUEUE, Settings
 from producer.keys import progress_key
 from producer.simulator import FaultRule, JobSpec, SimState
+from producer.triggers import enqueue
 from tests.conftest import wait_for, with_settings
 from tests.support.queues import redis_queue
 
@@ -87,3 +89,36 @@ def test_beat_poll_task_enqueues_and_produces_open_jobs(
     make_app(settings).send_task(POLL_TASK, queue=PRODUCER_QUEUE)
     wait_for(lambda: finished_state(rdb, job_id), timeout=60, what="the polled job to be produced")
     assert len(redis_queue(rdb)) == 40
+
+
+def test_progress_events_reach_monitors(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any
+) -> None:
+    """The producer task sends task-progress events (Flower's PROGRESS state) with its counts."""
+    job_id = sim_state.add_job(JobSpec(items=300, item_statuses={"pending": 1.0}))
+    app = make_app(settings)
+    progress: list[dict[str, Any]] = []
+    with app.connection_for_read() as conn:
+        receiver = app.events.Receiver(
+            conn, handlers={"task-progress": progress.append, "*": lambda _event: None}
+        )
+        listener = threading.Thread(
+            target=receiver.capture, kwargs={"limit": None, "timeout": 60}, daemon=True
+        )
+        listener.start()
+        time.sleep(0.5)  # subscribed before the worker starts
+        start_worker("producer", PRODUCER_QUEUE)
+        result = enqueue(job_id, settings=settings)
+        try:
+            wait_for(lambda: finished_state(rdb, job_id), timeout=60, what="the run")
+            last = wait_for(
+                lambda: [e for e in progress if e.get("enqueued") == 300],
+                timeout=10,
+                what="the final progress event",
+            )[-1]
+        finally:
+            receiver.should_stop = True
+            listener.join(timeout=10)
+    assert last["uuid"] == result.task_id
+    assert (last["job_id"], last["planned"], last["pages"]) == (job_id, 300, 6)
+    assert all(e["uuid"] == result.task_id for e in progress)
