@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["app"]
+__all__ = ["app", "enqueue"]
 
 
 def __getattr__(name: str) -> Any:
@@ -16,4 +16,9 @@ def __getattr__(name: str) -> Any:
         from producer.tasks import app
 
         return app
+    if name == "enqueue":
+        # ``producer.enqueue(job_id, company_id=None)``: the documented API for other services.
+        from producer.triggers import enqueue
+
+        return enqueue
     raise AttributeError(f"module 'producer' has no attribute {name!r}")

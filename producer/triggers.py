@@ -79,7 +79,7 @@ def enqueue(
     job_id: str,
     *,
     company_id: str | None = None,
-    settings: Settings,
+    settings: Settings | None = None,
     app: Celery | None = None,
     client: redis.Redis | None = None,
     source: str = "api",
@@ -91,6 +91,7 @@ def enqueue(
     cannot be reached (the claim is then released, so a retry sends). The producer's lease makes
     a duplicate that slips through harmless: deduplicating here only saves a worker's time.
     """
+    settings = Settings.from_env() if settings is None else settings
     job_id = validate_job_id(job_id)
     if company_id is not None:
         company_id = validate_uuid(company_id, "Company id")

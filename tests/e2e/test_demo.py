@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -38,3 +41,25 @@ def test_demo_runs_a_job_to_the_end_and_summarises_it(
     assert summary.journal_path.exists()
     assert "pleo-export demo summary" in printed
     print(printed)
+
+
+def test_demo_command_as_ci_runs_it(redis_url: str, tmp_path: Path) -> None:
+    """`pleo-export demo --items 500 --no-input` exits 0 within a minute and prints the summary."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLEO_", "CELERY_", "ERP_"))}
+    env["REDIS_URL"] = redis_url
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "producer", "demo", "--items", "500", "--no-input"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started < 60
+    assert "pleo-export demo summary" in proc.stdout
+    assert "reported to Pleo" in proc.stdout
+    assert (tmp_path / WORKDIR_NAME / "erp-journal.sqlite3").exists()

@@ -163,3 +163,21 @@ def test_poll_enqueues_open_jobs_oldest_first(
     assert set(result["job_ids"]) == {first, second}
     assert {q.args[0] for q in redis_queue(rdb, PRODUCER_QUEUE)} == {first, second}
     assert [c.method for c in sim_state.calls] == ["GET"]
+
+
+def test_python_api_enqueue_shares_the_trigger_dedupe(
+    cli: Cli, redis_url: str, rdb: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`producer.enqueue(job_id)` sends one task; the CLI right after sends nothing more."""
+    import producer
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    job_id = str(uuid.uuid4())
+    result = producer.enqueue(job_id)
+    assert not result.deduplicated
+    proc = cli("enqueue", job_id)
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing more sent" in proc.stdout
+    queued = redis_queue(rdb, PRODUCER_QUEUE)
+    assert [q.task_id for q in queued] == [result.task_id]
