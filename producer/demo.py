@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from producer import signature
 from producer.components import redis_client
 from producer.config import ITEMS_QUEUE, PRODUCER_QUEUE, Settings, redact_url
 from producer.errors import PleoExportError
+from producer.processes import stop_group
 from producer.serving import bind, url_of
 from producer.simulator import JobSpec, SimState, start_in_thread
 from producer.status import job_status
@@ -253,17 +253,7 @@ def _worker(
     try:
         yield proc
     finally:
-        _signal_group(proc, signal.SIGTERM)
-        try:
-            proc.wait(STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait()
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
+        stop_group(proc, grace=STOP_GRACE_SECONDS)
 
 
 def _fire_webhook(out: Console, url: str, settings: Settings, job: dict[str, Any]) -> None:

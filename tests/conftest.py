@@ -6,7 +6,6 @@ Redis: REDIS_TEST_URL, else redis://127.0.0.1:6379/9. When nothing answers there
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ import pytest
 import redis
 
 from producer.config import ITEMS_QUEUE, PRODUCER_QUEUE, Settings
+from producer.processes import signal_group, stop_group
 from producer.simulator import RunningSimulator, SimState, start_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -240,23 +240,14 @@ def start_worker(
         lines = (tmp_path / f"worker-{index}.log").read_text(errors="replace").splitlines()
         print(f"--- worker-{index}.log (last 40 lines) ---", *lines[-40:], sep="\n")
     for proc in procs:
-        _signal_group(proc, signal.SIGTERM)
+        signal_group(proc, signal.SIGTERM)
     for proc in procs:
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait()
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
+        stop_group(proc, grace=10)
 
 
 def kill_worker(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL a worker and every process it forked, as a crash or an OOM kill would."""
-    _signal_group(proc, signal.SIGKILL)
+    signal_group(proc, signal.SIGKILL)
     proc.wait(timeout=10)
 
 
