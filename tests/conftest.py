@@ -245,12 +245,6 @@ def start_worker(
         stop_group(proc, grace=10)
 
 
-def kill_worker(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL a worker and every process it forked, as a crash or an OOM kill would."""
-    signal_group(proc, signal.SIGKILL)
-    proc.wait(timeout=10)
-
-
 def with_settings(base: Settings, **changes: Any) -> Settings:
     """A copy of ``base`` with ``changes``."""
     return replace(base, **changes)
