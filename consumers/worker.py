@@ -3,8 +3,8 @@
 Exactly-once effect, step by step:
 1. a job already finished (final event sent) takes no more work;
 2. an entry with a recorded outcome is a redelivery: nothing is posted or reported again;
-3. the ERP is asked first (``find``), and ``post`` is idempotent on ``accounting_entry_id``, so a
-   worker killed between posting and recording posts nothing twice when the message runs again;
+3. ``post`` is idempotent on ``accounting_entry_id`` (the adapter protocol), so a worker killed
+   between posting and recording posts nothing twice when the message runs again;
 4. the outcome is recorded with HSETNX: of two concurrent deliveries only one is reported.
 """
 
@@ -44,21 +44,17 @@ def process_item(
     if entry.export_item is None:
         entry = dataclasses.replace(entry, export_item=payloads.get(job_id, entry_id))
     try:
-        ref = erp.find(entry_id)
-        if ref is None:
-            validate_entry(entry)
-            ref = erp.post(entry)
-            log.info(
-                "item_posted job_id=%s entry=%s external_id=%s sequence=%d",
-                job_id,
-                entry_id,
-                ref.external_id,
-                entry.sequence,
-            )
-        else:
-            log.info(
-                "item_found job_id=%s entry=%s external_id=%s", job_id, entry_id, ref.external_id
-            )
+        validate_entry(entry)
+        # ``post`` is idempotent by the adapter protocol: it returns the existing ref for an entry
+        # the ERP already has, so no separate ``find`` round trip is needed here.
+        ref = erp.post(entry)
+        log.info(
+            "item_booked job_id=%s entry=%s external_id=%s sequence=%d",
+            job_id,
+            entry_id,
+            ref.external_id,
+            entry.sequence,
+        )
         update = success_update(entry_id, ref.external_id, ref.external_url, ref.exported_at)
     except EntryRejected as rejected:
         log.info("item_rejected job_id=%s entry=%s type=%s", job_id, entry_id, rejected.reason_type)
