@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install test chaos lint format demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+chaos: $(STAMP)
+	CHAOS_FULL=1 CHAOS_REPORT=$${CHAOS_REPORT:-chaos-report.json} $(BIN)/python -m pytest -m chaos tests/chaos $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

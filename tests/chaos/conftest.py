@@ -1,0 +1,49 @@
+"""The chaos suite: every guarantee, attacked. ``make test`` runs a subset, ``make chaos`` all of it.
+
+``scale(subset, full)`` picks a case's size: the subset in ``make test`` and ``CHAOS_FULL=1`` for
+``make chaos``. Tests add what they survived to the session tally (kills, faulted requests, fuzzed
+inputs, items lost, duplicates); the terminal summary prints it, and ``CHAOS_REPORT=path`` also
+writes it as JSON, which is where the README's "Guarantees and how we test them" figures come from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+FULL = os.environ.get("CHAOS_FULL", "").lower() in {"1", "true", "yes"}
+_TALLY: Counter[str] = Counter()
+
+
+def scale(subset: int, full: int) -> int:
+    """The case size for this run: ``full`` under ``make chaos``, else ``subset``."""
+    return full if FULL else subset
+
+
+def tally(figure: str, amount: int = 1) -> None:
+    """Add ``amount`` to one of the session's chaos figures (e.g. ``"producer kills survived"``)."""
+    _TALLY[figure] += amount
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/chaos carries the ``chaos`` marker."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.chaos)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the tally, and write it where ``CHAOS_REPORT`` says."""
+    if not _TALLY:
+        return
+    terminalreporter.section(f"chaos figures ({'full run' if FULL else 'subset'})")
+    for figure, amount in sorted(_TALLY.items()):
+        terminalreporter.write_line(f"{figure:<48} {amount:>10,}")
+    target = os.environ.get("CHAOS_REPORT")
+    if target:
+        Path(target).write_text(json.dumps({"full": FULL, **_TALLY}, indent=2, sort_keys=True))
