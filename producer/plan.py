@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from producer.config import Ordering
 from producer.models import ACTIONABLE_ITEM_STATUSES, ExportItem, JobItem
@@ -22,6 +23,20 @@ from producer.models import ACTIONABLE_ITEM_STATUSES, ExportItem, JobItem
 # How far along its life a status is; the furthest sighting of an entry wins.
 _PROGRESS = {"pending": 0, "in_progress": 1}
 _TERMINAL = 2
+
+
+class Dated(Protocol):
+    """What the plan needs of a data-layer item: its ``date`` as sent and as a UTC instant.
+
+    An ``ExportItem`` held in memory also brings its payload into the plan; a spooled one
+    (``producer.spool``) leaves the payload in the spool, where the publisher reads it.
+    """
+
+    @property
+    def date(self) -> str: ...  # pragma: no cover
+
+    @property
+    def booked_at(self) -> datetime: ...  # pragma: no cover
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +73,7 @@ class Plan:
 
 def make_plan(
     job_items: Iterable[JobItem],
-    export_items: Mapping[str, ExportItem] | None,
+    export_items: Mapping[str, Dated] | None,
     *,
     ordering: Ordering = "booked_at",
 ) -> Plan:
@@ -91,7 +106,7 @@ def make_plan(
                 sequence=sequence,
                 status_at_fetch=actionable[entry_id],
                 booked_at=export_item.date if export_item is not None else None,
-                export_item=export_item.payload if export_item is not None else None,
+                export_item=getattr(export_item, "payload", None),
             )
         )
     missing = 0 if export_items is None else sum(1 for e in actionable if e not in export_items)
@@ -115,10 +130,17 @@ def index_export_items(pages: Iterable[Iterable[ExportItem]]) -> dict[str, Expor
     return index
 
 
-def _export_key(item: ExportItem) -> tuple[Any, str, str]:
-    # Only reached for an entry the data layer listed twice; the canonical JSON makes the choice
-    # independent of page order even when both copies carry the same date.
-    return (item.booked_at, item.date, json.dumps(item.payload, sort_keys=True, default=str))
+def _export_key(item: ExportItem) -> tuple[datetime, str, str]:
+    return export_order_key(item.booked_at, item.date, item.payload)
+
+
+def export_order_key(booked_at: datetime, date: str, payload: Any) -> tuple[datetime, str, str]:
+    """Which copy of an entry listed twice by the data layer is kept: the smallest key.
+
+    The canonical JSON makes the choice independent of page order even when both copies carry the
+    same date.
+    """
+    return (booked_at, date, json.dumps(payload, sort_keys=True, default=str))
 
 
 def _rank(status: str) -> int:

@@ -2,11 +2,10 @@
 
 Two paths, chosen by the broker URL:
 
-- **Redis broker** (``RedisPublisher``): each message is built by Celery and kombu themselves,
-  down to the bytes kombu's Redis transport would ``LPUSH`` (a kombu Redis channel whose last step,
-  ``_put``, hands the bytes back instead of sending them). Each batch's marks and messages are then
-  written by one Lua script, so a SIGKILL at any instant leaves every entry marked *and* queued, or
-  neither.
+- **Redis broker** (``RedisPublisher``): each message is exactly the bytes kombu's Redis
+  transport would ``LPUSH`` for Celery's task message, filled in from a per-job template
+  (``producer.messages``). Each batch's marks and messages are then written by one Lua script, so
+  a SIGKILL at any instant leaves every entry marked *and* queued, or neither.
 - **Any other broker** (``KombuPublisher``, e.g. RabbitMQ): entries are reserved in the ledger, sent
   through kombu with publisher confirms, then marked published. A rerun resends only what was never
   confirmed, so a crash between confirm and mark can repeat an entry (at least once, never lost).
@@ -17,77 +16,40 @@ direct queues: they land in the queue even before any worker has declared its bi
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
-import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from celery import Celery
 from kombu import Connection, Producer
-from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
-from producer.config import ITEM_TASK, ITEMS_QUEUE, MESSAGE_SCHEMA
+from producer.config import ITEMS_QUEUE
 from producer.errors import BrokerUnavailable
 from producer.ledger import Lease, Ledger
+from producer.messages import (
+    TASK_ID_NAMESPACE,
+    MessageEncoder,
+    MessageTemplate,
+    celery_message,
+    item_kwargs,
+    send_message,
+    short_repr,
+    task_id_for,
+)
 from producer.plan import PlannedItem
 
 log = logging.getLogger(__name__)
 
-# Task ids are uuid5(namespace, "job_id:entry_id"): the same on every run and retry.
-TASK_ID_NAMESPACE = uuid.UUID("6f1c3f4e-2b8a-5d7e-9c41-8e0b5a7d3c21")
-
 ProgressCallback = Callable[[int, int], None]
-
-
-def task_id_for(job_id: str, accounting_entry_id: str) -> str:
-    """The Celery task id of an entry's message: a pure function of (job, entry)."""
-    return str(uuid.uuid5(TASK_ID_NAMESPACE, f"{job_id}:{accounting_entry_id}"))
-
-
-def item_kwargs(
-    job_id: str, company_id: str | None, item: PlannedItem, total: int
-) -> dict[str, Any]:
-    """The schema-1 keyword arguments of ``consumers.export_item`` for one planned entry."""
-    return {
-        "schema": MESSAGE_SCHEMA,
-        "job_id": job_id,
-        "company_id": company_id,
-        "accounting_entry_id": item.accounting_entry_id,
-        "sequence": item.sequence,
-        "total": total,
-        "status_at_fetch": item.status_at_fetch,
-        "booked_at": item.booked_at,
-        "export_item": item.export_item,
-    }
-
-
-def celery_message(app: Celery, task_id: str, kwargs: dict[str, Any]) -> Any:
-    """Celery's task message for ``consumers.export_item``, as ``app.send_task`` would build it.
-
-    Two departures, both for speed and legibility: no ``task-sent`` event per message (Flower still
-    sees every task received, started and finished from the workers), and a short ``kwargsrepr``
-    naming the entry instead of Celery's repr of the whole payload, which cost 1.5 ms per message.
-    """
-    return app.amqp.as_task_v2(
-        task_id,
-        ITEM_TASK,
-        args=(),
-        kwargs=kwargs,
-        reply_to=app.thread_oid,
-        create_sent_event=False,
-        ignore_result=None,
-        argsrepr="()",
-        kwargsrepr=short_repr(kwargs),
-    )
-
-
-def short_repr(kwargs: dict[str, Any]) -> str:
-    """What Flower shows for an item message: the ids and position, not the payload."""
-    shown = {k: kwargs[k] for k in ("job_id", "accounting_entry_id", "sequence", "total")}
-    return repr(shown)
+# Entry id → its payload as JSON text (as kombu encodes it), or None when the data layer had none.
+PayloadSource = Callable[[str], str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,55 +69,30 @@ class Publisher(Protocol):
         company_id: str | None,
         items: Sequence[PlannedItem],
         *,
+        payloads: PayloadSource | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> PublishResult:
-        """Publish ``items`` in order under ``lease``; report (done, total) as batches land."""
+        """Publish ``items`` in order under ``lease``; report (done, total) as batches land.
+
+        An item's payload is its own ``export_item`` when the plan holds it, else what
+        ``payloads`` returns for its entry id (the spool), else null.
+        """
         ...  # pragma: no cover
 
 
-class _CapturingChannel(kombu_redis.Channel):  # type: ignore[misc]
-    """kombu's Redis channel, stopped at its last step: the LPUSH it would send is kept instead."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.captured: list[tuple[str, str]] = []
-
-    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
-        priority = self._get_message_priority(message, reverse=False)
-        self.captured.append((self._q_for_pri(queue, priority), dumps(message)))
-
-
-class _CapturingTransport(kombu_redis.Transport):  # type: ignore[misc]
-    Channel = _CapturingChannel
-
-
-class MessageEncoder:
-    """Builds item messages with Celery and kombu, returning (Redis list key, bytes to LPUSH)."""
-
-    def __init__(self, app: Celery, broker_url: str) -> None:
-        self._app = app
-        self._connection = Connection(broker_url, transport=_CapturingTransport)
-        try:
-            self._channel = self._connection.default_channel
-        except Exception as exc:
-            raise BrokerUnavailable(f"The Redis broker could not be reached: {exc}.") from exc
-        self._producer = Producer(self._channel, auto_declare=False)
-
-    def encode(self, message: Any) -> tuple[str, str]:
-        """The (list key, bytes) kombu's Redis transport would LPUSH for a Celery task message."""
-        _send_message(self._app, self._producer, message)
-        return self._channel.captured.pop()  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        """Release the channel's Redis connection."""
-        self._connection.release()
-
-
-BatchSender = Callable[[Sequence[PlannedItem]], int]
+# Sends one batch; the future resolves to how many of its entries were new.
+BatchSender = Callable[[Sequence[PlannedItem]], "Future[int]"]
 
 
 class _BatchPublisher:
-    """Walks the plan in batches; a subclass session sends one batch and counts the new entries."""
+    """Walks the plan in batches; a subclass session sends one batch and counts the new entries.
+
+    A session may return before its batch has landed (the Redis session sends on its own thread,
+    so building the next batch overlaps Redis running the last one). At most ``_IN_FLIGHT``
+    batches are outstanding, they land in plan order, and progress is reported as each lands.
+    """
+
+    _IN_FLIGHT = 1
 
     def __init__(self, app: Celery, ledger: Ledger, broker_url: str, *, batch_size: int) -> None:
         self._app = app
@@ -169,30 +106,35 @@ class _BatchPublisher:
         company_id: str | None,
         items: Sequence[PlannedItem],
         *,
+        payloads: PayloadSource | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> PublishResult:
         """Publish ``items`` in plan order, skipping entries the ledger has already published."""
         total = len(items)
         added = done = 0
-        with self._session(lease, company_id, total) as send:
+        outstanding: deque[tuple[Future[int], int]] = deque()
+
+        def land_oldest() -> None:
+            nonlocal added, done
+            sent, size = outstanding.popleft()
+            added += sent.result()
+            done += size
+            log.debug("batch_published job_id=%s done=%d total=%d", lease.job_id, done, total)
+            if on_progress is not None:
+                on_progress(done, total)
+
+        with self._session(lease, company_id, total, payloads or _no_payloads) as send:
             for start in range(0, total, self._batch_size):
                 batch = items[start : start + self._batch_size]
-                added += send(batch)
-                done += len(batch)
-                log.info("batch_published job_id=%s done=%d total=%d", lease.job_id, done, total)
-                if on_progress is not None:
-                    on_progress(done, total)
+                outstanding.append((send(batch), len(batch)))
+                while len(outstanding) > self._IN_FLIGHT:
+                    land_oldest()
+            while outstanding:
+                land_oldest()
         return PublishResult(enqueued=added, already_enqueued=total - added)
 
-    def _message(self, lease: Lease, company_id: str | None, item: PlannedItem, total: int) -> Any:
-        return celery_message(
-            self._app,
-            task_id_for(lease.job_id, item.accounting_entry_id),
-            item_kwargs(lease.job_id, company_id, item, total),
-        )
-
     def _session(
-        self, lease: Lease, company_id: str | None, total: int
+        self, lease: Lease, company_id: str | None, total: int, payloads: PayloadSource
     ) -> AbstractContextManager[BatchSender]:
         raise NotImplementedError
 
@@ -201,28 +143,36 @@ class RedisPublisher(_BatchPublisher):
     """Marks and messages written together, one Lua transaction per batch."""
 
     @contextmanager
-    def _session(self, lease: Lease, company_id: str | None, total: int) -> Iterator[BatchSender]:
+    def _session(
+        self, lease: Lease, company_id: str | None, total: int, payloads: PayloadSource
+    ) -> Iterator[BatchSender]:
         encoder = MessageEncoder(self._app, self._broker_url)
-
-        def send(batch: Sequence[PlannedItem]) -> int:
-            pairs: list[tuple[str, bytes]] = []
-            queue_key = ITEMS_QUEUE
-            for item in batch:
-                queue_key, body = encoder.encode(self._message(lease, company_id, item, total))
-                pairs.append((item.accounting_entry_id, body.encode()))
-            return self._ledger.publish_batch(lease, queue_key, pairs)
-
         try:
-            yield send
+            template = MessageTemplate(self._app, encoder, lease.job_id, company_id, total)
         finally:
             encoder.close()
+
+        def export_json(item: PlannedItem) -> str | None:
+            return _payload_json(item, payloads)
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="redis-publish") as redis_thread:
+
+            def send(batch: Sequence[PlannedItem]) -> Future[int]:
+                pairs = template.render_batch(batch, export_json)
+                return redis_thread.submit(
+                    self._ledger.publish_batch, lease, template.queue_key, pairs
+                )
+
+            yield send
 
 
 class KombuPublisher(_BatchPublisher):
     """Reserve, send with publisher confirms, then mark published: for non-Redis brokers."""
 
     @contextmanager
-    def _session(self, lease: Lease, company_id: str | None, total: int) -> Iterator[BatchSender]:
+    def _session(
+        self, lease: Lease, company_id: str | None, total: int, payloads: PayloadSource
+    ) -> Iterator[BatchSender]:
         connection = Connection(self._broker_url, transport_options={"confirm_publish": True})
 
         try:
@@ -231,24 +181,56 @@ class KombuPublisher(_BatchPublisher):
                 self._app.amqp.queues[ITEMS_QUEUE](channel).declare()
                 producer = Producer(channel, auto_declare=False)
 
-                def send(batch: Sequence[PlannedItem]) -> int:
+                def send(batch: Sequence[PlannedItem]) -> Future[int]:
                     todo = set(self._ledger.reserve(lease, [i.accounting_entry_id for i in batch]))
                     sent = [i for i in batch if i.accounting_entry_id in todo]
                     for item in sent:
-                        _send_message(
-                            self._app, producer, self._message(lease, company_id, item, total)
+                        message = celery_message(
+                            self._app,
+                            task_id_for(lease.job_id, item.accounting_entry_id),
+                            item_kwargs(
+                                lease.job_id, company_id, _with_payload(item, payloads), total
+                            ),
                         )
+                        send_message(self._app, producer, message)
                     ids = [i.accounting_entry_id for i in sent]
                     self._ledger.confirm(lease.job_id, ids, already=len(batch) - len(sent))
-                    return len(sent)
+                    landed: Future[int] = Future()
+                    landed.set_result(len(sent))
+                    return landed
 
                 yield send
         except connection.connection_errors as exc:
             raise BrokerUnavailable(f"The broker refused or dropped the publish: {exc}.") from exc
 
 
-def _send_message(app: Celery, producer: Any, message: Any) -> None:
-    """Hand one Celery task message to a kombu producer, as ``send_task`` does."""
-    app.amqp.send_task_message(
-        producer, ITEM_TASK, message, queue=ITEMS_QUEUE, declare=[], retry=False
-    )
+def _no_payloads(entry_id: str) -> None:
+    return None
+
+
+def _payload_json(item: PlannedItem, payloads: PayloadSource) -> str | None:
+    if item.export_item is not None:
+        return str(dumps(item.export_item))
+    return payloads(item.accounting_entry_id)
+
+
+def _with_payload(item: PlannedItem, payloads: PayloadSource) -> PlannedItem:
+    if item.export_item is not None:
+        return item
+    text = payloads(item.accounting_entry_id)
+    return item if text is None else dataclasses.replace(item, export_item=json.loads(text))
+
+
+__all__ = [
+    "TASK_ID_NAMESPACE",
+    "KombuPublisher",
+    "MessageEncoder",
+    "PayloadSource",
+    "PublishResult",
+    "Publisher",
+    "RedisPublisher",
+    "celery_message",
+    "item_kwargs",
+    "short_repr",
+    "task_id_for",
+]

@@ -7,18 +7,23 @@ ledger and a publisher, and map its typed errors to retries or exit codes.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from producer.config import Settings
 from producer.errors import BadInput, PleoExportError, Unprocessable
 from producer.ledger import Lease, Ledger, now_iso
-from producer.models import TERMINAL_JOB_STATUSES, ExportItem, ExportJob, JobItem, is_uuid
-from producer.plan import Plan, index_export_items, make_plan
+from producer.models import TERMINAL_JOB_STATUSES, ExportJob, JobItem, Page, is_uuid
+from producer.plan import Plan, make_plan
 from producer.pleo import PleoClient
 from producer.publish import Publisher
+from producer.spool import PayloadSpool
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,8 @@ class RunSummary:
     missing_export_items: int = 0
     fence: int | None = None
     seconds: float = 0.0
+    fetch_seconds: float = 0.0
+    publish_seconds: float = 0.0
     reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -138,22 +145,35 @@ def _run(
     summary.recovery = job.recovered
     ledger.record(job_id, state="fetching", recovery=int(job.recovered))
 
-    job_items = _fetch_job_items(client, job_id, summary, ledger, observer)
-    export_index = None
-    if settings.ordering == "booked_at":
-        export_index = index_export_items(
-            _fetch_export_items(client, job_id, summary, ledger, observer)
+    with PayloadSpool() as spool:
+        fetching = time.monotonic()
+        pages = _PageCounter(job_id, summary, ledger, observer)
+        job_items = _fetch_layers(client, job_id, settings, pages, spool)
+        summary.fetch_seconds = round(time.monotonic() - fetching, 3)
+        export_index = spool.index if settings.ordering == "booked_at" else None
+        plan = make_plan(job_items, export_index, ordering=settings.ordering)
+        del job_items
+        _record_plan(summary, plan)
+        ledger.record(
+            job_id,
+            state="publishing",
+            planned=plan.total,
+            total=plan.total,
+            items_seen=plan.items_seen,
         )
-    plan = make_plan(job_items, export_index, ordering=settings.ordering)
-    _record_plan(summary, plan)
-    ledger.record(
-        job_id, state="publishing", planned=plan.total, total=plan.total, items_seen=plan.items_seen
-    )
-    if not plan.items:
-        summary.status = "nothing_to_do"
-        summary.reason = "no pending or in_progress items"
-        return
-    result = publisher.publish(lease, job.company_id, plan.items, on_progress=observer.on_publish)
+        if not plan.items:
+            summary.status = "nothing_to_do"
+            summary.reason = "no pending or in_progress items"
+            return
+        publishing = time.monotonic()
+        result = publisher.publish(
+            lease,
+            job.company_id,
+            plan.items,
+            payloads=spool.payload_json,
+            on_progress=observer.on_publish,
+        )
+        summary.publish_seconds = round(time.monotonic() - publishing, 3)
     summary.enqueued = result.enqueued
     summary.already_enqueued = result.already_enqueued
     summary.status = "enqueued"
@@ -197,45 +217,85 @@ def claim(client: PleoClient, job_id: str) -> ClaimedJob:
     return ClaimedJob(client.get_job(job_id), recovered=False)
 
 
-def _fetch_job_items(
-    client: PleoClient, job_id: str, summary: RunSummary, ledger: Ledger, observer: Observer
+def _fetch_layers(
+    client: PleoClient,
+    job_id: str,
+    settings: Settings,
+    pages: _PageCounter,
+    spool: PayloadSpool,
 ) -> list[JobItem]:
+    """Read every page of the control layer and, alongside it, of the data layer into ``spool``.
+
+    Both layers may be read once the job is in progress, so the data layer is walked on a second
+    thread over the same keep-alive client (httpx.Client is thread-safe). A failure on either side
+    stops the other at its next page and is raised here: nothing is planned from a partial read.
+    """
+    stop = threading.Event()
     items: list[JobItem] = []
-    for page in client.iter_job_items(job_id):
-        items.extend(page.items)
-        summary.pages += 1
-        summary.items_seen = len(items)
-        ledger.record(job_id, pages=summary.pages, items_seen=len(items))
-        log.info(
-            "page_fetched job_id=%s layer=control page=%d items=%d",
-            job_id,
-            summary.pages,
-            len(page.items),
-        )
-        if observer.on_page is not None:
-            observer.on_page("control", summary.pages, len(items))
+
+    def read_control_layer() -> None:
+        for page in _until(stop, client.iter_job_items(job_id)):
+            items.extend(page.items)
+            pages.seen("control", len(page.items))
+
+    if settings.ordering != "booked_at":
+        read_control_layer()
+        return items
+
+    def read_data_layer() -> None:
+        try:
+            for page in _until(stop, client.iter_export_items(job_id)):
+                spool.add(page.items)
+                pages.seen("data", len(page.items))
+        except BaseException:
+            stop.set()
+            raise
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="data-layer") as pool:
+        data_layer = pool.submit(read_data_layer)
+        try:
+            read_control_layer()
+        except BaseException:
+            stop.set()
+            raise
+        data_layer.result()
     return items
 
 
-def _fetch_export_items(
-    client: PleoClient, job_id: str, summary: RunSummary, ledger: Ledger, observer: Observer
-) -> list[tuple[ExportItem, ...]]:
-    pages: list[tuple[ExportItem, ...]] = []
-    seen = 0
-    for page in client.iter_export_items(job_id):
-        pages.append(page.items)
-        seen += len(page.items)
-        summary.pages += 1
-        ledger.record(job_id, pages=summary.pages)
-        log.info(
-            "page_fetched job_id=%s layer=data page=%d items=%d",
-            job_id,
-            summary.pages,
-            len(page.items),
-        )
-        if observer.on_page is not None:
-            observer.on_page("data", summary.pages, seen)
-    return pages
+def _until(stop: threading.Event, pages: Iterator[Page[T]]) -> Iterator[Page[T]]:
+    """The pages, until the other layer's reader has failed."""
+    for page in pages:
+        if stop.is_set():
+            return
+        yield page
+
+
+class _PageCounter:
+    """Counts pages of both layers (from two threads) into the summary, the ledger and the bars."""
+
+    def __init__(
+        self, job_id: str, summary: RunSummary, ledger: Ledger, observer: Observer
+    ) -> None:
+        self._job_id = job_id
+        self._summary = summary
+        self._ledger = ledger
+        self._observer = observer
+        self._lock = threading.Lock()
+        self._items = {"control": 0, "data": 0}
+
+    def seen(self, layer: str, count: int) -> None:
+        """One more page of ``layer`` with ``count`` items."""
+        # Reported under the lock too, so no reader ever sees the count go backwards.
+        with self._lock:
+            self._items[layer] += count
+            self._summary.pages += 1
+            if layer == "control":
+                self._summary.items_seen = self._items["control"]
+            self._ledger.record(
+                self._job_id, pages=self._summary.pages, items_seen=self._items["control"]
+            )
+            if self._observer.on_page is not None:
+                self._observer.on_page(layer, self._summary.pages, self._items[layer])
 
 
 def _record_plan(summary: RunSummary, plan: Plan) -> None:

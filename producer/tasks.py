@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from typing import Any
 
@@ -85,17 +86,19 @@ def progress_events(task: Task, job_id: str) -> Observer:
     """An Observer that reports the run as ``task-progress`` events (state PROGRESS in Flower)."""
     last = [0.0]
     seen: dict[str, Any] = {"job_id": job_id}
+    lock = threading.Lock()  # both layers' pages are counted from their own threads
 
     def send(force: bool = False, **fields: Any) -> None:
-        seen.update(fields)
-        now = time.monotonic()
-        if not force and now - last[0] < PROGRESS_EVERY:
-            return
-        last[0] = now
-        try:
-            task.send_event("task-progress", retry=False, **seen)
-        except Exception:  # monitoring must never break a run
-            log.debug("progress_event_failed job_id=%s", job_id, exc_info=True)
+        with lock:
+            seen.update(fields)
+            now = time.monotonic()
+            if not force and now - last[0] < PROGRESS_EVERY:
+                return
+            last[0] = now
+            try:
+                task.send_event("task-progress", retry=False, **seen)
+            except Exception:  # monitoring must never break a run
+                log.debug("progress_event_failed job_id=%s", job_id, exc_info=True)
 
     def on_page(layer: str, pages: int, items: int) -> None:
         send(layer=layer, pages=pages, items_seen=items)

@@ -7,10 +7,15 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from kombu.utils.json import dumps
 
 from producer.celery_app import make_app
 from producer.components import produce
 from producer.config import ITEM_TASK, ITEMS_QUEUE, Settings
+from producer.messages import MessageTemplate
 from producer.plan import PlannedItem
 from producer.publish import (
     MessageEncoder,
@@ -77,3 +82,64 @@ def test_stock_worker_runs_every_message(
         task_id_for(job_id, k["accounting_entry_id"]) for k in published
     ]
     assert rdb.llen(ITEMS_QUEUE) == 0
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@hypothesis_settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    item=st.builds(
+        PlannedItem,
+        st.uuids().map(str),
+        st.integers(min_value=0, max_value=10**9),
+        st.sampled_from(["pending", "in_progress"]),
+        st.none() | st.text(max_size=40),
+        st.none() | st.dictionaries(st.text(), JSON, max_size=6),
+    ),
+    company_id=st.none() | st.uuids().map(str),
+)
+def test_template_writes_the_bytes_kombu_writes(
+    settings: Settings, item: PlannedItem, company_id: str | None
+) -> None:
+    """For any entry and payload, the template's bytes are kombu's bytes, delivery tag aside."""
+    app = make_app(settings)
+    total = item.sequence + 1
+    encoder = MessageEncoder(app, settings.broker_url)
+    try:
+        template = MessageTemplate(app, encoder, JOB, company_id, total)
+        task_id = task_id_for(JOB, item.accounting_entry_id)
+        _key, reference = encoder.encode(
+            celery_message(app, task_id, item_kwargs(JOB, company_id, item, total))
+        )
+    finally:
+        encoder.close()
+    tag = json.loads(reference)["properties"]["delivery_tag"]
+    payload = None if item.export_item is None else dumps(item.export_item)
+    # The template takes the payload as spooled JSON text, never from the item itself.
+    bare = PlannedItem(
+        item.accounting_entry_id, item.sequence, item.status_at_fetch, item.booked_at
+    )
+    ours = template.render(bare, payload, tag)
+    assert ours == reference.encode()
+    assert template.queue_key == ITEMS_QUEUE
+
+
+def test_batch_delivery_tags_are_fresh_uuid4s(settings: Settings) -> None:
+    """Each message of a batch gets its own random version-4 delivery tag, as kombu gives it."""
+    app = make_app(settings)
+    encoder = MessageEncoder(app, settings.broker_url)
+    try:
+        template = MessageTemplate(app, encoder, JOB, None, 1000)
+    finally:
+        encoder.close()
+    items = [PlannedItem(task_id_for(JOB, str(n)), n, "pending", None) for n in range(1000)]
+    rendered = template.render_batch(items, lambda _item: None)
+    tags = [json.loads(raw)["properties"]["delivery_tag"] for _entry, raw in rendered]
+    assert len(set(tags)) == 1000
+    assert all(tag[14] == "4" and tag[19] in "89ab" and len(tag) == 36 for tag in tags)
+    assert [entry for entry, _raw in rendered] == [item.accounting_entry_id for item in items]

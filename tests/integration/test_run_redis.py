@@ -10,8 +10,9 @@ import redis
 
 from producer.celery_app import make_app
 from producer.components import produce
-from producer.config import Settings
-from producer.errors import LeaseHeld
+from producer.config import ITEMS_QUEUE, Settings
+from producer.errors import ContractViolation, LeaseHeld
+from producer.keys import marks_key
 from producer.publish import task_id_for
 from producer.simulator import FaultRule, JobSpec, SimState
 from tests.conftest import with_settings
@@ -146,3 +147,22 @@ def test_terminal_job_is_left_alone(
     assert summary["job_status"] == "completed"
     assert rdb.llen("pleo-export-items") == 0
     assert not [c for c in sim_state.calls if c.method != "GET"]
+
+
+@pytest.mark.parametrize("broken", ["job_items", "export_items"])
+def test_a_broken_page_on_either_layer_stops_both_and_publishes_nothing(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, broken: str
+) -> None:
+    """The layers are read side by side; a bad third page on one stops the other, plans nothing."""
+    job_id = sim_state.add_job(JobSpec(items=2000, item_statuses={"pending": 1.0}))
+    sim_state.add_fault(FaultRule(endpoint=broken, kind="schema", after=2, times=1))
+
+    with pytest.raises(ContractViolation, match="data\\[0\\]"):
+        run(settings, job_id)
+
+    assert rdb.llen(ITEMS_QUEUE) == 0
+    assert rdb.hlen(marks_key(job_id)) == 0
+    other = "export_items" if broken == "job_items" else "job_items"
+    other_pages = [c for c in sim_state.calls if c.endpoint == other]
+    # The other layer stopped at its next page instead of reading all 20.
+    assert len(other_pages) < 20

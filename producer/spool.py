@@ -1,0 +1,105 @@
+"""The data layer's payloads, spooled to a temporary file while the run plans.
+
+A 100,000-entry job carries about 150 MB of export items once decoded into Python objects. The
+plan needs only each entry's date; the payload is needed once, when its message is built. So each
+page's payloads are encoded to JSON as soon as the page is checked (the exact text kombu's JSON
+serializer would write for them, which the message template splices in unchanged), appended to an
+unnamed temporary file, and only (date, offset, length) stays in memory. The page's objects are
+then free, so memory no longer grows with the payloads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from kombu.utils.json import dumps
+
+from producer.models import ExportItem
+from producer.plan import export_order_key
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledExport:
+    """Where an entry's payload lies in the spool, and the dates the plan orders by."""
+
+    date: str
+    booked_at: datetime
+    offset: int
+    length: int
+
+
+class PayloadSpool:
+    """Export items' payloads in a temporary file; their dates and places in a dict.
+
+    An entry the data layer lists twice keeps the copy ``plan.index_export_items`` would keep, so
+    the plan does not depend on whether payloads were spooled or held in memory.
+    """
+
+    def __init__(self, directory: str | None = None) -> None:
+        # An unnamed file: the operating system removes it even if the process is killed.
+        self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 (closed by close())
+        self._fd = self._file.fileno()
+        self._end = 0
+        self._index: dict[str, SpooledExport] = {}
+
+    def __enter__(self) -> PayloadSpool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def index(self) -> Mapping[str, SpooledExport]:
+        """Entry id → its spooled export item, for the plan."""
+        return self._index
+
+    @property
+    def size(self) -> int:
+        """Bytes written to the spool so far."""
+        return self._end
+
+    def add(self, items: Iterable[ExportItem]) -> None:
+        """Spool one page's export items."""
+        for item in items:
+            text = dumps(item.payload).encode()
+            known = self._index.get(item.accounting_entry_id)
+            if known is not None and not self._replaces(item, known):
+                continue
+            self._index[item.accounting_entry_id] = SpooledExport(
+                item.date, item.booked_at, self._end, len(text)
+            )
+            self._file.write(text)
+            self._end += len(text)
+        self._file.flush()
+
+    def payload_json(self, entry_id: str) -> str | None:
+        """The entry's payload as JSON text, or None when the data layer had no item for it."""
+        placed = self._index.get(entry_id)
+        if placed is None:
+            return None
+        return os.pread(self._fd, placed.length, placed.offset).decode()
+
+    def close(self) -> None:
+        """Drop the file (it has no name, so nothing is left on disk)."""
+        self._file.close()
+        self._index = {}
+
+    def _replaces(self, item: ExportItem, known: SpooledExport) -> bool:
+        # Rare: only for an entry listed twice. Decide as index_export_items does.
+        self._file.flush()
+        old: Any = json.loads(os.pread(self._fd, known.length, known.offset))
+        return export_order_key(item.booked_at, item.date, item.payload) < export_order_key(
+            known.booked_at, known.date, old
+        )
