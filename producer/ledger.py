@@ -77,12 +77,16 @@ return todo
 # or -1 when the lease is no longer ours (nothing written).
 _PUBLISH = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-local added = 0
+local fresh = {}
 for i = 3, #ARGV, 2 do
   if redis.call('HSETNX', KEYS[2], ARGV[i], 'p') == 1 then
-    redis.call('LPUSH', KEYS[3], ARGV[i + 1])
-    added = added + 1
+    fresh[#fresh + 1] = ARGV[i + 1]
   end
+end
+local added = #fresh
+-- One LPUSH per 1000 messages keeps plan order and stays far below Lua's unpack limit.
+for first = 1, added, 1000 do
+  redis.call('LPUSH', KEYS[3], unpack(fresh, first, math.min(first + 999, added)))
 end
 local offered = (#ARGV - 2) / 2
 redis.call('PEXPIRE', KEYS[2], ARGV[2])

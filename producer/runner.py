@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -242,17 +242,24 @@ def _fetch_layers(
         read_control_layer()
         return items
 
-    def read_data_layer() -> None:
+    def read_data_layer(spooler: ThreadPoolExecutor) -> None:
+        # Encoding a page into the spool overlaps the wait for the next page; at most one page
+        # waits to be spooled, so memory holds two pages at most.
+        spooling: Future[None] | None = None
         try:
             for page in _until(stop, client.iter_export_items(job_id)):
-                spool.add(page.items)
+                if spooling is not None:
+                    spooling.result()
+                spooling = spooler.submit(spool.add, page.items)
                 pages.seen("data", len(page.items))
+            if spooling is not None:
+                spooling.result()
         except BaseException:
             stop.set()
             raise
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="data-layer") as pool:
-        data_layer = pool.submit(read_data_layer)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="data-layer") as pool:
+        data_layer = pool.submit(read_data_layer, pool)
         try:
             read_control_layer()
         except BaseException:
