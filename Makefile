@@ -35,5 +35,12 @@ format: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/pleo-export demo
 
+# The benchmarks (bench/), one table each, at the issue's sizes; BENCH_ARGS=--quick: a few minutes.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(BIN)/python -m bench.publish $(BENCH_ARGS)
+	$(BIN)/python -m bench.run_job $(BENCH_ARGS)
+	$(BIN)/python -m bench.e2e $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,5 +1,7 @@
 """The ERP worker's Celery tasks: ``consumers.export_item`` and ``consumers.flush_reports``.
 
+The worker also runs the repair sweep's timer (``consumers/watchdog.py``) in its main process.
+
 Thin wiring: each task builds nothing per message (the ERP adapter, Pleo client and Redis
 connection are made once per worker process), calls one framework-free function, and maps typed
 errors to a retry (Pleo, Redis or the ERP unreachable for now) or a terminal state.
@@ -19,6 +21,7 @@ from consumers.erp import ERPUnavailable, SqlJournal
 from consumers.message import MessageRejected, parse_message
 from consumers.payloads import PayloadCache
 from consumers.reporting import Reporter
+from consumers.watchdog import RepairWatchdog
 from consumers.worker import process_item
 from producer.celery_app import make_app, retry_countdown
 from producer.components import redis_client
@@ -34,6 +37,8 @@ FLUSH_TASK = "consumers.flush_reports"
 settings = Settings.from_env()
 app = make_app(settings, main="consumers")
 app.conf.task_routes = {ITEM_TASK: {"queue": ITEMS_QUEUE}, FLUSH_TASK: {"queue": ITEMS_QUEUE}}
+# Every ERP worker also sweeps for messages the Redis transport lost (see consumers/repair.py).
+app.steps["worker"].add(RepairWatchdog)
 
 _TRANSIENT = (TransientUpstreamError, BrokerUnavailable)
 

@@ -23,6 +23,10 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
     :final      the final job event: "sending" (PX, while the call is under way), then its name
     :erp-down   when the ERP was first found unreachable for this job (epoch seconds)
     :payloads   hash entry -> export item JSON, filled once per job when messages carry none
+    :repaired-at when the repair sweep last examined this stalled job (epoch seconds)
+
+    Repair sweep (``consumers/repair.py``)
+    pleo-export:repair-sweep   held (PX = sweep interval) by the one ERP worker sweeping now
 
     Triggers (``producer/triggers.py``, ``producer/webhook.py``)
     :trigger    the producer task id of the latest trigger (PX = trigger window, 60 s)
@@ -32,6 +36,7 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
 from __future__ import annotations
 
 PREFIX = "pleo-export"
+REPAIR_SWEEP_KEY = f"{PREFIX}:repair-sweep"
 
 
 def job_key(job_id: str, name: str) -> str:
@@ -64,3 +69,9 @@ def lease_keys(job_id: str, name: str) -> tuple[str, str]:
     if name == "lease":
         return lease_key(job_id), fence_key(job_id)
     return job_key(job_id, name), job_key(job_id, f"{name}-fence")
+
+
+def job_id_of(key: str | bytes) -> str:
+    """The job id inside a per-job key (the inverse of ``job_key``)."""
+    text = key.decode() if isinstance(key, bytes) else key
+    return text.split(":")[2]

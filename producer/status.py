@@ -10,7 +10,8 @@ from producer.errors import BrokerUnavailable
 from producer.keys import job_key, marks_key, progress_key
 from producer.ledger import PUBLISHED
 
-_WORKER_COUNTERS = ("successful", "failed", "reported", "report_dropped")
+# ``republished``: messages the repair sweep (consumers/repair.py) sent again after a loss.
+_WORKER_COUNTERS = ("successful", "failed", "reported", "report_dropped", "republished")
 
 
 def job_status(client: redis.Redis, job_id: str) -> dict[str, Any]:

@@ -174,11 +174,12 @@ def get_job_items(state: SimState, request: Request, body: bytes) -> Reply:
         raise _BadRequest(f"status must be one of {', '.join(sorted(ITEM_STATUSES))}.")
 
     def matches(item: JobItem) -> bool:
-        return status is None or item.status == status
+        return item.status == status
 
     salt = listing_salt("job_items", job_id, status or "")
     page_request = parse_page_request(query, salt, state.max_page_size)
-    page = build_page(state.items(job_id), matches, JobItem.to_json, page_request, salt)
+    wanted = None if status is None else matches
+    page = build_page(state.items(job_id), wanted, JobItem.to_json, page_request, salt)
     return Reply(200, page.body, page=page)
 
 
@@ -238,12 +239,8 @@ def get_export_items(state: SimState, request: Request, body: bytes) -> Reply:
         return error(422, "EXPORT_JOB_STATUS_UNPROCESSABLE", message)
     salt = listing_salt("export_items", job_id)
     page_request = parse_page_request(query, salt, state.max_page_size)
-    page = build_page(state.export_items(job_id), _always, _same, page_request, salt)
+    page = build_page(state.export_items(job_id), None, _same, page_request, salt)
     return Reply(200, page.body, page=page)
-
-
-def _always(entry: JsonObject) -> bool:
-    return True
 
 
 def _same(entry: JsonObject) -> JsonObject:

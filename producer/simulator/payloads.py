@@ -7,6 +7,7 @@ across jobs and runs.
 
 from __future__ import annotations
 
+import functools
 import random
 import uuid
 from datetime import datetime, timedelta
@@ -36,8 +37,12 @@ def seeded_uuid(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
+@functools.cache
 def named_uuid(name: str) -> str:
-    """A UUID fixed by ``name``, for reference data shared by every job (accounts, teams, users)."""
+    """A UUID fixed by ``name``, for reference data shared by every job (accounts, teams, users).
+
+    Cached: the names are a few dozen, asked for eight times per export item.
+    """
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"pleo-simulator/{name}"))
 
 

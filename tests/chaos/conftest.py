@@ -1,4 +1,4 @@
-"""The chaos suite: every guarantee, attacked. ``make test`` runs a subset, ``make chaos`` all of it.
+"""The chaos suite: every guarantee, attacked. `make test` runs a subset, `make chaos` all of it.
 
 ``scale(subset, full)`` picks a case's size: the subset in ``make test`` and ``CHAOS_FULL=1`` for
 ``make chaos``. Tests add what they survived to the session tally (kills, faulted requests, fuzzed

@@ -1,0 +1,74 @@
+"""What the benchmarks share: one table style, a Redis database of their own, realistic payloads.
+
+Every bench prints one table of figures measured side by side in the same run (a shared, busy
+machine makes absolute numbers noisy; the ratios between rows are the result), and empties only
+its own Redis database, before and after.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from producer.simulator.payloads import export_item, seeded_uuid
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/12"
+TOKEN = "bench-token"
+_EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def print_table(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], notes: Sequence[str] = ()
+) -> None:
+    """Print one result table (first column left-aligned, figures right-aligned) and its notes."""
+    table = Table()
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    console = Console(width=120)
+    console.print(title, style="bold", highlight=False)
+    console.print(table)
+    for note in notes:
+        console.print(f"  {note}")
+    console.print()
+
+
+@contextmanager
+def own_redis(url: str) -> Iterator[redis.Redis]:
+    """The bench's Redis database, emptied before and after (no other database is touched)."""
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def sample_export_items(count: int, company_id: str, seed: int = 0) -> list[dict[str, Any]]:
+    """``count`` distinct ``ExportItemV3`` payloads from the simulator's own generator."""
+    rng = random.Random(f"bench:{seed}")
+    return [
+        export_item(
+            rng,
+            seeded_uuid(rng),
+            company_id,
+            _EPOCH + timedelta(seconds=rng.randrange(365 * 86_400)),
+            with_account=True,
+            vendor_based=False,
+        )
+        for _ in range(count)
+    ]
+
+
+def rate(count: int, seconds: float) -> str:
+    """A rate for the table: whole units per second."""
+    return f"{count / seconds:,.0f}" if seconds > 0 else "-"

@@ -1,0 +1,211 @@
+"""Publish rate to a real Redis: our publisher against the hand-written baseline and raw LPUSH.
+
+Three contenders write the same planned items (schema-1 messages carrying a realistic
+``export_item`` from the simulator's own generator) to the same Redis database, one after the
+other in one run:
+
+(a) ours: ``RedisPublisher``, dedup marks and messages in one Lua script per batch, under a lease;
+(b) baseline: what one writes by hand, per item a ``SET NX`` on a dedup key, then ``send_task``
+    with the same kwargs and task id through a Celery app configured like ours;
+(c) ceiling: raw ``LPUSH`` of byte strings as long as (a)'s messages, pipelined 1,000 at a time.
+
+After each, the queue is checked to hold every message (and (a)'s and (b)'s decode as Celery
+task messages with the right ids and kwargs), so no contender wins by skipping work.
+Usage: ``python -m bench.publish [-n 100000] [--baseline-items 10000] [--quick] [--profile]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+
+from bench.common import DEFAULT_REDIS, own_redis, print_table, rate, sample_export_items
+from producer.celery_app import make_app
+from producer.components import make_ledger
+from producer.config import ITEM_TASK, ITEMS_QUEUE, Settings
+from producer.ledger import Ledger
+from producer.plan import PlannedItem
+from producer.publish import PublishResult, RedisPublisher, item_kwargs, task_id_for
+from tests.support.queues import decode
+
+JOB_ID = "5b0e1a4c-7d2f-4e8a-9c31-2f6d8b7a1e90"
+COMPANY_ID = "0c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f"
+LPUSH_BATCH = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One contender's run: how many messages it wrote and how long it took."""
+
+    name: str
+    items: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        """Messages per second."""
+        return self.items / self.seconds
+
+
+def planned_items(count: int) -> list[PlannedItem]:
+    """``count`` planned entries, each with its own realistic export item, in plan order."""
+    payloads = sample_export_items(count, COMPANY_ID)
+    return [
+        PlannedItem(
+            accounting_entry_id=payload["accountingEntryId"],
+            sequence=sequence,
+            status_at_fetch="pending",
+            booked_at=payload["date"],
+            export_item=payload,
+        )
+        for sequence, payload in enumerate(payloads)
+    ]
+
+
+def publish_ours(
+    app: Celery, ledger: Ledger, settings: Settings, items: Sequence[PlannedItem]
+) -> PublishResult:
+    """Publish ``items`` with our publisher, under the job's lease (the one call to adapt)."""
+    publisher = RedisPublisher(app, ledger, settings.broker_url, batch_size=settings.publish_batch)
+    with ledger.held(JOB_ID, wait=settings.lease_wait) as lease:
+        return publisher.publish(lease, COMPANY_ID, items)
+
+
+def run_ours(app: Celery, settings: Settings, items: Sequence[PlannedItem]) -> Outcome:
+    """(a): time our publisher over every item."""
+    ledger = make_ledger(settings)
+    started = time.perf_counter()
+    result = publish_ours(app, ledger, settings, items)
+    seconds = time.perf_counter() - started
+    if result.enqueued != len(items):
+        raise SystemExit(f"(a) enqueued {result.enqueued} of {len(items)}")
+    return Outcome("(a) ours: RedisPublisher", len(items), seconds)
+
+
+def run_baseline(app: Celery, client: redis.Redis, items: Sequence[PlannedItem]) -> Outcome:
+    """(b): per item, ``SET NX`` on a dedup key, then ``send_task`` with our kwargs and id."""
+    total = len(items)
+    started = time.perf_counter()
+    for item in items:
+        mark = f"bench:dedup:{JOB_ID}:{item.accounting_entry_id}"
+        if client.set(mark, 1, nx=True, ex=3600):
+            app.send_task(
+                ITEM_TASK,
+                kwargs=item_kwargs(JOB_ID, COMPANY_ID, item, total),
+                task_id=task_id_for(JOB_ID, item.accounting_entry_id),
+                queue=ITEMS_QUEUE,
+            )
+    seconds = time.perf_counter() - started
+    return Outcome("(b) baseline: SET NX + send_task", total, seconds)
+
+
+def run_raw(client: redis.Redis, sizes: Sequence[int]) -> Outcome:
+    """(c): LPUSH byte strings of the given sizes, pipelined ``LPUSH_BATCH`` at a time."""
+    bodies = [b"x" * size for size in sizes]
+    started = time.perf_counter()
+    for start in range(0, len(bodies), LPUSH_BATCH):
+        with client.pipeline(transaction=False) as pipe:
+            for body in bodies[start : start + LPUSH_BATCH]:
+                pipe.lpush(ITEMS_QUEUE, body)
+            pipe.execute()
+    seconds = time.perf_counter() - started
+    return Outcome("(c) ceiling: raw pipelined LPUSH", len(bodies), seconds)
+
+
+def check_celery_queue(client: redis.Redis, items: Sequence[PlannedItem], who: str) -> list[int]:
+    """Every item is queued once as a Celery message with its id and kwargs; the sizes, in order."""
+    raw = client.lrange(ITEMS_QUEUE, 0, -1)
+    if len(raw) != len(items):
+        raise SystemExit(f"{who}: the queue holds {len(raw)} messages, not {len(items)}")
+    by_id = {task_id_for(JOB_ID, item.accounting_entry_id): item for item in items}
+    seen: set[str] = set()
+    for body in raw:
+        message = decode(body)
+        item = by_id.get(message.task_id)
+        if (
+            item is None
+            or message.task != ITEM_TASK
+            or message.kwargs["accounting_entry_id"] != item.accounting_entry_id
+            or message.kwargs["export_item"] != item.export_item
+        ):
+            raise SystemExit(f"{who}: an unexpected message {message.task_id} is queued")
+        seen.add(message.task_id)
+    if len(seen) != len(items):
+        raise SystemExit(f"{who}: {len(items) - len(seen)} entries are queued twice")
+    return [len(body) for body in raw]
+
+
+def profile_ours(app: Celery, settings: Settings, items: Sequence[PlannedItem]) -> str:
+    """cProfile of (a) on ``items``: the top entries by own time."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run_ours(app, settings, items)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
+    return out.getvalue()
+
+
+def main() -> None:
+    """Run the three contenders and print their rates side by side."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--items", type=int, default=100_000, help="messages for (a), (c)")
+    parser.add_argument(
+        "--baseline-items", type=int, default=10_000, help="messages for (b), the slow one"
+    )
+    parser.add_argument("--quick", action="store_true", help="20,000 messages, 2,000 for (b)")
+    parser.add_argument("--redis", default=DEFAULT_REDIS, help="a Redis database to empty and use")
+    parser.add_argument("--profile", action="store_true", help="also print a cProfile of (a)")
+    args = parser.parse_args()
+    count, baseline_count = (20_000, 2_000) if args.quick else (args.items, args.baseline_items)
+    baseline_count = min(baseline_count, count)
+
+    settings = Settings(redis_url=args.redis, broker_url=args.redis)
+    app = make_app(settings)
+    items = planned_items(count)
+    with own_redis(args.redis) as client:
+        ours = run_ours(app, settings, items)
+        sizes = check_celery_queue(client, items, "(a)")
+        client.flushdb()
+        # (b) gets a plan of its own size, so its `total` and dedup keys match what it sends.
+        baseline_items = planned_items(baseline_count)
+        baseline = run_baseline(app, client, baseline_items)
+        check_celery_queue(client, baseline_items, "(b)")
+        client.flushdb()
+        raw = run_raw(client, sizes)
+        if client.llen(ITEMS_QUEUE) != count:
+            raise SystemExit(f"(c): the queue holds {client.llen(ITEMS_QUEUE)}, not {count}")
+        client.flushdb()
+        profile = profile_ours(app, settings, items[: min(count, 20_000)]) if args.profile else ""
+
+    mean_size = sum(sizes) / len(sizes)
+    rows = [
+        [o.name, f"{o.items:,}", f"{o.seconds:.2f}", rate(o.items, o.seconds)]
+        for o in (ours, baseline, raw)
+    ]
+    print_table(
+        f"Publish to Redis: {count:,} schema-1 messages, mean {mean_size:,.0f} bytes",
+        ["contender", "messages", "seconds", "messages/s"],
+        rows,
+        [
+            f"a/b = {ours.per_second / baseline.per_second:.1f}x   "
+            f"a/c = {ours.per_second / raw.per_second:.0%}   (targets: >= 20x, >= 20%)",
+            f"(b) ran on {baseline_count:,} messages (slow); rates are per second either way.",
+            "Each queue was checked after its run: every message there once, (a) and (b) decoded.",
+        ],
+    )
+    if profile:
+        print(f"cProfile of (a) on {min(count, 20_000):,} messages, by own time:")
+        print(profile)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""The repair sweep: item messages the Redis transport lost are published again.
+
+Why it exists: kombu's Redis transport (5.x) takes a message with ``BRPOP`` and only afterwards
+records it in its ``unacked`` hash (``QoS.append``); an ERP worker killed whole (main process and
+pool) between the two loses that message for good, and its job never completes. kombu offers no
+atomic fetch to close the window (no ``BLMOVE`` mode, no transport option), so the window is
+watched instead of closed:
+
+- a job is *stalled* when the producer published all of it (state ``enqueued``), no final event
+  was sent, and nothing happened for ``stall`` seconds: no write-back (``:flushed-at``), no
+  producer update, no earlier repair (``:repaired-at``);
+- its *missing* entries are those marked published with no recorded outcome;
+- a missing entry whose message is neither on the items queue nor in kombu's ``unacked`` hash
+  (which also holds what live workers prefetched and the countdowns of retries) was lost: its
+  message is built again (same task id and schema-1 arguments: the plan is recomputed from Pleo
+  over the published entries, so ``sequence`` and ``total`` match) and pushed onto the queue;
+- waiting results are written back and the job completed if it can be.
+
+Re-sending a message that was not really lost (one caught inside another live worker's BRPOP
+window at that very instant) is harmless: a worker posts and reports an entry at most once. The
+stall time therefore only needs to exceed the quiet spells of a healthy job; messages held by dead
+workers are in ``unacked`` and come back after the visibility timeout by themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+from celery import Celery
+
+from consumers.reporting import Reporter
+from producer.config import ITEMS_QUEUE, Ordering
+from producer.keys import REPAIR_SWEEP_KEY, job_id_of, job_key, marks_key, progress_key
+from producer.ledger import PUBLISHED, redis_call
+from producer.models import ACTIONABLE_ITEM_STATUSES, JobItem
+from producer.plan import index_export_items, make_plan
+from producer.pleo import PleoClient
+from producer.publish import MessageEncoder, celery_message, item_kwargs, task_id_for
+
+log = logging.getLogger(__name__)
+
+# The first ``"id": "<uuid>"`` of a kombu envelope is the Celery task id in its headers (the body
+# before it is base64, which holds no quotes).
+_TASK_ID = re.compile(rb'"id": "([0-9a-fA-F-]{36})"')
+_SCAN_CHUNK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RepairResult:
+    """What repairing one stalled job found and did."""
+
+    job_id: str
+    missing: int = 0
+    republished: tuple[str, ...] = ()
+    flushed: int = 0
+    final_event: str | None = None
+
+
+class Repairer:
+    """Finds stalled jobs and re-publishes the item messages they lost."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        pleo: PleoClient,
+        reporter: Reporter,
+        *,
+        app: Celery,
+        broker_url: str,
+        stall: float,
+        ordering: Ordering,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._r = client
+        self._pleo = pleo
+        self._reporter = reporter
+        self._app = app
+        self._broker_url = broker_url
+        self._stall = stall
+        self._ordering = ordering
+        self._clock = clock
+        options = app.conf.broker_transport_options or {}
+        prefix = options.get("global_keyprefix", "")
+        self._unacked = prefix + options.get("unacked_key", "unacked")
+        self._queue = prefix + ITEMS_QUEUE
+
+    def sweep(self, interval: float) -> list[RepairResult]:
+        """Repair every stalled job, unless another worker swept less than ``interval`` s ago."""
+        claimed = self._call(
+            lambda: self._r.set(REPAIR_SWEEP_KEY, "1", nx=True, px=int(interval * 1000))
+        )
+        if not claimed:
+            return []
+        return [self.repair(job_id) for job_id in self.stalled_jobs()]
+
+    def stalled_jobs(self) -> list[str]:
+        """Jobs fully published, not finished, and quiet for longer than the stall time."""
+        now = self._clock()
+        stalled = []
+        for key in self._call(lambda: list(self._r.scan_iter(progress_key("*"), count=1000))):
+            job_id = job_id_of(key)
+            if self._is_stalled(job_id, now):
+                stalled.append(job_id)
+        return stalled
+
+    def repair(self, job_id: str) -> RepairResult:
+        """Re-publish the job's lost messages, write waiting results back, complete it if due."""
+        self._call(lambda: self._r.set(job_key(job_id, "repaired-at"), repr(self._clock())))
+        missing = self._missing(job_id)
+        lost = missing - self._still_held(job_id, missing)
+        republished = self._republish(job_id, lost) if lost else ()
+        flushed = self._reporter.flush(job_id).sent if self._reporter.pending(job_id) else 0
+        final = self._reporter.maybe_complete(job_id)
+        log.warning(
+            "job_repaired job_id=%s missing=%d lost=%d republished=%d flushed=%d final=%s",
+            job_id,
+            len(missing),
+            len(lost),
+            len(republished),
+            flushed,
+            final,
+        )
+        return RepairResult(job_id, len(missing), republished, flushed, final)
+
+    # -- what is missing ---------------------------------------------------------------------
+
+    def _is_stalled(self, job_id: str, now: float) -> bool:
+        with self._r.pipeline(transaction=False) as pipe:
+            pipe.hmget(progress_key(job_id), ["state", "updated_at"])
+            pipe.exists(job_key(job_id, "final"))
+            pipe.mget(job_key(job_id, "flushed-at"), job_key(job_id, "repaired-at"))
+            (state, updated_at), final, stamps = self._call(pipe.execute)
+        if final or state != b"enqueued":
+            return False
+        moments = [float(s) for s in stamps if s]
+        if updated_at:
+            moments.append(datetime.fromisoformat(updated_at.decode()).timestamp())
+        return not moments or now - max(moments) >= self._stall
+
+    def _missing(self, job_id: str) -> set[str]:
+        """Entries marked published that have no recorded outcome."""
+        with self._r.pipeline(transaction=True) as pipe:
+            pipe.hgetall(marks_key(job_id))
+            pipe.hkeys(job_key(job_id, "results"))
+            marks, done = self._call(pipe.execute)
+        published = {k.decode() for k, v in marks.items() if v.decode() == PUBLISHED}
+        return published - {k.decode() for k in done}
+
+    def _still_held(self, job_id: str, entries: set[str]) -> set[str]:
+        """Those of ``entries`` whose message kombu still holds, on the queue or unacked."""
+        by_task = {task_id_for(job_id, entry): entry for entry in entries}
+        held = set()
+        for raw in self._stored_messages():
+            match = _TASK_ID.search(raw)
+            entry = by_task.get(match.group(1).decode()) if match is not None else None
+            if entry is not None:
+                held.add(entry)
+        return held
+
+    def _stored_messages(self) -> Iterator[bytes]:
+        """Every message kombu holds: unacked (delivered, not acked) first, then the queue."""
+        for _, raw in self._call(lambda: self._r.hscan_iter(self._unacked, count=_SCAN_CHUNK)):
+            yield raw
+        length = int(self._call(lambda: self._r.llen(self._queue)))
+        for start in range(0, length, _SCAN_CHUNK):
+            chunk = self._call(lambda s=start: self._r.lrange(self._queue, s, s + _SCAN_CHUNK - 1))  # type: ignore[misc]
+            yield from chunk
+
+    # -- publishing again --------------------------------------------------------------------
+
+    def _republish(self, job_id: str, lost: set[str]) -> tuple[str, ...]:
+        """Build the lost entries' messages again, as the producer did, and queue them."""
+        progress = self._call(lambda: self._r.hget(progress_key(job_id), "company_id"))
+        company_id = progress.decode() if progress else None
+        published = self._published(job_id)
+        current = {
+            item.accounting_entry_id: item.status
+            for page in self._pleo.iter_job_items(job_id)
+            for item in page.items
+        }
+        # The plan over every published entry gives the original sequence and total; the lost
+        # entries were never reported, so their status now is their status at fetch.
+        entries = [JobItem(e, _as_actionable(current.get(e))) for e in sorted(published)]
+        export_index = (
+            index_export_items(page.items for page in self._pleo.iter_export_items(job_id))
+            if self._ordering == "booked_at"
+            else None
+        )
+        plan = make_plan(entries, export_index, ordering=self._ordering)
+        encoder = MessageEncoder(self._app, self._broker_url)
+        sent = []
+        try:
+            for item in plan.items:
+                if item.accounting_entry_id not in lost:
+                    continue
+                if current.get(item.accounting_entry_id) not in ACTIONABLE_ITEM_STATUSES:
+                    log.warning(
+                        "repair_skipped job_id=%s entry=%s status=%s (moved in Pleo)",
+                        job_id,
+                        item.accounting_entry_id,
+                        current.get(item.accounting_entry_id),
+                    )
+                    continue
+                message = celery_message(
+                    self._app,
+                    task_id_for(job_id, item.accounting_entry_id),
+                    item_kwargs(job_id, company_id, item, plan.total),
+                )
+                queue_key, body = encoder.encode(message)
+                self._call(lambda q=queue_key, b=body: self._r.lpush(q, b))  # type: ignore[misc]
+                sent.append(item.accounting_entry_id)
+                log.warning(
+                    "message_republished job_id=%s entry=%s sequence=%d",
+                    job_id,
+                    item.accounting_entry_id,
+                    item.sequence,
+                )
+        finally:
+            encoder.close()
+        if sent:
+            self._call(lambda: self._r.hincrby(job_key(job_id, "items"), "republished", len(sent)))
+        return tuple(sent)
+
+    def _published(self, job_id: str) -> set[str]:
+        marks = self._call(lambda: self._r.hgetall(marks_key(job_id)))
+        return {k.decode() for k, v in marks.items() if v.decode() == PUBLISHED}
+
+    @staticmethod
+    def _call(fn: Callable[[], Any]) -> Any:
+        return redis_call(fn, "the repair sweep")
+
+
+def _as_actionable(status: str | None) -> str:
+    """A status the plan keeps: entries reported since were actionable when first published."""
+    return status if status in ACTIONABLE_ITEM_STATUSES else "pending"

@@ -1,0 +1,128 @@
+"""Runs the repair sweep from every ERP worker's main process: no extra daemon to deploy.
+
+The worker's own timer, in its main process (a Celery worker bootstep), calls
+``Repairer.sweep`` every ``interval`` seconds; a Redis key held for one interval lets one worker
+of the fleet sweep at a time. It is not a task on the queue on purpose: a task message can be
+lost in the very window the sweep repairs, while this timer lives as long as any ERP worker does.
+
+Settings (read here until ``producer/config.py`` takes them; the names are the contract):
+
+    ERP_REPAIR_STALL     seconds a published, unfinished job may stay quiet (no write-back, no
+                         producer update) before its lost messages are looked for; default 300
+    ERP_REPAIR_INTERVAL  seconds between sweeps; default a third of the stall time, 1 to 60
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, closing, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Celery, bootsteps
+
+from consumers.repair import Repairer
+from consumers.reporting import Reporter
+from producer.components import redis_client
+from producer.config import Settings
+from producer.errors import PleoExportError
+from producer.ledger import Ledger
+from producer.pleo import PleoClient, make_http_client
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STALL = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class RepairSettings:
+    """How long a job may stay quiet before it is repaired, and how often workers look."""
+
+    stall: float = DEFAULT_STALL
+    interval: float = DEFAULT_STALL / 3
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RepairSettings:
+        """Read ``ERP_REPAIR_STALL`` and ``ERP_REPAIR_INTERVAL`` (see the module docstring)."""
+        env = os.environ if env is None else env
+        stall = float(env.get("ERP_REPAIR_STALL") or DEFAULT_STALL)
+        default_interval = max(1.0, min(60.0, stall / 3))
+        interval = float(env.get("ERP_REPAIR_INTERVAL") or default_interval)
+        if stall <= 0 or interval <= 0:
+            raise ValueError("ERP_REPAIR_STALL and ERP_REPAIR_INTERVAL must be positive")
+        return cls(stall=stall, interval=interval)
+
+
+@contextmanager
+def open_repairer(settings: Settings, repair: RepairSettings, app: Celery) -> Iterator[Repairer]:
+    """A Repairer with its own Redis and Pleo clients (none shared with the pool), then closed."""
+    with closing(redis_client(settings.ledger_url)) as client, make_http_client(settings) as http:
+        yield _repairer(client, PleoClient(http, settings), settings, repair, app)
+
+
+def _repairer(
+    client: redis.Redis, pleo: PleoClient, settings: Settings, repair: RepairSettings, app: Celery
+) -> Repairer:
+    ledger = Ledger(client, lease_ttl=settings.lease_ttl, dedup_ttl=settings.dedup_ttl)
+    reporter = Reporter(
+        client,
+        pleo,
+        ledger,
+        dedup_ttl=settings.dedup_ttl,
+        max_attempts=settings.report_max_attempts,
+    )
+    return Repairer(
+        client,
+        pleo,
+        reporter,
+        app=app,
+        broker_url=settings.broker_url,
+        stall=repair.stall,
+        ordering=settings.ordering,
+    )
+
+
+class RepairWatchdog(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Worker bootstep: the sweep runs on the worker's own timer, in its event loop.
+
+    Not in a thread: the prefork pool forks replacement processes at any time, and a fork taken
+    while another thread holds a lock can leave the child hung.
+    """
+
+    requires = ("celery.worker.components:Timer",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._timer_entry: Any = None
+        self._resources = ExitStack()
+
+    def start(self, parent: Any) -> None:
+        """Schedule the sweep every ``interval`` seconds."""
+        from consumers.tasks import app, settings
+
+        if not settings.uses_redis_broker:
+            # Other brokers (AMQP) redeliver a dead consumer's messages themselves.
+            return
+        repair = RepairSettings.from_env()
+        repairer = self._resources.enter_context(open_repairer(settings, repair, app))
+
+        def sweep() -> None:
+            try:
+                repairer.sweep(repair.interval)
+            except PleoExportError as exc:
+                # Redis or Pleo unreachable now: the next sweep tries again.
+                log.warning("repair_sweep_failed error=%s", exc.message)
+            except Exception:
+                log.exception("repair_sweep_crashed")
+
+        self._timer_entry = parent.timer.call_repeatedly(repair.interval, sweep)
+        log.info("repair_watchdog_started stall=%.1f interval=%.1f", repair.stall, repair.interval)
+
+    def stop(self, parent: Any) -> None:
+        """Stop sweeping."""
+        if self._timer_entry is not None:
+            self._timer_entry.cancel()
+        self._resources.close()

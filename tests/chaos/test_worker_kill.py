@@ -1,0 +1,229 @@
+"""Chaos item 2: ERP workers killed mid-batch, repeatedly; nothing lost, nothing done twice.
+
+A whole ERP worker (main process and pool) SIGKILLed between kombu's BRPOP and its ``unacked``
+bookkeeping loses the message it was taking; the repair sweep (``consumers/repair.py``) finds such
+entries and publishes them again. The first tests make that loss happen on purpose (the message is
+taken off the queue exactly as the BRPOP would), the last one kills workers at random instants.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from consumers.erp import SqlJournal
+from consumers.watchdog import RepairSettings, open_repairer
+from producer.celery_app import make_app
+from producer.components import produce
+from producer.config import ITEMS_QUEUE, Settings
+from producer.keys import job_key
+from producer.simulator import JobSpec, SimState
+from producer.status import job_status
+from tests.chaos.conftest import scale, tally
+from tests.conftest import wait_for
+from tests.support.queues import Queued, decode, redis_queue
+
+pytestmark = [pytest.mark.integration, pytest.mark.worker]
+
+# The sweep looks for lost messages once a job has been quiet this long (the test's visibility
+# timeout is 5 s: messages held by killed workers come back by themselves before that).
+STALL = 6.0
+REPAIR_ENV = {"ERP_REPAIR_STALL": str(STALL), "ERP_REPAIR_INTERVAL": "0.5"}
+
+
+def journal_ids(settings: Settings) -> list[str]:
+    """Every entry the ERP booked, one per journal row."""
+    journal = SqlJournal(settings.erp_database_url)
+    try:
+        return [row["accounting_entry_id"] for row in journal.journal()]
+    finally:
+        journal.close()
+
+
+def journal_rows(settings: Settings) -> int:
+    """How many entries the ERP has booked so far (a cheap poll while workers write)."""
+    path = settings.erp_database_url.removeprefix("sqlite:///")
+    if not Path(path).exists():
+        return 0
+    with sqlite3.connect(path, timeout=30) as db:
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM journal_entries").fetchone()[0])
+        except sqlite3.OperationalError:  # the first worker has not created the table yet
+            return 0
+
+
+def finished(state: SimState, job_id: str) -> str | None:
+    """The job's terminal status in Pleo, once it has one."""
+    status = state.jobs[job_id].status
+    return status if status in {"completed", "completed_with_errors", "failed"} else None
+
+
+def wait_until_finished(state: SimState, rdb: redis.Redis, job_id: str, timeout: float) -> str:
+    """Wait for the job's final status, explaining the Redis view if it never comes."""
+    result: str = wait_for(
+        lambda: finished(state, job_id),
+        timeout=timeout,
+        what="the job to finish",
+        explain=lambda: job_status(rdb, job_id),
+    )
+    return result
+
+
+def assert_each_entry_once(
+    settings: Settings, state: SimState, rdb: redis.Redis, job_id: str, cli: Any
+) -> list[str]:
+    """One ERP row, one applied update and one outcome per entry; one final event; status agrees."""
+    planned = sorted(i.accounting_entry_id for i in state.items(job_id))
+    posted = journal_ids(settings)
+    assert sorted(posted) == planned
+    assert state.update_counts(job_id) == dict.fromkeys(planned, 1)
+    assert Counter(i.status for i in state.items(job_id)) == {"successful": len(planned)}
+    puts = [c for c in state.calls if c.method == "PUT" and c.status == 200]
+    assert sum(c.items or 0 for c in puts) == len(planned)
+    assert [e.event for e in state.events(job_id) if e.accepted] == ["started", "completed"]
+    view = json.loads(cli("status", job_id, "--json").stdout)
+    total = len(planned)
+    assert (view["planned"], view["published_total"]) == (total, total)
+    assert (view["successful"], view["failed"], view["reported"]) == (total, 0, total)
+    assert (view["in_progress"], view["waiting_report"]) == (0, 0)
+    assert view["final_event"] == "completed"
+    return posted
+
+
+def take_like_a_dying_worker(rdb: redis.Redis, position: int) -> Queued:
+    """Remove one message from the queue, as a BRPOP whose worker died before ``unacked``."""
+    raw = rdb.lindex(ITEMS_QUEUE, -1 - position)
+    assert raw is not None
+    assert rdb.lrem(ITEMS_QUEUE, 1, raw) == 1
+    return decode(raw)
+
+
+def test_repair_rebuilds_the_lost_message_and_spares_held_ones(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """The sweep re-sends exactly the lost entry (same task id and arguments), not unacked ones."""
+    job_id = sim_state.add_job(JobSpec(items=300, item_statuses={"pending": 1.0}))
+    produce(job_id, settings=settings, app=make_app(settings))
+    lost = take_like_a_dying_worker(rdb, 137)
+    # Another message delivered to a live worker and not yet acked: kombu holds it in ``unacked``.
+    held = take_like_a_dying_worker(rdb, 20)
+    rdb.hset("unacked", "tag-1", json.dumps([held.envelope, "", ITEMS_QUEUE]))
+    before = {q.task_id for q in redis_queue(rdb)}
+
+    app = make_app(settings)
+    with open_repairer(settings, RepairSettings(stall=0.0, interval=1.0), app) as repairer:
+        assert repairer.stalled_jobs() == [job_id]
+        result = repairer.repair(job_id)
+
+    assert result.missing == 300
+    assert result.republished == (lost.kwargs["accounting_entry_id"],)
+    queued = redis_queue(rdb)
+    assert len(queued) == 299
+    (again,) = [q for q in queued if q.task_id not in before]
+    assert (again.task_id, again.task, again.kwargs) == (lost.task_id, lost.task, lost.kwargs)
+    assert rdb.hget(job_key(job_id, "items"), "republished") == b"1"
+    # Repaired just now: the job is not quiet for long enough to be swept again.
+    with open_repairer(settings, RepairSettings(stall=60.0, interval=1.0), app) as stricter:
+        assert stricter.stalled_jobs() == []
+    tally("messages lost in the BRPOP window (forced)", 1)
+    tally("messages re-sent by the repair sweep", len(result.republished))
+
+
+def test_message_lost_in_the_brpop_window_is_repaired(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any, cli: Any
+) -> None:
+    """Two messages taken off the queue as a killed worker would: the job still completes once."""
+    items = 400
+    job_id = sim_state.add_job(JobSpec(items=items, item_statuses={"pending": 1.0}))
+    produce(job_id, settings=settings, app=make_app(settings))
+    lost = [take_like_a_dying_worker(rdb, position) for position in (0, 250)]
+    start_worker("consumers", ITEMS_QUEUE, concurrency=2, **REPAIR_ENV)
+
+    assert wait_until_finished(sim_state, rdb, job_id, timeout=120) == "completed"
+    posted = assert_each_entry_once(settings, sim_state, rdb, job_id, cli)
+    assert {q.kwargs["accounting_entry_id"] for q in lost} <= set(posted)
+    assert rdb.hget(job_key(job_id, "items"), "republished") == b"2"
+    assert json.loads(cli("status", job_id, "--json").stdout)["republished"] == 2
+    tally("messages lost in the BRPOP window (forced)", len(lost))
+    tally("messages re-sent by the repair sweep", 2)
+    tally("items lost", items - len(set(posted)))
+    tally("duplicate posts", len(posted) - len(set(posted)))
+
+
+def pool_children(worker: subprocess.Popen[bytes]) -> list[int]:
+    """The pids of a Celery worker's pool processes (its children)."""
+    out = subprocess.run(
+        ["pgrep", "-P", str(worker.pid)], capture_output=True, text=True, check=False
+    ).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def kill(worker: subprocess.Popen[bytes], *, whole_group: bool) -> int:
+    """SIGKILL the worker's whole process group, or only its pool processes; return how many."""
+    if whole_group:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+        return 1
+    children = wait_for(lambda: pool_children(worker), timeout=30, what="pool processes")
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+    return len(children)
+
+
+@pytest.mark.timeout(900)
+def test_workers_killed_repeatedly_mid_batch(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any, cli: Any
+) -> None:
+    """5,000 entries, 2 workers whose groups (or pools) are SIGKILLed at random instants.
+
+    Each killed worker is replaced at once. Every entry is booked once, reported once, and the job
+    gets one final event, whatever the kills hit: a task, a write-back, a BRPOP.
+    """
+    items = scale(5000, 5000)
+    rounds = scale(3, 12)
+    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
+    job_id = sim_state.add_job(JobSpec(items=items, item_statuses={"pending": 1.0}))
+    produce(job_id, settings=settings, app=make_app(settings))
+
+    def worker() -> subprocess.Popen[bytes]:
+        return start_worker("consumers", ITEMS_QUEUE, concurrency=2, **REPAIR_ENV)
+
+    workers = [worker(), worker()]
+    whole = pools = 0
+    for kill_round in range(rounds):
+        # A random instant, spread over the batch: once some more entries have been booked.
+        target = min(items - 200, journal_rows(settings) + rng.randint(20, items // (rounds + 2)))
+        wait_for(
+            lambda t=target: journal_rows(settings) >= t,
+            timeout=240,
+            what=f"entries to be booked before kill {kill_round}",
+            explain=lambda: job_status(rdb, job_id),
+        )
+        victim = rng.randrange(len(workers))
+        whole_group = rng.random() < 0.75
+        kill(workers[victim], whole_group=whole_group)
+        if whole_group:
+            whole += 1
+            workers[victim] = worker()
+        else:
+            pools += 1
+
+    assert wait_until_finished(sim_state, rdb, job_id, timeout=300) == "completed"
+    posted = assert_each_entry_once(settings, sim_state, rdb, job_id, cli)
+    assert whole + pools == rounds
+    tally("ERP worker kills survived", whole + pools)
+    tally("ERP worker group kills (main + pool)", whole)
+    republished = int(rdb.hget(job_key(job_id, "items"), "republished") or 0)
+    tally("messages re-sent by the repair sweep", republished)
+    tally("items lost", items - len(set(posted)))
+    tally("duplicate posts", len(posted) - len(set(posted)))
