@@ -4,7 +4,9 @@ Three contenders write the same planned items (schema-1 messages carrying a real
 ``export_item`` from the simulator's own generator) to the same Redis database, one after the
 other in one run:
 
-(a) ours: ``RedisPublisher``, dedup marks and messages in one Lua script per batch, under a lease;
+(a) ours: ``RedisPublisher``, dedup marks and messages in one Lua script per batch, under a lease,
+    with payloads read from a ``PayloadSpool`` as a run has them (encoded while pages arrive);
+    (a') the same publisher handed payload dicts, so it encodes every payload itself;
 (b) baseline: what one writes by hand, per item a ``SET NX`` on a dedup key, then ``send_task``
     with the same kwargs and task id through a Celery app configured like ours;
 (c) ceiling: raw ``LPUSH`` of byte strings as long as (a)'s messages, pipelined 1,000 at a time.
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import io
 import pstats
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import redis
 from celery import Celery
@@ -32,8 +36,16 @@ from producer.celery_app import make_app
 from producer.components import make_ledger
 from producer.config import ITEM_TASK, ITEMS_QUEUE, Settings
 from producer.ledger import Ledger
+from producer.models import ExportItem
 from producer.plan import PlannedItem
-from producer.publish import PublishResult, RedisPublisher, item_kwargs, task_id_for
+from producer.publish import (
+    PayloadSource,
+    PublishResult,
+    RedisPublisher,
+    item_kwargs,
+    task_id_for,
+)
+from producer.spool import PayloadSpool
 from tests.support.queues import decode
 
 JOB_ID = "5b0e1a4c-7d2f-4e8a-9c31-2f6d8b7a1e90"
@@ -70,24 +82,49 @@ def planned_items(count: int) -> list[PlannedItem]:
     ]
 
 
+def spooled(items: Sequence[PlannedItem]) -> tuple[list[PlannedItem], PayloadSpool]:
+    """The same plan as a run holds it: bare items, their payloads in a spool."""
+    spool = PayloadSpool()
+    spool.add(
+        ExportItem(
+            item.accounting_entry_id,
+            str(item.booked_at),
+            datetime.fromisoformat(str(item.booked_at)),
+            item.export_item or {},
+        )
+        for item in items
+    )
+    return [dataclasses.replace(item, export_item=None) for item in items], spool
+
+
 def publish_ours(
-    app: Celery, ledger: Ledger, settings: Settings, items: Sequence[PlannedItem]
+    app: Celery,
+    ledger: Ledger,
+    settings: Settings,
+    items: Sequence[PlannedItem],
+    payloads: PayloadSource | None,
 ) -> PublishResult:
-    """Publish ``items`` with our publisher, under the job's lease (the one call to adapt)."""
+    """Publish ``items`` with our publisher, under the job's lease."""
     publisher = RedisPublisher(app, ledger, settings.broker_url, batch_size=settings.publish_batch)
     with ledger.held(JOB_ID, wait=settings.lease_wait) as lease:
-        return publisher.publish(lease, COMPANY_ID, items)
+        return publisher.publish(lease, COMPANY_ID, items, payloads=payloads)
 
 
-def run_ours(app: Celery, settings: Settings, items: Sequence[PlannedItem]) -> Outcome:
+def run_ours(
+    app: Celery,
+    settings: Settings,
+    items: Sequence[PlannedItem],
+    payloads: PayloadSource | None = None,
+    name: str = "(a) ours: RedisPublisher, spooled payloads",
+) -> Outcome:
     """(a): time our publisher over every item."""
     ledger = make_ledger(settings)
     started = time.perf_counter()
-    result = publish_ours(app, ledger, settings, items)
+    result = publish_ours(app, ledger, settings, items, payloads)
     seconds = time.perf_counter() - started
     if result.enqueued != len(items):
         raise SystemExit(f"(a) enqueued {result.enqueued} of {len(items)}")
-    return Outcome("(a) ours: RedisPublisher", len(items), seconds)
+    return Outcome(name, len(items), seconds)
 
 
 def run_baseline(app: Celery, client: redis.Redis, items: Sequence[PlannedItem]) -> Outcome:
@@ -143,11 +180,13 @@ def check_celery_queue(client: redis.Redis, items: Sequence[PlannedItem], who: s
     return [len(body) for body in raw]
 
 
-def profile_ours(app: Celery, settings: Settings, items: Sequence[PlannedItem]) -> str:
+def profile_ours(
+    app: Celery, settings: Settings, items: Sequence[PlannedItem], payloads: PayloadSource
+) -> str:
     """cProfile of (a) on ``items``: the top entries by own time."""
     profiler = cProfile.Profile()
     profiler.enable()
-    run_ours(app, settings, items)
+    run_ours(app, settings, items, payloads)
     profiler.disable()
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
@@ -171,9 +210,13 @@ def main() -> None:
     settings = Settings(redis_url=args.redis, broker_url=args.redis)
     app = make_app(settings)
     items = planned_items(count)
-    with own_redis(args.redis) as client:
-        ours = run_ours(app, settings, items)
+    bare, spool = spooled(items)
+    with own_redis(args.redis) as client, spool:
+        ours = run_ours(app, settings, bare, spool.payload_json)
         sizes = check_celery_queue(client, items, "(a)")
+        client.flushdb()
+        encoding = run_ours(app, settings, items, name="(a') ours, encoding payload dicts")
+        check_celery_queue(client, items, "(a')")
         client.flushdb()
         # (b) gets a plan of its own size, so its `total` and dedup keys match what it sends.
         baseline_items = planned_items(baseline_count)
@@ -184,12 +227,16 @@ def main() -> None:
         if client.llen(ITEMS_QUEUE) != count:
             raise SystemExit(f"(c): the queue holds {client.llen(ITEMS_QUEUE)}, not {count}")
         client.flushdb()
-        profile = profile_ours(app, settings, items[: min(count, 20_000)]) if args.profile else ""
+        profile = (
+            profile_ours(app, settings, bare[: min(count, 20_000)], spool.payload_json)
+            if args.profile
+            else ""
+        )
 
     mean_size = sum(sizes) / len(sizes)
     rows = [
         [o.name, f"{o.items:,}", f"{o.seconds:.2f}", rate(o.items, o.seconds)]
-        for o in (ours, baseline, raw)
+        for o in (ours, encoding, baseline, raw)
     ]
     print_table(
         f"Publish to Redis: {count:,} schema-1 messages, mean {mean_size:,.0f} bytes",
@@ -198,6 +245,8 @@ def main() -> None:
         [
             f"a/b = {ours.per_second / baseline.per_second:.1f}x   "
             f"a/c = {ours.per_second / raw.per_second:.0%}   (targets: >= 20x, >= 20%)",
+            f"a'/b = {encoding.per_second / baseline.per_second:.1f}x   "
+            f"a'/c = {encoding.per_second / raw.per_second:.0%}",
             f"(b) ran on {baseline_count:,} messages (slow); rates are per second either way.",
             "Each queue was checked after its run: every message there once, (a) and (b) decoded.",
         ],
