@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -100,24 +99,27 @@ def run_producer(
     seen = Watch()
     done = threading.Event()
     out_path, err_path = workdir / "stdout", workdir / "stderr"
-    with out_path.open("wb") as out, err_path.open("wb") as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "producer", "run", job_id, "--json"],
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=err,
-        )
-        watcher = threading.Thread(target=watch, args=(proc.pid, client, job_id, done, seen))
-        watcher.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        done.set()
-        watcher.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"the producer exited {proc.returncode}: {err_path.read_text()[-2000:]}")
+    started = time.perf_counter()
+    # posix_spawn, not fork: a forked child starts with this process's resident pages (the
+    # simulator's whole job), and wait4's peak would count them before the exec.
+    pid = os.posix_spawn(
+        sys.executable,
+        [sys.executable, "-m", "producer", "run", job_id, "--json"],
+        env,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 1, str(out_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+            (os.POSIX_SPAWN_OPEN, 2, str(err_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+        ],
+    )
+    watcher = threading.Thread(target=watch, args=(pid, client, job_id, done, seen))
+    watcher.start()
+    _, status, usage = os.wait4(pid, 0)
+    wall = time.perf_counter() - started
+    returncode = os.waitstatus_to_exitcode(status)
+    done.set()
+    watcher.join()
+    if returncode != 0:
+        raise SystemExit(f"the producer exited {returncode}: {err_path.read_text()[-2000:]}")
     return json.loads(out_path.read_text()), wall, int(usage.ru_maxrss), seen
 
 
