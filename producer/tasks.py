@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import Task
 
-from producer.celery_app import make_app, retry_countdown
+from producer.celery_app import make_app, retry_countdown, retry_when_broker_answers
 from producer.components import produce
 from producer.config import POLL_TASK, PRODUCER_TASK, Settings
 from producer.errors import BrokerUnavailable, LeaseHeld, LeaseLost, TransientUpstreamError
@@ -63,7 +63,7 @@ def enqueue_export_job(self: Task, job_id: str, company_id: str | None = None) -
             type(exc).__name__,
             countdown,
         )
-        raise self.retry(exc=exc, countdown=countdown) from exc
+        raise retry_when_broker_answers(self, exc, countdown) from exc
 
 
 @app.task(name=POLL_TASK, acks_late=True)
