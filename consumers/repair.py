@@ -18,8 +18,8 @@ watched instead of closed:
 
 Re-sending a message that was not really lost (one caught inside another live worker's BRPOP
 window at that very instant) is harmless: a worker posts and reports an entry at most once. The
-stall time therefore only needs to exceed the quiet spells of a healthy job; messages held by dead
-workers are in ``unacked`` and come back after the visibility timeout by themselves.
+stall time therefore only needs to exceed the quiet spells of a healthy job. A message left in
+``unacked`` for longer than the stall time counts as lost too (see ``_stored_messages``).
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ class Repairer:
         app: Celery,
         broker_url: str,
         stall: float,
+        held_for: float | None = None,
         ordering: Ordering,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -84,11 +85,14 @@ class Repairer:
         self._app = app
         self._broker_url = broker_url
         self._stall = stall
+        # How long a delivered, unacked message still counts as in a live worker's hands.
+        self._held_for = stall if held_for is None else held_for
         self._ordering = ordering
         self._clock = clock
         options = app.conf.broker_transport_options or {}
         prefix = options.get("global_keyprefix", "")
         self._unacked = prefix + options.get("unacked_key", "unacked")
+        self._unacked_index = prefix + options.get("unacked_index_key", "unacked_index")
         self._queue = prefix + ITEMS_QUEUE
 
     def sweep(self, interval: float) -> list[RepairResult]:
@@ -165,9 +169,19 @@ class Repairer:
         return held
 
     def _stored_messages(self) -> Iterator[bytes]:
-        """Every message kombu holds: unacked (delivered, not acked) first, then the queue."""
-        for _, raw in self._call(lambda: self._r.hscan_iter(self._unacked, count=_SCAN_CHUNK)):
-            yield raw
+        """Every message kombu holds: unacked (delivered, not acked) first, then the queue.
+
+        An unacked message delivered longer ago than ``held_for`` (the stall time unless set) does
+        not count: an item takes
+        seconds, so it is a delivery whose restore failed (kombu puts a worker's prefetched
+        messages back when its connection drops, and that fails while Redis is down), and it
+        would otherwise wait out the visibility timeout, an hour by default. Re-sending it is safe.
+        """
+        since = self._clock() - self._held_for
+        recent = set(self._call(lambda: self._r.zrangebyscore(self._unacked_index, since, "+inf")))
+        for tag, raw in self._call(lambda: self._r.hscan_iter(self._unacked, count=_SCAN_CHUNK)):
+            if tag in recent:
+                yield raw
         length = int(self._call(lambda: self._r.llen(self._queue)))
         for start in range(0, length, _SCAN_CHUNK):
             chunk = self._call(lambda s=start: self._r.lrange(self._queue, s, s + _SCAN_CHUNK - 1))  # type: ignore[misc]

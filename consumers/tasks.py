@@ -23,7 +23,7 @@ from consumers.payloads import PayloadCache
 from consumers.reporting import Reporter
 from consumers.watchdog import RepairWatchdog
 from consumers.worker import process_item
-from producer.celery_app import make_app, retry_countdown
+from producer.celery_app import make_app, retry_countdown, retry_when_broker_answers
 from producer.components import redis_client
 from producer.config import ITEM_TASK, ITEMS_QUEUE, Settings
 from producer.errors import BrokerUnavailable, PermanentUpstreamError, TransientUpstreamError
@@ -108,7 +108,7 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
             type(exc).__name__,
             countdown,
         )
-        raise self.retry(exc=exc, countdown=countdown) from exc
+        raise retry_when_broker_answers(self, exc, countdown) from exc
     if outcome.waiting:
         _write_back(reporter, job_id, outcome.waiting)
     return {"job_id": job_id, "entry": entry.accounting_entry_id, "status": outcome.status}
@@ -143,7 +143,7 @@ def flush_reports(self: Task, job_id: str) -> dict[str, Any]:
         log.warning(
             "flush_retry job_id=%s error=%s countdown=%.1f", job_id, type(exc).__name__, countdown
         )
-        raise self.retry(exc=exc, countdown=countdown) from exc
+        raise retry_when_broker_answers(self, exc, countdown) from exc
     except PermanentUpstreamError as exc:
         log.error(  # noqa: TRY400 - re-raised just below, Celery records the traceback
             "flush_failed job_id=%s error=%s", job_id, exc.message

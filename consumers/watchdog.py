@@ -43,6 +43,8 @@ class RepairSettings:
 
     stall: float = DEFAULT_STALL
     interval: float = DEFAULT_STALL / 3
+    # How long an unacked message counts as held by a live worker; None: the stall time.
+    held_for: float | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RepairSettings:
@@ -81,6 +83,7 @@ def _repairer(
         app=app,
         broker_url=settings.broker_url,
         stall=repair.stall,
+        held_for=repair.held_for,
         ordering=settings.ordering,
     )
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 from kombu import Exchange, Queue
+from kombu.exceptions import OperationalError
 
 from producer.config import ITEMS_QUEUE, POLL_TASK, PRODUCER_QUEUE, PRODUCER_TASK, Settings
 
@@ -66,6 +67,33 @@ def redis_transport_options(settings: Settings) -> dict[str, Any]:
 def retry_countdown(retries: int, base: float) -> float:
     """Seconds before a task's next attempt: jittered exponential from ``base``, capped at 5 min."""
     return float(random.uniform(0.5, 1.0) * min(300.0, base * 2.0**retries))
+
+
+# How long sending a task's retry waits for a restarting broker: 0.5, 1.5, 2.5, 3.5, 4.5 s
+# apart, then every 5 s, about two minutes in all.
+BROKER_WAIT: dict[str, Any] = {
+    "max_retries": 30,
+    "interval_start": 0.5,
+    "interval_step": 1.0,
+    "interval_max": 5.0,
+}
+
+
+def retry_when_broker_answers(task: Task, exc: Exception, countdown: float) -> Exception:
+    """``task.retry``, sent over a fresh connection once the broker answers again.
+
+    A task that failed because Redis restarted sends its retry while Redis may still be down.
+    Task.retry alone uses the pooled producer, whose channel died with the old connection, and
+    gives up within a second; it then rejects the message without requeue, so the work waits for
+    the visibility timeout (an hour) or is lost. A new connection that waits for the broker sends
+    the retry as soon as it can; if the broker stays away, Task.retry's reject is the last resort.
+    """
+    try:
+        with task.app.connection_for_write() as conn:
+            conn.ensure_connection(**BROKER_WAIT)
+            return task.retry(exc=exc, countdown=countdown, producer=conn.Producer())  # type: ignore[no-any-return]
+    except OperationalError:
+        return task.retry(exc=exc, countdown=countdown)  # type: ignore[no-any-return]
 
 
 def make_app(settings: Settings, *, main: str = "producer") -> Celery:

@@ -4,7 +4,8 @@ Every parser takes decoded JSON (``object``) and either returns a dataclass or r
 ``ContractViolation`` naming the job, the page and the field, so a malformed answer never leaks as a
 ``KeyError`` or ``TypeError`` and never reaches the plan. The checks follow the v3 OpenAPI files in
 ``shared/pleo-api``: required keys present with the right JSON types, UUIDs where the spec says
-``format: uuid``, statuses inside their enums, cursors inside the documented pattern.
+``format: uuid``, statuses and an export item's ``type`` inside their enums, cursors inside the
+documented pattern.
 """
 
 from __future__ import annotations
@@ -46,6 +47,28 @@ ItemFailureReason = Literal[
 ]
 ITEM_FAILURE_REASON_TYPES = frozenset(get_args(ItemFailureReason))
 JOB_EVENTS = frozenset({"started", "failed", "completed", "completed_with_errors"})
+# Pleo's ExportItemTypeV3 (the original spec's enum; the OpenAPI file only names it).
+EXPORT_ITEM_TYPES = frozenset(
+    {
+        "card_purchase",
+        "card_invoice",
+        "out_of_pocket",
+        "mileage",
+        "per_diem",
+        "external_reimbursement",
+        "direct_reimbursement",
+        "invoice",
+        "invoice_payment",
+        "chargeback",
+        "refund",
+        "cashback",
+        "atm_withdrawal",
+        "wallet_topup",
+        "wallet_unload",
+        "personal_spend",
+        "fee",
+    }
+)
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _CURSOR = re.compile(r"[A-Z2-7=~]+")
@@ -55,7 +78,6 @@ _EXPORT_ITEM_REQUIRED = (
     "additionalInformation",
     "amount",
     "companyId",
-    "type",
 )
 
 
@@ -262,6 +284,8 @@ def _parse_export_item(obj: object, where: _Where, path: str) -> ExportItem:
         raise where.error(f"{path}.date", f"is {_show(date)}, which has no timezone")
     for key in _EXPORT_ITEM_REQUIRED:
         _get(item, key, where, path)
+    # The ERP adapter books by type: an unknown one would be booked as a guess.
+    _enum(item, "type", EXPORT_ITEM_TYPES, where, path)
     return ExportItem(entry_id, date, booked_at, payload=item)
 
 

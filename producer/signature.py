@@ -77,8 +77,14 @@ def verify(headers: Mapping[str, str], body: bytes, secret: str, *, now: float) 
     current time in seconds since the epoch.
     """
     key = decode_secret(secret)
-    lowered = {name.lower(): value for name, value in headers.items()}
     wanted = (ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)
+    # A multi-valued mapping (an HTTP request's headers) lists a repeated header once per value;
+    # which copy counts would differ between this check and its caller, so refuse the ambiguity.
+    names = [name.lower() for name, _ in headers.items()]
+    repeated = [name for name in wanted if names.count(name) > 1]
+    if repeated:
+        raise SignatureInvalid(f"repeated header {', '.join(repeated)}")
+    lowered = {name.lower(): value for name, value in headers.items()}
     missing = [name for name in wanted if not lowered.get(name)]
     if missing:
         raise SignatureInvalid(f"missing header {', '.join(missing)}")

@@ -14,13 +14,19 @@ from typing import Any
 
 from celery import Task
 
-from producer.celery_app import make_app, retry_countdown
+from producer.celery_app import make_app, retry_countdown, retry_when_broker_answers
 from producer.components import produce
 from producer.config import POLL_TASK, PRODUCER_TASK, Settings
-from producer.errors import BrokerUnavailable, LeaseHeld, LeaseLost, TransientUpstreamError
+from producer.errors import (
+    BadInput,
+    BrokerUnavailable,
+    LeaseHeld,
+    LeaseLost,
+    TransientUpstreamError,
+)
 from producer.pleo import PleoClient, make_http_client
 from producer.poll import poll
-from producer.runner import Observer
+from producer.runner import Observer, validate_job_id, validate_uuid
 from producer.triggers import EnqueueResult, enqueue
 
 log = logging.getLogger(__name__)
@@ -44,6 +50,14 @@ MAX_RUN_RETRIES = 8
 )
 def enqueue_export_job(self: Task, job_id: str, company_id: str | None = None) -> dict[str, Any]:
     """Claim, fetch, plan and publish one export job; returns the run summary."""
+    # Checked before anything logs or uses them: an id from the network could forge a log line.
+    try:
+        job_id = validate_job_id(job_id)
+        if company_id is not None:
+            company_id = validate_uuid(company_id, "Company id")
+    except BadInput as exc:
+        log.error("producer_task_rejected task_id=%s reason=%s", self.request.id, exc.message)  # noqa: TRY400 - a refusal, not a crash
+        raise
     log.info(
         "producer_task_started job_id=%s company_id=%s task_id=%s",
         job_id,
@@ -64,7 +78,7 @@ def enqueue_export_job(self: Task, job_id: str, company_id: str | None = None) -
             type(exc).__name__,
             countdown,
         )
-        raise self.retry(exc=exc, countdown=countdown) from exc
+        raise retry_when_broker_answers(self, exc, countdown) from exc
 
 
 @app.task(name=POLL_TASK, acks_late=True)

@@ -88,6 +88,8 @@ def parse_event(body: bytes) -> ExportJobCreated | OtherEvent:
         event = json.loads(body)
     except ValueError:  # also UnicodeDecodeError
         raise BadPayload("the body is not JSON") from None
+    except RecursionError:  # nesting deeper than the interpreter's stack: hostile, not a 500
+        raise BadPayload("the body is JSON nested too deeply") from None
     if not isinstance(event, dict):
         raise BadPayload("the body is not a JSON object")
     event_type = event.get("eventType")

@@ -16,7 +16,8 @@ Kinds, and when they act:
 - on pages only: ``cursor_loop`` (``endCursor`` repeats the cursor the client sent; on a first page
   it points back to the start); ``duplicate`` (the page also carries the entry just before it, the
   last entry of the previous page, or its own first entry on a first page); ``total_lie``
-  (``total`` halved); ``schema`` (the first entry breaks the spec; also works on a single job).
+  (``total`` halved); ``schema`` (the first entry breaks the spec; also works on a single job;
+  each fire picks the next way of ``SCHEMA_BREAKS``, or always way ``variant`` when it is set).
 - on item updates only: ``item_errors`` (a 200 whose ``errors[]`` holds every tenth update of the
   batch, counting from the first, which is not applied: Pleo's partial failure).
 """
@@ -39,8 +40,9 @@ ANSWERING_KINDS: Final = frozenset({"status", "rate_limit", "drop"})
 PAGE_KINDS: Final = frozenset({"cursor_loop", "duplicate", "total_lie", "schema"})
 KINDS: Final = ANSWERING_KINDS | PAGE_KINDS | {"timeout", "truncated", "item_errors"}
 
-# Each fire of a ``schema`` fault breaks the page a different way, cycling through these.
-_SCHEMA_BREAKS: Final = {
+# Each fire of a ``schema`` fault breaks the page a different way, cycling through these (a rule
+# with ``variant`` always breaks it that one way).
+SCHEMA_BREAKS: Final = {
     "job_items": (("status", None), ("status", "exported"), ("accountingEntryId", "not-a-uuid")),
     "export_items": (("date", None), ("type", "teleportation"), ("accountingEntryId", "42")),
     "jobs": (("status", None), ("status", "archived"), ("id", "not-a-uuid")),
@@ -61,6 +63,7 @@ class FaultRule:
     after: int = 0
     times: int | None = None
     rate: float | None = None
+    variant: int | None = None
 
     def __post_init__(self) -> None:
         """Reject rules that could never fire as written."""
@@ -81,6 +84,8 @@ class FaultRule:
             raise ValueError("rate must be between 0 and 1")
         if self.delay < 0:
             raise ValueError("delay must be >= 0")
+        if self.variant is not None and (self.kind != "schema" or self.variant < 0):
+            raise ValueError("variant is a schema fault's break number, >= 0")
 
     def applies_to(self, endpoint: str) -> bool:
         """Whether requests to ``endpoint`` count for this rule."""
@@ -188,8 +193,9 @@ def distort_page(
 
 def break_schema(firing: Firing, body: JsonObject, endpoint: str) -> JsonObject:
     """A copy of ``body`` whose first entry (or job) lacks or garbles a required field."""
-    variants = _SCHEMA_BREAKS[endpoint]
-    field, value = variants[(firing.nth - 1) % len(variants)]
+    variants = SCHEMA_BREAKS[endpoint]
+    way = firing.nth - 1 if firing.rule.variant is None else firing.rule.variant
+    field, value = variants[way % len(variants)]
     data = body["data"]
     if isinstance(data, dict):
         return {**body, "data": _garble(data, field, value)}

@@ -15,7 +15,11 @@ from collections.abc import Sequence
 from typing import Final, Literal
 
 from producer.simulator.data import JobSpec, generate
-from producer.simulator.enums import TERMINAL_JOB_STATUSES, UNFINISHED_ITEM_STATUSES
+from producer.simulator.enums import (
+    ITEM_STATUSES,
+    TERMINAL_JOB_STATUSES,
+    UNFINISHED_ITEM_STATUSES,
+)
 from producer.simulator.faults import FaultBook, FaultRule, Firing
 from producer.simulator.payloads import seeded_uuid
 from producer.simulator.records import (
@@ -219,6 +223,22 @@ class SimState:
                 updated.append(item)
             self._jobs[job_id] = dataclasses.replace(job, last_updated_at=timestamp())
         return updated, errors
+
+    def set_item_status(self, job_id: str, entry_id: str, status: str) -> JobItem:
+        """Move one item to ``status`` as Pleo might behind our back (a user, another integration).
+
+        Unlike a PUT this is not counted as an update; the item keeps its place in the listing.
+        """
+        if status not in ITEM_STATUSES:
+            raise ValueError(f"status must be one of {sorted(ITEM_STATUSES)}")
+        with self._lock:
+            items = self._items[self.job(job_id).id]
+            if entry_id not in items:
+                raise KeyError(entry_id)
+            item = dataclasses.replace(items[entry_id], status=status)
+            items[entry_id] = item
+        logger.info("sim_item_moved job_id=%s entry=%s status=%s", job_id, entry_id, status)
+        return item
 
     def update_counts(self, job_id: str) -> dict[str, int]:
         """How many applied updates each entry of the job received over all PUTs."""

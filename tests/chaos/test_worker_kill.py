@@ -14,6 +14,7 @@ import random
 import signal
 import sqlite3
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -118,10 +119,12 @@ def test_repair_rebuilds_the_lost_message_and_spares_held_ones(
     # Another message delivered to a live worker and not yet acked: kombu holds it in ``unacked``.
     held = take_like_a_dying_worker(rdb, 20)
     rdb.hset("unacked", "tag-1", json.dumps([held.envelope, "", ITEMS_QUEUE]))
+    rdb.zadd("unacked_index", {"tag-1": time.time()})  # kombu's delivery time
     before = {q.task_id for q in redis_queue(rdb)}
 
     app = make_app(settings)
-    with open_repairer(settings, RepairSettings(stall=0.0, interval=1.0), app) as repairer:
+    quick = RepairSettings(stall=0.0, interval=1.0, held_for=60.0)
+    with open_repairer(settings, quick, app) as repairer:
         assert repairer.stalled_jobs() == [job_id]
         result = repairer.repair(job_id)
 
@@ -137,6 +140,30 @@ def test_repair_rebuilds_the_lost_message_and_spares_held_ones(
         assert stricter.stalled_jobs() == []
     tally("messages lost in the BRPOP window (forced)", 1)
     tally("messages re-sent by the repair sweep", len(result.republished))
+
+
+def test_unacked_message_older_than_held_for_is_sent_again(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """A delivery stranded in ``unacked`` (its restore failed while Redis was down) is re-sent.
+
+    kombu would bring it back only after the visibility timeout, an hour by default.
+    """
+    job_id = sim_state.add_job(JobSpec(items=50, item_statuses={"pending": 1.0}))
+    produce(job_id, settings=settings, app=make_app(settings))
+    stranded = take_like_a_dying_worker(rdb, 7)
+    fresh = take_like_a_dying_worker(rdb, 8)
+    now = time.time()
+    for tag, message, delivered in (("old", stranded, now - 120), ("new", fresh, now - 1)):
+        rdb.hset("unacked", tag, json.dumps([message.envelope, "", ITEMS_QUEUE]))
+        rdb.zadd("unacked_index", {tag: delivered})
+
+    quick = RepairSettings(stall=0.0, interval=1.0, held_for=60.0)
+    with open_repairer(settings, quick, make_app(settings)) as repairer:
+        result = repairer.repair(job_id)
+
+    assert result.republished == (stranded.kwargs["accounting_entry_id"],)
+    tally("messages stranded in unacked re-sent", 1)
 
 
 def test_message_lost_in_the_brpop_window_is_repaired(
