@@ -5,7 +5,7 @@ The worker's own timer, in its main process (a Celery worker bootstep), calls
 of the fleet sweep at a time. It is not a task on the queue on purpose: a task message can be
 lost in the very window the sweep repairs, while this timer lives as long as any ERP worker does.
 
-Settings (read here until ``producer/config.py`` takes them; the names are the contract):
+Settings (``producer/config.py``):
 
     ERP_REPAIR_STALL     seconds a published, unfinished job may stay quiet (no write-back, no
                          producer update) before its lost messages are looked for; default 300
@@ -15,8 +15,7 @@ Settings (read here until ``producer/config.py`` takes them; the names are the c
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -47,14 +46,10 @@ class RepairSettings:
     held_for: float | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> RepairSettings:
-        """Read ``ERP_REPAIR_STALL`` and ``ERP_REPAIR_INTERVAL`` (see the module docstring)."""
-        env = os.environ if env is None else env
-        stall = float(env.get("ERP_REPAIR_STALL") or DEFAULT_STALL)
-        default_interval = max(1.0, min(60.0, stall / 3))
-        interval = float(env.get("ERP_REPAIR_INTERVAL") or default_interval)
-        if stall <= 0 or interval <= 0:
-            raise ValueError("ERP_REPAIR_STALL and ERP_REPAIR_INTERVAL must be positive")
+    def from_settings(cls, settings: Settings) -> RepairSettings:
+        """``ERP_REPAIR_STALL`` and ``ERP_REPAIR_INTERVAL``, as ``Settings`` read them."""
+        stall = settings.repair_stall
+        interval = settings.repair_interval or max(1.0, min(60.0, stall / 3))
         return cls(stall=stall, interval=interval)
 
 
@@ -109,7 +104,7 @@ class RepairWatchdog(bootsteps.StartStopStep):  # type: ignore[misc]
         if not settings.uses_redis_broker:
             # Other brokers (AMQP) redeliver a dead consumer's messages themselves.
             return
-        repair = RepairSettings.from_env()
+        repair = RepairSettings.from_settings(settings)
         repairer = self._resources.enter_context(open_repairer(settings, repair, app))
 
         def sweep() -> None:

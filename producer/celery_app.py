@@ -37,6 +37,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {name: {"queue": PRODUCER_QUEUE} for name in (PRODUCER_TASK, POLL_TASK)},
         "task_default_queue": PRODUCER_QUEUE,
         "broker_connection_retry_on_startup": True,
+        # A worker keeps reconnecting through a broker outage of any length instead of exiting
+        # after 100 attempts (tests/chaos/test_redis_restart.py restarts Redis under workers).
+        "broker_connection_max_retries": None,
+        # Runs in progress carry on when the broker connection drops: they fail on their own
+        # and retry if they needed it. Cancelling them would leave their message in Redis's
+        # unacked set until the visibility timeout (Celery 6 changes this default).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Only the Redis transport knows a visibility timeout; AMQP redelivers on disconnect.
         "broker_transport_options": redis_transport_options(settings)
         if settings.uses_redis_broker

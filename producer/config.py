@@ -75,6 +75,10 @@ class Settings:
     erp_unreachable_limit: float = 600.0
     erp_retry_delay: float = 5.0
     erp_url_template: str | None = None
+    # ERP workers' repair sweep (consumers/repair.py): a published job quiet for this many
+    # seconds is searched for messages the Redis transport lost; every this many seconds.
+    repair_stall: float = 300.0
+    repair_interval: float = 0.0  # 0: a third of repair_stall, between 1 and 60 s
     # Triggers of one job (webhook, cron, CLI) within this many seconds send one producer task.
     trigger_window: float = 60.0
 
@@ -152,6 +156,8 @@ class Settings:
             ),
             erp_retry_delay=_number(env, "ERP_RETRY_DELAY", d.erp_retry_delay, float, low=0),
             erp_url_template=env.get("ERP_EXTERNAL_URL_TEMPLATE") or None,
+            repair_stall=_number(env, "ERP_REPAIR_STALL", d.repair_stall, float, low=0.1),
+            repair_interval=_number(env, "ERP_REPAIR_INTERVAL", d.repair_interval, float, low=0),
             trigger_window=_number(env, "PLEO_TRIGGER_WINDOW", d.trigger_window, float, low=0.001),
         )
 

@@ -130,6 +130,8 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
         ERP_DATABASE_URL=settings.erp_database_url,
         ERP_RETRY_DELAY=str(settings.erp_retry_delay),
         ERP_UNREACHABLE_LIMIT=str(settings.erp_unreachable_limit),
+        ERP_REPAIR_STALL=str(settings.repair_stall),
+        ERP_REPAIR_INTERVAL=str(settings.repair_interval),
         PLEO_BACKOFF_INITIAL=str(settings.backoff_initial),
         PLEO_BACKOFF_MAX=str(settings.backoff_max),
         PLEO_RETRY_AFTER_MAX=str(settings.retry_after_max),
