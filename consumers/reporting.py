@@ -5,6 +5,11 @@ Any worker may flush any job: a per-job lock (``:flush``) keeps it to one flushe
 flusher that finds more work when it is done schedules the next flush. A 200 whose ``errors[]``
 names some entries keeps just those in the outbox for the next flush (``report_max_attempts`` times
 at most); a 422 means the job was finished elsewhere and nothing more can be written.
+
+Each batch is noted in ``:sending`` before its PUT and cleared in the same transaction that records
+Pleo's answer. A flusher killed in between (Pleo may or may not have applied the PUT) leaves the
+note behind; the next flusher settles it from Pleo's own item statuses before sending anything, so
+an update Pleo applied is never sent twice.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import redis
@@ -21,6 +27,7 @@ import redis
 from producer.errors import LeaseHeld, Unprocessable
 from producer.keys import job_key, marks_key, progress_key
 from producer.ledger import Ledger, now_iso, redis_call
+from producer.models import ACTIONABLE_ITEM_STATUSES
 from producer.pleo import MAX_UPDATE_ITEMS, PleoClient
 
 log = logging.getLogger(__name__)
@@ -159,25 +166,27 @@ class Reporter:
             return FlushResult(locked=True)
 
     def _flush_locked(self, job_id: str) -> FlushResult:
-        outbox = job_key(job_id, "outbox")
+        outbox, sending = job_key(job_id, "outbox"), job_key(job_id, "sending")
+        try:
+            self._settle_interrupted(job_id)
+        except Unprocessable:
+            return self._job_finished_elsewhere(job_id, waiting=self.pending(job_id))
         waiting = self._redis(lambda: self._r.hgetall(outbox))
         updates = [json.loads(v) for _, v in sorted(waiting.items())]
         sent = accepted = refused = dropped = 0
         for start in range(0, len(updates), MAX_UPDATE_ITEMS):
             batch = updates[start : start + MAX_UPDATE_ITEMS]
+            ids = [u["accountingEntryId"] for u in batch]
+            self._redis(partial(self._note_sending, sending, ids))
             try:
                 result = self._pleo.update_job_items(job_id, batch)
             except Unprocessable:
-                log.warning(
-                    "report_refused_job_finished job_id=%s waiting=%d", job_id, len(updates)
-                )
-                self._finish(job_id, "already_finished")
-                self._redis(lambda: self._r.delete(outbox))
+                self._job_finished_elsewhere(job_id, waiting=len(updates))
                 return FlushResult(sent=sent, accepted=accepted, refused=len(updates) - accepted)
             errors = {e.accounting_entry_id: e for e in result.errors}
-            ok = [u["accountingEntryId"] for u in batch if u["accountingEntryId"] not in errors]
+            ok = [entry for entry in ids if entry not in errors]
             gave_up = self._note_refusals(job_id, list(errors))
-            self._accept(job_id, ok, gave_up)
+            self._accept(job_id, ok, gave_up, settled=ids)
             sent += len(batch)
             accepted += len(ok)
             refused += len(errors)
@@ -223,15 +232,58 @@ class Reporter:
             )
         return gave_up
 
-    def _accept(self, job_id: str, accepted: list[str], dropped: list[str]) -> None:
-        """Move accepted entries from the outbox to ``reported``; drop the hopeless ones."""
-        if not accepted and not dropped:
+    def _note_sending(self, sending: str, ids: list[str]) -> None:
+        with self._r.pipeline(transaction=True) as pipe:
+            pipe.delete(sending)
+            pipe.sadd(sending, *ids)
+            pipe.pexpire(sending, self._ttl_ms)
+            pipe.execute()
+
+    def _settle_interrupted(self, job_id: str) -> None:
+        """Record the batch a killed flusher left in ``:sending`` as far as Pleo applied it.
+
+        Pleo's status of each of those items says it: one no longer pending or in progress got
+        our update (only we move items on), the others go out with the next batch.
+        """
+        sending = job_key(job_id, "sending")
+        left = {e.decode() for e in self._redis(lambda: self._r.smembers(sending))}
+        if not left:
             return
+        landed = [
+            item.accounting_entry_id
+            for page in self._pleo.iter_job_items(job_id)
+            for item in page.items
+            if item.accounting_entry_id in left and item.status not in ACTIONABLE_ITEM_STATUSES
+        ]
+        self._accept(job_id, landed, [], settled=sorted(left))
+        log.warning(
+            "report_batch_settled job_id=%s interrupted=%d applied_by_pleo=%d",
+            job_id,
+            len(left),
+            len(landed),
+        )
+
+    def _job_finished_elsewhere(self, job_id: str, *, waiting: int) -> FlushResult:
+        log.warning("report_refused_job_finished job_id=%s waiting=%d", job_id, waiting)
+        self._finish(job_id, "already_finished")
+        self._redis(lambda: self._r.delete(job_key(job_id, "outbox"), job_key(job_id, "sending")))
+        return FlushResult(refused=waiting)
+
+    def _accept(
+        self, job_id: str, accepted: list[str], dropped: list[str], *, settled: list[str]
+    ) -> None:
+        """Move accepted entries from the outbox to ``reported``; drop the hopeless ones.
+
+        ``settled`` (the batch just answered) leaves ``:sending`` in the same transaction.
+        """
         outbox, items = job_key(job_id, "outbox"), job_key(job_id, "items")
 
         def write() -> None:
             with self._r.pipeline(transaction=True) as pipe:
-                pipe.hdel(outbox, *accepted, *dropped)
+                if settled:
+                    pipe.srem(job_key(job_id, "sending"), *settled)
+                if accepted or dropped:
+                    pipe.hdel(outbox, *accepted, *dropped)
                 if accepted:
                     pipe.sadd(job_key(job_id, "reported"), *accepted)
                     pipe.hincrby(items, "reported", len(accepted))

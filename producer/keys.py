@@ -14,6 +14,8 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
     :results    hash entry -> JSON outcome (successful + external ref, or failed + reason);
                 HSETNX, so the first outcome of an entry is the only one
     :outbox     hash entry -> JSON update waiting for ``PUT /v3/export-jobs/{id}/items``
+    :sending    set of entries in the PUT under way (cleared with its answer; left by a killed
+                flusher, settled from Pleo's item statuses by the next)
     :attempts   hash entry -> times Pleo answered the entry's update with an error
     :reported   set of entries whose update Pleo accepted
     :items      hash: successful, failed, reported, report_errors, report_dropped, final_event

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 
@@ -148,3 +149,37 @@ def test_failed_final_event_can_be_sent_again(
         reporter.maybe_complete(job_id)
     sim_state.clear_faults()
     assert reporter.maybe_complete(job_id) == "completed"
+
+
+@pytest.mark.parametrize("pleo_applied", [True, False])
+def test_flusher_killed_around_its_put_reports_each_item_once(
+    reporter: Reporter,
+    sim_state: SimState,
+    rdb: redis.Redis,
+    settings: Settings,
+    pleo_applied: bool,
+) -> None:
+    """A batch left in ``:sending`` by a killed flusher: what Pleo applied is not sent again.
+
+    The kill is staged exactly: the batch is noted as sending and, when ``pleo_applied``, Pleo gets
+    the PUT, but nothing records its answer, as when the worker dies between the two.
+    """
+    job_id, entries = started_job(sim_state, 150)
+    for entry in entries:
+        reporter.record(job_id, success_update(entry, "JE", None, "2026-01-01T00:00:00Z"))
+    outbox = sorted(rdb.hgetall(job_key(job_id, "outbox")).items())
+    first = [json.loads(update) for _entry, update in outbox[:100]]
+    rdb.sadd(job_key(job_id, "sending"), *(u["accountingEntryId"] for u in first))
+    if pleo_applied:
+        with make_http_client(settings) as http:
+            PleoClient(http, settings).update_job_items(job_id, first)
+
+    reporter.flush(job_id)
+
+    assert sim_state.update_counts(job_id) == dict.fromkeys(entries, 1)
+    assert reporter.pending(job_id) == 0
+    assert rdb.scard(job_key(job_id, "sending")) == 0
+    assert rdb.scard(job_key(job_id, "reported")) == 150
+    assert rdb.hget(job_key(job_id, "items"), "reported") == b"150"
+    # Applied: the staged PUT of 100, then the flush's 50. Not applied: the flush sends both.
+    assert sorted(c.items or 0 for c in sim_state.calls if c.method == "PUT") == [50, 100]
