@@ -6,11 +6,13 @@ ledger and a publisher, and map its typed errors to retries or exit codes.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -64,6 +66,24 @@ class Observer:
     on_publish: Callable[[int, int], None] | None = None
 
 
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a run (reference counting still frees).
+
+    Decoding a 1,000-item page allocates ~100,000 objects, none in a cycle; each 700 allocations
+    the collector ran, and every few hundred runs re-scanned the run's growing heap: about 30% of
+    the CPU of a 100,000-entry run (measured with bench/run_job.py). Nothing a run builds relies on
+    the collector, and it resumes as soon as the run ends.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def validate_uuid(value: object, what: str) -> str:
     """Return ``value`` lower-cased if it is a UUID, else raise BadInput naming ``what``."""
     if not isinstance(value, str) or not is_uuid(value):
@@ -91,7 +111,7 @@ def run_job(
     observer = observer or Observer()
     started = clock()
     summary = RunSummary(job_id=job_id)
-    with ledger.held(job_id, wait=settings.lease_wait) as lease:
+    with _cyclic_gc_paused(), ledger.held(job_id, wait=settings.lease_wait) as lease:
         summary.fence = lease.fence
         ledger.start_run(job_id, lease.fence)
         try:
