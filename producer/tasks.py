@@ -101,6 +101,9 @@ def progress_events(task: Task, job_id: str) -> Observer:
     last = [0.0]
     seen: dict[str, Any] = {"job_id": job_id}
     lock = threading.Lock()  # both layers' pages are counted from their own threads
+    # Read here, on the task's thread: Task.request is thread-local, so Task.send_event from the
+    # data layer's thread would send events with no task id.
+    task_id, hostname = task.request.id, task.request.hostname
 
     def send(force: bool = False, **fields: Any) -> None:
         with lock:
@@ -110,7 +113,8 @@ def progress_events(task: Task, job_id: str) -> Observer:
                 return
             last[0] = now
             try:
-                task.send_event("task-progress", retry=False, **seen)
+                with task.app.events.default_dispatcher(hostname=hostname) as dispatcher:
+                    dispatcher.send("task-progress", uuid=task_id, retry=False, **seen)
             except Exception:  # monitoring must never break a run
                 log.debug("progress_event_failed job_id=%s", job_id, exc_info=True)
 
