@@ -29,7 +29,6 @@ from typing import Any
 import pytest
 import redis
 
-from consumers.erp import SqlJournal
 from producer.config import ITEMS_QUEUE, Settings
 from producer.keys import marks_key, progress_key
 from producer.publish import task_id_for
@@ -37,6 +36,7 @@ from producer.simulator import FaultRule, JobSpec, SimState
 from tests.chaos.conftest import scale, tally
 from tests.conftest import env_for, wait_for, with_settings
 from tests.integration import test_run_rabbitmq
+from tests.support.local import journal_ids
 from tests.support.queues import Queued, decode, redis_queue
 from tests.support.rabbit import depth, peek
 
@@ -349,12 +349,6 @@ def marks_by_kind(rdb: redis.Redis, job_id: str) -> dict[str, set[str]]:
     for entry, mark in rdb.hgetall(marks_key(job_id)).items():
         grouped[mark.decode()].add(entry.decode())
     return grouped
-
-
-def journal_ids(settings: Settings) -> list[str]:
-    """The accounting entry ids the ERP journal holds, in posting order."""
-    with SqlJournal(settings.erp_database_url) as journal:
-        return [row["accounting_entry_id"] for row in journal.journal()]
 
 
 @pytest.mark.rabbitmq

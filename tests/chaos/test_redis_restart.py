@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -28,7 +27,6 @@ import pytest
 import redis
 import uvicorn
 
-from consumers.erp import SqlJournal
 from producer.celery_app import make_app
 from producer.components import produce
 from producer.config import ITEMS_QUEUE, PRODUCER_QUEUE, PRODUCER_TASK, Settings
@@ -39,6 +37,7 @@ from producer.triggers import enqueue
 from producer.webhook import bind, create_app, server_config, url_of
 from tests.chaos.conftest import FULL, scale, tally
 from tests.conftest import wait_for, with_settings
+from tests.support.local import free_port, journal_ids
 from tests.support.queues import redis_queue
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
@@ -54,14 +53,6 @@ PRODUCER_CASES = (
     if FULL
     else [("publishing", True), ("fetching", False)]
 )
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -255,15 +246,6 @@ def test_producer_run_survives_redis_restart(
     tally("Redis restarts survived")
     tally("items lost", 0)
     tally("items queued twice", 0)
-
-
-def journal_ids(settings: Settings) -> list[str]:
-    """The entries booked in the reference ERP's journal, one per row."""
-    journal = SqlJournal(settings.erp_database_url)
-    try:
-        return [row["accounting_entry_id"] for row in journal.journal()]
-    finally:
-        journal.close()
 
 
 def final_status(state: SimState, job_id: str) -> str | None:

@@ -41,6 +41,7 @@ from producer.simulator import FaultRule, JobSpec, SimState
 from producer.triggers import enqueue
 from tests.chaos.conftest import scale, tally
 from tests.conftest import ROOT, env_for, wait_for, with_settings
+from tests.support.local import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
 
@@ -85,14 +86,6 @@ LEAK_FORMS = leak_forms()
 def leaks_in(blob: bytes) -> list[str]:
     """The secrets ``blob`` spells out, in any of their forms (empty when it is clean)."""
     return sorted({name for form, name in LEAK_FORMS.items() if form in blob})
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- capture ------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 import redis
 
-from consumers.erp import SqlJournal
 from consumers.watchdog import RepairSettings, open_repairer
 from producer.celery_app import make_app
 from producer.components import produce
@@ -32,6 +31,7 @@ from producer.simulator import JobSpec, SimState
 from producer.status import job_status
 from tests.chaos.conftest import scale, tally
 from tests.conftest import wait_for
+from tests.support.local import journal_ids, pool_children
 from tests.support.queues import Queued, decode, redis_queue
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
@@ -40,15 +40,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.worker]
 # timeout is 5 s: messages held by killed workers come back by themselves before that).
 STALL = 6.0
 REPAIR_ENV = {"ERP_REPAIR_STALL": str(STALL), "ERP_REPAIR_INTERVAL": "0.5"}
-
-
-def journal_ids(settings: Settings) -> list[str]:
-    """Every entry the ERP booked, one per journal row."""
-    journal = SqlJournal(settings.erp_database_url)
-    try:
-        return [row["accounting_entry_id"] for row in journal.journal()]
-    finally:
-        journal.close()
 
 
 def journal_rows(settings: Settings) -> int:
@@ -185,14 +176,6 @@ def test_message_lost_in_the_brpop_window_is_repaired(
     tally("messages re-sent by the repair sweep", 2)
     tally("items lost", items - len(set(posted)))
     tally("duplicate posts", len(posted) - len(set(posted)))
-
-
-def pool_children(worker: subprocess.Popen[bytes]) -> list[int]:
-    """The pids of a Celery worker's pool processes (its children)."""
-    out = subprocess.run(
-        ["pgrep", "-P", str(worker.pid)], capture_output=True, text=True, check=False
-    ).stdout
-    return [int(pid) for pid in out.split()]
 
 
 def kill(worker: subprocess.Popen[bytes], *, whole_group: bool) -> int:

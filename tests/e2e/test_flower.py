@@ -12,7 +12,6 @@ import contextlib
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,16 +28,10 @@ from producer.simulator import JobSpec, SimState
 from producer.status import job_status
 from producer.triggers import enqueue
 from tests.conftest import IN_CI, ROOT, env_for, wait_for
+from tests.support.local import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
 TERMINAL = {"completed", "completed_with_errors", "failed"}
-
-
-def free_port() -> int:
-    """A port nothing listens on right now, for Flower to bind."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def log_tail(path: Path, lines: int = 40) -> str:

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 from collections import Counter
 from typing import Any
 
@@ -25,6 +24,7 @@ from producer.config import ITEMS_QUEUE, Settings
 from producer.simulator import FaultRule, JobSpec, SimState
 from producer.status import job_status
 from tests.conftest import need_service, wait_for, with_settings
+from tests.support.local import journal_ids, pool_children
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
 PG_URL = os.environ.get("POSTGRES_TEST_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -37,14 +37,6 @@ def finished(state: SimState, job_id: str) -> str | None:
 
 def accepted_events(state: SimState, job_id: str) -> list[str]:
     return [e.event for e in state.events(job_id) if e.accepted]
-
-
-def journal_ids(settings: Settings) -> list[str]:
-    journal = SqlJournal(settings.erp_database_url)
-    try:
-        return [row["accounting_entry_id"] for row in journal.journal()]
-    finally:
-        journal.close()
 
 
 def run_pipeline(
@@ -126,14 +118,6 @@ def test_every_message_delivered_twice(
     assert_each_entry_once(settings, sim_state, job_id)
     assert len(journal_ids(settings)) == 400
     assert accepted_events(sim_state, job_id) == ["started", "completed"]
-
-
-def pool_children(worker: subprocess.Popen[bytes]) -> list[int]:
-    """The pids of a Celery worker's pool processes (its children)."""
-    out = subprocess.run(
-        ["pgrep", "-P", str(worker.pid)], capture_output=True, text=True, check=False
-    ).stdout
-    return [int(pid) for pid in out.split()]
 
 
 def test_worker_killed_mid_batch(

@@ -1,0 +1,30 @@
+"""Helpers the integration, e2e and chaos tests share: ports, worker processes, the journal."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+
+from consumers.erp import SqlJournal
+from producer.config import Settings
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pool_children(worker: subprocess.Popen[bytes]) -> list[int]:
+    """The pids of a Celery worker's pool processes (its children)."""
+    out = subprocess.run(
+        ["pgrep", "-P", str(worker.pid)], capture_output=True, text=True, check=False
+    ).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def journal_ids(settings: Settings) -> list[str]:
+    """The entries booked in the reference ERP's journal, one per row, in posting order."""
+    with SqlJournal(settings.erp_database_url) as journal:
+        return [row["accounting_entry_id"] for row in journal.journal()]
