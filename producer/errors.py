@@ -22,6 +22,11 @@ Every error keeps its ``__cause__`` (raise ... from ...) and never mentions a se
 from __future__ import annotations
 
 
+def cause(exc: BaseException) -> str:
+    """An underlying error as the end of one of our sentences: its text without a final period."""
+    return str(exc).rstrip(". ")
+
+
 class PleoExportError(Exception):
     """Root of every error the producer raises on purpose."""
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import redis
 from redis.typing import EncodableT, FieldT
 
-from producer.errors import BrokerUnavailable, LeaseHeld, LeaseLost
+from producer.errors import BrokerUnavailable, LeaseHeld, LeaseLost, cause
 from producer.keys import lease_keys, marks_key, progress_key
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def redis_call(fn: Callable[[], T], purpose: str) -> T:
     try:
         return fn()
     except redis.RedisError as exc:
-        raise BrokerUnavailable(f"Redis could not be reached for {purpose}: {exc}.") from exc
+        raise BrokerUnavailable(f"Redis could not be reached for {purpose}: {cause(exc)}.") from exc
 
 
 def now_iso() -> str:
@@ -303,7 +303,7 @@ class Ledger:
             with self._r.pipeline(transaction=True) as pipe:
                 yield pipe
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"Redis refused a ledger write: {exc}.") from exc
+            raise BrokerUnavailable(f"Redis refused a ledger write: {cause(exc)}.") from exc
 
     def _call(
         self,

@@ -30,7 +30,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
 from producer.config import ITEM_TASK, ITEMS_QUEUE, MESSAGE_SCHEMA
-from producer.errors import BrokerUnavailable
+from producer.errors import BrokerUnavailable, cause
 from producer.plan import PlannedItem
 
 # Task ids are uuid5(namespace, "job_id:entry_id"): the same on every run and retry.
@@ -117,7 +117,9 @@ class MessageEncoder:
         try:
             self._channel = self._connection.default_channel
         except Exception as exc:
-            raise BrokerUnavailable(f"The Redis broker could not be reached: {exc}.") from exc
+            raise BrokerUnavailable(
+                f"The Redis broker could not be reached: {cause(exc)}."
+            ) from exc
         self._producer = Producer(self._channel, auto_declare=False)
 
     def encode(self, message: Any) -> tuple[str, str]:

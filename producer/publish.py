@@ -31,7 +31,7 @@ from kombu import Connection, Producer
 from kombu.utils.json import dumps
 
 from producer.config import ITEMS_QUEUE
-from producer.errors import BrokerUnavailable
+from producer.errors import BrokerUnavailable, cause
 from producer.ledger import Lease, Ledger
 from producer.messages import (
     TASK_ID_NAMESPACE,
@@ -201,7 +201,9 @@ class KombuPublisher(_BatchPublisher):
 
                 yield send
         except connection.connection_errors as exc:
-            raise BrokerUnavailable(f"The broker refused or dropped the publish: {exc}.") from exc
+            raise BrokerUnavailable(
+                f"The broker refused or dropped the publish: {cause(exc)}."
+            ) from exc
 
 
 def _no_payloads(entry_id: str) -> None:

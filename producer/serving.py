@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from producer.errors import BadInput
+from producer.errors import BadInput, cause
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -18,7 +18,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise BadInput(f"Cannot listen on {host}:{port}: {exc}.") from exc
+        raise BadInput(f"Cannot listen on {host}:{port}: {cause(exc)}.") from exc
     return sock
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import redis
 
-from producer.errors import BrokerUnavailable
+from producer.errors import BrokerUnavailable, cause
 from producer.keys import job_key, marks_key, progress_key
 from producer.ledger import PUBLISHED
 
@@ -24,7 +24,9 @@ def job_status(client: redis.Redis, job_id: str) -> dict[str, Any]:
             pipe.hlen(job_key(job_id, "outbox"))
             progress, marks, items, waiting = pipe.execute()
     except redis.RedisError as exc:
-        raise BrokerUnavailable(f"Redis could not be reached for the job's status: {exc}.") from exc
+        raise BrokerUnavailable(
+            f"Redis could not be reached for the job's status: {cause(exc)}."
+        ) from exc
     view: dict[str, Any] = {"job_id": job_id, "state": "unknown"}
     view.update({_text(k): _value(v) for k, v in progress.items()})
     published = sum(1 for mark in marks if _text(mark) == PUBLISHED)
