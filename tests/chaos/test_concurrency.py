@@ -30,19 +30,18 @@ from typing import Any
 import httpx
 import pytest
 import redis
-import uvicorn
 
 from producer.celery_app import make_app
 from producer.config import PRODUCER_QUEUE, PRODUCER_TASK, Settings
 from producer.keys import marks_key
-from producer.serving import bind, url_of
 from producer.signature import sign
 from producer.simulator import JobSpec, SimState
-from producer.webhook import create_app, server_config
+from producer.webhook import create_app
 from tests.chaos.conftest import scale, tally
 from tests.chaos.test_api_chaos import expected_messages
 from tests.conftest import env_for, wait_for, with_settings
 from tests.support.queues import redis_queue
+from tests.support.serving import Served, start_in_thread
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
 
@@ -55,28 +54,12 @@ FINISHED = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class Receiver:
-    """The webhook receiver served by uvicorn from a daemon thread."""
-
-    url: str
-    server: uvicorn.Server
-    thread: threading.Thread
-
-
 @pytest.fixture
-def receiver(settings: Settings) -> Iterator[Receiver]:
+def receiver(settings: Settings) -> Iterator[Served]:
     """``pleo-export webhook``'s app on a free loopback port, backed by the test Redis."""
-    sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(
-        server_config(create_app(with_settings(settings, webhook_secret=SECRET)))
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, timeout=10, what="the webhook receiver to start")
-    yield Receiver(url_of(sock), server, thread)
-    server.should_exit = True
-    thread.join(10)
+    served = start_in_thread(create_app(with_settings(settings, webhook_secret=SECRET)))
+    yield served
+    served.stop()
 
 
 def created_event(job_id: str) -> bytes:
@@ -215,7 +198,7 @@ def test_twenty_simultaneous_triggers_give_one_plan_and_one_set_of_messages(
     sim_state: SimState,
     rdb: redis.Redis,
     start_worker: Any,
-    receiver: Receiver,
+    receiver: Served,
     *,
     settings: Settings,
     tmp_path: Path,

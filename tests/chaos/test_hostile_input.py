@@ -40,8 +40,8 @@ from producer.simulator import SimState
 from producer.triggers import enqueue
 from producer.webhook import MAX_BODY_BYTES, create_app
 from tests.chaos.conftest import FULL, scale, tally
-from tests.integration.test_webhook import start_in_thread
 from tests.support.queues import redis_queue
+from tests.support.serving import start_in_thread
 
 pytestmark = pytest.mark.integration
 

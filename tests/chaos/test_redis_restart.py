@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import threading
 import time
 import uuid
 from collections import Counter
@@ -25,7 +24,6 @@ from typing import Any
 import httpx
 import pytest
 import redis
-import uvicorn
 
 from producer.celery_app import make_app
 from producer.components import produce
@@ -34,11 +32,12 @@ from producer.keys import job_key, marks_key, progress_key
 from producer.signature import sign
 from producer.simulator import JobSpec, SimState
 from producer.triggers import enqueue
-from producer.webhook import bind, create_app, server_config, url_of
+from producer.webhook import create_app
 from tests.chaos.conftest import FULL, scale, tally
 from tests.conftest import wait_for, with_settings
 from tests.support.local import free_port, journal_ids
 from tests.support.queues import redis_queue
+from tests.support.serving import start_in_thread
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
 
@@ -312,31 +311,10 @@ def test_erp_worker_survives_redis_restart(
     tally("duplicate posts", sum(posted.values()) - len(posted))
 
 
-@dataclass
-class Receiver:
-    """The webhook receiver served by uvicorn from a daemon thread."""
-
-    url: str
-    server: uvicorn.Server
-    thread: threading.Thread
-
-    def stop(self) -> None:
-        """Ask uvicorn to exit and wait for its thread."""
-        self.server.should_exit = True
-        self.thread.join(10)
-        assert not self.thread.is_alive(), f"receiver at {self.url} did not stop"
-
-
 @pytest.fixture
 def receiver(own_settings: Settings) -> Iterator[httpx.Client]:
     """An HTTP client of a webhook receiver whose Redis and broker are the test's own."""
-    sock = bind("127.0.0.1", 0)
-    app = create_app(with_settings(own_settings, webhook_secret=SECRET))
-    server = uvicorn.Server(server_config(app))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    served = Receiver(url_of(sock), server, thread)
-    wait_for(lambda: server.started, timeout=10, what="the receiver to start")
+    served = start_in_thread(create_app(with_settings(own_settings, webhook_secret=SECRET)))
     with httpx.Client(base_url=served.url, timeout=15) as client:
         yield client
     served.stop()

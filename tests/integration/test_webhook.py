@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
 import redis
-import uvicorn
-from starlette.applications import Starlette
 
 from producer.config import PRODUCER_QUEUE, PRODUCER_TASK, Settings
 from producer.errors import BadInput
@@ -24,14 +21,12 @@ from producer.signature import sign
 from producer.triggers import enqueue, trigger_key
 from producer.webhook import (
     MAX_BODY_BYTES,
-    bind,
     create_app,
     delivery_key,
     serve,
-    server_config,
-    url_of,
 )
 from tests.support.queues import redis_queue
+from tests.support.serving import Served, start_in_thread
 
 pytestmark = pytest.mark.integration
 
@@ -41,36 +36,6 @@ JOB = "b4c4d068-6a3b-4a8e-9f3c-0e6f1d2c3b4a"
 COMPANY = "b5fd1c0e-2d3f-4a5b-8c6d-7e8f9a0b1c2d"
 EVENT_ID = "a257a31e-e8a6-4c36-a98d-451250e5b5c4"
 DEAD_REDIS = "redis://127.0.0.1:1/0"
-
-
-@dataclass
-class Served:
-    """An app served by uvicorn from a daemon thread."""
-
-    url: str
-    server: uvicorn.Server
-    thread: threading.Thread
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        assert not self.thread.is_alive(), f"receiver at {self.url} did not stop"
-
-
-def start_in_thread(app: Starlette) -> Served:
-    """Serve ``app`` on a free loopback port; return once it accepts connections."""
-    sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(server_config(app))
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="webhook", daemon=True
-    )
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), "the receiver thread died during startup"
-        assert time.monotonic() < deadline, "the receiver did not start within 10 s"
-        time.sleep(0.01)
-    return Served(url_of(sock), server, thread)
 
 
 @pytest.fixture
