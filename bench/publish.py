@@ -36,15 +36,10 @@ from producer.celery_app import make_app
 from producer.components import make_ledger
 from producer.config import ITEM_TASK, ITEMS_QUEUE, Settings
 from producer.ledger import Ledger
+from producer.messages import item_kwargs, task_id_for
 from producer.models import ExportItem
 from producer.plan import PlannedItem
-from producer.publish import (
-    PayloadSource,
-    PublishResult,
-    RedisPublisher,
-    item_kwargs,
-    task_id_for,
-)
+from producer.publish import PayloadSource, PublishResult, RedisPublisher
 from producer.spool import PayloadSpool
 from tests.support.queues import decode
 

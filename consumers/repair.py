@@ -39,10 +39,10 @@ from consumers.reporting import Reporter
 from producer.config import ITEMS_QUEUE, Ordering
 from producer.keys import REPAIR_SWEEP_KEY, job_id_of, job_key, marks_key, progress_key
 from producer.ledger import PUBLISHED, redis_call
+from producer.messages import MessageEncoder, celery_message, item_kwargs, task_id_for
 from producer.models import ACTIONABLE_ITEM_STATUSES, JobItem
 from producer.plan import index_export_items, make_plan
 from producer.pleo import PleoClient
-from producer.publish import MessageEncoder, celery_message, item_kwargs, task_id_for
 
 log = logging.getLogger(__name__)
 

@@ -34,13 +34,11 @@ from producer.config import ITEMS_QUEUE
 from producer.errors import BrokerUnavailable, cause
 from producer.ledger import Lease, Ledger
 from producer.messages import (
-    TASK_ID_NAMESPACE,
     MessageEncoder,
     MessageTemplate,
     celery_message,
     item_kwargs,
     send_message,
-    short_repr,
     task_id_for,
 )
 from producer.plan import PlannedItem
@@ -221,18 +219,3 @@ def _with_payload(item: PlannedItem, payloads: PayloadSource) -> PlannedItem:
         return item
     text = payloads(item.accounting_entry_id)
     return item if text is None else dataclasses.replace(item, export_item=json.loads(text))
-
-
-__all__ = [
-    "TASK_ID_NAMESPACE",
-    "KombuPublisher",
-    "MessageEncoder",
-    "PayloadSource",
-    "PublishResult",
-    "Publisher",
-    "RedisPublisher",
-    "celery_message",
-    "item_kwargs",
-    "short_repr",
-    "task_id_for",
-]

@@ -35,7 +35,7 @@ from producer.components import produce
 from producer.config import ITEMS_QUEUE, PRODUCER_QUEUE, Settings
 from producer.errors import ContractViolation
 from producer.keys import marks_key, progress_key
-from producer.publish import task_id_for
+from producer.messages import task_id_for
 from producer.simulator import Call, FaultRule, JobSpec, SimState
 from producer.simulator.faults import SCHEMA_BREAKS
 from producer.status import job_status

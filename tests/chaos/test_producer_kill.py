@@ -32,7 +32,7 @@ import redis
 
 from producer.config import ITEMS_QUEUE, Settings
 from producer.keys import marks_key, progress_key
-from producer.publish import task_id_for
+from producer.messages import task_id_for
 from producer.simulator import FaultRule, JobSpec, SimState
 from tests.chaos.conftest import scale, tally
 from tests.conftest import env_for, wait_for, with_settings

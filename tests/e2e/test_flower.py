@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from producer.config import ITEM_TASK, ITEMS_QUEUE, PRODUCER_QUEUE, PRODUCER_TASK, Settings
-from producer.publish import task_id_for
+from producer.messages import task_id_for
 from producer.simulator import JobSpec, SimState
 from producer.status import job_status
 from producer.triggers import enqueue

@@ -15,15 +15,15 @@ from kombu.utils.json import dumps
 from producer.celery_app import make_app
 from producer.components import produce
 from producer.config import ITEM_TASK, ITEMS_QUEUE, Settings
-from producer.messages import MessageTemplate
-from producer.plan import PlannedItem
-from producer.publish import (
+from producer.messages import (
     MessageEncoder,
+    MessageTemplate,
     celery_message,
     item_kwargs,
     short_repr,
     task_id_for,
 )
+from producer.plan import PlannedItem
 from producer.simulator import JobSpec, SimState
 from tests.conftest import wait_for
 from tests.support.queues import redis_queue

@@ -16,7 +16,7 @@ from producer.celery_app import make_app
 from producer.components import produce
 from producer.config import ITEMS_QUEUE, Settings
 from producer.keys import marks_key
-from producer.publish import task_id_for
+from producer.messages import task_id_for
 from producer.simulator import JobSpec, SimState
 from tests.conftest import need_service, with_settings
 from tests.support.queues import redis_queue

@@ -13,7 +13,7 @@ from producer.components import produce
 from producer.config import ITEMS_QUEUE, Settings
 from producer.errors import ContractViolation, LeaseHeld
 from producer.keys import marks_key
-from producer.publish import task_id_for
+from producer.messages import task_id_for
 from producer.simulator import FaultRule, JobSpec, SimState
 from tests.conftest import with_settings
 from tests.support.queues import redis_queue
