@@ -36,6 +36,7 @@ import redis
 from celery import Celery
 
 from consumers.reporting import Reporter
+from producer.celery_app import RETRY_CAP
 from producer.config import ITEMS_QUEUE, Ordering
 from producer.keys import REPAIR_SWEEP_KEY, job_id_of, job_key, marks_key, progress_key
 from producer.ledger import PUBLISHED, redis_call
@@ -85,8 +86,9 @@ class Repairer:
         self._app = app
         self._broker_url = broker_url
         self._stall = stall
-        # How long a delivered, unacked message still counts as in a live worker's hands.
-        self._held_for = stall if held_for is None else held_for
+        # How long a delivered, unacked message still counts as in a live worker's hands: longer
+        # than any retry's countdown, during which a live worker holds the message unacked.
+        self._held_for = max(stall, RETRY_CAP + 60) if held_for is None else held_for
         self._ordering = ordering
         self._clock = clock
         options = app.conf.broker_transport_options or {}
@@ -171,9 +173,9 @@ class Repairer:
     def _stored_messages(self) -> Iterator[bytes]:
         """Every message kombu holds: unacked (delivered, not acked) first, then the queue.
 
-        An unacked message delivered longer ago than ``held_for`` (the stall time unless set) does
-        not count: an item takes
-        seconds, so it is a delivery whose restore failed (kombu puts a worker's prefetched
+        An unacked message delivered longer ago than ``held_for`` (the stall time or the longest
+        retry countdown and a minute, whichever is longer, unless set) does not count: an item
+        takes seconds, so it is a delivery whose restore failed (kombu puts a worker's prefetched
         messages back when its connection drops, and that fails while Redis is down), and it
         would otherwise wait out the visibility timeout, an hour by default. Re-sending it is safe.
         """

@@ -29,6 +29,7 @@ from producer.config import ITEM_TASK, ITEMS_QUEUE, Settings
 from producer.errors import BrokerUnavailable, PermanentUpstreamError, TransientUpstreamError
 from producer.ledger import Ledger
 from producer.pleo import MAX_UPDATE_ITEMS, PleoClient, make_http_client
+from producer.supervision import SupervisorStep
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ app = make_app(settings, main="consumers")
 app.conf.task_routes = {ITEM_TASK: {"queue": ITEMS_QUEUE}, FLUSH_TASK: {"queue": ITEMS_QUEUE}}
 # Every ERP worker also sweeps for messages the Redis transport lost (see consumers/repair.py).
 app.steps["worker"].add(RepairWatchdog)
+# ... and supervises the active jobs' producer runs, one worker of the fleet at a time.
+app.steps["worker"].add(SupervisorStep)
 
 _TRANSIENT = (TransientUpstreamError, BrokerUnavailable)
 

@@ -8,8 +8,9 @@ lost in the very window the sweep repairs, while this timer lives as long as any
 Settings (``producer/config.py``):
 
     ERP_REPAIR_STALL     seconds a published, unfinished job may stay quiet (no write-back, no
-                         producer update) before its lost messages are looked for; default 300
-    ERP_REPAIR_INTERVAL  seconds between sweeps; default a third of the stall time, 1 to 60
+                         producer update) before its lost messages are looked for; default 60
+                         (a lost message is re-sent within stall + interval + the sweep, ~85 s)
+    ERP_REPAIR_INTERVAL  seconds between sweeps; default a third of the stall time, 1 to 60 (20)
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from producer.pleo import PleoClient, make_http_client
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STALL = 300.0
+DEFAULT_STALL = 60.0
 
 
 @dataclass(frozen=True, slots=True)

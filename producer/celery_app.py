@@ -71,9 +71,13 @@ def redis_transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+# The longest countdown a task retry waits (the repair sweep counts on it, consumers/repair.py).
+RETRY_CAP = 300.0
+
+
 def retry_countdown(retries: int, base: float) -> float:
     """Seconds before a task's next attempt: jittered exponential from ``base``, capped at 5 min."""
-    return float(random.uniform(0.5, 1.0) * min(300.0, base * 2.0**retries))
+    return float(random.uniform(0.5, 1.0) * min(RETRY_CAP, base * 2.0**retries))
 
 
 # How long sending a task's retry waits for a restarting broker: 0.5, 1.5, 2.5, 3.5, 4.5 s

@@ -1,8 +1,9 @@
 """The ``pleo-export`` command line (also ``python -m producer``).
 
-Exit status: 0 success (also "nothing to do" and "another run holds the job"), 2 bad input,
+Exit status: 0 success (also "nothing to do" and "a live run holds the job"), 2 bad input,
 3 a permanent refusal from Pleo, 4 transient failures past the retry budget (or Redis/broker
-down), 1 anything else. Errors are one sentence on stderr, never a traceback.
+down), 130 / 143 stopped by SIGINT / SIGTERM (lease released, job handed back), 1 anything else.
+Errors are one sentence on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -79,12 +80,16 @@ def run(job_id: str, as_json: bool) -> None:
     """Claim, fetch, plan and enqueue JOB_ID in this process (no worker needed)."""
     from producer.celery_app import make_app
     from producer.components import produce
+    from producer.interrupt import interruptible
 
     settings = load_settings()
     job_id = validate_job_id(job_id)
     app = make_app(settings)
     try:
-        with _progress(enabled=not as_json and sys.stderr.isatty()) as observer:
+        with (
+            interruptible(),
+            _progress(enabled=not as_json and sys.stderr.isatty()) as observer,
+        ):
             summary = produce(job_id, settings=settings, app=app, observer=observer)
     except LeaseHeld as exc:
         summary = RunSummary(job_id=job_id, status="locked", reason=exc.message)
@@ -250,7 +255,7 @@ def _print_summary(summary: RunSummary, *, as_json: bool) -> None:
         f"({summary.already_enqueued} were already queued) of {summary.planned} planned",
         "nothing_to_do": "nothing to do: no pending or in_progress items",
         "skipped": f"nothing to do: {summary.reason}",
-        "locked": "another run holds this job; this one stepped aside",
+        "locked": f"{summary.reason or 'a live run holds this job'}",
     }.get(summary.status, summary.status)
     click.echo(f"job {summary.job_id}: {headline}")
     for key in (

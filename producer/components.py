@@ -10,10 +10,11 @@ import redis
 from celery import Celery
 
 from producer.config import Settings
-from producer.ledger import Ledger
+from producer.errors import PleoExportError
+from producer.ledger import Ledger, now_iso
 from producer.pleo import PleoClient, make_http_client
 from producer.publish import KombuPublisher, Publisher, RedisPublisher
-from producer.runner import Observer, RunSummary, run_job
+from producer.runner import Observer, RunSummary, fail_job, run_job
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +58,14 @@ def open_components(settings: Settings, app: Celery) -> Iterator[Components]:
 
 
 def produce(
-    job_id: str, *, settings: Settings, app: Celery, observer: Observer | None = None
+    job_id: str,
+    *,
+    settings: Settings,
+    app: Celery,
+    observer: Observer | None = None,
+    who: str = "pleo-export run",
 ) -> RunSummary:
-    """Run one job end to end with real services."""
+    """Run one job end to end with real services; ``who`` names the run in its lease."""
     with open_components(settings, app) as parts:
         return run_job(
             job_id,
@@ -68,4 +74,12 @@ def produce(
             ledger=parts.ledger,
             publisher=parts.publisher,
             observer=observer,
+            who=who,
         )
+
+
+def give_up(job_id: str, exc: PleoExportError, *, settings: Settings, app: Celery) -> None:
+    """End a job whose runs failed past every retry: recorded ``failed``, and Pleo told once."""
+    with open_components(settings, app) as parts:
+        parts.ledger.record(job_id, state="failed", error=exc.message, finished_at=now_iso())
+        fail_job(parts.ledger, parts.client, job_id, exc)

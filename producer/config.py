@@ -77,10 +77,15 @@ class Settings:
     erp_url_template: str | None = None
     # ERP workers' repair sweep (consumers/repair.py): a published job quiet for this many
     # seconds is searched for messages the Redis transport lost; every this many seconds.
-    repair_stall: float = 300.0
+    repair_stall: float = 60.0
     repair_interval: float = 0.0  # 0: a third of repair_stall, between 1 and 60 s
     # Triggers of one job (webhook, cron, CLI) within this many seconds send one producer task.
     trigger_window: float = 60.0
+    # The supervisor (producer/supervisor.py, in every worker): how often one worker of the fleet
+    # looks at the active jobs, and how long a job may show no sign of a producer run before its
+    # run counts as dead and a new producer task is sent.
+    supervise_interval: float = 5.0
+    dead_run_after: float = 15.0
 
     def __repr__(self) -> str:
         shown = []
@@ -159,6 +164,10 @@ class Settings:
             repair_stall=_number(env, "ERP_REPAIR_STALL", d.repair_stall, float, low=0.1),
             repair_interval=_number(env, "ERP_REPAIR_INTERVAL", d.repair_interval, float, low=0),
             trigger_window=_number(env, "PLEO_TRIGGER_WINDOW", d.trigger_window, float, low=0.001),
+            supervise_interval=_number(
+                env, "PLEO_SUPERVISE_INTERVAL", d.supervise_interval, float, low=0.1
+            ),
+            dead_run_after=_number(env, "PLEO_DEAD_RUN_AFTER", d.dead_run_after, float, low=1),
         )
 
 

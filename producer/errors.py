@@ -13,13 +13,17 @@
     │   └── ContractViolation            a page that breaks the spec, a cursor loop, a lying total:
     │                                    stop, publish nothing, exit 1
     ├── BrokerUnavailable                Redis or the broker is unreachable: retry later, exit 4
-    ├── LeaseHeld                        another run owns the job: not a failure, exit 0
-    └── LeaseLost                        our lease expired and was taken over mid-run: stop, retry
+    ├── LeaseHeld                        a live run owns the job: not a failure, exit 0
+    ├── LeaseLost                        our lease expired and was taken over mid-run: stop, retry
+    └── RunInterrupted                   SIGTERM/SIGINT (or a worker's warm shutdown) stopped the
+                                         run: lease released, job handed back; exit 128 + signal
 
 Every error keeps its ``__cause__`` (raise ... from ...) and never mentions a secret.
 """
 
 from __future__ import annotations
+
+import signal
 
 
 def cause(exc: BaseException) -> str:
@@ -134,3 +138,17 @@ class LeaseLost(PleoExportError):
     """This run's lease expired and another run took the job over (fencing token moved on)."""
 
     exit_code = 4
+
+
+class RunInterrupted(PleoExportError):
+    """A signal stopped the run between two steps; its lease is released and the job handed back."""
+
+    def __init__(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(f"The run was interrupted by {name}; the job is handed back.")
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+    def __reduce__(self) -> tuple[type[RunInterrupted], tuple[int]]:
+        # Pool processes hand errors to the main process pickled: rebuild from the signal.
+        return type(self), (self.signum,)

@@ -8,7 +8,9 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
     :lease      "{fence}:{run_id}": who runs the job now
     :fence      integer, INCR on every lease acquisition; fencing tokens only grow
     :marks      hash entry -> "p" (published) | "r" (reserved, publish not yet confirmed)
-    :progress   hash: state, counters (pages, items_seen, planned, enqueued, ...), timestamps
+    :progress   hash: state, counters (pages, items_seen, planned, enqueued, ...), timestamps;
+                ``holder`` (who runs it), ``requested_at``/``task_id`` (the latest trigger),
+                ``retry_at`` (a task retry's due time), ``resumed``/``resumed_at`` (supervisor)
 
     ERP workers (``consumers/reporting.py``)
     :results    hash entry -> JSON outcome (successful + external ref, or failed + reason);
@@ -27,8 +29,12 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
     :payloads   hash entry -> export item JSON, filled once per job when messages carry none
     :repaired-at when the repair sweep last examined this stalled job (epoch seconds)
 
-    Repair sweep (``consumers/repair.py``)
-    pleo-export:repair-sweep   held (PX = sweep interval) by the one ERP worker sweeping now
+    Supervision (``producer/supervisor.py``, ``consumers/repair.py``)
+    pleo-export:active-jobs    sorted set job id -> when it was first requested (epoch seconds):
+                               every acknowledged trigger adds it, the final event removes it
+    pleo-export:supervisor     the supervisor's lease (``producer/lease.py``), with
+                               pleo-export:supervisor-fence: one worker of the fleet supervises
+    pleo-export:repair-sweep   the repair sweep's lease, with pleo-export:repair-sweep-fence
 
     Triggers (``producer/triggers.py``, ``producer/webhook.py``)
     :trigger    the producer task id of the latest trigger (PX = trigger window, 60 s)
@@ -39,6 +45,13 @@ from __future__ import annotations
 
 PREFIX = "pleo-export"
 REPAIR_SWEEP_KEY = f"{PREFIX}:repair-sweep"
+ACTIVE_JOBS_KEY = f"{PREFIX}:active-jobs"
+SUPERVISOR_KEY = f"{PREFIX}:supervisor"
+
+
+def fence_of(lease_key: str) -> str:
+    """The fencing counter beside a fleet-wide lease key (the supervisor's, the repair sweep's)."""
+    return f"{lease_key}-fence"
 
 
 def job_key(job_id: str, name: str) -> str:

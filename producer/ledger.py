@@ -1,4 +1,4 @@
-"""Redis ledger: the per-job lease, the per-(job, entry) publish marks, and job progress.
+"""Redis ledger: the per-job lease (``lease.py``), the per-(job, entry) marks, and job progress.
 
 Key names and lifetimes are listed in ``producer/keys.py``. The Redis-broker publish path writes
 marks, messages and counters in one Lua script (see ``publish.py``); every script checks the
@@ -8,20 +8,18 @@ caller's lease token first, so a run whose lease expired and was taken over cann
 from __future__ import annotations
 
 import logging
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import redis
 from redis.typing import EncodableT, FieldT
 
-from producer.errors import BrokerUnavailable, LeaseHeld, LeaseLost, cause
-from producer.keys import lease_keys, marks_key, progress_key
+from producer.errors import BrokerUnavailable, LeaseLost, cause
+from producer.keys import ACTIVE_JOBS_KEY, lease_keys, marks_key, progress_key
+from producer.lease import Lease, Leases
 
 log = logging.getLogger(__name__)
 
@@ -30,29 +28,6 @@ T = TypeVar("T")
 PUBLISHED = "p"
 RESERVED = "r"
 
-
-# KEYS[1] lease, KEYS[2] fence; ARGV[1] run id, ARGV[2] lease ttl ms.
-# Returns the new fencing token, or 0 when another run holds the lease.
-_ACQUIRE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local fence = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], fence .. ':' .. ARGV[1], 'PX', ARGV[2])
-return fence
-"""
-
-# KEYS[1] lease; ARGV[1] token, ARGV[2] ttl ms. Returns 1 if still ours (and extended), else 0.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-# KEYS[1] lease; ARGV[1] token. Deletes the lease only if it is still ours.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 # KEYS[1] lease, KEYS[2] marks; ARGV[1] token, ARGV[2] marks ttl ms, ARGV[3..] entry ids.
 # Reserves each entry not yet published; returns the ids to publish now (new or reserved
@@ -97,21 +72,6 @@ return added
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """A held lease: its fencing token is the value stored under the lease key."""
-
-    job_id: str
-    token: str
-    fence: int
-    name: str = "lease"
-
-    @property
-    def key(self) -> str:
-        """The Redis key holding this lease."""
-        return lease_keys(self.job_id, self.name)[0]
-
-
 def redis_call(fn: Callable[[], T], purpose: str) -> T:
     """Run one Redis operation; an unreachable or refusing Redis becomes BrokerUnavailable."""
     try:
@@ -138,74 +98,58 @@ class Ledger:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._r = client
-        self._lease_ms = int(lease_ttl * 1000)
         self._ttl_ms = dedup_ttl * 1000
-        self._sleep = sleep
-        self._clock = clock
-        self._acquire = client.register_script(_ACQUIRE)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._leases = Leases(client, ttl=lease_ttl, sleep=sleep, clock=clock)
         self._reserve = client.register_script(_RESERVE)
         self._publish = client.register_script(_PUBLISH)
 
+    @property
+    def client(self) -> redis.Redis:
+        """The Redis this ledger writes to."""
+        return self._r
+
+    @property
+    def ttl_ms(self) -> int:
+        """How long the job's records live, in milliseconds (``PLEO_DEDUP_TTL``)."""
+        return self._ttl_ms
+
     # -- lease -------------------------------------------------------------------------------
 
-    def acquire(self, job_id: str, *, wait: float, name: str = "lease") -> Lease:
-        """Take the job's lease ``name``, waiting up to ``wait`` seconds, else raise LeaseHeld.
+    @property
+    def leases(self) -> Leases:
+        """The lease manager on this ledger's Redis (the one lock, see ``producer/lease.py``)."""
+        return self._leases
 
-        ``lease`` is the producer's; the ERP workers hold ``flush`` while writing results back.
+    def acquire(
+        self, job_id: str, *, wait: float, name: str = "lease", who: str | None = None
+    ) -> Lease:
+        """Take the job's lease ``name``, or raise LeaseHeld while a live holder keeps it.
+
+        ``lease`` is the producer's (patient: it waits out a lapsing lease, so a run never steps
+        aside from a dead one); the ERP workers hold ``flush`` while writing results back and
+        step aside at once when it is held.
         """
-        run_id = uuid.uuid4().hex
-        deadline = self._clock() + wait
-        keys = list(lease_keys(job_id, name))
-        while True:
-            fence = int(self._call(self._acquire, keys, [run_id, self._lease_ms]))
-            if fence:
-                log.info("lease_acquired job_id=%s lease=%s fence=%d", job_id, name, fence)
-                return Lease(job_id=job_id, token=f"{fence}:{run_id}", fence=fence, name=name)
-            if self._clock() >= deadline:
-                raise LeaseHeld(
-                    f"Another run holds export job {job_id}; this one steps aside.", job_id=job_id
-                )
-            self._sleep(min(0.1, max(0.0, deadline - self._clock())))
+        key, fence = lease_keys(job_id, name)
+        return self._leases.acquire(
+            key, fence, who=who or name, wait=wait, patient=name == "lease", job_id=job_id
+        )
 
     def renew(self, lease: Lease) -> bool:
         """Extend the lease; False means it expired and may belong to another run now."""
-        return bool(self._call(self._renew, [lease.key], [lease.token, self._lease_ms]))
+        return self._leases.renew(lease)
 
     def release(self, lease: Lease) -> None:
         """Give the lease back, if it is still ours."""
-        self._call(self._release, [lease.key], [lease.token])
+        self._leases.release(lease)
 
-    @contextmanager
-    def held(self, job_id: str, *, wait: float, name: str = "lease") -> Iterator[Lease]:
+    def held(
+        self, job_id: str, *, wait: float, name: str = "lease", who: str | None = None
+    ) -> AbstractContextManager[Lease]:
         """Hold the job's lease ``name`` for a block, renewing it from a heartbeat thread."""
-        lease = self.acquire(job_id, wait=wait, name=name)
-        stop = threading.Event()
-        beat = threading.Thread(
-            target=self._heartbeat, args=(lease, stop), name=f"{name}-{job_id}", daemon=True
+        key, fence = lease_keys(job_id, name)
+        return self._leases.held(
+            key, fence, who=who or name, wait=wait, patient=name == "lease", job_id=job_id
         )
-        beat.start()
-        try:
-            yield lease
-        finally:
-            stop.set()
-            beat.join()
-            try:
-                self.release(lease)
-            except BrokerUnavailable:
-                log.warning("lease_release_failed job_id=%s (it expires by itself)", job_id)
-
-    def _heartbeat(self, lease: Lease, stop: threading.Event) -> None:
-        # Renew at a third of the TTL: two missed beats still leave the lease alive.
-        interval = self._lease_ms / 3000
-        while not stop.wait(interval):
-            try:
-                if not self.renew(lease):
-                    log.error("lease_lost job_id=%s fence=%d", lease.job_id, lease.fence)
-                    return
-            except BrokerUnavailable:
-                log.warning("lease_renew_failed job_id=%s", lease.job_id)
 
     # -- marks -------------------------------------------------------------------------------
 
@@ -263,10 +207,12 @@ class Ledger:
 
     # -- progress ----------------------------------------------------------------------------
 
-    def start_run(self, job_id: str, fence: int) -> None:
-        """Open a run's progress record: counters of this run start at zero."""
+    def start_run(self, job_id: str, fence: int, *, holder: str = "") -> None:
+        """Open a run's progress record (counters of this run at zero); the job is active now."""
         fields: dict[FieldT, EncodableT] = {
             "state": "claiming",
+            "holder": holder,
+            "interrupted_at": "",
             "fence": fence,
             "started_at": now_iso(),
             "updated_at": now_iso(),
@@ -282,6 +228,8 @@ class Ledger:
             pipe.hset(progress_key(job_id), mapping=fields)
             pipe.hincrby(progress_key(job_id), "runs", 1)
             pipe.pexpire(progress_key(job_id), self._ttl_ms)
+            # A raw send_task trigger never passed through triggers.enqueue: index it here too.
+            pipe.zadd(ACTIVE_JOBS_KEY, {job_id: time.time()}, nx=True)
             pipe.execute()
 
     def record(self, job_id: str, **fields: str | int | float) -> None:

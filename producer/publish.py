@@ -32,7 +32,8 @@ from kombu.utils.json import dumps
 
 from producer.config import ITEMS_QUEUE
 from producer.errors import BrokerUnavailable, cause
-from producer.ledger import Lease, Ledger
+from producer.lease import Lease
+from producer.ledger import Ledger
 from producer.messages import (
     MessageEncoder,
     MessageTemplate,

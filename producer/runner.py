@@ -17,8 +17,16 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from producer.config import Settings
-from producer.errors import BadInput, PleoExportError, Unprocessable
-from producer.ledger import Lease, Ledger, now_iso
+from producer.errors import (
+    BadInput,
+    ContractViolation,
+    PermanentUpstreamError,
+    PleoExportError,
+    Unprocessable,
+)
+from producer.final_event import failure_reason_type, record_final, send_final
+from producer.lease import Lease
+from producer.ledger import Ledger, now_iso
 from producer.models import TERMINAL_JOB_STATUSES, ExportJob, JobItem, Page, is_uuid
 from producer.plan import Plan, make_plan
 from producer.pleo import PleoClient
@@ -110,15 +118,22 @@ def run_job(
     publisher: Publisher,
     observer: Observer | None = None,
     clock: Callable[[], float] = time.monotonic,
+    who: str = "pleo-export run",
 ) -> RunSummary:
-    """Claim, fetch, plan and publish one export job; safe to run again at any time."""
+    """Claim, fetch, plan and publish one export job; safe to run again at any time.
+
+    ``who`` names this run in its lease (``locked`` answers and ``status`` show it). A run that
+    fails for good after the claim sends Pleo the ``failed`` event; one stopped by a transient
+    failure or a signal is recorded ``interrupted``, for a retry or the supervisor to resume.
+    """
     job_id = validate_job_id(job_id)
     observer = observer or Observer()
     started = clock()
     summary = RunSummary(job_id=job_id)
-    with _cyclic_gc_relaxed(), ledger.held(job_id, wait=settings.lease_wait) as lease:
+    with ledger.held(job_id, wait=settings.lease_wait, who=who) as lease:
         summary.fence = lease.fence
-        ledger.start_run(job_id, lease.fence)
+        holder = lease.holder
+        ledger.start_run(job_id, lease.fence, holder=holder.describe() if holder else who)
         try:
             _run(
                 job_id,
@@ -129,9 +144,16 @@ def run_job(
                 ledger=ledger,
                 publisher=publisher,
                 observer=observer,
+                clock=clock,
             )
-        except PleoExportError as exc:
+        except (PermanentUpstreamError, ContractViolation) as exc:
             ledger.record(job_id, state="failed", error=exc.message, finished_at=now_iso())
+            if summary.job_status == "in_progress":
+                fail_job(ledger, client, job_id, exc)
+            raise
+        except PleoExportError as exc:
+            # Transient, or a signal: the job stays claimed, and is resumed (see module docs).
+            ledger.record(job_id, state="interrupted", error=exc.message, interrupted_at=now_iso())
             raise
         summary.seconds = round(clock() - started, 3)
         ledger.record(job_id, state=summary.status, finished_at=now_iso(), seconds=summary.seconds)
@@ -147,6 +169,32 @@ def run_job(
     return summary
 
 
+def fail_job(ledger: Ledger, client: PleoClient, job_id: str, exc: PleoExportError) -> None:
+    """Tell Pleo the job failed for good (once), with the reason type matching ``exc``."""
+    reason_type = failure_reason_type(exc)
+    if reason_type is None:
+        record_final(ledger.client, job_id, "already_finished", ttl_ms=ledger.ttl_ms)
+        return
+    try:
+        send_final(
+            ledger.client,
+            client,
+            job_id,
+            "failed",
+            ttl_ms=ledger.ttl_ms,
+            failure_reason=exc.message,
+            failure_reason_type=reason_type,
+        )
+    except PleoExportError as unsent:
+        # Pleo cannot be told now (the same credentials may be what failed): say so and leave it.
+        log.error(  # noqa: TRY400 - the sentence is the story
+            "final_event_unsent job_id=%s reason_type=%s error=%s",
+            job_id,
+            reason_type,
+            unsent.message,
+        )
+
+
 def _run(
     job_id: str,
     *,
@@ -157,6 +205,7 @@ def _run(
     ledger: Ledger,
     publisher: Publisher,
     observer: Observer,
+    clock: Callable[[], float],
 ) -> None:
     job = claim(client, job_id)
     summary.job_status = job.status
@@ -171,10 +220,10 @@ def _run(
     ledger.record(job_id, state="fetching", recovery=int(job.recovered))
 
     with PayloadSpool() as spool:
-        fetching = time.monotonic()
+        fetching = clock()
         pages = _PageCounter(job_id, summary, ledger, observer)
         job_items = _fetch_layers(client, job_id, settings, pages, spool)
-        summary.fetch_seconds = round(time.monotonic() - fetching, 3)
+        summary.fetch_seconds = round(clock() - fetching, 3)
         export_index = spool.index if settings.ordering == "booked_at" else None
         plan = make_plan(job_items, export_index, ordering=settings.ordering)
         del job_items
@@ -190,7 +239,7 @@ def _run(
             summary.status = "nothing_to_do"
             summary.reason = "no pending or in_progress items"
             return
-        publishing = time.monotonic()
+        publishing = clock()
         result = publisher.publish(
             lease,
             job.company_id,
@@ -198,7 +247,7 @@ def _run(
             payloads=spool.payload_json,
             on_progress=observer.on_publish,
         )
-        summary.publish_seconds = round(time.monotonic() - publishing, 3)
+        summary.publish_seconds = round(clock() - publishing, 3)
     summary.enqueued = result.enqueued
     summary.already_enqueued = result.already_enqueued
     summary.status = "enqueued"

@@ -7,10 +7,12 @@ from typing import Any
 import redis
 
 from producer.errors import BrokerUnavailable, cause
-from producer.keys import job_key, marks_key, progress_key
+from producer.keys import job_key, lease_key, marks_key, progress_key
 from producer.ledger import PUBLISHED
 
 # ``republished``: messages the repair sweep (consumers/repair.py) sent again after a loss.
+# A run in one of these states holds the job's lease while it lives.
+_RUNNING_STATES = frozenset({"claiming", "fetching", "publishing"})
 _WORKER_COUNTERS = ("successful", "failed", "reported", "report_dropped", "republished")
 
 
@@ -22,13 +24,19 @@ def job_status(client: redis.Redis, job_id: str) -> dict[str, Any]:
             pipe.hvals(marks_key(job_id))
             pipe.hgetall(job_key(job_id, "items"))
             pipe.hlen(job_key(job_id, "outbox"))
-            progress, marks, items, waiting = pipe.execute()
+            pipe.exists(lease_key(job_id))
+            progress, marks, items, waiting, leased = pipe.execute()
     except redis.RedisError as exc:
         raise BrokerUnavailable(
             f"Redis could not be reached for the job's status: {cause(exc)}."
         ) from exc
     view: dict[str, Any] = {"job_id": job_id, "state": "unknown"}
     view.update({_text(k): _value(v) for k, v in progress.items()})
+    view["run_alive"] = bool(leased)
+    if view["state"] in _RUNNING_STATES and not leased:
+        # The run stopped without a word (SIGKILL, OOM, a lost worker): its lease lapsed.
+        view["state"] = "interrupted"
+        view["interrupted_at"] = view.get("interrupted_at") or view.get("updated_at")
     published = sum(1 for mark in marks if _text(mark) == PUBLISHED)
     workers = {_text(k): _value(v) for k, v in items.items()}
     counts = {name: int(workers.get(name, 0)) for name in _WORKER_COUNTERS}

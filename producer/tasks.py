@@ -6,33 +6,44 @@ lease) retry the whole run later; permanent ones fail the task. A rerun is alway
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
+import signal
 import threading
 import time
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Reject
+from celery.signals import worker_shutting_down
+from celery.worker import state as worker_state
 
 from producer.celery_app import make_app, retry_countdown, retry_when_broker_answers
-from producer.components import produce
+from producer.components import give_up, make_ledger, produce
 from producer.config import POLL_TASK, PRODUCER_TASK, Settings
 from producer.errors import (
     BadInput,
     BrokerUnavailable,
     LeaseHeld,
     LeaseLost,
+    RunInterrupted,
     TransientUpstreamError,
 )
+from producer.interrupt import interruptible
 from producer.pleo import PleoClient, make_http_client
 from producer.poll import poll
 from producer.runner import Observer, validate_job_id, validate_uuid
+from producer.supervision import SupervisorStep
 from producer.triggers import EnqueueResult, enqueue
 
 log = logging.getLogger(__name__)
 
 settings = Settings.from_env()
 app = make_app(settings)
+# Every worker also supervises the active jobs, one of the fleet at a time (supervision.py).
+app.steps["worker"].add(SupervisorStep)
 
 # Progress events go out at most this often: Flower shows the latest, a flood helps no one.
 PROGRESS_EVERY = 0.5
@@ -66,11 +77,26 @@ def enqueue_export_job(self: Task, job_id: str, company_id: str | None = None) -
     )
     try:
         observer = progress_events(self, job_id)
-        return produce(job_id, settings=settings, app=app, observer=observer).as_dict()
+        with interruptible((signal.SIGTERM,)):
+            summary = produce(
+                job_id, settings=settings, app=app, observer=observer, who=f"task {self.request.id}"
+            )
+        return summary.as_dict()
     except LeaseHeld as exc:
-        log.info("producer_task_locked job_id=%s", job_id)
+        log.info("producer_task_locked job_id=%s reason=%s", job_id, exc.message)
         return {"job_id": job_id, "status": "locked", "reason": exc.message}
+    except RunInterrupted as exc:
+        # A warm shutdown (or a SIGTERM to this pool process): the lease is released; the
+        # message goes back on the queue for the next worker, at once.
+        log.warning("producer_task_handed_back job_id=%s task_id=%s", job_id, self.request.id)
+        raise Reject(exc, requeue=True) from exc
     except (TransientUpstreamError, BrokerUnavailable, LeaseLost) as exc:
+        if self.request.retries >= MAX_RUN_RETRIES:
+            log.error(  # noqa: TRY400 - the sentence is the story
+                "producer_task_gave_up job_id=%s error=%s", job_id, exc.message
+            )
+            give_up(job_id, exc, settings=settings, app=app)
+            raise
         countdown = retry_countdown(self.request.retries, settings.run_retry_delay)
         log.warning(
             "producer_task_retry job_id=%s error=%s countdown=%.1f",
@@ -78,7 +104,30 @@ def enqueue_export_job(self: Task, job_id: str, company_id: str | None = None) -
             type(exc).__name__,
             countdown,
         )
+        _note_retry(job_id, countdown)
         raise retry_when_broker_answers(self, exc, countdown) from exc
+
+
+def _note_retry(job_id: str, countdown: float) -> None:
+    """Tell the supervisor a retry is due, so it does not take the wait for a dead run."""
+    with contextlib.suppress(BrokerUnavailable):
+        make_ledger(settings).record(job_id, state="retrying", retry_at=time.time() + countdown)
+
+
+@worker_shutting_down.connect
+def _hand_back_runs(**_: Any) -> None:
+    """Warm shutdown: ask each pool process running a producer task to hand its job back now.
+
+    Celery would wait for the whole run (and ``docker stop`` kills it after its grace period,
+    leaving the message unacked for the visibility timeout). The pool process's SIGTERM handler,
+    set around the run, stops it between two steps; the task then requeues its message.
+    """
+    for request in list(worker_state.active_requests):
+        pid = getattr(request, "worker_pid", None)
+        if request.name == PRODUCER_TASK and pid and pid != os.getpid():
+            log.warning("producer_run_hand_back job_id=%s pid=%s", request.args[:1], pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
 
 @app.task(name=POLL_TASK, acks_late=True)

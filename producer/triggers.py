@@ -8,6 +8,10 @@ two Redis instances) is harmless.
 
 Redis keys (on ``settings.ledger_url``; the job's other keys are listed in ``producer/keys.py``):
 
+    pleo-export:active-jobs            every trigger adds the job (ZADD NX, first request time)
+                                       and stamps ``requested_at`` in its progress record, in the
+                                       same script: what a trigger acknowledged, the supervisor
+                                       sees through to a run (producer/supervisor.py)
     pleo-export:job:{job_id}:trigger   the Celery task id last sent for the job; set with
                                        ``NX PX window`` by a Lua script that returns the id already
                                        there, so a claim and its answer are one round trip; deleted
@@ -17,6 +21,7 @@ Redis keys (on ``settings.ledger_url``; the job's other keys are listed in ``pro
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Final
@@ -29,7 +34,7 @@ from producer.celery_app import make_app
 from producer.components import redis_client
 from producer.config import PRODUCER_QUEUE, PRODUCER_TASK, Settings
 from producer.errors import BrokerUnavailable
-from producer.keys import job_key
+from producer.keys import ACTIVE_JOBS_KEY, job_key, progress_key
 from producer.runner import validate_job_id, validate_uuid
 
 log = logging.getLogger(__name__)
@@ -45,12 +50,18 @@ PUBLISH_RETRY_POLICY: Final = {
     "interval_max": 0.5,
 }
 
-# KEYS[1] trigger key; ARGV[1] our task id, ARGV[2] window in ms.
-# Returns the task id already holding the key, or nil when ours was stored.
+# KEYS[1] trigger key, KEYS[2] active jobs, KEYS[3] progress; ARGV[1] our task id, ARGV[2]
+# window in ms, ARGV[3] job id, ARGV[4] now (epoch seconds), ARGV[5] records' ttl ms.
+# Records the job as requested (durably: the supervisor resumes it if its task is lost), then
+# returns the task id already holding the trigger key, or nil when ours was stored.
 _CLAIM = """
+redis.call('ZADD', KEYS[2], 'NX', ARGV[4], ARGV[3])
+redis.call('HSET', KEYS[3], 'requested_at', ARGV[4])
+redis.call('PEXPIRE', KEYS[3], ARGV[5])
 local held = redis.call('GET', KEYS[1])
 if held then return held end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[3], 'task_id', ARGV[1])
 return nil
 """
 
@@ -103,7 +114,18 @@ def enqueue(
         task_id = str(uuid.uuid4())
         key = trigger_key(job_id)
         try:
-            held = redis_.eval(_CLAIM, 1, key, task_id, max(1, round(window_s * 1000)))
+            held = redis_.eval(
+                _CLAIM,
+                3,
+                key,
+                ACTIVE_JOBS_KEY,
+                progress_key(job_id),
+                task_id,
+                max(1, round(window_s * 1000)),
+                job_id,
+                repr(time.time()),
+                settings.dedup_ttl * 1000,
+            )
         except redis.RedisError as exc:
             raise BrokerUnavailable(
                 f"Redis could not be reached to record the trigger of job {job_id}: {exc}",
