@@ -25,8 +25,9 @@ from typing import Any
 import redis
 
 from producer.errors import LeaseHeld, Unprocessable
+from producer.final_event import FINAL_EVENTS, record_final, send_final
 from producer.keys import job_key, marks_key, progress_key
-from producer.ledger import Ledger, now_iso, redis_call
+from producer.ledger import Ledger, redis_call
 from producer.models import ACTIONABLE_ITEM_STATUSES
 from producer.pleo import MAX_UPDATE_ITEMS, PleoClient
 
@@ -34,8 +35,6 @@ log = logging.getLogger(__name__)
 
 # States of the producer's progress record in which every message of the job has been published.
 _PUBLISHED_STATES = frozenset({"enqueued", "nothing_to_do"})
-_FINAL_EVENTS = frozenset({"completed", "completed_with_errors", "failed", "already_finished"})
-_SENDING_MS = 120_000
 _FLUSH_DUE_MS = 600_000
 
 # KEYS[1] results, KEYS[2] outbox, KEYS[3] counters; ARGV[1] entry, ARGV[2] update JSON,
@@ -124,7 +123,7 @@ class Reporter:
         """The job's final event once sent (or "already_finished"), else None."""
         raw = self._redis(lambda: self._r.get(job_key(job_id, "final")))
         value = None if raw is None else raw.decode()
-        return value if value in _FINAL_EVENTS else None
+        return value if value in FINAL_EVENTS else None
 
     def request_flush(self, job_id: str, interval: float) -> str:
         """Decide who writes waiting results back: ``schedule``, ``now`` or ``none``.
@@ -326,41 +325,18 @@ class Reporter:
         failure_reason_type: str | None = None,
     ) -> str | None:
         """Send the job's final event unless one was sent or is being sent; return it if sent."""
-        final = job_key(job_id, "final")
-        if not self._redis(lambda: self._r.set(final, "sending", nx=True, px=_SENDING_MS)):
-            return None
-        try:
-            self._pleo.post_job_event(
-                job_id,
-                event,
-                failure_reason=failure_reason,
-                failure_reason_type=failure_reason_type,
-            )
-        except Unprocessable:
-            log.warning(
-                "final_event_refused job_id=%s event=%s (job already finished)", job_id, event
-            )
-            self._finish(job_id, "already_finished")
-            return None
-        except BaseException:
-            # Not sent: let the next completion check try again.
-            self._redis(lambda: self._r.delete(final))
-            raise
-        self._finish(job_id, event)
-        log.info("job_finished job_id=%s event=%s", job_id, event)
-        return event
+        return send_final(
+            self._r,
+            self._pleo,
+            job_id,
+            event,
+            ttl_ms=self._ttl_ms,
+            failure_reason=failure_reason,
+            failure_reason_type=failure_reason_type,
+        )
 
     def _finish(self, job_id: str, event: str) -> None:
-        def write() -> None:
-            with self._r.pipeline(transaction=True) as pipe:
-                pipe.set(job_key(job_id, "final"), event, px=self._ttl_ms)
-                pipe.hset(
-                    job_key(job_id, "items"),
-                    mapping={"final_event": event, "final_event_at": now_iso()},
-                )
-                pipe.execute()
-
-        self._redis(write)
+        record_final(self._r, job_id, event, ttl_ms=self._ttl_ms)
 
     # -- ERP availability --------------------------------------------------------------------
 

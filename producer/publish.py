@@ -28,6 +28,7 @@ from typing import Protocol
 
 from celery import Celery
 from kombu import Connection, Producer
+from kombu.exceptions import OperationalError
 from kombu.utils.json import dumps
 
 from producer.config import ITEMS_QUEUE
@@ -199,7 +200,8 @@ class KombuPublisher(_BatchPublisher):
                     return landed
 
                 yield send
-        except connection.connection_errors as exc:
+        except (OperationalError, *connection.connection_errors) as exc:
+            # kombu wraps a connection that never came up in its own OperationalError.
             raise BrokerUnavailable(
                 f"The broker refused or dropped the publish: {cause(exc)}."
             ) from exc

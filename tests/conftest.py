@@ -138,6 +138,10 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
         PLEO_LEASE_TTL=str(settings.lease_ttl),
         PLEO_LEASE_WAIT=str(settings.lease_wait),
         PLEO_ORDERING=settings.ordering,
+        PLEO_TRIGGER_WINDOW=str(settings.trigger_window),
+        PLEO_SUPERVISE_INTERVAL=str(settings.supervise_interval),
+        PLEO_DEAD_RUN_AFTER=str(settings.dead_run_after),
+        PLEO_DEDUP_TTL=str(settings.dedup_ttl),
         PYTHONPATH=str(ROOT),
     )
     if settings.api_token:

@@ -17,6 +17,7 @@ import pytest
 
 FULL = os.environ.get("CHAOS_FULL", "").lower() in {"1", "true", "yes"}
 _TALLY: Counter[str] = Counter()
+_TIMES: dict[str, list[float]] = {}
 
 
 def scale(subset: int, full: int) -> int:
@@ -29,6 +30,11 @@ def tally(figure: str, amount: int = 1) -> None:
     _TALLY[figure] += amount
 
 
+def measure(figure: str, seconds: float) -> None:
+    """Record one observed duration (e.g. death to job published); the summary shows the range."""
+    _TIMES.setdefault(figure, []).append(seconds)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Everything under tests/chaos carries the ``chaos`` marker."""
     here = Path(__file__).parent
@@ -39,11 +45,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the tally, and write it where ``CHAOS_REPORT`` says."""
-    if not _TALLY:
+    if not _TALLY and not _TIMES:
         return
     terminalreporter.section(f"chaos figures ({'full run' if FULL else 'subset'})")
     for figure, amount in sorted(_TALLY.items()):
         terminalreporter.write_line(f"{figure:<48} {amount:>10,}")
+    times = {
+        figure: {"n": len(seen), "min": round(min(seen), 2), "max": round(max(seen), 2)}
+        for figure, seen in sorted(_TIMES.items())
+    }
+    for figure, seen in times.items():
+        terminalreporter.write_line(
+            f"{figure:<64} n={seen['n']} min={seen['min']:.2f} max={seen['max']:.2f}"
+        )
     target = os.environ.get("CHAOS_REPORT")
     if target:
-        Path(target).write_text(json.dumps({"full": FULL, **_TALLY}, indent=2, sort_keys=True))
+        report = {"full": FULL, **_TALLY, "times": times}
+        Path(target).write_text(json.dumps(report, indent=2, sort_keys=True))
