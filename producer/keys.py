@@ -8,7 +8,8 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
     :lease      "{fence}:{run_id}": who runs the job now
     :fence      integer, INCR on every lease acquisition; fencing tokens only grow
     :marks      hash entry -> "p" (published) | "r" (reserved, publish not yet confirmed)
-    :progress   hash: state, counters (pages, items_seen, planned, enqueued, ...), timestamps
+    :progress   hash: state, counters (pages, items_seen, planned, enqueued, ...), timestamps,
+                job_status, company_id, expires_in (the job's expiresIn, seconds, from the claim)
 
     ERP workers (``consumers/reporting.py``)
     :results    hash entry -> JSON outcome (successful + external ref, or failed + reason);
@@ -26,6 +27,11 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
     :erp-down   when the ERP was first found unreachable for this job (epoch seconds)
     :payloads   hash entry -> export item JSON, filled once per job when messages carry none
     :repaired-at when the repair sweep last examined this stalled job (epoch seconds)
+
+    Producer and ERP workers (``producer/activity.py``)
+    :pleo-action-at  when we last acted on the job in Pleo (epoch seconds, taken before the
+                request): the producer's accepted ``started``, each accepted item PUT and the
+                final event; Pleo's expiresIn counts from its last action, so from about here
 
     Repair sweep (``consumers/repair.py``)
     pleo-export:repair-sweep   held (PX = sweep interval) by the one ERP worker sweeping now
@@ -64,6 +70,11 @@ def marks_key(job_id: str) -> str:
 def progress_key(job_id: str) -> str:
     """Key of the job's producer progress record."""
     return job_key(job_id, "progress")
+
+
+def pleo_action_key(job_id: str) -> str:
+    """Key of the time of our last action on the job in Pleo."""
+    return job_key(job_id, "pleo-action-at")
 
 
 def lease_keys(job_id: str, name: str) -> tuple[str, str]:

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
+from producer.activity import PleoActivity
 from producer.config import Settings
 from producer.errors import BadInput, PleoExportError, Unprocessable
 from producer.ledger import Lease, Ledger, now_iso
@@ -108,10 +109,14 @@ def run_job(
     client: PleoClient,
     ledger: Ledger,
     publisher: Publisher,
+    activity: PleoActivity,
     observer: Observer | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> RunSummary:
-    """Claim, fetch, plan and publish one export job; safe to run again at any time."""
+    """Claim, fetch, plan and publish one export job; safe to run again at any time.
+
+    ``activity`` records when the claim moved the job, for the workers' expiry check.
+    """
     job_id = validate_job_id(job_id)
     observer = observer or Observer()
     started = clock()
@@ -128,6 +133,7 @@ def run_job(
                 client=client,
                 ledger=ledger,
                 publisher=publisher,
+                activity=activity,
                 observer=observer,
             )
         except PleoExportError as exc:
@@ -156,12 +162,20 @@ def _run(
     client: PleoClient,
     ledger: Ledger,
     publisher: Publisher,
+    activity: PleoActivity,
     observer: Observer,
 ) -> None:
     job = claim(client, job_id)
     summary.job_status = job.status
     summary.company_id = job.company_id
-    ledger.record(job_id, job_status=job.status, company_id=job.company_id)
+    ledger.record(
+        job_id,
+        job_status=job.status,
+        company_id=job.company_id,
+        expires_in=job.job.expires_in,
+    )
+    if job.started_at is not None:
+        activity.touch(job_id, job.started_at)
     if job.status in TERMINAL_JOB_STATUSES:
         summary.status = "skipped"
         summary.reason = f"the job is already {job.status}"
@@ -206,10 +220,15 @@ def _run(
 
 @dataclass(frozen=True, slots=True)
 class ClaimedJob:
-    """The job as claimed, and whether this run is a recovery of an earlier one."""
+    """The job as claimed, and whether this run is a recovery of an earlier one.
+
+    ``started_at`` is set when this claim's ``started`` event was accepted: the epoch seconds
+    read just before it was sent (Pleo's ``expiresIn`` counts from about then).
+    """
 
     job: ExportJob
     recovered: bool
+    started_at: float | None = None
 
     @property
     def status(self) -> str:
@@ -222,7 +241,7 @@ class ClaimedJob:
         return self.job.company_id
 
 
-def claim(client: PleoClient, job_id: str) -> ClaimedJob:
+def claim(client: PleoClient, job_id: str, *, clock: Callable[[], float] = time.time) -> ClaimedJob:
     """Move a pending job to in_progress; in_progress means recovery; terminal means nothing to do.
 
     A 422 on ``started`` means someone else moved the job: it is read once more and decided again.
@@ -230,6 +249,7 @@ def claim(client: PleoClient, job_id: str) -> ClaimedJob:
     job = client.get_job(job_id)
     if job.status != "pending":
         return ClaimedJob(job, recovered=job.status == "in_progress")
+    asked_at = clock()
     try:
         client.post_job_event(job_id, "started")
     except Unprocessable:
@@ -239,7 +259,7 @@ def claim(client: PleoClient, job_id: str) -> ClaimedJob:
             raise
         return ClaimedJob(job, recovered=job.status == "in_progress")
     log.info("job_claimed job_id=%s", job_id)
-    return ClaimedJob(client.get_job(job_id), recovered=False)
+    return ClaimedJob(client.get_job(job_id), recovered=False, started_at=asked_at)
 
 
 def _fetch_layers(
