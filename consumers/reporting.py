@@ -4,7 +4,8 @@ job completed exactly once when every published entry has been reported.
 Any worker may flush any job: a per-job lock (``:flush``) keeps it to one flusher at a time, and a
 flusher that finds more work when it is done schedules the next flush. A 200 whose ``errors[]``
 names some entries keeps just those in the outbox for the next flush (``report_max_attempts`` times
-at most); a 422 means the job was finished elsewhere and nothing more can be written.
+at most); a 422 means the job was finished elsewhere and nothing more can be written (how Pleo
+finished it, e.g. ``job_expired``, is recorded: ``consumers/finished.py``).
 
 Each batch is noted in ``:sending`` before its PUT and cleared in the same transaction that records
 Pleo's answer. A flusher killed in between (Pleo may or may not have applied the PUT) leaves the
@@ -24,6 +25,7 @@ from typing import Any
 
 import redis
 
+from consumers.finished import FinishedInPleo
 from producer.errors import LeaseHeld, Unprocessable
 from producer.keys import job_key, marks_key, progress_key
 from producer.ledger import Ledger, now_iso, redis_call
@@ -106,6 +108,7 @@ class Reporter:
         self._max_attempts = max_attempts
         self._clock = clock
         self._record = client.register_script(_RECORD)
+        self._finished = FinishedInPleo(client, pleo, dedup_ttl=dedup_ttl)
 
     # -- results -----------------------------------------------------------------------------
 
@@ -265,6 +268,7 @@ class Reporter:
 
     def _job_finished_elsewhere(self, job_id: str, *, waiting: int) -> FlushResult:
         log.warning("report_refused_job_finished job_id=%s waiting=%d", job_id, waiting)
+        self._finished.explain(job_id)
         self._finish(job_id, "already_finished")
         self._redis(lambda: self._r.delete(job_key(job_id, "outbox"), job_key(job_id, "sending")))
         return FlushResult(refused=waiting)
@@ -340,6 +344,7 @@ class Reporter:
             log.warning(
                 "final_event_refused job_id=%s event=%s (job already finished)", job_id, event
             )
+            self._finished.explain(job_id)
             self._finish(job_id, "already_finished")
             return None
         except BaseException:

@@ -19,7 +19,10 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
                 flusher, settled from Pleo's item statuses by the next)
     :attempts   hash entry -> times Pleo answered the entry's update with an error
     :reported   set of entries whose update Pleo accepted
-    :items      hash: successful, failed, reported, report_errors, report_dropped, final_event
+    :items      hash: successful, failed, reported, report_errors, report_dropped, final_event,
+                final_event_at; when Pleo finished the job itself (final_event=already_finished):
+                finished_by_pleo (its status in Pleo), pleo_failure_reason_type (e.g.
+                job_expired) and pleo_failure_reason, as one read of the job showed them
     :flush      the write-back lease (like :lease, with :flush-fence): one flusher per job
     :flush-due  set while a delayed flush task is pending (cleared when it runs; PX 10 min)
     :flushed-at when the job's results were last written back (epoch seconds)
