@@ -1,18 +1,24 @@
-"""Jobs Pleo finished behind our back: how we record why.
+"""Jobs Pleo finished behind our back: how we learn it, and how we record why.
 
-Pleo refuses a write with 422 because the job is finished; the Reporter then reads the job once
-(``explain``). The job's ``:items`` hash gets ``finished_by_pleo`` (its status in Pleo),
-``pleo_failure_reason_type`` and ``pleo_failure_reason`` beside ``final_event=already_finished``,
-and an expiry is logged as ``job_expired_in_pleo`` at WARNING.
+Two ways in: Pleo refuses a write with 422 because the job is finished (the Reporter then reads
+the job once, ``explain``), or a worker finds, before posting an entry, that a job quiet for longer
+than its ``expiresIn`` is finished (``check``, via ``ExpiryCheck``). Either way the job's
+``:items`` hash gets ``finished_by_pleo`` (its status in Pleo), ``pleo_failure_reason_type`` and
+``pleo_failure_reason`` beside ``final_event=already_finished``, and an expiry is logged as
+``job_expired_in_pleo`` at WARNING.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 import redis
 from redis.typing import EncodableT, FieldT
 
+from consumers.expiry import ExpiryCheck
+from producer.activity import PleoActivity
 from producer.errors import PleoExportError
 from producer.keys import job_key
 from producer.ledger import redis_call
@@ -36,12 +42,30 @@ def finish_fields(job: ExportJob) -> dict[str, str]:
 
 
 class FinishedInPleo:
-    """Explains jobs Pleo finished itself, into the job's ``:items`` hash."""
+    """Finds and explains jobs Pleo finished itself, into the job's ``:items`` hash."""
 
-    def __init__(self, client: redis.Redis, pleo: PleoClient, *, dedup_ttl: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        pleo: PleoClient,
+        activity: PleoActivity,
+        *,
+        dedup_ttl: int,
+        recheck: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._r = client
         self._pleo = pleo
         self._ttl_ms = dedup_ttl * 1000
+        self._expiry = ExpiryCheck(activity, pleo, recheck=recheck, clock=clock)
+
+    def check(self, job_id: str) -> bool:
+        """Whether Pleo finished the job while we were quiet; if so, how is recorded."""
+        job = self._expiry.finished_job(job_id)
+        if job is None:
+            return False
+        self._note(job)
+        return True
 
     def explain(self, job_id: str) -> None:
         """Pleo refused a write because the job is finished: read it once and record how."""

@@ -5,7 +5,8 @@ Any worker may flush any job: a per-job lock (``:flush``) keeps it to one flushe
 flusher that finds more work when it is done schedules the next flush. A 200 whose ``errors[]``
 names some entries keeps just those in the outbox for the next flush (``report_max_attempts`` times
 at most); a 422 means the job was finished elsewhere and nothing more can be written (how Pleo
-finished it, e.g. ``job_expired``, is recorded: ``consumers/finished.py``).
+finished it, e.g. ``job_expired``, is recorded: ``consumers/finished.py``). Every accepted PUT and
+final event stamps our last action on the job, which Pleo's ``expiresIn`` counts from.
 
 Each batch is noted in ``:sending`` before its PUT and cleared in the same transaction that records
 Pleo's answer. A flusher killed in between (Pleo may or may not have applied the PUT) leaves the
@@ -26,6 +27,7 @@ from typing import Any
 import redis
 
 from consumers.finished import FinishedInPleo
+from producer.activity import PleoActivity
 from producer.errors import LeaseHeld, Unprocessable
 from producer.keys import job_key, marks_key, progress_key
 from producer.ledger import Ledger, now_iso, redis_call
@@ -89,7 +91,11 @@ def failure_update(entry_id: str, reason_type: str, reason: str) -> dict[str, An
 
 
 class Reporter:
-    """Per-job result buffer, batched write-back and the final job event."""
+    """Per-job result buffer, batched write-back and the final job event.
+
+    ``expiry_recheck`` is how long (seconds) this process trusts Pleo's answer on whether a quiet
+    job is finished (``finished_in_pleo``).
+    """
 
     def __init__(
         self,
@@ -100,6 +106,7 @@ class Reporter:
         dedup_ttl: int,
         max_attempts: int,
         clock: Callable[[], float] = time.time,
+        expiry_recheck: float = 30.0,
     ) -> None:
         self._r = client
         self._pleo = pleo
@@ -108,7 +115,10 @@ class Reporter:
         self._max_attempts = max_attempts
         self._clock = clock
         self._record = client.register_script(_RECORD)
-        self._finished = FinishedInPleo(client, pleo, dedup_ttl=dedup_ttl)
+        self._activity = PleoActivity(client, dedup_ttl=dedup_ttl)
+        self._finished = FinishedInPleo(
+            client, pleo, self._activity, dedup_ttl=dedup_ttl, recheck=expiry_recheck, clock=clock
+        )
 
     # -- results -----------------------------------------------------------------------------
 
@@ -181,6 +191,7 @@ class Reporter:
             batch = updates[start : start + MAX_UPDATE_ITEMS]
             ids = [u["accountingEntryId"] for u in batch]
             self._redis(partial(self._note_sending, sending, ids))
+            asked_at = self._clock()
             try:
                 result = self._pleo.update_job_items(job_id, batch)
             except Unprocessable:
@@ -188,6 +199,9 @@ class Reporter:
                 return FlushResult(sent=sent, accepted=accepted, refused=len(updates) - accepted)
             errors = {e.accounting_entry_id: e for e in result.errors}
             ok = [entry for entry in ids if entry not in errors]
+            if ok:
+                # A PUT that changed no item may not count as an action to Pleo: no stamp.
+                self._activity.touch(job_id, asked_at)
             gave_up = self._note_refusals(job_id, list(errors))
             self._accept(job_id, ok, gave_up, settled=ids)
             sent += len(batch)
@@ -333,6 +347,7 @@ class Reporter:
         final = job_key(job_id, "final")
         if not self._redis(lambda: self._r.set(final, "sending", nx=True, px=_SENDING_MS)):
             return None
+        asked_at = self._clock()
         try:
             self._pleo.post_job_event(
                 job_id,
@@ -351,6 +366,7 @@ class Reporter:
             # Not sent: let the next completion check try again.
             self._redis(lambda: self._r.delete(final))
             raise
+        self._activity.touch(job_id, asked_at)
         self._finish(job_id, event)
         log.info("job_finished job_id=%s event=%s", job_id, event)
         return event
@@ -366,6 +382,18 @@ class Reporter:
                 pipe.execute()
 
         self._redis(write)
+
+    # -- jobs Pleo finished -------------------------------------------------------------------
+
+    def finished_in_pleo(self, job_id: str) -> bool:
+        """Whether Pleo finished the job while we were quiet (it expired); recorded if so.
+
+        Pleo is asked only when our last action is older than the job's expiresIn.
+        """
+        if not self._finished.check(job_id):
+            return False
+        self._finish(job_id, "already_finished")
+        return True
 
     # -- ERP availability --------------------------------------------------------------------
 
