@@ -4,7 +4,9 @@ job completed exactly once when every published entry has been reported.
 Any worker may flush any job: a per-job lock (``:flush``) keeps it to one flusher at a time, and a
 flusher that finds more work when it is done schedules the next flush. A 200 whose ``errors[]``
 names some entries keeps just those in the outbox for the next flush (``report_max_attempts`` times
-at most); a 422 means the job was finished elsewhere and nothing more can be written.
+at most); a 422 means the job was finished elsewhere and nothing more can be written (how Pleo
+finished it, e.g. ``job_expired``, is recorded: ``consumers/finished.py``). Every accepted PUT and
+final event stamps our last action on the job, which Pleo's ``expiresIn`` counts from.
 
 Each batch is noted in ``:sending`` before its PUT and cleared in the same transaction that records
 Pleo's answer. A flusher killed in between (Pleo may or may not have applied the PUT) leaves the
@@ -24,6 +26,8 @@ from typing import Any
 
 import redis
 
+from consumers.finished import FinishedInPleo
+from producer.activity import PleoActivity
 from producer.errors import LeaseHeld, Unprocessable
 from producer.final_event import FINAL_EVENTS, record_final, send_final
 from producer.keys import job_key, marks_key, progress_key
@@ -86,7 +90,11 @@ def failure_update(entry_id: str, reason_type: str, reason: str) -> dict[str, An
 
 
 class Reporter:
-    """Per-job result buffer, batched write-back and the final job event."""
+    """Per-job result buffer, batched write-back and the final job event.
+
+    ``expiry_recheck`` is how long (seconds) this process trusts Pleo's answer on whether a quiet
+    job is finished (``finished_in_pleo``).
+    """
 
     def __init__(
         self,
@@ -97,6 +105,7 @@ class Reporter:
         dedup_ttl: int,
         max_attempts: int,
         clock: Callable[[], float] = time.time,
+        expiry_recheck: float = 30.0,
     ) -> None:
         self._r = client
         self._pleo = pleo
@@ -105,6 +114,10 @@ class Reporter:
         self._max_attempts = max_attempts
         self._clock = clock
         self._record = client.register_script(_RECORD)
+        self._activity = PleoActivity(client, dedup_ttl=dedup_ttl)
+        self._finished = FinishedInPleo(
+            client, pleo, self._activity, dedup_ttl=dedup_ttl, recheck=expiry_recheck, clock=clock
+        )
 
     # -- results -----------------------------------------------------------------------------
 
@@ -177,6 +190,7 @@ class Reporter:
             batch = updates[start : start + MAX_UPDATE_ITEMS]
             ids = [u["accountingEntryId"] for u in batch]
             self._redis(partial(self._note_sending, sending, ids))
+            asked_at = self._clock()
             try:
                 result = self._pleo.update_job_items(job_id, batch)
             except Unprocessable:
@@ -184,6 +198,9 @@ class Reporter:
                 return FlushResult(sent=sent, accepted=accepted, refused=len(updates) - accepted)
             errors = {e.accounting_entry_id: e for e in result.errors}
             ok = [entry for entry in ids if entry not in errors]
+            if ok:
+                # A PUT that changed no item may not count as an action to Pleo: no stamp.
+                self._activity.touch(job_id, asked_at)
             gave_up = self._note_refusals(job_id, list(errors))
             self._accept(job_id, ok, gave_up, settled=ids)
             sent += len(batch)
@@ -264,6 +281,7 @@ class Reporter:
 
     def _job_finished_elsewhere(self, job_id: str, *, waiting: int) -> FlushResult:
         log.warning("report_refused_job_finished job_id=%s waiting=%d", job_id, waiting)
+        self._finished.explain(job_id)
         self._finish(job_id, "already_finished")
         self._redis(lambda: self._r.delete(job_key(job_id, "outbox"), job_key(job_id, "sending")))
         return FlushResult(refused=waiting)
@@ -333,10 +351,25 @@ class Reporter:
             ttl_ms=self._ttl_ms,
             failure_reason=failure_reason,
             failure_reason_type=failure_reason_type,
+            activity=self._activity,
+            on_refused=self._finished.explain,
+            clock=self._clock,
         )
 
     def _finish(self, job_id: str, event: str) -> None:
         record_final(self._r, job_id, event, ttl_ms=self._ttl_ms)
+
+    # -- jobs Pleo finished -------------------------------------------------------------------
+
+    def finished_in_pleo(self, job_id: str) -> bool:
+        """Whether Pleo finished the job while we were quiet (it expired); recorded if so.
+
+        Pleo is asked only when our last action is older than the job's expiresIn.
+        """
+        if not self._finished.check(job_id):
+            return False
+        self._finish(job_id, "already_finished")
+        return True
 
     # -- ERP availability --------------------------------------------------------------------
 

@@ -3,9 +3,11 @@
 Exactly-once effect, step by step:
 1. a job already finished (final event sent) takes no more work;
 2. an entry with a recorded outcome is a redelivery: nothing is posted or reported again;
-3. ``post`` is idempotent on ``accounting_entry_id`` (the adapter protocol), so a worker killed
+3. a job Pleo finished while we were quiet (expired: no action for its ``expiresIn``) takes no
+   more work either, since nothing posted now could be reported (``consumers/expiry.py``);
+4. ``post`` is idempotent on ``accounting_entry_id`` (the adapter protocol), so a worker killed
    between posting and recording posts nothing twice when the message runs again;
-4. the outcome is recorded with HSETNX: of two concurrent deliveries only one is reported.
+5. the outcome is recorded with HSETNX: of two concurrent deliveries only one is reported.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ def process_item(
     if reporter.outcome(job_id, entry_id) is not None:
         log.info("item_duplicate job_id=%s entry=%s", job_id, entry_id)
         return ItemOutcome("duplicate")
+    if reporter.finished_in_pleo(job_id):
+        log.info("item_skipped_finished_in_pleo job_id=%s entry=%s", job_id, entry_id)
+        return ItemOutcome("job_finished")
     if entry.export_item is None:
         entry = dataclasses.replace(entry, export_item=payloads.get(job_id, entry_id))
     try:

@@ -195,9 +195,23 @@ def status(job_id: str, as_json: bool) -> None:
     type=click.FloatRange(0),
     help="Seconds added to every API request.",
 )
+@click.option(
+    "--expires-in",
+    default=3600,
+    show_default=True,
+    type=click.IntRange(1, 2**31 - 1),
+    help="The job's expiresIn: seconds without an action before Pleo fails it as job_expired.",
+)
 @guarded
 def simulate(
-    *, host: str, port: int, items: int, seed: int, max_page_size: int, latency: float
+    *,
+    host: str,
+    port: int,
+    items: int,
+    seed: int,
+    max_page_size: int,
+    latency: float,
+    expires_in: int,
 ) -> None:
     """Run the Pleo API simulator with one seeded pending job."""
     from producer.simulator import JobSpec, SimState, serve
@@ -210,7 +224,7 @@ def simulate(
         latency=latency,
         seed=seed,
     )
-    job_id = state.add_job(JobSpec(items=items, seed=seed))
+    job_id = state.add_job(JobSpec(items=items, seed=seed, expires_in=expires_in))
     click.echo(
         f"simulated pending job {job_id} with {items} items at http://{host}:{port}", err=True
     )

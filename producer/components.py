@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import redis
 from celery import Celery
 
+from producer.activity import PleoActivity
 from producer.config import Settings
 from producer.errors import PleoExportError
 from producer.ledger import Ledger, now_iso
@@ -24,6 +25,7 @@ class Components:
     client: PleoClient
     ledger: Ledger
     publisher: Publisher
+    activity: PleoActivity
 
 
 def redis_client(url: str) -> redis.Redis:
@@ -31,10 +33,10 @@ def redis_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
 
 
-def make_ledger(settings: Settings) -> Ledger:
-    """The ledger on the Redis that the settings name for it."""
+def make_ledger(settings: Settings, client: redis.Redis | None = None) -> Ledger:
+    """The ledger on ``client``, by default a new client of the Redis the settings name."""
     return Ledger(
-        redis_client(settings.ledger_url),
+        redis_client(settings.ledger_url) if client is None else client,
         lease_ttl=settings.lease_ttl,
         dedup_ttl=settings.dedup_ttl,
     )
@@ -43,7 +45,9 @@ def make_ledger(settings: Settings) -> Ledger:
 @contextmanager
 def open_components(settings: Settings, app: Celery) -> Iterator[Components]:
     """Open the HTTP client and Redis connections for one run; close them when it ends."""
-    ledger = make_ledger(settings)
+    client = redis_client(settings.ledger_url)
+    ledger = make_ledger(settings, client)
+    activity = PleoActivity(client, dedup_ttl=settings.dedup_ttl)
     publisher: Publisher
     if settings.uses_redis_broker:
         publisher = RedisPublisher(
@@ -54,7 +58,12 @@ def open_components(settings: Settings, app: Celery) -> Iterator[Components]:
             app, ledger, settings.broker_url, batch_size=settings.publish_batch
         )
     with make_http_client(settings) as http:
-        yield Components(client=PleoClient(http, settings), ledger=ledger, publisher=publisher)
+        yield Components(
+            client=PleoClient(http, settings),
+            ledger=ledger,
+            publisher=publisher,
+            activity=activity,
+        )
 
 
 def produce(
@@ -73,6 +82,7 @@ def produce(
             client=parts.client,
             ledger=parts.ledger,
             publisher=parts.publisher,
+            activity=parts.activity,
             observer=observer,
             who=who,
         )
@@ -82,4 +92,4 @@ def give_up(job_id: str, exc: PleoExportError, *, settings: Settings, app: Celer
     """End a job whose runs failed past every retry: recorded ``failed``, and Pleo told once."""
     with open_components(settings, app) as parts:
         parts.ledger.record(job_id, state="failed", error=exc.message, finished_at=now_iso())
-        fail_job(parts.ledger, parts.client, job_id, exc)
+        fail_job(parts.ledger, parts.client, job_id, exc, activity=parts.activity)

@@ -10,11 +10,13 @@ leaves the index of active jobs.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 
+from producer.activity import PleoActivity
 from producer.errors import (
     AuthenticationFailed,
     BrokerUnavailable,
@@ -44,23 +46,35 @@ def send_final(
     ttl_ms: int,
     failure_reason: str | None = None,
     failure_reason_type: str | None = None,
+    activity: PleoActivity | None = None,
+    on_refused: Callable[[str], object] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> str | None:
-    """Send the job's final event unless one was sent or is being sent; return it if sent now."""
+    """Send the job's final event unless one was sent or is being sent; return it if sent now.
+
+    ``activity`` is stamped with the moment the event was asked for once Pleo accepted it;
+    ``on_refused(job_id)`` runs when Pleo answers that the job was finished already.
+    """
     final = job_key(job_id, "final")
     if not _redis(lambda: client.set(final, "sending", nx=True, px=SENDING_MS)):
         return None
+    asked_at = clock()
     try:
         pleo.post_job_event(
             job_id, event, failure_reason=failure_reason, failure_reason_type=failure_reason_type
         )
     except Unprocessable:
         log.warning("final_event_refused job_id=%s event=%s (job already finished)", job_id, event)
+        if on_refused is not None:
+            on_refused(job_id)
         record_final(client, job_id, "already_finished", ttl_ms=ttl_ms)
         return None
     except BaseException:
         # Not sent: let the next completion check try again.
         _redis(lambda: client.delete(final))
         raise
+    if activity is not None:
+        activity.touch(job_id, asked_at)
     record_final(client, job_id, event, ttl_ms=ttl_ms)
     log.info("job_finished job_id=%s event=%s reason_type=%s", job_id, event, failure_reason_type)
     return event

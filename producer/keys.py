@@ -8,7 +8,8 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
     :lease      "{fence}:{run_id}": who runs the job now
     :fence      integer, INCR on every lease acquisition; fencing tokens only grow
     :marks      hash entry -> "p" (published) | "r" (reserved, publish not yet confirmed)
-    :progress   hash: state, counters (pages, items_seen, planned, enqueued, ...), timestamps;
+    :progress   hash: state, counters (pages, items_seen, planned, enqueued, ...), timestamps,
+                job_status, company_id, expires_in (the job's expiresIn, seconds, from the claim);
                 ``holder`` (who runs it), ``requested_at``/``task_id`` (the latest trigger),
                 ``retry_at`` (a task retry's due time), ``resumed``/``resumed_at`` (supervisor)
 
@@ -20,7 +21,10 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
                 flusher, settled from Pleo's item statuses by the next)
     :attempts   hash entry -> times Pleo answered the entry's update with an error
     :reported   set of entries whose update Pleo accepted
-    :items      hash: successful, failed, reported, report_errors, report_dropped, final_event
+    :items      hash: successful, failed, reported, report_errors, report_dropped, final_event,
+                final_event_at; when Pleo finished the job itself (final_event=already_finished):
+                finished_by_pleo (its status in Pleo), pleo_failure_reason_type (e.g.
+                job_expired) and pleo_failure_reason, as one read of the job showed them
     :flush      the write-back lease (like :lease, with :flush-fence): one flusher per job
     :flush-due  set while a delayed flush task is pending (cleared when it runs; PX 10 min)
     :flushed-at when the job's results were last written back (epoch seconds)
@@ -28,6 +32,11 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
     :erp-down   when the ERP was first found unreachable for this job (epoch seconds)
     :payloads   hash entry -> export item JSON, filled once per job when messages carry none
     :repaired-at when the repair sweep last examined this stalled job (epoch seconds)
+
+    Producer and ERP workers (``producer/activity.py``)
+    :pleo-action-at  when we last acted on the job in Pleo (epoch seconds, taken before the
+                request): the producer's accepted ``started``, each accepted item PUT and the
+                final event; Pleo's expiresIn counts from its last action, so from about here
 
     Supervision (``producer/supervisor.py``, ``consumers/repair.py``)
     pleo-export:active-jobs    sorted set job id -> when it was first requested (epoch seconds):
@@ -77,6 +86,11 @@ def marks_key(job_id: str) -> str:
 def progress_key(job_id: str) -> str:
     """Key of the job's producer progress record."""
     return job_key(job_id, "progress")
+
+
+def pleo_action_key(job_id: str) -> str:
+    """Key of the time of our last action on the job in Pleo."""
+    return job_key(job_id, "pleo-action-at")
 
 
 def lease_keys(job_id: str, name: str) -> tuple[str, str]:

@@ -83,7 +83,11 @@ _EXPORT_ITEM_REQUIRED = (
 
 @dataclass(frozen=True, slots=True)
 class ExportJob:
-    """One export job (``ExportJobV3``): who owns it, where it stands, how many entries it holds."""
+    """One export job (``ExportJobV3``): who owns it, where it stands, how many entries it holds.
+
+    ``failure_reason_type`` is kept as Pleo sent it, not checked against the enum: it explains a
+    failure and decides nothing, so a reason Pleo adds later must not make the job unreadable.
+    """
 
     id: str
     company_id: str
@@ -91,6 +95,8 @@ class ExportJob:
     number_of_items: int
     expires_in: int
     raw: Mapping[str, Any] = field(compare=False, repr=False)
+    failure_reason_type: str | None = None
+    failure_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +207,13 @@ def _str(obj: Mapping[str, Any], key: str, where: _Where, path: str) -> str:
     return value
 
 
+def _optional_str(obj: Mapping[str, Any], key: str, where: _Where, path: str) -> str | None:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, str):
+        raise where.error(_join(path, key), f"is {_show(value)}, not a string or null")
+    return value
+
+
 def _uuid(obj: Mapping[str, Any], key: str, where: _Where, path: str) -> str:
     value = _get(obj, key, where, path)
     if not is_uuid(value):
@@ -256,7 +269,16 @@ def _parse_job(obj: object, where: _Where, path: str, *, expect_id: str | None) 
     _str(job, "createdAt", where, path)
     _bool(job, "isInteractive", where, path)
     _bool(job, "vendorBasedBookkeeping", where, path)
-    return ExportJob(job_id, company_id, status, number_of_items, expires_in, raw=job)
+    return ExportJob(
+        job_id,
+        company_id,
+        status,
+        number_of_items,
+        expires_in,
+        raw=job,
+        failure_reason_type=_optional_str(job, "failureReasonType", where, path),
+        failure_reason=_optional_str(job, "failureReason", where, path),
+    )
 
 
 def _parse_job_item(obj: object, where: _Where, path: str, *, job_id: str) -> JobItem:

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
+from producer.activity import PleoActivity
 from producer.config import Settings
 from producer.errors import (
     BadInput,
@@ -116,6 +117,7 @@ def run_job(
     client: PleoClient,
     ledger: Ledger,
     publisher: Publisher,
+    activity: PleoActivity,
     observer: Observer | None = None,
     clock: Callable[[], float] = time.monotonic,
     who: str = "pleo-export run",
@@ -125,6 +127,8 @@ def run_job(
     ``who`` names this run in its lease (``locked`` answers and ``status`` show it). A run that
     fails for good after the claim sends Pleo the ``failed`` event; one stopped by a transient
     failure or a signal is recorded ``interrupted``, for a retry or the supervisor to resume.
+
+    ``activity`` records when the claim moved the job, for the workers' expiry check.
     """
     job_id = validate_job_id(job_id)
     observer = observer or Observer()
@@ -143,13 +147,14 @@ def run_job(
                 client=client,
                 ledger=ledger,
                 publisher=publisher,
+                activity=activity,
                 observer=observer,
                 clock=clock,
             )
         except (PermanentUpstreamError, ContractViolation) as exc:
             ledger.record(job_id, state="failed", error=exc.message, finished_at=now_iso())
             if summary.job_status == "in_progress":
-                fail_job(ledger, client, job_id, exc)
+                fail_job(ledger, client, job_id, exc, activity=activity)
             raise
         except PleoExportError as exc:
             # Transient, or a signal: the job stays claimed, and is resumed (see module docs).
@@ -169,7 +174,14 @@ def run_job(
     return summary
 
 
-def fail_job(ledger: Ledger, client: PleoClient, job_id: str, exc: PleoExportError) -> None:
+def fail_job(
+    ledger: Ledger,
+    client: PleoClient,
+    job_id: str,
+    exc: PleoExportError,
+    *,
+    activity: PleoActivity | None = None,
+) -> None:
     """Tell Pleo the job failed for good (once), with the reason type matching ``exc``."""
     reason_type = failure_reason_type(exc)
     if reason_type is None:
@@ -184,6 +196,7 @@ def fail_job(ledger: Ledger, client: PleoClient, job_id: str, exc: PleoExportErr
             ttl_ms=ledger.ttl_ms,
             failure_reason=exc.message,
             failure_reason_type=reason_type,
+            activity=activity,
         )
     except PleoExportError as unsent:
         # Pleo cannot be told now (the same credentials may be what failed): say so and leave it.
@@ -204,13 +217,21 @@ def _run(
     client: PleoClient,
     ledger: Ledger,
     publisher: Publisher,
+    activity: PleoActivity,
     observer: Observer,
     clock: Callable[[], float],
 ) -> None:
     job = claim(client, job_id)
     summary.job_status = job.status
     summary.company_id = job.company_id
-    ledger.record(job_id, job_status=job.status, company_id=job.company_id)
+    ledger.record(
+        job_id,
+        job_status=job.status,
+        company_id=job.company_id,
+        expires_in=job.job.expires_in,
+    )
+    if job.started_at is not None:
+        activity.touch(job_id, job.started_at)
     if job.status in TERMINAL_JOB_STATUSES:
         summary.status = "skipped"
         summary.reason = f"the job is already {job.status}"
@@ -255,10 +276,15 @@ def _run(
 
 @dataclass(frozen=True, slots=True)
 class ClaimedJob:
-    """The job as claimed, and whether this run is a recovery of an earlier one."""
+    """The job as claimed, and whether this run is a recovery of an earlier one.
+
+    ``started_at`` is set when this claim's ``started`` event was accepted: the epoch seconds
+    read just before it was sent (Pleo's ``expiresIn`` counts from about then).
+    """
 
     job: ExportJob
     recovered: bool
+    started_at: float | None = None
 
     @property
     def status(self) -> str:
@@ -271,7 +297,7 @@ class ClaimedJob:
         return self.job.company_id
 
 
-def claim(client: PleoClient, job_id: str) -> ClaimedJob:
+def claim(client: PleoClient, job_id: str, *, clock: Callable[[], float] = time.time) -> ClaimedJob:
     """Move a pending job to in_progress; in_progress means recovery; terminal means nothing to do.
 
     A 422 on ``started`` means someone else moved the job: it is read once more and decided again.
@@ -279,6 +305,7 @@ def claim(client: PleoClient, job_id: str) -> ClaimedJob:
     job = client.get_job(job_id)
     if job.status != "pending":
         return ClaimedJob(job, recovered=job.status == "in_progress")
+    asked_at = clock()
     try:
         client.post_job_event(job_id, "started")
     except Unprocessable:
@@ -288,7 +315,7 @@ def claim(client: PleoClient, job_id: str) -> ClaimedJob:
             raise
         return ClaimedJob(job, recovered=job.status == "in_progress")
     log.info("job_claimed job_id=%s", job_id)
-    return ClaimedJob(client.get_job(job_id), recovered=False)
+    return ClaimedJob(client.get_job(job_id), recovered=False, started_at=asked_at)
 
 
 def _fetch_layers(

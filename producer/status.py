@@ -14,6 +14,8 @@ from producer.ledger import PUBLISHED
 # A run in one of these states holds the job's lease while it lives.
 _RUNNING_STATES = frozenset({"claiming", "fetching", "publishing"})
 _WORKER_COUNTERS = ("successful", "failed", "reported", "report_dropped", "republished")
+# How Pleo finished a job itself (consumers/finished.py): shown only when recorded.
+_PLEO_FINISH = ("finished_by_pleo", "pleo_failure_reason_type", "pleo_failure_reason")
 
 
 def job_status(client: redis.Redis, job_id: str) -> dict[str, Any]:
@@ -46,6 +48,7 @@ def job_status(client: redis.Redis, job_id: str) -> dict[str, Any]:
     view["waiting_report"] = int(waiting)
     view["final_event"] = workers.get("final_event")
     view["final_event_at"] = workers.get("final_event_at")
+    view.update({name: workers[name] for name in _PLEO_FINISH if name in workers})
     return view
 
 

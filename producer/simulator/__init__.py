@@ -12,7 +12,8 @@ the spec is silent and what the simulator chose), plus a ``/_sim/`` control API 
 (``control``), which is not part of Pleo's API. Modules: ``data`` and ``payloads`` (deterministic
 jobs), ``records`` and ``enums`` (what is stored, what is valid), ``state`` (shared and locked),
 ``pages`` (cursors), ``faults`` (misbehaviour), ``auth``, ``handlers`` (the endpoints), ``app``
-(the request pipeline), ``server`` (uvicorn, threaded or blocking).
+(the request pipeline), ``server`` (uvicorn, threaded or blocking). Jobs expire ``expiresIn``
+seconds after their last action, as read from ``SimState(clock=...)`` on every access (``state``).
 """
 
 from producer.simulator.app import create_app

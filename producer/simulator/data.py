@@ -28,7 +28,8 @@ class JobSpec:
     ``item_statuses`` maps item statuses to shares (default: all ``pending``);
     ``missing_export_items`` entries get no export item; ``same_date_groups`` groups of two or
     three entries share one date; ``missing_account_ratio`` of the export items have lines whose
-    ``account`` is null.
+    ``account`` is null; ``expires_in`` is the job's ``expiresIn``, the seconds it may go without
+    an action before it expires (Pleo's webhook example: 3600).
     """
 
     items: int = 100
@@ -60,6 +61,10 @@ class JobSpec:
             raise ValueError("same_date_groups needs two entries with export items per group")
         if not 0.0 <= self.missing_account_ratio <= 1.0:
             raise ValueError("missing_account_ratio must be between 0 and 1")
+        # expiresIn is an int32 in the spec; a job that expires at once could never be claimed.
+        seconds = self.expires_in
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or not 1 <= seconds < 2**31:
+            raise ValueError("expires_in must be a whole number of seconds from 1 to 2147483647")
         for name in ("company_id", "job_id"):
             value = getattr(self, name)
             if value is not None:

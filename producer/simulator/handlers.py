@@ -4,7 +4,10 @@ Handlers are synchronous and do no I/O; authentication, latency, faults and rend
 them in ``app.py``. Where the spec is silent the simulator decides, and says so here: a path or body
 that fails validation gets 400 ``BAD_REQUEST``; ``GET /v3/export-items`` requires ``job_id``; a PUT
 replaces an item's optional attributes (fields left out become null); sorting parameters are echoed
-but ignored (listings keep their fixed, deliberately unsorted order).
+but ignored (listings keep their fixed, deliberately unsorted order). A job's ``expiresIn`` counts
+from its creation, its last accepted event or its last PUT that applied an item; reads, refused
+events and PUTs that applied nothing do not reset it. Once expired, a job reads as ``failed`` with
+``job_expired`` and, like any finished job, answers 422 to PUTs, events and the data layer.
 """
 
 from __future__ import annotations

@@ -2,6 +2,12 @@
 
 The server thread changes it while tests read it, so every access takes the lock and every read
 hands back immutable records or fresh lists, never the live containers.
+
+Jobs expire as Pleo's ``expiresIn`` describes: a job not yet terminal whose last action (its
+creation, an accepted job event, a PUT that applied an item) is more than ``expires_in`` seconds
+old is ``failed`` with ``job_expired``, and its unfinished items are ``abandoned``. There is no
+timer: every access settles the job first, under the lock, against the injected ``clock``, so a
+test moves time by moving its clock and sees exactly what an API call at that moment would.
 """
 
 from __future__ import annotations
@@ -10,8 +16,10 @@ import dataclasses
 import logging
 import random
 import threading
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Final, Literal
 
 from producer.simulator.data import JobSpec, generate
@@ -59,7 +67,8 @@ class SimState:
 
     ``token`` / ``api_key`` pick the credentials the API accepts (neither: any Bearer or Basic);
     ``max_page_size`` caps every page; ``latency`` seconds are added to every ``/v3`` request;
-    ``seed`` drives job ids and the ``rate`` of fault rules.
+    ``seed`` drives job ids and the ``rate`` of fault rules; ``clock`` (epoch seconds) stamps
+    every change and decides when jobs expire.
     """
 
     def __init__(
@@ -69,6 +78,8 @@ class SimState:
         max_page_size: int = 1000,
         latency: float = 0.0,
         seed: int = 0,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if max_page_size < 1:
             raise ValueError("max_page_size must be >= 1")
@@ -77,11 +88,15 @@ class SimState:
         self.max_page_size = max_page_size
         self.latency = latency
         self.seed = seed
+        self._clock = clock
         self.company_id = seeded_uuid(random.Random(f"pleo-simulator-company:{seed}"))
         self._lock = threading.RLock()
         self._jobs: dict[str, Job] = {}
         self._items: dict[str, dict[str, JobItem]] = {}
         self._export_items: dict[str, tuple[JsonObject, ...]] = {}
+        # Each job's last action to the fraction of a second: lastUpdatedAt keeps whole seconds
+        # only, and expiry must not come up to a second early.
+        self._acted_at: dict[str, float] = {}
         # How many applied PUT updates each entry got, to prove "reported once".
         self._update_counts: dict[str, Counter[str]] = {}
         self._calls: list[Call] = []
@@ -107,7 +122,8 @@ class SimState:
                 raise ValueError(f"job {job_id} already exists")
             company_id = spec.company_id or self.company_id
             data = generate(spec, job_id, company_id)
-            now = timestamp()
+            moment = self._clock()
+            now = _stamp(moment)
             self._jobs[job_id] = Job(
                 id=job_id,
                 company_id=company_id,
@@ -123,6 +139,7 @@ class SimState:
             self._items[job_id] = {item.accounting_entry_id: item for item in data.items}
             self._export_items[job_id] = data.export_items
             self._update_counts[job_id] = Counter()
+            self._acted_at[job_id] = moment
         logger.info("sim_job_added job_id=%s items=%d status=%s", job_id, spec.items, spec.status)
         return job_id
 
@@ -130,6 +147,8 @@ class SimState:
     def jobs(self) -> dict[str, Job]:
         """A snapshot of every job by id, in creation order."""
         with self._lock:
+            for job_id in self._jobs:
+                self._expire_if_due(job_id)
             return dict(self._jobs)
 
     def job(self, job_id: str) -> Job:
@@ -137,6 +156,7 @@ class SimState:
         with self._lock:
             if job_id not in self._jobs:
                 raise UnknownJob(job_id)
+            self._expire_if_due(job_id)
             return self._jobs[job_id]
 
     def items(self, job_id: str) -> list[JobItem]:
@@ -173,15 +193,17 @@ class SimState:
     ) -> EventOutcome:
         """Apply a job event through the state machine and record it, accepted or not."""
         with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
+            if job_id not in self._jobs:
                 return "unknown_job"
+            job = self.job(job_id)
             target = _TRANSITIONS.get((job.status, event))
-            now = timestamp()
+            moment = self._clock()
+            now = _stamp(moment)
             record = JobEvent(event, target is not None, now, failure_reason, failure_reason_type)
             job = dataclasses.replace(job, events=(*job.events, record))
             if target is not None:
                 job = dataclasses.replace(job, status=target, last_updated_at=now)
+                self._acted_at[job_id] = moment
                 if target == "in_progress":
                     job = dataclasses.replace(job, started_at=now)
                 if target in TERMINAL_JOB_STATUSES:
@@ -221,7 +243,11 @@ class SimState:
                 items[update.accounting_entry_id] = item
                 self._update_counts[job_id][update.accounting_entry_id] += 1
                 updated.append(item)
-            self._jobs[job_id] = dataclasses.replace(job, last_updated_at=timestamp())
+            if updated:
+                # Only a PUT that changed something is an action on the job (resets its expiry).
+                moment = self._clock()
+                self._jobs[job_id] = dataclasses.replace(job, last_updated_at=_stamp(moment))
+                self._acted_at[job_id] = moment
         return updated, errors
 
     def set_item_status(self, job_id: str, entry_id: str, status: str) -> JobItem:
@@ -245,6 +271,31 @@ class SimState:
         with self._lock:
             self.job(job_id)
             return dict(self._update_counts[job_id])
+
+    def _expire_if_due(self, job_id: str) -> None:
+        """Fail the job with ``job_expired`` once ``expires_in`` seconds passed with no action.
+
+        Called with the lock held. ``expiredAt`` and ``completedAt`` are the moment the job
+        expired (its last action plus ``expiresIn``), not the moment someone looked;
+        ``lastUpdatedAt`` stays the last action, so the two show the gap that expired it.
+        """
+        job = self._jobs[job_id]
+        if job.status in TERMINAL_JOB_STATUSES:
+            return
+        deadline = self._acted_at[job_id] + job.expires_in
+        if self._clock() <= deadline:
+            return
+        at = _stamp(deadline)
+        self._jobs[job_id] = dataclasses.replace(
+            job,
+            status="failed",
+            expired_at=at,
+            completed_at=at,
+            failure_reason=f"The export job was not updated within {job.expires_in} seconds.",
+            failure_reason_type="job_expired",
+        )
+        self._abandon_unfinished(job_id)
+        logger.info("sim_job_expired job_id=%s expires_in=%d", job_id, job.expires_in)
 
     def _abandon_unfinished(self, job_id: str) -> None:
         """A failed job leaves its unfinished items ``abandoned``."""
@@ -291,3 +342,8 @@ class SimState:
         """Count one authorised request to ``endpoint``; the fault rules that fire on it."""
         with self._lock:
             return self._faults.evaluate(endpoint)
+
+
+def _stamp(moment: float) -> str:
+    """``moment`` (epoch seconds) the way Pleo writes date-times."""
+    return timestamp(datetime.fromtimestamp(moment, UTC))

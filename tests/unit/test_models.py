@@ -119,6 +119,15 @@ def test_parse_job_reads_the_fields_and_keeps_the_raw_object() -> None:
     assert job.raw is raw
 
 
+@pytest.mark.parametrize("reason_type", ["job_expired", "a_reason_pleo_adds_later"])
+def test_parse_job_keeps_pleo_failure_reason(reason_type: str) -> None:
+    """A failed job's failureReasonType and failureReason are read as sent, enum or not."""
+    raw = job_obj(status="failed", failureReasonType=reason_type, failureReason="Expired.")
+    job = parse_job(raw, job_id=JOB)
+    assert (job.failure_reason_type, job.failure_reason) == (reason_type, "Expired.")
+    assert parse_job(job_obj(failureReasonType=None), job_id=JOB).failure_reason_type is None
+
+
 def test_parse_job_response_unwraps_data() -> None:
     """GET /v3/export-jobs/{id} bodies are {"data": ExportJobV3}; a body without data is refused."""
     assert parse_job_response({"data": job_obj()}, job_id=JOB).id == JOB
@@ -136,6 +145,7 @@ def test_parse_job_response_unwraps_data() -> None:
         ({"numberOfItems": -1}, "data.numberOfItems"),
         ({"expiresIn": "3600"}, "data.expiresIn"),
         ({"isInteractive": "yes"}, "data.isInteractive"),
+        ({"failureReasonType": 3}, "data.failureReasonType"),
     ],
 )
 def test_parse_job_rejects_spec_violations(override: dict[str, Any], field: str) -> None:
