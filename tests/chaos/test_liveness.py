@@ -246,7 +246,7 @@ def test_broker_down_during_run_exits_4_and_records_the_error(
 
 
 @pytest.mark.parametrize(
-    ("rule", "reason_type"),
+    "case",
     [
         (FaultRule("export_items", "schema", after=1, times=1), "validation_failure"),
         (FaultRule("job_items", "status", status=403, after=1), "authentication_failure"),
@@ -258,10 +258,10 @@ def test_a_permanent_failure_after_the_claim_tells_pleo_once(
     sim_state: SimState,
     rdb: redis.Redis,
     cli: Callable[..., Any],
-    rule: FaultRule,
-    reason_type: str,
+    case: tuple[FaultRule, str],
 ) -> None:
     """The job gets one ``failed`` event with the matching reason; a rerun sends no second."""
+    rule, reason_type = case
     job_id = sim_state.add_job(JobSpec(items=300, seed=7))
     sim_state.add_fault(rule)
     first = cli("run", job_id, settings_=with_settings(live, page_size=100))

@@ -317,3 +317,13 @@ def test_build_context_keeps_what_the_dockerfile_copies() -> None:
         assert not dockerignored(source, patterns), f"COPY {source} is in .dockerignore"
     for private in (".env", ".venv", ".git", "erp-journal.sqlite3"):
         assert dockerignored(private, patterns), f"{private} would be sent to the builder"
+
+
+def test_producer_worker_grace_covers_a_hand_back() -> None:
+    """``docker stop`` waits longer than a producer run takes to hand its job back.
+
+    tests/chaos/test_liveness.py proves the worker exits within 10 s of SIGTERM mid-run.
+    """
+    grace = SERVICES["producer-worker"]["stop_grace_period"]
+    assert grace.endswith("s")
+    assert int(grace[:-1]) > 10
