@@ -131,6 +131,18 @@ class Holder:
             return None
 
 
+def is_live(value: bytes | str | None) -> bool:
+    """Whether a lease value read from Redis may still belong to a live holder.
+
+    False for no lease, and for one whose holder is known dead (a gone process on this machine);
+    a holder elsewhere counts as live until its lease lapses.
+    """
+    if value is None:
+        return False
+    holder = Holder.decode(_text(value))
+    return holder is None or not holder.is_dead()
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
     """A held lease: ``token`` is the value stored under ``key``, checked by every write."""

@@ -8,6 +8,7 @@ import redis
 
 from producer.errors import BrokerUnavailable, cause
 from producer.keys import job_key, lease_key, marks_key, progress_key
+from producer.lease import is_live
 from producer.ledger import PUBLISHED
 
 # ``republished``: messages the repair sweep (consumers/repair.py) sent again after a loss.
@@ -26,7 +27,7 @@ def job_status(client: redis.Redis, job_id: str) -> dict[str, Any]:
             pipe.hvals(marks_key(job_id))
             pipe.hgetall(job_key(job_id, "items"))
             pipe.hlen(job_key(job_id, "outbox"))
-            pipe.exists(lease_key(job_id))
+            pipe.get(lease_key(job_id))
             progress, marks, items, waiting, leased = pipe.execute()
     except redis.RedisError as exc:
         raise BrokerUnavailable(
@@ -34,9 +35,10 @@ def job_status(client: redis.Redis, job_id: str) -> dict[str, Any]:
         ) from exc
     view: dict[str, Any] = {"job_id": job_id, "state": "unknown"}
     view.update({_text(k): _value(v) for k, v in progress.items()})
-    view["run_alive"] = bool(leased)
-    if view["state"] in _RUNNING_STATES and not leased:
-        # The run stopped without a word (SIGKILL, OOM, a lost worker): its lease lapsed.
+    view["run_alive"] = alive = is_live(leased)
+    if view["state"] in _RUNNING_STATES and not alive:
+        # The run stopped without a word (SIGKILL, OOM, a lost worker): its lease lapsed, or its
+        # holder is a process of this machine that is gone.
         view["state"] = "interrupted"
         view["interrupted_at"] = view.get("interrupted_at") or view.get("updated_at")
     published = sum(1 for mark in marks if _text(mark) == PUBLISHED)

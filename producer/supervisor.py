@@ -37,6 +37,7 @@ from celery import Celery
 
 from producer.config import PRODUCER_QUEUE, PRODUCER_TASK, Settings
 from producer.keys import ACTIVE_JOBS_KEY, job_key, lease_key, progress_key
+from producer.lease import is_live
 from producer.ledger import redis_call
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ class Supervisor:
         with self._r.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hmget(progress_key(job_id), fields)
-                pipe.exists(lease_key(job_id))
+                pipe.get(lease_key(job_id))
                 pipe.exists(job_key(job_id, "final"))
                 pipe.get(job_key(job_id, "pleo-action-at"))
             replies = self._call(pipe.execute)
@@ -173,7 +174,7 @@ class Supervisor:
                 updated_at=_epoch(updated),
                 retry_at=_number(retry_at),
                 resumed_at=_number(resumed_at),
-                leased=bool(leased),
+                leased=is_live(leased),
                 final=bool(final),
                 task_seen=any(marker in raw for raw in tasks),
                 company_id=_text(company_id) if company_id else None,
