@@ -1,6 +1,7 @@
 """The ERP worker's Celery tasks: ``consumers.export_item`` and ``consumers.flush_reports``.
 
-The worker also runs the repair sweep's timer (``consumers/watchdog.py``) in its main process.
+The worker also runs the repair sweep's timer (``consumers/watchdog.py``) in its main process,
+and takes no message before its ERP adapter is built and answers (``consumers/adapter_check.py``).
 
 Thin wiring: each task builds nothing per message (the ERP adapter, Pleo client and Redis
 connection are made once per worker process), calls one framework-free function, and maps typed
@@ -17,6 +18,7 @@ import httpx
 import redis
 from celery import Task
 
+from consumers.adapter_check import guard_worker_start
 from consumers.erp import ERPUnavailable, SqlJournal
 from consumers.message import MessageRejected, parse_message
 from consumers.payloads import PayloadCache
@@ -54,9 +56,17 @@ def _pleo() -> PleoClient:
     return PleoClient(http, settings)
 
 
+def _new_erp() -> SqlJournal:
+    return SqlJournal(settings.erp_database_url, url_template=settings.erp_url_template)
+
+
 @functools.cache
 def _erp() -> SqlJournal:
-    return SqlJournal(settings.erp_database_url, url_template=settings.erp_url_template)
+    return _new_erp()
+
+
+# Checked in the main process before the pool forks: the pool's processes build their own.
+guard_worker_start(app, _new_erp)
 
 
 @functools.cache
