@@ -5,7 +5,9 @@ and takes no message before its ERP adapter is built and answers (``consumers/ad
 
 Thin wiring: each task builds nothing per message (the ERP adapter, Pleo client and Redis
 connection are made once per worker process), calls one framework-free function, and maps typed
-errors to a retry (Pleo, Redis or the ERP unreachable for now) or a terminal state.
+errors to a retry (Pleo, Redis or the ERP unreachable for now) or a terminal state. Only the ERP's
+refusal of an entry (``EntryRejected``, inside ``process_item``) reports it failed: any other error
+retries the message, and a process that fails entry after entry pauses (``consumers/breaker.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import redis
 from celery import Task
 
 from consumers.adapter_check import guard_worker_start
+from consumers.breaker import Breaker
 from consumers.erp import ERPUnavailable, SqlJournal
 from consumers.message import MessageRejected, parse_message
 from consumers.payloads import PayloadCache
@@ -70,6 +73,11 @@ guard_worker_start(app, _new_erp)
 
 
 @functools.cache
+def _breaker() -> Breaker:
+    return Breaker()
+
+
+@functools.cache
 def _reporter() -> Reporter:
     ledger = Ledger(_redis(), lease_ttl=settings.lease_ttl, dedup_ttl=settings.dedup_ttl)
     return Reporter(
@@ -104,10 +112,11 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
         )
         return {"status": "rejected", "reason": str(rejected)}
     job_id = entry.job_id
-    reporter = _reporter()
     try:
+        reporter = _reporter()
         outcome = process_item(entry, erp=_erp(), reporter=reporter, payloads=_payloads())
     except ERPUnavailable as down:
+        _breaker().failed(down)
         return _erp_down(self, job_id, down)
     except _TRANSIENT as exc:
         countdown = retry_countdown(self.request.retries, settings.erp_retry_delay)
@@ -119,6 +128,22 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
             countdown,
         )
         raise retry_when_broker_answers(self, exc, countdown) from exc
+    except Exception as exc:
+        # A bug, a driver or a grant gone wrong is the worker's failure, not the entry's: keep the
+        # message (a retry, never an ack into nothing) and never report the entry failed for it.
+        _breaker().failed(exc)
+        countdown = retry_countdown(self.request.retries, settings.erp_retry_delay)
+        log.warning(
+            "item_retry_unexpected job_id=%s entry=%s error=%s countdown=%.1f",
+            job_id,
+            entry.accounting_entry_id,
+            type(exc).__name__,
+            countdown,
+            exc_info=True,
+        )
+        raise retry_when_broker_answers(self, exc, countdown) from exc
+    if outcome.status == "successful":
+        _breaker().succeeded()
     if outcome.waiting:
         _write_back(reporter, job_id, outcome.waiting)
     return {"job_id": job_id, "entry": entry.accounting_entry_id, "status": outcome.status}
