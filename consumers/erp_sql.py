@@ -46,6 +46,7 @@ from sqlalchemy.exc import (
     ArgumentError,
     IntegrityError,
     InterfaceError,
+    NoSuchModuleError,
     OperationalError,
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -165,10 +166,10 @@ class SqlJournal:
             connect_args: dict[str, Any] = {"timeout": SQLITE_BUSY_SECONDS}
         else:
             connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT_SECONDS}
-        self._engine = create_engine(self._url, pool_pre_ping=True, connect_args=connect_args)
+        self._engine = _engine(self._url, connect_args)
         if self._sqlite:
             event.listen(self._engine, "connect", _sqlite_pragmas)
-        # Tables are created on first use, so a worker starts even while the database is down.
+        # Tables are created on first use, so building a journal needs no database yet.
         self._ready = False
 
     def __repr__(self) -> str:
@@ -296,6 +297,29 @@ class SqlJournal:
             raise ERPUnavailable(
                 f"The ERP journal at {self._shown} cannot be reached now ({detail})."
             ) from exc
+
+
+def _engine(url: URL, connect_args: dict[str, Any]) -> Engine:
+    """An engine for ``url``; a dialect or driver this machine lacks raises BadInput."""
+    try:
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    except NoSuchModuleError:
+        raise BadInput(
+            f"ERP_DATABASE_URL names the database kind {url.drivername!r}, which SQLAlchemy has "
+            "no dialect for (try sqlite:///path or postgresql://...)."
+        ) from None
+    except ImportError as missing:
+        # The dialect is known but its DBAPI driver is not installed here.
+        module = f"the Python module {missing.name!r}" if missing.name else "a driver module"
+        # postgres:// and postgresql:// get psycopg 3, which the package's extra installs.
+        hint = (
+            " (pip install 'pleo-export-producer[postgres]')"
+            if url.drivername == "postgresql+psycopg"
+            else ""
+        )
+        raise BadInput(
+            f"ERP_DATABASE_URL needs {module} for {url.drivername}, which is not installed{hint}."
+        ) from None
 
 
 def _create_tables(engine: Engine) -> None:

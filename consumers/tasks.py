@@ -1,10 +1,13 @@
 """The ERP worker's Celery tasks: ``consumers.export_item`` and ``consumers.flush_reports``.
 
-The worker also runs the repair sweep's timer (``consumers/watchdog.py``) in its main process.
+The worker also runs the repair sweep's timer (``consumers/watchdog.py``) in its main process,
+and takes no message before its ERP adapter is built and answers (``consumers/adapter_check.py``).
 
 Thin wiring: each task builds nothing per message (the ERP adapter, Pleo client and Redis
 connection are made once per worker process), calls one framework-free function, and maps typed
-errors to a retry (Pleo, Redis or the ERP unreachable for now) or a terminal state.
+errors to a retry (Pleo, Redis or the ERP unreachable for now) or a terminal state. Only the ERP's
+refusal of an entry (``EntryRejected``, inside ``process_item``) reports it failed: any other error
+retries the message, and a process that fails entry after entry pauses (``consumers/breaker.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import httpx
 import redis
 from celery import Task
 
+from consumers.adapter_check import guard_worker_start
+from consumers.breaker import Breaker
 from consumers.erp import ERPUnavailable, SqlJournal
 from consumers.message import MessageRejected, parse_message
 from consumers.payloads import PayloadCache
@@ -57,9 +62,22 @@ def _pleo() -> PleoClient:
     return PleoClient(http, settings)
 
 
+def _new_erp() -> SqlJournal:
+    return SqlJournal(settings.erp_database_url, url_template=settings.erp_url_template)
+
+
 @functools.cache
 def _erp() -> SqlJournal:
-    return SqlJournal(settings.erp_database_url, url_template=settings.erp_url_template)
+    return _new_erp()
+
+
+# Checked in the main process before the pool forks: the pool's processes build their own.
+guard_worker_start(app, _new_erp)
+
+
+@functools.cache
+def _breaker() -> Breaker:
+    return Breaker()
 
 
 @functools.cache
@@ -97,10 +115,11 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
         )
         return {"status": "rejected", "reason": str(rejected)}
     job_id = entry.job_id
-    reporter = _reporter()
     try:
+        reporter = _reporter()
         outcome = process_item(entry, erp=_erp(), reporter=reporter, payloads=_payloads())
     except ERPUnavailable as down:
+        _breaker().failed(down)
         return _erp_down(self, job_id, down)
     except _TRANSIENT as exc:
         countdown = retry_countdown(self.request.retries, settings.erp_retry_delay)
@@ -112,6 +131,22 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
             countdown,
         )
         raise retry_when_broker_answers(self, exc, countdown) from exc
+    except Exception as exc:
+        # A bug, a driver or a grant gone wrong is the worker's failure, not the entry's: keep the
+        # message (a retry, never an ack into nothing) and never report the entry failed for it.
+        _breaker().failed(exc)
+        countdown = retry_countdown(self.request.retries, settings.erp_retry_delay)
+        log.warning(
+            "item_retry_unexpected job_id=%s entry=%s error=%s countdown=%.1f",
+            job_id,
+            entry.accounting_entry_id,
+            type(exc).__name__,
+            countdown,
+            exc_info=True,
+        )
+        raise retry_when_broker_answers(self, exc, countdown) from exc
+    if outcome.status == "successful":
+        _breaker().succeeded()
     if outcome.waiting:
         _write_back(reporter, job_id, outcome.waiting)
     return {"job_id": job_id, "entry": entry.accounting_entry_id, "status": outcome.status}

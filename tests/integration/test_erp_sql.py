@@ -7,6 +7,7 @@ tables are dropped before and after each test.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import multiprocessing
@@ -307,6 +308,23 @@ def test_postgres_urls_use_psycopg_and_bad_urls_are_not_echoed() -> None:
     assert "s3cret" not in str(caught.value)
     with pytest.raises(BadInput):
         SqlJournal("sqlite:///x.sqlite3", url_template="https://erp/{entry}")
+
+
+def test_unknown_database_kinds_and_missing_drivers_are_bad_settings() -> None:
+    """garbage:// and a driver that is not installed give BadInput in one sentence, no password."""
+    with pytest.raises(BadInput) as unknown:
+        SqlJournal("garbage://x")
+    assert str(unknown.value) == (
+        "ERP_DATABASE_URL names the database kind 'garbage', which SQLAlchemy has no dialect for "
+        "(try sqlite:///path or postgresql://...)."
+    )
+    if importlib.util.find_spec("MySQLdb") is not None:
+        pytest.skip("MySQLdb is installed here, so mysql:// lacks no driver")
+    with pytest.raises(BadInput) as missing:
+        SqlJournal("mysql://erp:s3cret@db/erp")
+    assert str(missing.value) == (
+        "ERP_DATABASE_URL needs the Python module 'MySQLdb' for mysql, which is not installed."
+    )
 
 
 # --- the journal, on SQLite and PostgreSQL -------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+from pathlib import Path
 
 from consumers.erp import SqlJournal
 from producer.config import Settings
@@ -28,3 +29,8 @@ def journal_ids(settings: Settings) -> list[str]:
     """The entries booked in the reference ERP's journal, one per row, in posting order."""
     with SqlJournal(settings.erp_database_url) as journal:
         return [row["accounting_entry_id"] for row in journal.journal()]
+
+
+def worker_log(tmp_path: Path, index: int = 0) -> str:
+    """What the ``index``-th worker started by the ``start_worker`` fixture has written so far."""
+    return (tmp_path / f"worker-{index}.log").read_text(errors="replace")
