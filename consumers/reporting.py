@@ -361,6 +361,10 @@ class Reporter:
 
     # -- jobs Pleo finished -------------------------------------------------------------------
 
+    def finished_elsewhere(self, job_id: str) -> None:
+        """Pleo refused a read or write of the job with 422: it is finished; record how."""
+        self._job_finished_elsewhere(job_id, waiting=self.pending(job_id))
+
     def finished_in_pleo(self, job_id: str) -> bool:
         """Whether Pleo finished the job while we were quiet (it expired); recorded if so.
 

@@ -31,7 +31,12 @@ from consumers.worker import process_item
 from producer.celery_app import make_app, retry_countdown, retry_when_broker_answers
 from producer.components import redis_client
 from producer.config import ITEM_TASK, ITEMS_QUEUE, Settings
-from producer.errors import BrokerUnavailable, PermanentUpstreamError, TransientUpstreamError
+from producer.errors import (
+    BrokerUnavailable,
+    PermanentUpstreamError,
+    TransientUpstreamError,
+    Unprocessable,
+)
 from producer.ledger import Ledger
 from producer.pleo import MAX_UPDATE_ITEMS, PleoClient, make_http_client
 from producer.supervision import SupervisorStep
@@ -121,6 +126,11 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
     except ERPUnavailable as down:
         _breaker().failed(down)
         return _erp_down(self, job_id, down)
+    except Unprocessable:
+        # Pleo answers 422 to reads and writes of a job it finished (expired, say): no ERP call
+        # can help any more; the job is recorded as finished by Pleo and its messages skipped.
+        _reporter().finished_elsewhere(job_id)
+        return {"job_id": job_id, "entry": entry.accounting_entry_id, "status": "job_finished"}
     except _TRANSIENT as exc:
         countdown = retry_countdown(self.request.retries, settings.erp_retry_delay)
         log.warning(
