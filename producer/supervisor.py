@@ -36,7 +36,7 @@ import redis
 from celery import Celery
 
 from producer.config import PRODUCER_QUEUE, PRODUCER_TASK, Settings
-from producer.keys import ACTIVE_JOBS_KEY, job_key, lease_key, progress_key
+from producer.keys import ACTIVE_JOBS_KEY, job_key, lease_key, pleo_action_key, progress_key
 from producer.lease import is_live
 from producer.ledger import redis_call
 
@@ -161,7 +161,7 @@ class Supervisor:
                 pipe.hmget(progress_key(job_id), fields)
                 pipe.get(lease_key(job_id))
                 pipe.exists(job_key(job_id, "final"))
-                pipe.get(job_key(job_id, "pleo-action-at"))
+                pipe.get(pleo_action_key(job_id))
             replies = self._call(pipe.execute)
         for index, (job_id, (_, requested_at)) in enumerate(zip(ids, active, strict=True)):
             progress, leased, final, action_at = replies[4 * index : 4 * index + 4]
