@@ -27,11 +27,11 @@ import pytest
 import redis
 
 from producer.config import ITEMS_QUEUE, PRODUCER_QUEUE, Settings
-from producer.keys import lease_key, progress_key
+from producer.keys import job_key, lease_key, progress_key
 from producer.ledger import Ledger
 from producer.simulator import FaultRule, JobSpec, SimState
 from producer.triggers import enqueue
-from tests.chaos.conftest import measure, scale, tally
+from tests.chaos.conftest import FULL, measure, scale, tally
 from tests.chaos.test_producer_kill import plan_order
 from tests.conftest import env_for, wait_for, with_settings
 from tests.support.local import journal_ids, pool_children
@@ -416,3 +416,36 @@ def test_the_whole_pipeline_finishes_after_a_producer_death(
     assert rdb.zscore("pleo-export:active-jobs", job_id) is None
     tally("items lost", items - len(set(posted)))
     tally("duplicate ERP posts", len(posted) - len(set(posted)))
+
+
+# -- a lost item message, at the default repair stall ---------------------------------------
+
+
+@pytest.mark.skipif(not FULL, reason="takes ~80 s at the default repair stall; make chaos runs it")
+@pytest.mark.timeout(300)
+def test_a_lost_item_message_is_sent_again_within_two_minutes(
+    live: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any
+) -> None:
+    """A message taken off the queue by a worker that died (the BRPOP window) is re-sent by the
+    repair sweep at its default stall (60 s) and interval (20 s), and the job completes once."""
+    job_id = sim_state.add_job(JobSpec(items=300, seed=13))
+    assert rerun(live, job_id)["enqueued"] == 300
+    raw = rdb.lindex(ITEMS_QUEUE, -1 - 120)
+    assert raw is not None
+    assert rdb.lrem(ITEMS_QUEUE, 1, raw) == 1
+    lost = time.monotonic()
+    start_worker("consumers", ITEMS_QUEUE, concurrency=2, settings_=live)
+    wait_for(
+        lambda: rdb.hget(job_key(job_id, "items"), "republished") == b"1",
+        timeout=RESEND_BOUND + 30,
+        what="the lost message sent again",
+    )
+    took = time.monotonic() - lost
+    assert took < RESEND_BOUND
+    wait_for(
+        lambda: sim_state.jobs[job_id].status == "completed", timeout=60, what="the job completed"
+    )
+    posted = journal_ids(live)
+    assert sorted(posted) == sorted(i.accounting_entry_id for i in sim_state.items(job_id))
+    measure("liveness: lost item message → sent again (s)", took)
+    tally("messages lost in the BRPOP window (forced)")
