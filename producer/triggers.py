@@ -52,16 +52,16 @@ PUBLISH_RETRY_POLICY: Final = {
 
 # KEYS[1] trigger key, KEYS[2] active jobs, KEYS[3] progress; ARGV[1] our task id, ARGV[2]
 # window in ms, ARGV[3] job id, ARGV[4] now (epoch seconds), ARGV[5] records' ttl ms.
-# Records the job as requested (durably: the supervisor resumes it if its task is lost), then
-# returns the task id already holding the trigger key, or nil when ours was stored.
+# Records the job as active (durably: the supervisor resumes it if its task is lost), then
+# returns the task id already holding the trigger key, or nil when ours was stored (and stamped
+# as the job's latest request; a deduplicated trigger does not push that stamp on).
 _CLAIM = """
 redis.call('ZADD', KEYS[2], 'NX', ARGV[4], ARGV[3])
-redis.call('HSET', KEYS[3], 'requested_at', ARGV[4])
-redis.call('PEXPIRE', KEYS[3], ARGV[5])
 local held = redis.call('GET', KEYS[1])
 if held then return held end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('HSET', KEYS[3], 'task_id', ARGV[1])
+redis.call('HSET', KEYS[3], 'requested_at', ARGV[4], 'task_id', ARGV[1])
+redis.call('PEXPIRE', KEYS[3], ARGV[5])
 return nil
 """
 

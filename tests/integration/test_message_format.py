@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+import celery
+import kombu
 import pytest
 import redis
 from hypothesis import HealthCheck, given
@@ -143,3 +146,35 @@ def test_batch_delivery_tags_are_fresh_uuid4s(settings: Settings) -> None:
     assert len(set(tags)) == 1000
     assert all(tag[14] == "4" and tag[19] in "89ab" and len(tag) == 36 for tag in tags)
     assert [entry for entry, _raw in rendered] == [item.accounting_entry_id for item in items]
+
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "item-message-schema-1.txt"
+
+
+def test_the_message_bytes_are_the_pinned_layout(settings: Settings) -> None:
+    """The template's bytes for a fixed entry are exactly the recorded ones (kombu 5.7, Celery 5.7).
+
+    The template relies on kombu's and Celery's envelope beyond their public API (key order, the
+    JSON separators, where the body sits). A new release that changes any of it fails here,
+    loudly, before a worker ever reads a message it was not built for: check the template, then
+    re-record this file and move the pins in pyproject.toml.
+    """
+    app = make_app(settings)
+    encoder = MessageEncoder(app, settings.broker_url)
+    try:
+        template = MessageTemplate(app, encoder, JOB, None, 2)
+    finally:
+        encoder.close()
+    item = PlannedItem("0f0e0d0c-0b0a-4909-8807-060504030201", 1, "pending", "2026-01-02")
+    raw = template.render(item, '{"a": 1}', "00000000-0000-4000-8000-000000000000")
+    envelope = json.loads(raw)
+    # Only these two differ by process: Celery's origin (host and pid) and its reply-to oid.
+    expected = (
+        GOLDEN.read_text()
+        .strip()
+        .replace("{origin}", envelope["headers"]["origin"])
+        .replace("{reply_to}", envelope["properties"]["reply_to"])
+    )
+    assert raw.decode() == expected, (
+        f"kombu {kombu.__version__} / Celery {celery.__version__} write another message layout"
+    )
