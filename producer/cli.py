@@ -80,6 +80,7 @@ def run(job_id: str, as_json: bool) -> None:
     """Claim, fetch, plan and enqueue JOB_ID in this process (no worker needed)."""
     from producer.celery_app import make_app
     from producer.components import produce
+    from producer.gc_tuning import relaxed_cyclic_gc
     from producer.interrupt import interruptible
 
     settings = load_settings()
@@ -88,6 +89,7 @@ def run(job_id: str, as_json: bool) -> None:
     try:
         with (
             interruptible(),
+            relaxed_cyclic_gc(),
             _progress(enabled=not as_json and sys.stderr.isatty()) as observer,
         ):
             summary = produce(job_id, settings=settings, app=app, observer=observer)

@@ -6,13 +6,11 @@ ledger and a publisher, and map its typed errors to retries or exit codes.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -73,29 +71,6 @@ class Observer:
 
     on_page: Callable[[str, int, int], None] | None = None
     on_publish: Callable[[int, int], None] | None = None
-
-
-# Cyclic GC thresholds during a run (Python's defaults: 700, 10, 10); see _cyclic_gc_relaxed.
-_RUN_GC_THRESHOLDS = (50_000, 20, 100)
-
-
-@contextmanager
-def _cyclic_gc_relaxed() -> Iterator[None]:
-    """Run Python's cyclic garbage collector less often during a run.
-
-    Decoding a 1,000-item page allocates ~100,000 objects, none in a cycle, so at the default
-    thresholds the collector ran every 700 allocations and often re-scanned the run's growing
-    heap: 25-30% of a 100,000-entry run's CPU (bench/run_job.py: fetch 9.3 s → 6.9 s). It cannot
-    be switched off: each httpx response sits in a cycle with its stream and holds its 2.5 MB page
-    until collected (peak RSS went from 170 to 400 MB with the collector off; 183 MB with these
-    thresholds). The defaults come back when the run ends.
-    """
-    defaults = gc.get_threshold()
-    gc.set_threshold(*_RUN_GC_THRESHOLDS)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*defaults)
 
 
 def validate_uuid(value: object, what: str) -> str:

@@ -31,6 +31,7 @@ from producer.errors import (
     RunInterrupted,
     TransientUpstreamError,
 )
+from producer.gc_tuning import relaxed_cyclic_gc
 from producer.interrupt import interruptible
 from producer.pleo import PleoClient, make_http_client
 from producer.poll import poll
@@ -77,7 +78,7 @@ def enqueue_export_job(self: Task, job_id: str, company_id: str | None = None) -
     )
     try:
         observer = progress_events(self, job_id)
-        with interruptible((signal.SIGTERM,)):
+        with interruptible((signal.SIGTERM,)), relaxed_cyclic_gc():
             summary = produce(
                 job_id, settings=settings, app=app, observer=observer, who=f"task {self.request.id}"
             )
