@@ -44,6 +44,7 @@ from producer.messages import MessageEncoder, celery_message, item_kwargs, task_
 from producer.models import ACTIONABLE_ITEM_STATUSES, JobItem
 from producer.plan import index_export_items, make_plan
 from producer.pleo import PleoClient
+from producer.states import JobState
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class Repairer:
             pipe.exists(job_key(job_id, "final"))
             pipe.mget(job_key(job_id, "flushed-at"), job_key(job_id, "repaired-at"))
             (state, updated_at), final, stamps = self._call(pipe.execute)
-        if final or state != b"enqueued":
+        if final or state is None or state.decode() != JobState.ENQUEUED:
             return False
         moments = [float(s) for s in stamps if s]
         if updated_at:

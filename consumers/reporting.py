@@ -34,11 +34,10 @@ from producer.keys import job_key, marks_key, progress_key
 from producer.ledger import Ledger, redis_call
 from producer.models import ACTIONABLE_ITEM_STATUSES
 from producer.pleo import MAX_UPDATE_ITEMS, PleoClient
+from producer.states import PUBLISHED
 
 log = logging.getLogger(__name__)
 
-# States of the producer's progress record in which every message of the job has been published.
-_PUBLISHED_STATES = frozenset({"enqueued", "nothing_to_do"})
 _FLUSH_DUE_MS = 600_000
 
 # KEYS[1] results, KEYS[2] outbox, KEYS[3] counters; ARGV[1] entry, ARGV[2] update JSON,
@@ -316,7 +315,7 @@ class Reporter:
     def maybe_complete(self, job_id: str) -> str | None:
         """Send the final event once every published entry is reported; return it if sent now."""
         state = self._redis(lambda: self._r.hget(progress_key(job_id), "state"))
-        if state is None or state.decode() not in _PUBLISHED_STATES:
+        if state is None or state.decode() not in PUBLISHED:
             return None
         with self._r.pipeline(transaction=False) as pipe:
             pipe.hlen(marks_key(job_id))

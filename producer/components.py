@@ -16,6 +16,7 @@ from producer.ledger import Ledger, now_iso
 from producer.pleo import PleoClient, make_http_client
 from producer.publish import KombuPublisher, Publisher, RedisPublisher
 from producer.runner import Observer, RunSummary, fail_job, run_job
+from producer.states import JobState
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,5 +92,5 @@ def produce(
 def give_up(job_id: str, exc: PleoExportError, *, settings: Settings, app: Celery) -> None:
     """End a job whose runs failed past every retry: recorded ``failed``, and Pleo told once."""
     with open_components(settings, app) as parts:
-        parts.ledger.record(job_id, state="failed", error=exc.message, finished_at=now_iso())
+        parts.ledger.record(job_id, state=JobState.FAILED, error=exc.message, finished_at=now_iso())
         fail_job(parts.ledger, parts.client, job_id, exc, activity=parts.activity)

@@ -20,6 +20,7 @@ from redis.typing import EncodableT, FieldT
 from producer.errors import BrokerUnavailable, LeaseLost, cause
 from producer.keys import ACTIVE_JOBS_KEY, lease_keys, marks_key, progress_key
 from producer.lease import Lease, Leases
+from producer.states import JobState
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class Ledger:
     def start_run(self, job_id: str, fence: int, *, holder: str = "") -> None:
         """Open a run's progress record (counters of this run at zero); the job is active now."""
         fields: dict[FieldT, EncodableT] = {
-            "state": "claiming",
+            "state": JobState.CLAIMING.value,
             "holder": holder,
             "interrupted_at": "",
             "fence": fence,

@@ -31,6 +31,7 @@ from producer.plan import Plan, make_plan
 from producer.pleo import PleoClient
 from producer.publish import Publisher
 from producer.spool import PayloadSpool
+from producer.states import JobState
 
 T = TypeVar("T")
 
@@ -127,13 +128,15 @@ def run_job(
                 clock=clock,
             )
         except (PermanentUpstreamError, ContractViolation) as exc:
-            ledger.record(job_id, state="failed", error=exc.message, finished_at=now_iso())
+            ledger.record(job_id, state=JobState.FAILED, error=exc.message, finished_at=now_iso())
             if summary.job_status == "in_progress":
                 fail_job(ledger, client, job_id, exc, activity=activity)
             raise
         except PleoExportError as exc:
             # Transient, or a signal: the job stays claimed, and is resumed (see module docs).
-            ledger.record(job_id, state="interrupted", error=exc.message, interrupted_at=now_iso())
+            ledger.record(
+                job_id, state=JobState.INTERRUPTED, error=exc.message, interrupted_at=now_iso()
+            )
             raise
         summary.seconds = round(clock() - started, 3)
         ledger.record(job_id, state=summary.status, finished_at=now_iso(), seconds=summary.seconds)
@@ -208,12 +211,12 @@ def _run(
     if job.started_at is not None:
         activity.touch(job_id, job.started_at)
     if job.status in TERMINAL_JOB_STATUSES:
-        summary.status = "skipped"
+        summary.status = JobState.SKIPPED
         summary.reason = f"the job is already {job.status}"
         log.info("job_skipped job_id=%s status=%s", job_id, job.status)
         return
     summary.recovery = job.recovered
-    ledger.record(job_id, state="fetching", recovery=int(job.recovered))
+    ledger.record(job_id, state=JobState.FETCHING, recovery=int(job.recovered))
 
     with PayloadSpool() as spool:
         fetching = clock()
@@ -226,13 +229,13 @@ def _run(
         _record_plan(summary, plan)
         ledger.record(
             job_id,
-            state="publishing",
+            state=JobState.PUBLISHING,
             planned=plan.total,
             total=plan.total,
             items_seen=plan.items_seen,
         )
         if not plan.items:
-            summary.status = "nothing_to_do"
+            summary.status = JobState.NOTHING_TO_DO
             summary.reason = "no pending or in_progress items"
             return
         publishing = clock()
@@ -246,7 +249,7 @@ def _run(
         summary.publish_seconds = round(clock() - publishing, 3)
     summary.enqueued = result.enqueued
     summary.already_enqueued = result.already_enqueued
-    summary.status = "enqueued"
+    summary.status = JobState.ENQUEUED
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,9 @@ from producer.errors import BrokerUnavailable, cause
 from producer.keys import job_key, lease_key, marks_key, progress_key
 from producer.lease import is_live
 from producer.ledger import PUBLISHED
+from producer.states import RUNNING, JobState
 
 # ``republished``: messages the repair sweep (consumers/repair.py) sent again after a loss.
-# A run in one of these states holds the job's lease while it lives.
-_RUNNING_STATES = frozenset({"claiming", "fetching", "publishing"})
 _WORKER_COUNTERS = ("successful", "failed", "reported", "report_dropped", "republished")
 # How Pleo finished a job itself (consumers/finished.py): shown only when recorded.
 _PLEO_FINISH = ("finished_by_pleo", "pleo_failure_reason_type", "pleo_failure_reason")
@@ -36,10 +35,10 @@ def job_status(client: redis.Redis, job_id: str) -> dict[str, Any]:
     view: dict[str, Any] = {"job_id": job_id, "state": "unknown"}
     view.update({_text(k): _value(v) for k, v in progress.items()})
     view["run_alive"] = alive = is_live(leased)
-    if view["state"] in _RUNNING_STATES and not alive:
+    if view["state"] in RUNNING and not alive:
         # The run stopped without a word (SIGKILL, OOM, a lost worker): its lease lapsed, or its
         # holder is a process of this machine that is gone.
-        view["state"] = "interrupted"
+        view["state"] = JobState.INTERRUPTED.value
         view["interrupted_at"] = view.get("interrupted_at") or view.get("updated_at")
     published = sum(1 for mark in marks if _text(mark) == PUBLISHED)
     workers = {_text(k): _value(v) for k, v in items.items()}

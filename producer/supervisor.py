@@ -39,14 +39,12 @@ from producer.config import PRODUCER_QUEUE, PRODUCER_TASK, Settings
 from producer.keys import ACTIVE_JOBS_KEY, job_key, lease_key, pleo_action_key, progress_key
 from producer.lease import is_live
 from producer.ledger import redis_call
+from producer.states import ENDED, PUBLISHED
 
 log = logging.getLogger(__name__)
 
 Verdict = Literal["finished", "published", "running", "waiting", "dead"]
 
-# The producer's progress states, by what they mean for supervision.
-PUBLISHED_STATES = frozenset({"enqueued", "nothing_to_do"})
-ENDED_STATES = frozenset({"skipped", "failed"})
 NEAR_EXPIRY_SHARE = 0.2
 _EXPIRY_WARN_EVERY = 60.0
 _PRODUCER_HEADER = f'"task": "{PRODUCER_TASK}"'.encode()
@@ -77,9 +75,9 @@ class JobView:
 
 def assess(view: JobView, now: float, *, dead_after: float) -> Verdict:
     """What the job needs now; see the module docstring."""
-    if view.final or view.state in ENDED_STATES:
+    if view.final or view.state in ENDED:
         return "finished"
-    if view.state in PUBLISHED_STATES:
+    if view.state in PUBLISHED:
         return "published"
     if view.leased:
         return "running"

@@ -36,6 +36,7 @@ from producer.interrupt import interruptible
 from producer.pleo import PleoClient, make_http_client
 from producer.poll import poll
 from producer.runner import Observer, validate_job_id, validate_uuid
+from producer.states import JobState
 from producer.supervision import SupervisorStep
 from producer.triggers import EnqueueResult, enqueue
 
@@ -112,7 +113,8 @@ def enqueue_export_job(self: Task, job_id: str, company_id: str | None = None) -
 def _note_retry(job_id: str, countdown: float) -> None:
     """Tell the supervisor a retry is due, so it does not take the wait for a dead run."""
     with contextlib.suppress(BrokerUnavailable):
-        make_ledger(settings).record(job_id, state="retrying", retry_at=time.time() + countdown)
+        retry_at = time.time() + countdown
+        make_ledger(settings).record(job_id, state=JobState.RETRYING, retry_at=retry_at)
 
 
 @worker_shutting_down.connect
