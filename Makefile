@@ -4,9 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The suite runs in 4 processes (pytest-xdist; most tests wait on workers and servers, not the
-# CPU), each on its own Redis database; tests of one shared service run in one group
-# (tests/conftest.py). PYTEST_ARGS= runs it in one process.
-PYTEST_ARGS ?= -n 4 --dist loadgroup
+# CPU), each with its own Redis and PostgreSQL database (tests/conftest.py); the RabbitMQ and
+# demo tests take turns (tests/support/serial.py). PYTEST_ARGS= runs it in one process.
+PYTEST_ARGS ?= -n 4
 
 .PHONY: install test chaos lint format demo bench clean
 

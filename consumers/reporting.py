@@ -31,6 +31,7 @@ from producer.activity import PleoActivity
 from producer.errors import LeaseHeld, Unprocessable
 from producer.final_event import FINAL_EVENTS, record_final, send_final
 from producer.keys import job_key, marks_key, progress_key
+from producer.lease import Lease
 from producer.ledger import Ledger, redis_call
 from producer.models import ACTIONABLE_ITEM_STATUSES
 from producer.pleo import MAX_UPDATE_ITEMS, PleoClient
@@ -169,14 +170,14 @@ class Reporter:
         mid-flush frees the write-back within seconds.
         """
         try:
-            with self._ledger.held(job_id, wait=0, name="flush"):
+            with self._ledger.held(job_id, wait=0, name="flush") as lease:
                 stamp = job_key(job_id, "flushed-at")
                 self._redis(lambda: self._r.set(stamp, repr(self._clock()), px=self._ttl_ms))
-                return self._flush_locked(job_id)
+                return self._flush_locked(job_id, lease)
         except LeaseHeld:
             return FlushResult(locked=True)
 
-    def _flush_locked(self, job_id: str) -> FlushResult:
+    def _flush_locked(self, job_id: str, lease: Lease) -> FlushResult:
         outbox, sending = job_key(job_id, "outbox"), job_key(job_id, "sending")
         try:
             self._settle_interrupted(job_id)
@@ -186,6 +187,11 @@ class Reporter:
         updates = [json.loads(v) for _, v in sorted(waiting.items())]
         sent = accepted = refused = dropped = 0
         for start in range(0, len(updates), MAX_UPDATE_ITEMS):
+            if not self._ledger.renew(lease):
+                # Our heartbeat was late and another flusher may hold the job now: sending
+                # more would race it. What is left waits for the next flush.
+                log.warning("report_lease_lost job_id=%s sent=%d", job_id, sent)
+                break
             batch = updates[start : start + MAX_UPDATE_ITEMS]
             ids = [u["accountingEntryId"] for u in batch]
             self._redis(partial(self._note_sending, sending, ids))

@@ -29,6 +29,40 @@ TEST_TOKEN = "test-token-8d1f0c"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _own_postgres_database() -> None:
+    """Under pytest-xdist, point the PostgreSQL tests at a database of this process's own.
+
+    The journal tests create and drop the same tables, so two processes must not share one
+    database. Runs at import, before any test module reads ``POSTGRES_TEST_URL`` or
+    ``ERP_TEST_DATABASE_URL``; where PostgreSQL does not answer, nothing changes and those tests
+    skip (in CI: fail) as they would.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    base = os.environ.get("POSTGRES_TEST_URL", PG_DEFAULT)
+    name = f"{base.rsplit('/', 1)[1]}_{worker}"
+    try:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(base, autocommit=True, connect_timeout=3) as conn:
+            known = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if known.fetchone() is None:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except Exception:  # noqa: BLE001 - no PostgreSQL here: its tests say so themselves
+        return
+    own = f"{base.rsplit('/', 1)[0]}/{name}"
+    os.environ["POSTGRES_TEST_URL"] = own
+    os.environ["ERP_TEST_DATABASE_URL"] = own
+
+
+_own_postgres_database()
+
+
 def _reachable(url: str) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
@@ -56,27 +90,6 @@ def _own_database(url: str, index: int) -> str:
     if db > 15:
         pytest.fail(f"{url} plus {index} parallel test processes runs past Redis database 15")
     return urlunsplit(parts._replace(path=f"/{db}"))
-
-
-# Tests that share one service across test processes (a RabbitMQ queue, PostgreSQL's journal
-# tables, the demo's Redis database 15) run in one xdist group: one after another, one process.
-_SHARED = {
-    "test_erp_sql": "postgres",
-    "test_pipeline": "postgres",
-    "test_erp_worker_adapter": "postgres",
-    "test_adapter_outage": "postgres",
-    "test_demo": "demo",
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Put the tests of a shared service in its xdist group (used with ``--dist loadgroup``)."""
-    for item in items:
-        module = Path(str(item.fspath)).stem
-        group = "rabbitmq" if "amqp_url" in getattr(item, "fixturenames", ()) else None
-        group = group or _SHARED.get(module)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
@@ -140,7 +153,7 @@ def settings(sim: RunningSimulator, redis_url: str, rdb: redis.Redis, tmp_path: 
         backoff_initial=0.01,
         backoff_max=0.05,
         retry_after_max=0.2,
-        lease_ttl=2.0,
+        lease_ttl=10.0,
         lease_wait=0.2,
         run_retry_delay=0.2,
         erp_database_url=f"sqlite:///{tmp_path / 'erp-journal.sqlite3'}",

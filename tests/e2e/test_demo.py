@@ -7,14 +7,23 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from producer.demo import WORKDIR_NAME, run_demo
+from tests.support.serial import taking_turns
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
+
+
+@pytest.fixture(autouse=True)
+def _demo_db_to_ourselves() -> Iterator[None]:
+    """The demo owns Redis db 15 of its server: one demo at a time across the suite."""
+    with taking_turns("demo"):
+        yield
 
 
 def test_demo_runs_a_job_to_the_end_and_summarises_it(

@@ -20,6 +20,7 @@ from producer.messages import task_id_for
 from producer.simulator import JobSpec, SimState
 from tests.conftest import need_service, with_settings
 from tests.support.queues import redis_queue
+from tests.support.serial import taking_turns
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
 AMQP_URL = os.environ.get("RABBITMQ_TEST_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -43,13 +44,14 @@ def amqp_url() -> Iterator[str]:
         socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
     except OSError:
         need_service("RabbitMQ on 127.0.0.1:5672")
-    with Connection(AMQP_URL) as conn:
-        make_app(Settings(broker_url=AMQP_URL)).amqp.queues[ITEMS_QUEUE](
-            conn.default_channel
-        ).declare()
-    drain(AMQP_URL)
-    yield AMQP_URL
-    drain(AMQP_URL)
+    with taking_turns("rabbitmq"):
+        with Connection(AMQP_URL) as conn:
+            make_app(Settings(broker_url=AMQP_URL)).amqp.queues[ITEMS_QUEUE](
+                conn.default_channel
+            ).declare()
+        drain(AMQP_URL)
+        yield AMQP_URL
+        drain(AMQP_URL)
 
 
 def test_rabbitmq_path_publishes_the_same_set_once(
