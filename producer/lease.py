@@ -41,10 +41,16 @@ log = logging.getLogger(__name__)
 
 # KEYS[1] lease, KEYS[2] fence; ARGV[1] run id and holder, ARGV[2] ttl ms, ARGV[3] the value a
 # caller found dead and takes over ("" for none).
-# Returns {fence} when the lease is now ours, else {0, value held, its remaining ms}.
+# Returns {fence} when the lease is now ours, else {0, value held, the moment it lapses in ms of
+# Redis's own clock}: a later moment on a later look means the holder renewed it. (Redis's clock,
+# not ours: our reading of "now + remaining" would move with every reply's latency.)
 _ACQUIRE = """
 local held = redis.call('GET', KEYS[1])
-if held and held ~= ARGV[3] then return {0, held, redis.call('PTTL', KEYS[1])} end
+if held and held ~= ARGV[3] then
+  local now = redis.call('TIME')
+  local lapses = now[1] * 1000 + math.floor(now[2] / 1000) + redis.call('PTTL', KEYS[1])
+  return {0, held, lapses}
+end
 local fence = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], fence .. ':' .. ARGV[1], 'PX', ARGV[2])
 return {fence}
@@ -64,8 +70,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# A renewal shows as an expiry later than the one seen before, by more than clock noise.
-_RENEWAL_SLACK = 0.05
+# A renewal shows as a lapse moment later than the one seen before (Redis's clock: exact to 1 ms).
+_RENEWAL_SLACK = 0.005
 _POLL = 0.1
 
 
@@ -209,14 +215,13 @@ class Leases:
                     log.warning("lease_taken_over key=%s fence=%d from=%s", key, fence, takeover)
                 log.info("lease_acquired key=%s fence=%d", key, fence)
                 return Lease(key, fence_key, f"{fence}:{run_id}", fence, job_id)
-            value, remaining = _text(reply[1]), int(reply[2])
+            value, due = _text(reply[1]), int(reply[2]) / 1000
             now = self._clock()
             other = Holder.decode(value)
             if other is not None and other.is_dead():
                 takeover = value
                 continue
             takeover = ""
-            due = now + max(remaining, 0) / 1000
             if seen is None or seen[0] != value:
                 seen, alive = (value, due), False
             elif due > seen[1] + _RENEWAL_SLACK:

@@ -43,6 +43,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.chaos)
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a pytest-xdist worker: hand this process's figures to the controlling process."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["chaos_figures"] = json.dumps({"tally": _TALLY, "times": _TIMES})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """In the controlling process: add up the figures of each worker as it finishes."""
+    raw = getattr(node, "workeroutput", {}).get("chaos_figures")
+    if raw is None:
+        return
+    figures = json.loads(raw)
+    _TALLY.update(figures["tally"])
+    for figure, seen in figures["times"].items():
+        _TIMES.setdefault(figure, []).extend(seen)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the tally, and write it where ``CHAOS_REPORT`` says."""
     if not _TALLY and not _TIMES:

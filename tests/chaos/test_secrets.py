@@ -237,6 +237,9 @@ def redis_values(client: redis.Redis) -> Iterator[bytes]:
             values = client.smembers(key)
         elif kind == "zset":
             values = client.zrange(key, 0, -1)
+        elif kind == "none":
+            # Gone since the scan (kombu drops an emptied ``unacked_index``): nothing to read.
+            continue
         else:
             pytest.fail(f"unexpected Redis type {kind} at {key!r}")
         yield from values
