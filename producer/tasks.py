@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from contextlib import closing
 from typing import Any
 
 from celery import Task
@@ -112,9 +113,9 @@ def enqueue_export_job(self: Task, job_id: str, company_id: str | None = None) -
 
 def _note_retry(job_id: str, countdown: float) -> None:
     """Tell the supervisor a retry is due, so it does not take the wait for a dead run."""
-    with contextlib.suppress(BrokerUnavailable):
-        retry_at = time.time() + countdown
-        make_ledger(settings).record(job_id, state=JobState.RETRYING, retry_at=retry_at)
+    ledger = make_ledger(settings)
+    with contextlib.suppress(BrokerUnavailable), closing(ledger.client):
+        ledger.record(job_id, state=JobState.RETRYING, retry_at=time.time() + countdown)
 
 
 @worker_shutting_down.connect
@@ -123,7 +124,8 @@ def _hand_back_runs(**_: Any) -> None:
 
     Celery would wait for the whole run (and ``docker stop`` kills it after its grace period,
     leaving the message unacked for the visibility timeout). The pool process's SIGTERM handler,
-    set around the run, stops it between two steps; the task then requeues its message.
+    set around the run, stops it where it stands (its ``finally`` blocks release the lease and
+    record it interrupted); the task then requeues its message.
     """
     for request in list(worker_state.active_requests):
         pid = getattr(request, "worker_pid", None)

@@ -34,7 +34,7 @@ from producer.triggers import enqueue
 from tests.chaos.conftest import FULL, measure, scale, tally
 from tests.chaos.test_producer_kill import plan_order
 from tests.conftest import env_for, wait_for, with_settings
-from tests.support.local import journal_ids, pool_children
+from tests.support.local import journal_ids, pleo_export, pool_children
 from tests.support.queues import redis_queue
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
@@ -133,31 +133,12 @@ def start_run(live: Settings, job_id: str, log: Path) -> subprocess.Popen[bytes]
 
 def rerun(live: Settings, job_id: str) -> dict[str, Any]:
     """``pleo-export run JOB --json`` to its end; its summary."""
-    done = subprocess.run(
-        [sys.executable, "-m", "producer", "run", job_id, "--json"],
-        env=env_for(live),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    summary: dict[str, Any] = json.loads(done.stdout)
-    return summary
+    return pleo_export(live, "run", job_id)
 
 
 def status(live: Settings, job_id: str) -> dict[str, Any]:
     """``pleo-export status JOB --json``."""
-    shown = subprocess.run(
-        [sys.executable, "-m", "producer", "status", job_id, "--json"],
-        env=env_for(live),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    view: dict[str, Any] = json.loads(shown.stdout)
-    return view
+    return pleo_export(live, "status", job_id, timeout=60)
 
 
 # -- the CLI ---------------------------------------------------------------------------------

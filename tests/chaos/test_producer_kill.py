@@ -13,7 +13,6 @@ taken from ``CHAOS_SEED`` when set, so ``CHAOS_SEED=<seed>`` replays a failing r
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -37,7 +36,7 @@ from producer.simulator import FaultRule, JobSpec, SimState
 from tests.chaos.conftest import scale, tally
 from tests.conftest import env_for, wait_for, with_settings
 from tests.integration import test_run_rabbitmq
-from tests.support.local import journal_ids
+from tests.support.local import journal_ids, pleo_export
 from tests.support.queues import Queued, decode, redis_queue
 from tests.support.rabbit import depth, peek
 
@@ -181,30 +180,14 @@ class KillChain:
 
     def finish(self) -> dict[str, Any]:
         """The final rerun, to its end: its ``--json`` summary."""
-        done = subprocess.run(
-            [sys.executable, "-m", "producer", "run", self.job_id, "--json"],
-            env=env_for(self.settings),
-            capture_output=True,
-            text=True,
-            timeout=PHASE_TIMEOUT,
-            check=False,
-        )
-        assert done.returncode == 0, f"{done.stderr}; {self.replay()}"
-        summary: dict[str, Any] = json.loads(done.stdout)
-        return summary
+        try:
+            return pleo_export(self.settings, "run", self.job_id, timeout=PHASE_TIMEOUT)
+        except AssertionError as failed:
+            raise AssertionError(f"{failed}; {self.replay()}") from failed
 
     def status(self) -> dict[str, Any]:
         """``pleo-export status JOB --json``, as an operator would read it."""
-        shown = subprocess.run(
-            [sys.executable, "-m", "producer", "status", self.job_id, "--json"],
-            env=env_for(self.settings),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        view: dict[str, Any] = json.loads(shown.stdout)
-        return view
+        return pleo_export(self.settings, "status", self.job_id, timeout=60)
 
 
 def chain_settings(settings: Settings, **changes: Any) -> Settings:

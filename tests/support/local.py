@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 from consumers.erp import SqlJournal
 from producer.config import Settings
@@ -34,3 +37,20 @@ def journal_ids(settings: Settings) -> list[str]:
 def worker_log(tmp_path: Path, index: int = 0) -> str:
     """What the ``index``-th worker started by the ``start_worker`` fixture has written so far."""
     return (tmp_path / f"worker-{index}.log").read_text(errors="replace")
+
+
+def pleo_export(settings: Settings, *args: str, timeout: float = 120) -> dict[str, Any]:
+    """Run ``pleo-export ARGS --json`` with ``settings``; its JSON answer (exit 0 required)."""
+    from tests.conftest import env_for
+
+    done = subprocess.run(
+        [sys.executable, "-m", "producer", *args, "--json"],
+        env=env_for(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
