@@ -2,7 +2,9 @@
 
 With ``PLEO_ORDERING=entry_id`` the producer skips the data layer, and an entry the data layer
 lacked arrives with ``export_item: null``. Pleo has no per-entry lookup, so the first worker that
-needs a payload pages through ``/v3/export-items?job_id=`` once, under a per-job lock, and stores
+needs a payload pages through ``/v3/export-items?job_id=`` once, under the job's
+``:payloads-lock`` lease (the one lock, ``producer/lease.py``: a reader that dies frees it at once
+on its own machine, else within the lease TTL), and stores
 every payload in Redis (``:payloads``); the others wait for it and read from there.
 """
 
@@ -11,21 +13,20 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
 
-from producer.errors import TransientUpstreamError
-from producer.keys import job_key
+from producer.errors import LeaseHeld, TransientUpstreamError
+from producer.keys import fence_of, job_key
+from producer.lease import Leases
 from producer.ledger import redis_call
 from producer.pleo import PleoClient
 
 log = logging.getLogger(__name__)
 
 _COMPLETE = "__complete__"  # field written last: the hash holds the whole data layer
-_LOCK_MS = 300_000
 
 
 class PayloadCache:
@@ -37,12 +38,14 @@ class PayloadCache:
         pleo: PleoClient,
         *,
         dedup_ttl: int,
+        lease_ttl: float = 10.0,
         wait: float = 120.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._r = client
         self._pleo = pleo
+        self._leases = Leases(client, ttl=lease_ttl)
         self._ttl_ms = dedup_ttl * 1000
         self._wait = wait
         self._sleep = sleep
@@ -68,25 +71,28 @@ class PayloadCache:
             self._sleep(0.2)
 
     def _try_fill(self, job_id: str) -> bool:
+        """Read the data layer into Redis unless another worker is at it (the one lock)."""
         lock = job_key(job_id, "payloads-lock")
-        token = uuid.uuid4().hex
-        if not self._call(lambda: self._r.set(lock, token, nx=True, px=_LOCK_MS)):
-            return False
-        key = job_key(job_id, "payloads")
         try:
-            count = 0
-            for page in self._pleo.iter_export_items(job_id):
-                mapping = {i.accounting_entry_id: json.dumps(i.payload) for i in page.items}
-                if mapping:
-                    self._call(lambda m=mapping: self._r.hset(key, mapping=m))  # type: ignore[misc]
-                count += len(page.items)
-            self._call(lambda: self._r.hset(key, _COMPLETE, "1"))
-            self._call(lambda: self._r.pexpire(key, self._ttl_ms))
-            log.info("payloads_cached job_id=%s items=%d", job_id, count)
-        finally:
-            if self._call(lambda: self._r.get(lock)) == token.encode():
-                self._call(lambda: self._r.delete(lock))
+            with self._leases.held(
+                lock, fence_of(lock), who="payload reader", wait=0, patient=False, job_id=job_id
+            ):
+                self._fill(job_id)
+        except LeaseHeld:
+            return False
         return True
+
+    def _fill(self, job_id: str) -> None:
+        key = job_key(job_id, "payloads")
+        count = 0
+        for page in self._pleo.iter_export_items(job_id):
+            mapping = {i.accounting_entry_id: json.dumps(i.payload) for i in page.items}
+            if mapping:
+                self._call(lambda m=mapping: self._r.hset(key, mapping=m))  # type: ignore[misc]
+            count += len(page.items)
+        self._call(lambda: self._r.hset(key, _COMPLETE, "1"))
+        self._call(lambda: self._r.pexpire(key, self._ttl_ms))
+        log.info("payloads_cached job_id=%s items=%d", job_id, count)
 
     @staticmethod
     def _call(fn: Callable[[], Any]) -> Any:

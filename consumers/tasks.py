@@ -99,7 +99,9 @@ def _reporter() -> Reporter:
 
 @functools.cache
 def _payloads() -> PayloadCache:
-    return PayloadCache(_redis(), _pleo(), dedup_ttl=settings.dedup_ttl)
+    return PayloadCache(
+        _redis(), _pleo(), dedup_ttl=settings.dedup_ttl, lease_ttl=settings.lease_ttl
+    )
 
 
 @app.task(

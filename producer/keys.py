@@ -31,6 +31,8 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
     :final      the final job event: "sending" (PX, while the call is under way), then its name
     :erp-down   when the ERP was first found unreachable for this job (epoch seconds)
     :payloads   hash entry -> export item JSON, filled once per job when messages carry none
+    :payloads-lock  the lease of the one worker filling ``:payloads`` (``producer/lease.py``),
+                with ``:payloads-lock-fence``
     :repaired-at when the repair sweep last examined this stalled job (epoch seconds)
 
     Producer and ERP workers (``producer/activity.py``)
