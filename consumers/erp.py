@@ -9,7 +9,8 @@
 ``to_posting`` is pure: it runs Pleo's pre-export checks on one entry (the export item is there,
 every line has an expense account the ERP can match, amounts are whole cents in one currency) and
 returns the journal lines to write. The reference adapter, ``SqlJournal``, lives in
-``consumers.erp_sql`` and is also importable from here, lazily, so validation loads no SQLAlchemy.
+``consumers.erp_sql`` (which imports this module, never the other way round, so validation loads
+no SQLAlchemy).
 """
 
 from __future__ import annotations
@@ -17,13 +18,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 from producer.errors import PleoExportError
 from producer.models import ItemFailureReason
-
-if TYPE_CHECKING:
-    from consumers.erp_sql import SqlJournal
 
 __all__ = [
     "MAX_CENTS",
@@ -36,7 +34,6 @@ __all__ = [
     "ItemFailureReason",
     "JournalLine",
     "Posting",
-    "SqlJournal",
     "to_posting",
     "validate_entry",
 ]
@@ -124,15 +121,6 @@ class ERPAdapter(Protocol):
 
     def post(self, entry: Entry) -> ExternalRef:
         """Post ``entry``; posting one already there returns the existing reference, not a copy."""
-
-
-def __getattr__(name: str) -> type[SqlJournal]:
-    """``consumers.erp.SqlJournal``, imported on first use (erp_sql imports this module)."""
-    if name == "SqlJournal":
-        from consumers.erp_sql import SqlJournal
-
-        return SqlJournal
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def validate_entry(entry: Entry) -> None:

@@ -22,7 +22,8 @@ from celery import Task
 
 from consumers.adapter_check import guard_worker_start
 from consumers.breaker import Breaker
-from consumers.erp import ERPUnavailable, SqlJournal
+from consumers.erp import ERPUnavailable
+from consumers.erp_sql import SqlJournal
 from consumers.message import MessageRejected, parse_message
 from consumers.payloads import PayloadCache
 from consumers.reporting import Reporter

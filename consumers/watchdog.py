@@ -100,8 +100,9 @@ class RepairWatchdog(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, parent: Any) -> None:
         """Schedule the sweep every ``interval`` seconds."""
-        from consumers.tasks import app, settings
-
+        # The worker's own app, and the settings this worker process was started with.
+        app = parent.app
+        settings = Settings.from_env()
         if not settings.uses_redis_broker:
             # Other brokers (AMQP) redeliver a dead consumer's messages themselves.
             return

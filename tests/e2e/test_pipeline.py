@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from consumers.erp import SqlJournal
+from consumers.erp_sql import SqlJournal
 from producer.celery_app import make_app
 from producer.components import produce, redis_client
 from producer.config import ITEMS_QUEUE, Settings

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from consumers.erp import SqlJournal
+from consumers.erp_sql import SqlJournal
 from consumers.message import parse_message
 from consumers.payloads import PayloadCache
 from consumers.reporting import Reporter, success_update

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from consumers.erp import SqlJournal
+from consumers.erp_sql import SqlJournal
 from producer.config import Settings
 
 
