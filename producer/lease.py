@@ -229,8 +229,9 @@ class Leases:
                 seen, alive = (value, due), True
             if (alive or not patient) and now - started >= wait:
                 described = other.describe() if other is not None else "another run"
+                state = "and is alive" if alive else "now"
                 raise LeaseHeld(
-                    f"{described} holds {_what(key, job_id)} and is alive; this run steps aside.",
+                    f"{described} holds {_what(key, job_id)} {state}; this run steps aside.",
                     job_id=job_id or None,
                 )
             self._sleep(_POLL)
