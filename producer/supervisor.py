@@ -14,12 +14,15 @@ or ERP worker: the supervisor's lease elects it) looks at each active job every
                 (SIGKILL, OOM, a whole worker lost, a task message lost before it started) and a
                 new producer task is sent, past the trigger window.
 
-Bound with the defaults (lease 10 s, dead after 15 s, interval 5 s, supervisor lease 15 s): a run
-killed at t is resent by t + 15 (its last update) + 5 (the next look), or t + 30 if the dead
-worker was also the supervisor (its lease lapses by t + 15, the next leader looks 5 s later and
-then waits out nothing more), and a 20,000-entry job is published again a few seconds after. The
-60 s promise has room for a slow worker start. Jobs close to Pleo's ``expiresIn`` (less than a
-fifth of it left since our last action) are logged (``job_near_expiry``) and marked in ``status``.
+Bound with the defaults (dead after 15 s, interval 5 s, supervisor lease 3 x 5 s): a run killed
+at t (its last progress update) counts as dead from t + 15 and is resent at the next look, by
+t + 20. If the dead worker was the leader too, its lease lapses by t + 15 and another worker leads
+from its next tick, so the resend still comes by about t + 20 to t + 25. A 20,000-entry job is
+then published again in a few seconds; the 60 s promise leaves room for a slow worker start
+(measured: 19.8 s for a whole worker SIGKILLed, tests/chaos/test_liveness.py).
+
+Jobs close to Pleo's ``expiresIn`` (less than a fifth of it left since our last action) are
+logged (``job_near_expiry``) and marked in ``status``.
 """
 
 from __future__ import annotations

@@ -269,15 +269,23 @@ def producer_worker(start_worker: Any, live: Settings) -> subprocess.Popen[bytes
     return start_worker("producer", PRODUCER_QUEUE, settings_=live)
 
 
+def running_mid_publish(
+    start_worker: Any, live: Settings, rdb: redis.Redis, job_id: str
+) -> subprocess.Popen[bytes]:
+    """A producer worker running ``job_id``, caught after ``KILL_AT`` of its messages."""
+    worker = producer_worker(start_worker, live)
+    enqueue(job_id, settings=live)
+    until_published(rdb, KILL_AT)
+    return worker
+
+
 @pytest.mark.timeout(240)
 def test_a_killed_pool_process_is_resumed_at_once(
     live: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any
 ) -> None:
     """SIGKILL of the pool process (the OOM killer): the redelivered task takes the lease over."""
     job_id = sim_state.add_job(JobSpec(items=ITEMS, seed=8))
-    worker = producer_worker(start_worker, live)
-    enqueue(job_id, settings=live)
-    until_published(rdb, KILL_AT)
+    worker = running_mid_publish(start_worker, live, rdb, job_id)
     (child,) = pool_children(worker)
     os.kill(child, signal.SIGKILL)
     killed = time.monotonic()
@@ -297,9 +305,7 @@ def test_a_whole_producer_worker_killed_is_resumed_by_a_fresh_one(
     """The worker's group SIGKILLed mid-run: its task waits for the visibility timeout (1 h),
     so the fresh worker's supervisor sends a new one."""
     job_id = sim_state.add_job(JobSpec(items=ITEMS, seed=9))
-    worker = producer_worker(start_worker, live)
-    enqueue(job_id, settings=live)
-    until_published(rdb, KILL_AT)
+    worker = running_mid_publish(start_worker, live, rdb, job_id)
     os.killpg(worker.pid, signal.SIGKILL)
     killed = time.monotonic()
     worker.wait(timeout=30)
@@ -319,9 +325,7 @@ def test_a_warm_shutdown_hands_the_job_back_at_once(
     """SIGTERM to the worker (``docker stop``) mid-run: it exits in seconds, not after the run,
     and the requeued task is resumed by the next worker."""
     job_id = sim_state.add_job(JobSpec(items=ITEMS, seed=10))
-    worker = producer_worker(start_worker, live)
-    enqueue(job_id, settings=live)
-    until_published(rdb, KILL_AT)
+    worker = running_mid_publish(start_worker, live, rdb, job_id)
     worker.send_signal(signal.SIGTERM)  # the main process only, as docker stop does
     stopped = time.monotonic()
     worker.wait(timeout=30)

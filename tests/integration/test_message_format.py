@@ -132,14 +132,19 @@ def test_template_writes_the_bytes_kombu_writes(
     assert template.queue_key == ITEMS_QUEUE
 
 
-def test_batch_delivery_tags_are_fresh_uuid4s(settings: Settings) -> None:
-    """Each message of a batch gets its own random version-4 delivery tag, as kombu gives it."""
+def job_template(settings: Settings, *, total: int) -> MessageTemplate:
+    """The message template of job ``JOB`` (no company) with ``total`` planned entries."""
     app = make_app(settings)
     encoder = MessageEncoder(app, settings.broker_url)
     try:
-        template = MessageTemplate(app, encoder, JOB, None, 1000)
+        return MessageTemplate(app, encoder, JOB, None, total)
     finally:
         encoder.close()
+
+
+def test_batch_delivery_tags_are_fresh_uuid4s(settings: Settings) -> None:
+    """Each message of a batch gets its own random version-4 delivery tag, as kombu gives it."""
+    template = job_template(settings, total=1000)
     items = [PlannedItem(task_id_for(JOB, str(n)), n, "pending", None) for n in range(1000)]
     rendered = template.render_batch(items, lambda _item: None)
     tags = [json.loads(raw)["properties"]["delivery_tag"] for _entry, raw in rendered]
@@ -159,12 +164,7 @@ def test_the_message_bytes_are_the_pinned_layout(settings: Settings) -> None:
     loudly, before a worker ever reads a message it was not built for: check the template, then
     re-record this file and move the pins in pyproject.toml.
     """
-    app = make_app(settings)
-    encoder = MessageEncoder(app, settings.broker_url)
-    try:
-        template = MessageTemplate(app, encoder, JOB, None, 2)
-    finally:
-        encoder.close()
+    template = job_template(settings, total=2)
     item = PlannedItem("0f0e0d0c-0b0a-4909-8807-060504030201", 1, "pending", "2026-01-02")
     raw = template.render(item, '{"a": 1}', "00000000-0000-4000-8000-000000000000")
     envelope = json.loads(raw)
