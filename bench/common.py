@@ -17,7 +17,7 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from producer.simulator.payloads import export_item, seeded_uuid
+from devtools.simulator.payloads import export_item, seeded_uuid
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/12"
 TOKEN = "bench-token"

@@ -21,10 +21,11 @@ import redis
 
 from bench.common import DEFAULT_REDIS, TOKEN, own_redis, print_table, rate
 from consumers.erp_sql import SqlJournal
-from producer.celery_app import make_app
+from contract.celery_app import make_app
+from contract.names import ITEMS_QUEUE
+from contract.settings import Settings
+from devtools.simulator import JobSpec, SimState, start_in_thread
 from producer.components import produce
-from producer.config import ITEMS_QUEUE, Settings
-from producer.simulator import JobSpec, SimState, start_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -32,12 +32,13 @@ import redis
 from celery import Celery
 
 from bench.common import DEFAULT_REDIS, own_redis, print_table, rate, sample_export_items
-from producer.celery_app import make_app
+from contract.celery_app import make_app
+from contract.ledger import Ledger
+from contract.names import ITEM_TASK, ITEMS_QUEUE
+from contract.settings import Settings
+from contract.wire import task_id_for
+from pleo.models import ExportItem
 from producer.components import make_ledger
-from producer.config import ITEM_TASK, ITEMS_QUEUE, Settings
-from producer.ledger import Ledger
-from producer.messages import item_kwargs, task_id_for
-from producer.models import ExportItem
 from producer.plan import PlannedItem
 from producer.publish import PayloadSource, PublishResult, RedisPublisher
 from producer.spool import PayloadSpool
@@ -131,7 +132,7 @@ def run_baseline(app: Celery, client: redis.Redis, items: Sequence[PlannedItem])
         if client.set(mark, 1, nx=True, ex=3600):
             app.send_task(
                 ITEM_TASK,
-                kwargs=item_kwargs(JOB_ID, COMPANY_ID, item, total),
+                kwargs=item.message(JOB_ID, COMPANY_ID, total).to_kwargs(),
                 task_id=task_id_for(JOB_ID, item.accounting_entry_id),
                 queue=ITEMS_QUEUE,
             )

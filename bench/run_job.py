@@ -27,8 +27,8 @@ from typing import Any
 import redis
 
 from bench.common import TOKEN, own_redis, print_table
-from producer.keys import progress_key
-from producer.simulator import JobSpec, SimState, start_in_thread
+from contract.keys import progress_key
+from devtools.simulator import JobSpec, SimState, start_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 POLL_SECONDS = 0.01

@@ -29,7 +29,7 @@ from celery.signals import worker_init
 
 from consumers.breaker import BreakerPolicy
 from consumers.erp import ERPAdapter, ERPUnavailable
-from producer.errors import PleoExportError
+from contract.errors import PleoExportError
 
 log = logging.getLogger(__name__)
 

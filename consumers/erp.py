@@ -1,6 +1,6 @@
 """The ERP adapter contract: the entry a worker posts, the reference it gets back, the refusals.
 
-    PleoExportError             (producer.errors)
+    PleoExportError             (contract.errors)
     └── ERPError                anything an ERP adapter raises on purpose
         ├── EntryRejected       the ERP refuses this entry for good: report the item failed, with
         │                       one of Pleo's item failure reason types and an actionable sentence
@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
-from producer.errors import PleoExportError
-from producer.models import ItemFailureReason
+from contract.errors import PleoExportError
+from contract.message import ItemMessage
+from pleo.models import ItemFailureReason
 
 __all__ = [
     "MAX_CENTS",
@@ -53,6 +54,18 @@ class Entry:
     sequence: int
     booked_at: str | None
     export_item: Mapping[str, Any] | None
+
+    @classmethod
+    def from_message(cls, message: ItemMessage) -> Entry:
+        """The entry an item message (already parsed, so valid) describes."""
+        return cls(
+            accounting_entry_id=message.accounting_entry_id,
+            job_id=message.job_id,
+            company_id=message.company_id,
+            sequence=message.sequence,
+            booked_at=message.booked_at,
+            export_item=message.export_item,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from consumers.erp import Entry, ERPUnavailable, ExternalRef, Posting, to_posting
-from producer.errors import BadInput
+from contract.errors import BadInput
 
 log = logging.getLogger(__name__)
 

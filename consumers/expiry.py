@@ -19,10 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from producer.activity import PleoActivity
-from producer.errors import PermanentUpstreamError
-from producer.models import TERMINAL_JOB_STATUSES, ExportJob
-from producer.pleo import PleoClient
+from contract.errors import PermanentUpstreamError
+from pleo.activity import PleoActivity
+from pleo.client import PleoClient
+from pleo.models import TERMINAL_JOB_STATUSES, ExportJob
 
 log = logging.getLogger(__name__)
 

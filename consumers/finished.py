@@ -18,12 +18,12 @@ import redis
 from redis.typing import EncodableT, FieldT
 
 from consumers.expiry import ExpiryCheck
-from producer.activity import PleoActivity
-from producer.errors import PleoExportError
-from producer.keys import job_key
-from producer.ledger import redis_call
-from producer.models import ExportJob
-from producer.pleo import PleoClient
+from contract.errors import PleoExportError
+from contract.keys import items_key
+from contract.store import redis_call
+from pleo.activity import PleoActivity
+from pleo.client import PleoClient
+from pleo.models import ExportJob
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class FinishedInPleo:
                 job.status,
                 job.failure_reason_type,
             )
-        items = job_key(job.id, "items")
+        items = items_key(job.id)
         fields: dict[FieldT, EncodableT] = {}
         fields.update(finish_fields(job).items())
 

@@ -3,7 +3,7 @@
 With ``PLEO_ORDERING=entry_id`` the producer skips the data layer, and an entry the data layer
 lacked arrives with ``export_item: null``. Pleo has no per-entry lookup, so the first worker that
 needs a payload pages through ``/v3/export-items?job_id=`` once, under the job's
-``:payloads-lock`` lease (the one lock, ``producer/lease.py``: a reader that dies frees it at once
+``:payloads-lock`` lease (the one lock, ``contract/lease.py``: a reader that dies frees it at once
 on its own machine, else within the lease TTL), and stores
 every payload in Redis (``:payloads``); the others wait for it and read from there.
 """
@@ -18,11 +18,11 @@ from typing import Any
 
 import redis
 
-from producer.errors import LeaseHeld, TransientUpstreamError
-from producer.keys import fence_of, job_key
-from producer.lease import Leases
-from producer.ledger import redis_call
-from producer.pleo import PleoClient
+from contract.errors import LeaseHeld, TransientUpstreamError
+from contract.keys import lease_keys, payloads_key
+from contract.lease import Leases
+from contract.store import redis_call
+from pleo.client import PleoClient
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class PayloadCache:
 
     def get(self, job_id: str, entry_id: str) -> Mapping[str, Any] | None:
         """The entry's export item, or None when the job's data layer has none for it."""
-        key = job_key(job_id, "payloads")
+        key = payloads_key(job_id)
         deadline = self._clock() + self._wait
         while True:
             found, complete = self._call(lambda: self._r.hmget(key, [entry_id, _COMPLETE]))
@@ -72,10 +72,10 @@ class PayloadCache:
 
     def _try_fill(self, job_id: str) -> bool:
         """Read the data layer into Redis unless another worker is at it (the one lock)."""
-        lock = job_key(job_id, "payloads-lock")
+        lock, fence = lease_keys(job_id, "payloads-lock")
         try:
             with self._leases.held(
-                lock, fence_of(lock), who="payload reader", wait=0, patient=False, job_id=job_id
+                lock, fence, who="payload reader", wait=0, patient=False, job_id=job_id
             ):
                 self._fill(job_id)
         except LeaseHeld:
@@ -83,7 +83,7 @@ class PayloadCache:
         return True
 
     def _fill(self, job_id: str) -> None:
-        key = job_key(job_id, "payloads")
+        key = payloads_key(job_id)
         count = 0
         for page in self._pleo.iter_export_items(job_id):
             mapping = {i.accounting_entry_id: json.dumps(i.payload) for i in page.items}

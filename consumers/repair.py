@@ -12,8 +12,9 @@ watched instead of closed:
 - its *missing* entries are those marked published with no recorded outcome;
 - a missing entry whose message is neither on the items queue nor in kombu's ``unacked`` hash
   (which also holds what live workers prefetched and the countdowns of retries) was lost: its
-  message is built again (same task id and schema-1 arguments: the plan is recomputed from Pleo
-  over the published entries, so ``sequence`` and ``total`` match) and pushed onto the queue;
+  message is built again from the placement the producer recorded when it first published the
+  entry (same task id and schema-1 arguments, the payload read by the worker; no re-plan) and
+  pushed onto the queue;
 - waiting results are written back and the job completed if it can be.
 
 Re-sending a message that was not really lost (one caught inside another live worker's BRPOP
@@ -36,15 +37,32 @@ import redis
 from celery import Celery
 
 from consumers.reporting import Reporter
-from producer.celery_app import RETRY_CAP
-from producer.config import ITEMS_QUEUE, Ordering
-from producer.keys import REPAIR_SWEEP_KEY, job_id_of, job_key, marks_key, progress_key
-from producer.ledger import PUBLISHED, redis_call
-from producer.messages import MessageEncoder, celery_message, item_kwargs, task_id_for
-from producer.models import ACTIONABLE_ITEM_STATUSES, JobItem
-from producer.plan import index_export_items, make_plan
-from producer.pleo import PleoClient
-from producer.states import JobState
+from contract.errors import LeaseHeld
+from contract.keys import (
+    REPAIR_SWEEP_KEY,
+    REPAIR_SWEPT_KEY,
+    KombuKeys,
+    fence_of,
+    final_key,
+    flushed_key,
+    items_key,
+    job_id_of,
+    marks_key,
+    placed_key,
+    progress_key,
+    repaired_key,
+    results_key,
+)
+from contract.lease import Leases
+from contract.ledger import PUBLISHED
+from contract.message import ItemMessage, placement
+from contract.names import ITEMS_QUEUE
+from contract.retrying import RETRY_CAP
+from contract.states import JobState
+from contract.store import redis_call
+from contract.wire import MessageEncoder, celery_message, task_id_for
+from pleo.client import PleoClient
+from pleo.models import ACTIONABLE_ITEM_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -74,38 +92,51 @@ class Repairer:
         pleo: PleoClient,
         reporter: Reporter,
         *,
+        leases: Leases,
         app: Celery,
         broker_url: str,
         stall: float,
         held_for: float | None = None,
-        ordering: Ordering,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._r = client
         self._pleo = pleo
         self._reporter = reporter
+        self._leases = leases
         self._app = app
         self._broker_url = broker_url
         self._stall = stall
         # How long a delivered, unacked message still counts as in a live worker's hands: longer
         # than any retry's countdown, during which a live worker holds the message unacked.
         self._held_for = max(stall, RETRY_CAP + 60) if held_for is None else held_for
-        self._ordering = ordering
         self._clock = clock
-        options = app.conf.broker_transport_options or {}
-        prefix = options.get("global_keyprefix", "")
-        self._unacked = prefix + options.get("unacked_key", "unacked")
-        self._unacked_index = prefix + options.get("unacked_index_key", "unacked_index")
-        self._queue = prefix + ITEMS_QUEUE
+        kombu = KombuKeys.of(app.conf.broker_transport_options)
+        self._unacked = kombu.unacked
+        self._unacked_index = kombu.unacked_index
+        self._queue = kombu.queue(ITEMS_QUEUE)
 
     def sweep(self, interval: float) -> list[RepairResult]:
-        """Repair every stalled job, unless another worker swept less than ``interval`` s ago."""
-        claimed = self._call(
-            lambda: self._r.set(REPAIR_SWEEP_KEY, "1", nx=True, px=int(interval * 1000))
-        )
-        if not claimed:
+        """Repair every stalled job, unless another worker sweeps now or did less than ``interval``
+        seconds ago.
+
+        One sweep at a time under the fleet's repair lease (the one lock, ``contract/lease.py``:
+        a sweeper that dies frees it); the ``:repair-swept-at`` stamp, set for ``interval``,
+        spaces the fleet's sweeps out however many workers run one.
+        """
+        try:
+            with self._leases.held(
+                REPAIR_SWEEP_KEY,
+                fence_of(REPAIR_SWEEP_KEY),
+                who="repair sweep",
+                wait=0,
+                patient=False,
+            ):
+                due = self._call(
+                    lambda: self._r.set(REPAIR_SWEPT_KEY, "1", nx=True, px=int(interval * 1000))
+                )
+                return [self.repair(job_id) for job_id in self.stalled_jobs()] if due else []
+        except LeaseHeld:
             return []
-        return [self.repair(job_id) for job_id in self.stalled_jobs()]
 
     def stalled_jobs(self) -> list[str]:
         """Jobs fully published, not finished, and quiet for longer than the stall time."""
@@ -119,7 +150,7 @@ class Repairer:
 
     def repair(self, job_id: str) -> RepairResult:
         """Re-publish the job's lost messages, write waiting results back, complete it if due."""
-        self._call(lambda: self._r.set(job_key(job_id, "repaired-at"), repr(self._clock())))
+        self._call(lambda: self._r.set(repaired_key(job_id), repr(self._clock())))
         missing = self._missing(job_id)
         lost = missing - self._still_held(job_id, missing)
         republished = self._republish(job_id, lost) if lost else ()
@@ -141,8 +172,8 @@ class Repairer:
     def _is_stalled(self, job_id: str, now: float) -> bool:
         with self._r.pipeline(transaction=False) as pipe:
             pipe.hmget(progress_key(job_id), ["state", "updated_at"])
-            pipe.exists(job_key(job_id, "final"))
-            pipe.mget(job_key(job_id, "flushed-at"), job_key(job_id, "repaired-at"))
+            pipe.exists(final_key(job_id))
+            pipe.mget(flushed_key(job_id), repaired_key(job_id))
             (state, updated_at), final, stamps = self._call(pipe.execute)
         if final or state is None or state.decode() != JobState.ENQUEUED:
             return False
@@ -155,7 +186,7 @@ class Repairer:
         """Entries marked published that have no recorded outcome."""
         with self._r.pipeline(transaction=True) as pipe:
             pipe.hgetall(marks_key(job_id))
-            pipe.hkeys(job_key(job_id, "results"))
+            pipe.hkeys(results_key(job_id))
             marks, done = self._call(pipe.execute)
         published = {k.decode() for k, v in marks.items() if v.decode() == PUBLISHED}
         return published - {k.decode() for k in done}
@@ -193,67 +224,72 @@ class Repairer:
     # -- publishing again --------------------------------------------------------------------
 
     def _republish(self, job_id: str, lost: set[str]) -> tuple[str, ...]:
-        """Build the lost entries' messages again, as the producer did, and queue them."""
-        progress = self._call(lambda: self._r.hget(progress_key(job_id), "company_id"))
-        company_id = progress.decode() if progress else None
-        published = self._published(job_id)
+        """Build the lost entries' messages again from what the producer recorded, and queue them.
+
+        Each message is rebuilt from the entry's placement, recorded when it was first published
+        (``contract.keys.placed_key``): same task id, ids, sequence, total, status and date; the
+        payload is left for the worker to read from Pleo's data layer. An entry Pleo no longer
+        lists as pending or in progress was settled elsewhere and is not sent again.
+        """
+        company = self._call(lambda: self._r.hget(progress_key(job_id), "company_id"))
+        company_id = company.decode() if company else None
+        placed = self._placements(job_id)
         current = {
             item.accounting_entry_id: item.status
             for page in self._pleo.iter_job_items(job_id)
             for item in page.items
         }
-        # The plan over every published entry gives the original sequence and total; the lost
-        # entries were never reported, so their status now is their status at fetch.
-        entries = [JobItem(e, _as_actionable(current.get(e))) for e in sorted(published)]
-        export_index = (
-            index_export_items(page.items for page in self._pleo.iter_export_items(job_id))
-            if self._ordering == "booked_at"
-            else None
+        messages = sorted(
+            (ItemMessage.rebuilt(job_id, company_id, e, placed[e]) for e in lost),
+            key=lambda m: (m.sequence, m.accounting_entry_id),
         )
-        plan = make_plan(entries, export_index, ordering=self._ordering)
         encoder = MessageEncoder(self._app, self._broker_url)
         sent = []
         try:
-            for item in plan.items:
-                if item.accounting_entry_id not in lost:
-                    continue
-                if current.get(item.accounting_entry_id) not in ACTIONABLE_ITEM_STATUSES:
+            for message in messages:
+                entry_id = message.accounting_entry_id
+                if current.get(entry_id) not in ACTIONABLE_ITEM_STATUSES:
                     log.warning(
                         "repair_skipped job_id=%s entry=%s status=%s (moved in Pleo)",
                         job_id,
-                        item.accounting_entry_id,
-                        current.get(item.accounting_entry_id),
+                        entry_id,
+                        current.get(entry_id),
                     )
                     continue
-                message = celery_message(
-                    self._app,
-                    task_id_for(job_id, item.accounting_entry_id),
-                    item_kwargs(job_id, company_id, item, plan.total),
+                queue_key, body = encoder.encode(
+                    celery_message(self._app, task_id_for(job_id, entry_id), message.to_kwargs())
                 )
-                queue_key, body = encoder.encode(message)
                 self._call(lambda q=queue_key, b=body: self._r.lpush(q, b))  # type: ignore[misc]
-                sent.append(item.accounting_entry_id)
+                sent.append(entry_id)
                 log.warning(
                     "message_republished job_id=%s entry=%s sequence=%d",
                     job_id,
-                    item.accounting_entry_id,
-                    item.sequence,
+                    entry_id,
+                    message.sequence,
                 )
         finally:
             encoder.close()
         if sent:
-            self._call(lambda: self._r.hincrby(job_key(job_id, "items"), "republished", len(sent)))
+            self._call(lambda: self._r.hincrby(items_key(job_id), "republished", len(sent)))
         return tuple(sent)
 
-    def _published(self, job_id: str) -> set[str]:
-        marks = self._call(lambda: self._r.hgetall(marks_key(job_id)))
-        return {k.decode() for k, v in marks.items() if v.decode() == PUBLISHED}
+    def _placements(self, job_id: str) -> dict[str, str]:
+        """Each published entry's recorded placement.
+
+        A job published by a version before placements were recorded has none: its entries get
+        one in id order (sequence = position among the published entries, total = their count),
+        which keeps every entry's task id, ids and payload exact and only the order informative.
+        """
+        marks, placed = self._call(
+            lambda: (self._r.hgetall(marks_key(job_id)), self._r.hgetall(placed_key(job_id)))
+        )
+        published = sorted(k.decode() for k, v in marks.items() if v.decode() == PUBLISHED)
+        known = {k.decode(): v.decode() for k, v in placed.items()}
+        return {
+            entry: known.get(entry) or placement(position, len(published), "pending", None)
+            for position, entry in enumerate(published)
+        }
 
     @staticmethod
     def _call(fn: Callable[[], Any]) -> Any:
         return redis_call(fn, "the repair sweep")
-
-
-def _as_actionable(status: str | None) -> str:
-    """A status the plan keeps: entries reported since were actionable when first published."""
-    return status if status in ACTIONABLE_ITEM_STATUSES else "pending"

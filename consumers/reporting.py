@@ -27,15 +27,29 @@ from typing import Any
 import redis
 
 from consumers.finished import FinishedInPleo
-from producer.activity import PleoActivity
-from producer.errors import LeaseHeld, Unprocessable
-from producer.final_event import FINAL_EVENTS, record_final, send_final
-from producer.keys import job_key, marks_key, progress_key
-from producer.lease import Lease
-from producer.ledger import Ledger, redis_call
-from producer.models import ACTIONABLE_ITEM_STATUSES
-from producer.pleo import MAX_UPDATE_ITEMS, PleoClient
-from producer.states import PUBLISHED
+from contract.errors import LeaseHeld, Unprocessable
+from contract.keys import (
+    attempts_key,
+    erp_down_key,
+    final_key,
+    flush_due_key,
+    flushed_key,
+    items_key,
+    marks_key,
+    outbox_key,
+    progress_key,
+    reported_key,
+    results_key,
+    sending_key,
+)
+from contract.lease import Lease
+from contract.ledger import Ledger
+from contract.states import PUBLISHED
+from contract.store import redis_call
+from pleo.activity import PleoActivity
+from pleo.client import MAX_UPDATE_ITEMS, PleoClient
+from pleo.final_event import FINAL_EVENTS, record_final, send_final
+from pleo.models import ACTIONABLE_ITEM_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -123,18 +137,18 @@ class Reporter:
 
     def outcome(self, job_id: str, entry_id: str) -> Mapping[str, Any] | None:
         """The entry's recorded outcome, if it has one."""
-        raw = self._redis(lambda: self._r.hget(job_key(job_id, "results"), entry_id))
+        raw = self._redis(lambda: self._r.hget(results_key(job_id), entry_id))
         return None if raw is None else dict(json.loads(raw))
 
     def record(self, job_id: str, update: Mapping[str, Any]) -> int:
         """Keep an entry's first outcome and queue it for write-back; 0 if it had one already."""
-        keys = [job_key(job_id, n) for n in ("results", "outbox", "items")]
+        keys = [results_key(job_id), outbox_key(job_id), items_key(job_id)]
         args = [update["accountingEntryId"], json.dumps(update), update["status"], self._ttl_ms]
         return int(self._redis(lambda: self._record(keys=keys, args=args)))
 
     def final_event(self, job_id: str) -> str | None:
         """The job's final event once sent (or "already_finished"), else None."""
-        raw = self._redis(lambda: self._r.get(job_key(job_id, "final")))
+        raw = self._redis(lambda: self._r.get(final_key(job_id)))
         value = None if raw is None else raw.decode()
         return value if value in FINAL_EVENTS else None
 
@@ -146,7 +160,7 @@ class Reporter:
         of items in the queue, so a worker that finds the last flush older than ``interval``
         flushes itself (``now``): results never wait much longer than the interval.
         """
-        due, flushed = job_key(job_id, "flush-due"), job_key(job_id, "flushed-at")
+        due, flushed = flush_due_key(job_id), flushed_key(job_id)
         now = self._clock()
         if self._redis(lambda: self._r.set(due, repr(now), nx=True, px=_FLUSH_DUE_MS)):
             return "schedule"
@@ -155,11 +169,11 @@ class Reporter:
 
     def scheduled_flush_started(self, job_id: str) -> None:
         """The pending delayed flush task is running: the next result may schedule another."""
-        self._redis(lambda: self._r.delete(job_key(job_id, "flush-due")))
+        self._redis(lambda: self._r.delete(flush_due_key(job_id)))
 
     def pending(self, job_id: str) -> int:
         """Results waiting to be written back."""
-        return int(self._redis(lambda: self._r.hlen(job_key(job_id, "outbox"))))
+        return int(self._redis(lambda: self._r.hlen(outbox_key(job_id))))
 
     # -- write-back --------------------------------------------------------------------------
 
@@ -171,14 +185,14 @@ class Reporter:
         """
         try:
             with self._ledger.held(job_id, wait=0, name="flush") as lease:
-                stamp = job_key(job_id, "flushed-at")
+                stamp = flushed_key(job_id)
                 self._redis(lambda: self._r.set(stamp, repr(self._clock()), px=self._ttl_ms))
                 return self._flush_locked(job_id, lease)
         except LeaseHeld:
             return FlushResult(locked=True)
 
     def _flush_locked(self, job_id: str, lease: Lease) -> FlushResult:
-        outbox, sending = job_key(job_id, "outbox"), job_key(job_id, "sending")
+        outbox, sending = outbox_key(job_id), sending_key(job_id)
         try:
             self._settle_interrupted(job_id)
         except Unprocessable:
@@ -233,7 +247,7 @@ class Reporter:
         """Count refusals; return the entries refused too often, which leave the outbox."""
         if not entry_ids:
             return []
-        attempts = job_key(job_id, "attempts")
+        attempts = attempts_key(job_id)
 
         def bump() -> list[Any]:
             with self._r.pipeline(transaction=True) as pipe:
@@ -266,7 +280,7 @@ class Reporter:
         Pleo's status of each of those items says it: one no longer pending or in progress got
         our update (only we move items on), the others go out with the next batch.
         """
-        sending = job_key(job_id, "sending")
+        sending = sending_key(job_id)
         left = {e.decode() for e in self._redis(lambda: self._r.smembers(sending))}
         if not left:
             return
@@ -288,7 +302,7 @@ class Reporter:
         log.warning("report_refused_job_finished job_id=%s waiting=%d", job_id, waiting)
         self._finished.explain(job_id)
         self._finish(job_id, "already_finished")
-        self._redis(lambda: self._r.delete(job_key(job_id, "outbox"), job_key(job_id, "sending")))
+        self._redis(lambda: self._r.delete(outbox_key(job_id), sending_key(job_id)))
         return FlushResult(refused=waiting)
 
     def _accept(
@@ -298,20 +312,20 @@ class Reporter:
 
         ``settled`` (the batch just answered) leaves ``:sending`` in the same transaction.
         """
-        outbox, items = job_key(job_id, "outbox"), job_key(job_id, "items")
+        outbox, items = outbox_key(job_id), items_key(job_id)
 
         def write() -> None:
             with self._r.pipeline(transaction=True) as pipe:
                 if settled:
-                    pipe.srem(job_key(job_id, "sending"), *settled)
+                    pipe.srem(sending_key(job_id), *settled)
                 if accepted or dropped:
                     pipe.hdel(outbox, *accepted, *dropped)
                 if accepted:
-                    pipe.sadd(job_key(job_id, "reported"), *accepted)
+                    pipe.sadd(reported_key(job_id), *accepted)
                     pipe.hincrby(items, "reported", len(accepted))
                 if dropped:
                     pipe.hincrby(items, "report_dropped", len(dropped))
-                pipe.pexpire(job_key(job_id, "reported"), self._ttl_ms)
+                pipe.pexpire(reported_key(job_id), self._ttl_ms)
                 pipe.execute()
 
         self._redis(write)
@@ -325,10 +339,10 @@ class Reporter:
             return None
         with self._r.pipeline(transaction=False) as pipe:
             pipe.hlen(marks_key(job_id))
-            pipe.scard(job_key(job_id, "reported"))
-            pipe.hlen(job_key(job_id, "outbox"))
-            pipe.hget(job_key(job_id, "items"), "failed")
-            pipe.hget(job_key(job_id, "items"), "report_dropped")
+            pipe.scard(reported_key(job_id))
+            pipe.hlen(outbox_key(job_id))
+            pipe.hget(items_key(job_id), "failed")
+            pipe.hget(items_key(job_id), "report_dropped")
             published, reported, waiting, failed, dropped = self._redis(pipe.execute)
         if waiting or int(reported) + int(dropped or 0) < int(published):
             return None
@@ -384,7 +398,7 @@ class Reporter:
 
     def erp_down_for(self, job_id: str) -> float:
         """Seconds since the ERP was first found unreachable for this job (0 on first sight)."""
-        key = job_key(job_id, "erp-down")
+        key = erp_down_key(job_id)
         now = self._clock()
         self._redis(lambda: self._r.set(key, repr(now), nx=True, px=self._ttl_ms))
         since = self._redis(lambda: self._r.get(key))
@@ -392,7 +406,7 @@ class Reporter:
 
     def erp_reachable(self, job_id: str) -> None:
         """Forget an earlier ERP outage for this job."""
-        self._redis(lambda: self._r.delete(job_key(job_id, "erp-down")))
+        self._redis(lambda: self._r.delete(erp_down_key(job_id)))
 
     # -- plumbing ----------------------------------------------------------------------------
 

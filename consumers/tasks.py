@@ -22,25 +22,27 @@ from celery import Task
 
 from consumers.adapter_check import guard_worker_start
 from consumers.breaker import Breaker
-from consumers.erp import ERPUnavailable
+from consumers.erp import Entry, ERPUnavailable
 from consumers.erp_sql import SqlJournal
-from consumers.message import MessageRejected, parse_message
 from consumers.payloads import PayloadCache
 from consumers.reporting import Reporter
 from consumers.watchdog import RepairWatchdog
 from consumers.worker import process_item
-from producer.celery_app import make_app, retry_countdown, retry_when_broker_answers
-from producer.components import redis_client
-from producer.config import ITEM_TASK, ITEMS_QUEUE, Settings
-from producer.errors import (
+from contract.celery_app import make_app, retry_when_broker_answers
+from contract.errors import (
     BrokerUnavailable,
     PermanentUpstreamError,
     TransientUpstreamError,
     Unprocessable,
 )
-from producer.ledger import Ledger
-from producer.pleo import MAX_UPDATE_ITEMS, PleoClient, make_http_client
-from producer.supervision import SupervisorStep
+from contract.ledger import Ledger
+from contract.message import ItemMessage, MessageRejected
+from contract.names import ITEM_TASK, ITEMS_QUEUE
+from contract.retrying import task_countdown
+from contract.settings import Settings
+from contract.store import redis_client
+from contract.supervision import SupervisorStep
+from pleo.client import MAX_UPDATE_ITEMS, PleoClient, make_http_client
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +117,7 @@ def _payloads() -> PayloadCache:
 def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
     """Post one entry to the ERP exactly once and queue its result for Pleo."""
     try:
-        entry = parse_message(kwargs)
+        entry = Entry.from_message(ItemMessage.parse(kwargs))
     except MessageRejected as rejected:
         # A malformed message can never succeed: log it and end here (no retry loop).
         log.error(  # noqa: TRY400 - the reason is the whole story; a traceback adds nothing
@@ -135,7 +137,7 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
         _reporter().finished_elsewhere(job_id)
         return {"job_id": job_id, "entry": entry.accounting_entry_id, "status": "job_finished"}
     except _TRANSIENT as exc:
-        countdown = retry_countdown(self.request.retries, settings.erp_retry_delay)
+        countdown = task_countdown(self.request.retries, settings.erp_retry_delay)
         log.warning(
             "item_retry job_id=%s entry=%s error=%s countdown=%.1f",
             job_id,
@@ -148,7 +150,7 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
         # A bug, a driver or a grant gone wrong is the worker's failure, not the entry's: keep the
         # message (a retry, never an ack into nothing) and never report the entry failed for it.
         _breaker().failed(exc)
-        countdown = retry_countdown(self.request.retries, settings.erp_retry_delay)
+        countdown = task_countdown(self.request.retries, settings.erp_retry_delay)
         log.warning(
             "item_retry_unexpected job_id=%s entry=%s error=%s countdown=%.1f",
             job_id,
@@ -190,7 +192,7 @@ def flush_reports(self: Task, job_id: str) -> dict[str, Any]:
         _reporter().scheduled_flush_started(job_id)
         return _flush(job_id)
     except _TRANSIENT as exc:
-        countdown = retry_countdown(self.request.retries, settings.report_interval)
+        countdown = task_countdown(self.request.retries, settings.report_interval)
         log.warning(
             "flush_retry job_id=%s error=%s countdown=%.1f", job_id, type(exc).__name__, countdown
         )
@@ -224,7 +226,7 @@ def _erp_down(task: Task, job_id: str, down: ERPUnavailable) -> dict[str, Any]:
     reporter = _reporter()
     outage = reporter.erp_down_for(job_id)
     if outage < settings.erp_unreachable_limit:
-        countdown = retry_countdown(task.request.retries, settings.erp_retry_delay)
+        countdown = task_countdown(task.request.retries, settings.erp_retry_delay)
         log.warning("erp_unreachable job_id=%s for=%.0fs countdown=%.1f", job_id, outage, countdown)
         raise task.retry(exc=down, countdown=countdown) from down
     reason = f"The accounting system could not be reached for {outage:.0f} seconds."

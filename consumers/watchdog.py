@@ -5,7 +5,7 @@ The worker's own timer, in its main process (a Celery worker bootstep), calls
 of the fleet sweep at a time. It is not a task on the queue on purpose: a task message can be
 lost in the very window the sweep repairs, while this timer lives as long as any ERP worker does.
 
-Settings (``producer/config.py``):
+Settings (``contract/settings.py``):
 
     ERP_REPAIR_STALL     seconds a published, unfinished job may stay quiet (no write-back, no
                          producer update) before its lost messages are looked for; default 60
@@ -26,11 +26,11 @@ from celery import Celery, bootsteps
 
 from consumers.repair import Repairer
 from consumers.reporting import Reporter
-from producer.components import redis_client
-from producer.config import Settings
-from producer.errors import PleoExportError
-from producer.ledger import Ledger
-from producer.pleo import PleoClient, make_http_client
+from contract.errors import PleoExportError
+from contract.ledger import Ledger
+from contract.settings import Settings
+from contract.store import redis_client
+from pleo.client import PleoClient, make_http_client
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,11 @@ def _repairer(
         client,
         pleo,
         reporter,
+        leases=ledger.leases,
         app=app,
         broker_url=settings.broker_url,
         stall=repair.stall,
         held_for=repair.held_for,
-        ordering=settings.ordering,
     )
 
 

@@ -19,9 +19,11 @@ from typing import Any, TypeVar
 
 import click
 
-from producer.config import PRODUCER_QUEUE, Settings
-from producer.errors import LeaseHeld, PleoExportError
-from producer.runner import Observer, RunSummary, validate_job_id
+from contract.errors import LeaseHeld, PleoExportError
+from contract.ids import validate_job_id
+from contract.names import PRODUCER_QUEUE
+from contract.settings import Settings
+from producer.runner import Observer, RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ def main(verbose: int) -> None:
 @guarded
 def run(job_id: str, as_json: bool) -> None:
     """Claim, fetch, plan and enqueue JOB_ID in this process (no worker needed)."""
-    from producer.celery_app import make_app
+    from contract.celery_app import make_app
     from producer.components import produce
     from producer.gc_tuning import relaxed_cyclic_gc
     from producer.interrupt import interruptible
@@ -131,9 +133,9 @@ def enqueue(job_id: str, company_id: str | None) -> None:
 @guarded
 def poll(company_id: str | None, in_progress: bool, as_json: bool) -> None:
     """Enqueue every pending (and in_progress) job, oldest first: the fallback beside webhooks."""
-    from producer.pleo import PleoClient, make_http_client
+    from contract.ids import validate_uuid
+    from pleo.client import PleoClient, make_http_client
     from producer.poll import poll as poll_jobs
-    from producer.runner import validate_uuid
 
     settings = load_settings()
     if company_id is not None:
@@ -162,7 +164,7 @@ def poll(company_id: str | None, in_progress: bool, as_json: bool) -> None:
 @guarded
 def status(job_id: str, as_json: bool) -> None:
     """Show JOB_ID's progress as the producer and the ERP workers recorded it in Redis."""
-    from producer.components import redis_client
+    from contract.store import redis_client
     from producer.status import job_status
 
     settings = load_settings()
@@ -216,7 +218,7 @@ def simulate(
     expires_in: int,
 ) -> None:
     """Run the Pleo API simulator with one seeded pending job."""
-    from producer.simulator import JobSpec, SimState, serve
+    from devtools.simulator import JobSpec, SimState, serve
 
     settings = load_settings()
     state = SimState(
@@ -256,7 +258,7 @@ def webhook(host: str, port: int) -> None:
 @guarded
 def demo(items: int, no_input: bool) -> None:
     """Run the whole pipeline on this machine: simulator, Redis, webhook, workers, summary."""
-    from producer.demo import run_demo
+    from devtools.demo import run_demo
 
     run_demo(items=items, interactive=not no_input)
 

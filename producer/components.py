@@ -9,14 +9,15 @@ from dataclasses import dataclass
 import redis
 from celery import Celery
 
-from producer.activity import PleoActivity
-from producer.config import Settings
-from producer.errors import PleoExportError
-from producer.ledger import Ledger, now_iso
-from producer.pleo import PleoClient, make_http_client
+from contract.errors import PleoExportError
+from contract.ledger import Ledger
+from contract.settings import Settings
+from contract.states import JobState
+from contract.store import now_iso, redis_client
+from pleo.activity import PleoActivity
+from pleo.client import PleoClient, make_http_client
 from producer.publish import KombuPublisher, Publisher, RedisPublisher
 from producer.runner import Observer, RunSummary, fail_job, run_job
-from producer.states import JobState
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,11 +28,6 @@ class Components:
     ledger: Ledger
     publisher: Publisher
     activity: PleoActivity
-
-
-def redis_client(url: str) -> redis.Redis:
-    """A Redis client with bounded timeouts, so an unreachable Redis fails fast and clearly."""
-    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
 
 
 def make_ledger(settings: Settings, client: redis.Redis | None = None) -> Ledger:

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from producer.config import Ordering
-from producer.models import ACTIONABLE_ITEM_STATUSES, ExportItem, JobItem
+from contract.message import ItemMessage
+from contract.settings import Ordering
+from pleo.models import ACTIONABLE_ITEM_STATUSES, ExportItem, JobItem
 
 # How far along its life a status is; the furthest sighting of an entry wins.
 _PROGRESS = {"pending": 0, "in_progress": 1}
@@ -48,6 +49,19 @@ class PlannedItem:
     status_at_fetch: str
     booked_at: str | None
     export_item: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    def message(self, job_id: str, company_id: str | None, total: int) -> ItemMessage:
+        """This entry's item message, in a job of ``company_id`` whose plan holds ``total``."""
+        return ItemMessage(
+            job_id=job_id,
+            company_id=company_id,
+            accounting_entry_id=self.accounting_entry_id,
+            sequence=self.sequence,
+            total=total,
+            status_at_fetch=self.status_at_fetch,
+            booked_at=self.booked_at,
+            export_item=self.export_item,
+        )
 
 
 @dataclass(frozen=True, slots=True)

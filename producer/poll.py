@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from contract.errors import ContractViolation
+from contract.settings import Settings
+from pleo.client import PleoClient
+from pleo.models import ExportJob
 from producer import triggers
-from producer.config import Settings
-from producer.errors import ContractViolation
-from producer.models import ExportJob
-from producer.pleo import PleoClient
 
 log = logging.getLogger(__name__)
 

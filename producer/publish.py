@@ -4,7 +4,7 @@ Two paths, chosen by the broker URL:
 
 - **Redis broker** (``RedisPublisher``): each message is exactly the bytes kombu's Redis
   transport would ``LPUSH`` for Celery's task message, filled in from a per-job template
-  (``producer.messages``). Each batch's marks and messages are then written by one Lua script, so
+  (``producer/template.py``). Each batch's marks and messages are then written by one Lua script, so
   a SIGKILL at any instant leaves every entry marked *and* queued, or neither.
 - **Any other broker** (``KombuPublisher``, e.g. RabbitMQ): entries are reserved in the ledger, sent
   through kombu with publisher confirms, then marked published. A rerun resends only what was never
@@ -31,19 +31,13 @@ from kombu import Connection, Producer
 from kombu.exceptions import OperationalError
 from kombu.utils.json import dumps
 
-from producer.config import ITEMS_QUEUE
-from producer.errors import BrokerUnavailable, cause
-from producer.lease import Lease
-from producer.ledger import Ledger
-from producer.messages import (
-    MessageEncoder,
-    MessageTemplate,
-    celery_message,
-    item_kwargs,
-    send_message,
-    task_id_for,
-)
+from contract.errors import BrokerUnavailable, cause
+from contract.lease import Lease
+from contract.ledger import Ledger
+from contract.names import ITEMS_QUEUE
+from contract.wire import MessageEncoder, celery_message, send_message, task_id_for
 from producer.plan import PlannedItem
+from producer.template import MessageTemplate
 
 log = logging.getLogger(__name__)
 
@@ -184,17 +178,19 @@ class KombuPublisher(_BatchPublisher):
                 def send(batch: Sequence[PlannedItem]) -> Future[int]:
                     todo = set(self._ledger.reserve(lease, [i.accounting_entry_id for i in batch]))
                     sent = [i for i in batch if i.accounting_entry_id in todo]
+                    placed = {}
                     for item in sent:
+                        full = _with_payload(item, payloads).message(
+                            lease.job_id, company_id, total
+                        )
                         message = celery_message(
                             self._app,
                             task_id_for(lease.job_id, item.accounting_entry_id),
-                            item_kwargs(
-                                lease.job_id, company_id, _with_payload(item, payloads), total
-                            ),
+                            full.to_kwargs(),
                         )
                         send_message(self._app, producer, message)
-                    ids = [i.accounting_entry_id for i in sent]
-                    self._ledger.confirm(lease.job_id, ids, already=len(batch) - len(sent))
+                        placed[item.accounting_entry_id] = full.placement()
+                    self._ledger.confirm(lease.job_id, placed, already=len(batch) - len(sent))
                     landed: Future[int] = Future()
                     landed.set_result(len(sent))
                     return landed

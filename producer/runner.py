@@ -14,24 +14,26 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
-from producer.activity import PleoActivity
-from producer.config import Settings
-from producer.errors import (
+from contract.errors import (
     BadInput,
     ContractViolation,
     PermanentUpstreamError,
     PleoExportError,
     Unprocessable,
 )
-from producer.final_event import failure_reason_type, record_final, send_final
-from producer.lease import Lease
-from producer.ledger import Ledger, now_iso
-from producer.models import TERMINAL_JOB_STATUSES, ExportJob, JobItem, Page, is_uuid
+from contract.ids import is_uuid
+from contract.lease import Lease
+from contract.ledger import Ledger
+from contract.settings import Settings
+from contract.states import JobState
+from contract.store import now_iso
+from pleo.activity import PleoActivity
+from pleo.client import PleoClient
+from pleo.final_event import failure_reason_type, record_final, send_final
+from pleo.models import TERMINAL_JOB_STATUSES, ExportJob, JobItem, Page
 from producer.plan import Plan, make_plan
-from producer.pleo import PleoClient
 from producer.publish import Publisher
 from producer.spool import PayloadSpool
-from producer.states import JobState
 
 T = TypeVar("T")
 

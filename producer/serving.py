@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from producer.errors import BadInput, cause
+from contract.errors import BadInput, cause
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -24,7 +24,7 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
-from producer.errors import BadInput
+from contract.errors import BadInput
 
 SECRET_PREFIX: Final = "whsec_"  # noqa: S105  # the scheme's prefix, not a secret
 TOLERANCE_SECONDS: Final = 300

@@ -21,7 +21,7 @@ from typing import Any
 
 from kombu.utils.json import dumps
 
-from producer.models import ExportItem
+from pleo.models import ExportItem
 from producer.plan import export_order_key
 
 

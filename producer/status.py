@@ -6,11 +6,11 @@ from typing import Any
 
 import redis
 
-from producer.errors import BrokerUnavailable, cause
-from producer.keys import job_key, lease_key, marks_key, progress_key
-from producer.lease import is_live
-from producer.ledger import PUBLISHED
-from producer.states import RUNNING, JobState
+from contract.errors import BrokerUnavailable, cause
+from contract.keys import items_key, lease_key, marks_key, outbox_key, progress_key
+from contract.lease import is_live
+from contract.ledger import PUBLISHED
+from contract.states import RUNNING, JobState
 
 # ``republished``: messages the repair sweep (consumers/repair.py) sent again after a loss.
 _WORKER_COUNTERS = ("successful", "failed", "reported", "report_dropped", "republished")
@@ -24,8 +24,8 @@ def job_status(client: redis.Redis, job_id: str) -> dict[str, Any]:
         with client.pipeline(transaction=False) as pipe:
             pipe.hgetall(progress_key(job_id))
             pipe.hvals(marks_key(job_id))
-            pipe.hgetall(job_key(job_id, "items"))
-            pipe.hlen(job_key(job_id, "outbox"))
+            pipe.hgetall(items_key(job_id))
+            pipe.hlen(outbox_key(job_id))
             pipe.get(lease_key(job_id))
             progress, marks, items, waiting, leased = pipe.execute()
     except redis.RedisError as exc:

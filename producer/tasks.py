@@ -21,10 +21,8 @@ from celery.exceptions import Reject
 from celery.signals import worker_shutting_down
 from celery.worker import state as worker_state
 
-from producer.celery_app import make_app, retry_countdown, retry_when_broker_answers
-from producer.components import give_up, make_ledger, produce
-from producer.config import POLL_TASK, PRODUCER_TASK, Settings
-from producer.errors import (
+from contract.celery_app import make_app, retry_when_broker_answers
+from contract.errors import (
     BadInput,
     BrokerUnavailable,
     LeaseHeld,
@@ -32,13 +30,18 @@ from producer.errors import (
     RunInterrupted,
     TransientUpstreamError,
 )
+from contract.ids import validate_job_id, validate_uuid
+from contract.names import POLL_TASK, PRODUCER_TASK
+from contract.retrying import task_countdown
+from contract.settings import Settings
+from contract.states import JobState
+from contract.supervision import SupervisorStep
+from pleo.client import PleoClient, make_http_client
+from producer.components import give_up, make_ledger, produce
 from producer.gc_tuning import relaxed_cyclic_gc
 from producer.interrupt import interruptible
-from producer.pleo import PleoClient, make_http_client
 from producer.poll import poll
-from producer.runner import Observer, validate_job_id, validate_uuid
-from producer.states import JobState
-from producer.supervision import SupervisorStep
+from producer.runner import Observer
 from producer.triggers import EnqueueResult, enqueue
 
 log = logging.getLogger(__name__)
@@ -100,7 +103,7 @@ def enqueue_export_job(self: Task, job_id: str, company_id: str | None = None) -
             )
             give_up(job_id, exc, settings=settings, app=app)
             raise
-        countdown = retry_countdown(self.request.retries, settings.run_retry_delay)
+        countdown = task_countdown(self.request.retries, settings.run_retry_delay)
         log.warning(
             "producer_task_retry job_id=%s error=%s countdown=%.1f",
             job_id,

@@ -6,12 +6,12 @@ This only saves work. The producer's lease lets one run per job proceed and its 
 a second message per entry, so a duplicate task that slips through (after the window, or across
 two Redis instances) is harmless.
 
-Redis keys (on ``settings.ledger_url``; the job's other keys are listed in ``producer/keys.py``):
+Redis keys (on ``settings.ledger_url``; the job's other keys are listed in ``contract/keys.py``):
 
     pleo-export:active-jobs            every trigger adds the job (ZADD NX, first request time)
                                        and stamps ``requested_at`` in its progress record, in the
                                        same script: what a trigger acknowledged, the supervisor
-                                       sees through to a run (producer/supervisor.py)
+                                       sees through to a run (contract/supervisor.py)
     pleo-export:job:{job_id}:trigger   the Celery task id last sent for the job; set with
                                        ``NX PX window`` by a Lua script that returns the id already
                                        there, so a claim and its answer are one round trip; deleted
@@ -24,31 +24,22 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Final
 
 import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from producer.celery_app import make_app
-from producer.components import redis_client
-from producer.config import PRODUCER_QUEUE, PRODUCER_TASK, Settings
-from producer.errors import BrokerUnavailable
-from producer.keys import ACTIVE_JOBS_KEY, job_key, progress_key
-from producer.runner import validate_job_id, validate_uuid
+from contract.celery_app import make_app
+from contract.errors import BrokerUnavailable
+from contract.ids import validate_job_id, validate_uuid
+from contract.keys import ACTIVE_JOBS_KEY, progress_key, trigger_key
+from contract.lease import DELETE_IF_OURS
+from contract.names import PRODUCER_QUEUE, PRODUCER_TASK
+from contract.retrying import PUBLISH_RETRY_POLICY
+from contract.settings import Settings
+from contract.store import redis_client
 
 log = logging.getLogger(__name__)
-
-TRIGGER_KEY: Final = "trigger"
-
-# A short publish retry: callers (a webhook that must answer within seconds, a CLI user) would
-# rather get BrokerUnavailable quickly and try again later than wait for a long backoff.
-PUBLISH_RETRY_POLICY: Final = {
-    "max_retries": 2,
-    "interval_start": 0.0,
-    "interval_step": 0.2,
-    "interval_max": 0.5,
-}
 
 # KEYS[1] trigger key, KEYS[2] active jobs, KEYS[3] progress; ARGV[1] our task id, ARGV[2]
 # window in ms, ARGV[3] job id, ARGV[4] now (epoch seconds), ARGV[5] records' ttl ms.
@@ -65,12 +56,6 @@ redis.call('PEXPIRE', KEYS[3], ARGV[5])
 return nil
 """
 
-# KEYS[1] trigger key; ARGV[1] our task id. Deletes the key only while it still holds our id.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class EnqueueResult:
@@ -79,11 +64,6 @@ class EnqueueResult:
     job_id: str
     task_id: str
     deduplicated: bool
-
-
-def trigger_key(job_id: str) -> str:
-    """Key of the job's trigger claim."""
-    return job_key(job_id, TRIGGER_KEY)
 
 
 def enqueue(
@@ -177,6 +157,6 @@ def _send(app: Celery, job_id: str, company_id: str | None, task_id: str) -> Non
 def _release(client: redis.Redis, key: str, task_id: str, job_id: str) -> None:
     """Drop our claim after a failed send; if Redis is down too, the claim expires by itself."""
     try:
-        client.eval(_RELEASE, 1, key, task_id)
+        client.eval(DELETE_IF_OURS, 1, key, task_id)
     except redis.RedisError:
         log.warning("trigger_release_failed job_id=%s task_id=%s", job_id, task_id)

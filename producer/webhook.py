@@ -8,7 +8,7 @@ event types are acknowledged and ignored without touching Redis. When Redis or t
 down it answers 503 and forgets the delivery, so Pleo's retry is processed. ``GET /healthz``
 says the process is up; ``GET /readyz`` says whether Redis and the broker answer.
 
-Redis keys (on ``settings.ledger_url``; the job keys are listed in ``producer/keys.py``):
+Redis keys (on ``settings.ledger_url``; the job keys are listed in ``contract/keys.py``):
 
     pleo-export:webhook:{webhook-id}   the job id of an accepted delivery; SET NX EX 24 h, longer
                                        than Pleo's retry schedule of one delivery; deleted when the
@@ -39,27 +39,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from contract.celery_app import make_app
+from contract.errors import BadInput, BrokerUnavailable
+from contract.ids import is_uuid
+from contract.keys import webhook_delivery_key
+from contract.settings import Settings
+from contract.store import redis_client as make_redis_client
 from producer import signature, triggers
-from producer.celery_app import make_app
-from producer.components import redis_client as make_redis_client
-from producer.config import Settings
-from producer.errors import BadInput, BrokerUnavailable
-from producer.models import is_uuid
 from producer.serving import bind, url_of
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES: Final = 1024 * 1024
 DELIVERY_TTL_SECONDS: Final = 24 * 3600
-DELIVERY_PREFIX: Final = "pleo-export:webhook:"
 EXPORT_JOB_CREATED: Final = "v1.export-job.created"
 READY_TIMEOUT_SECONDS: Final = 2.0
 _GRACEFUL_SHUTDOWN_SECONDS: Final = 2
-
-
-def delivery_key(webhook_id: str) -> str:
-    """Key marking the delivery ``webhook_id`` as accepted."""
-    return f"{DELIVERY_PREFIX}{webhook_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +235,7 @@ class _Receiver:
 
     async def _enqueue(self, webhook_id: str, event: ExportJobCreated) -> Response:
         job_id = event.job_id
-        key = delivery_key(webhook_id)
+        key = webhook_delivery_key(webhook_id)
         try:
             first = await run_in_threadpool(
                 self._redis.set, key, job_id, nx=True, ex=DELIVERY_TTL_SECONDS

@@ -20,9 +20,10 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 
-from producer.config import ITEMS_QUEUE, PRODUCER_QUEUE, Settings
-from producer.processes import signal_group, stop_group
-from producer.simulator import RunningSimulator, SimState, start_in_thread
+from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE
+from contract.settings import Settings
+from devtools.processes import signal_group, stop_group
+from devtools.simulator import RunningSimulator, SimState, start_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_TOKEN = "test-token-8d1f0c"

@@ -11,7 +11,7 @@ What each case proves, against the simulator over real HTTP and a real Redis bro
   ``ContractViolation`` (exit 1, one sentence), publishes nothing, marks nothing, and the job's
   status says why; a worker fails such a task once and never retries it;
 - what is not a lie has a documented outcome: entries repeated across pages are deduplicated by
-  the plan, and a ``total`` understated on the first page only is tolerated (``producer.paging``:
+  the plan, and a ``total`` understated on the first page only is tolerated (``pleo.paging``:
   totals may move; each page's claim is held against what was seen so far);
 - an item whose status changes between two runs of the same job is never published twice, and an
   entry that turns pending after the first run is published by the rerun.
@@ -30,14 +30,15 @@ from typing import Any
 import pytest
 import redis
 
-from producer.celery_app import make_app
+from contract.celery_app import make_app
+from contract.errors import ContractViolation
+from contract.keys import marks_key, progress_key
+from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE
+from contract.settings import Settings
+from contract.wire import task_id_for
+from devtools.simulator import Call, FaultRule, JobSpec, SimState
+from devtools.simulator.faults import SCHEMA_BREAKS
 from producer.components import produce
-from producer.config import ITEMS_QUEUE, PRODUCER_QUEUE, Settings
-from producer.errors import ContractViolation
-from producer.keys import marks_key, progress_key
-from producer.messages import task_id_for
-from producer.simulator import Call, FaultRule, JobSpec, SimState
-from producer.simulator.faults import SCHEMA_BREAKS
 from producer.status import job_status
 from tests.chaos.conftest import FULL, scale, tally
 from tests.conftest import wait_for, with_settings

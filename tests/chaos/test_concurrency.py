@@ -31,11 +31,12 @@ import httpx
 import pytest
 import redis
 
-from producer.celery_app import make_app
-from producer.config import PRODUCER_QUEUE, PRODUCER_TASK, Settings
-from producer.keys import marks_key
+from contract.celery_app import make_app
+from contract.keys import marks_key
+from contract.names import PRODUCER_QUEUE, PRODUCER_TASK
+from contract.settings import Settings
+from devtools.simulator import JobSpec, SimState
 from producer.signature import sign
-from producer.simulator import JobSpec, SimState
 from producer.webhook import create_app
 from tests.chaos.conftest import scale, tally
 from tests.chaos.test_api_chaos import expected_messages

@@ -30,13 +30,14 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as fuzzing
 from hypothesis import strategies as st
 
-from producer.celery_app import make_app
+from contract.celery_app import make_app
+from contract.errors import BadInput, ContractViolation
+from contract.names import PRODUCER_QUEUE
+from contract.settings import Settings
+from devtools.simulator import SimState
+from pleo.client import PleoClient, make_http_client
 from producer.components import produce
-from producer.config import PRODUCER_QUEUE, Settings
-from producer.errors import BadInput, ContractViolation
-from producer.pleo import PleoClient, make_http_client
 from producer.signature import sign
-from producer.simulator import SimState
 from producer.triggers import enqueue
 from producer.webhook import MAX_BODY_BYTES, create_app
 from tests.chaos.conftest import FULL, scale, tally

@@ -26,10 +26,11 @@ from typing import Any
 import pytest
 import redis
 
-from producer.config import ITEMS_QUEUE, PRODUCER_QUEUE, Settings
-from producer.keys import job_key, lease_key, progress_key
-from producer.ledger import Ledger
-from producer.simulator import FaultRule, JobSpec, SimState
+from contract.keys import items_key, lease_key, progress_key
+from contract.ledger import Ledger
+from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE
+from contract.settings import Settings
+from devtools.simulator import FaultRule, JobSpec, SimState
 from producer.triggers import enqueue
 from tests.chaos.conftest import FULL, measure, scale, tally
 from tests.chaos.test_producer_kill import plan_order
@@ -421,7 +422,7 @@ def test_a_lost_item_message_is_sent_again_within_two_minutes(
     lost = time.monotonic()
     start_worker("consumers", ITEMS_QUEUE, concurrency=2, settings_=live)
     wait_for(
-        lambda: rdb.hget(job_key(job_id, "items"), "republished") == b"1",
+        lambda: rdb.hget(items_key(job_id), "republished") == b"1",
         timeout=RESEND_BOUND + 30,
         what="the lost message sent again",
     )

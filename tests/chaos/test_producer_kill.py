@@ -29,10 +29,11 @@ from typing import Any
 import pytest
 import redis
 
-from producer.config import ITEMS_QUEUE, Settings
-from producer.keys import marks_key, progress_key
-from producer.messages import task_id_for
-from producer.simulator import FaultRule, JobSpec, SimState
+from contract.keys import marks_key, progress_key
+from contract.names import ITEMS_QUEUE
+from contract.settings import Settings
+from contract.wire import task_id_for
+from devtools.simulator import FaultRule, JobSpec, SimState
 from tests.chaos.conftest import scale, tally
 from tests.conftest import env_for, wait_for, with_settings
 from tests.integration import test_run_rabbitmq

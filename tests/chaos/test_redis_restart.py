@@ -25,12 +25,13 @@ import httpx
 import pytest
 import redis
 
-from producer.celery_app import make_app
+from contract.celery_app import make_app
+from contract.keys import marks_key, progress_key, trigger_key
+from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE, PRODUCER_TASK
+from contract.settings import Settings
+from devtools.simulator import JobSpec, SimState
 from producer.components import produce
-from producer.config import ITEMS_QUEUE, PRODUCER_QUEUE, PRODUCER_TASK, Settings
-from producer.keys import job_key, marks_key, progress_key
 from producer.signature import sign
-from producer.simulator import JobSpec, SimState
 from producer.triggers import enqueue
 from producer.webhook import create_app
 from tests.chaos.conftest import FULL, scale, tally
@@ -372,6 +373,6 @@ def test_webhook_answers_503_while_redis_is_down_and_202_after(
     assert (again.status_code, again.json()["status"]) == (202, "duplicate")
     [message] = redis_queue(client, PRODUCER_QUEUE)
     assert (message.task, message.args) == (PRODUCER_TASK, [job_id])
-    assert client.get(job_key(job_id, "trigger")) == message.task_id.encode()
+    assert client.get(trigger_key(job_id)) == message.task_id.encode()
     tally("Redis restarts survived")
     tally("webhook deliveries refused while Redis was down", 1)

@@ -32,12 +32,13 @@ import httpx
 import pytest
 import redis
 
-from producer.celery_app import celery_config, make_app
-from producer.config import ITEM_TASK, ITEMS_QUEUE, PRODUCER_QUEUE, PRODUCER_TASK, Settings
-from producer.errors import BrokerUnavailable
-from producer.processes import signal_group, stop_group
+from contract.celery_app import celery_config, make_app
+from contract.errors import BrokerUnavailable
+from contract.names import ITEM_TASK, ITEMS_QUEUE, PRODUCER_QUEUE, PRODUCER_TASK
+from contract.settings import Settings
+from devtools.processes import signal_group, stop_group
+from devtools.simulator import FaultRule, JobSpec, SimState
 from producer.signature import sign
-from producer.simulator import FaultRule, JobSpec, SimState
 from producer.triggers import enqueue
 from tests.chaos.conftest import scale, tally
 from tests.conftest import ROOT, env_for, wait_for, with_settings

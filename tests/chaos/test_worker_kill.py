@@ -23,11 +23,12 @@ import pytest
 import redis
 
 from consumers.watchdog import RepairSettings, open_repairer
-from producer.celery_app import make_app
+from contract.celery_app import make_app
+from contract.keys import items_key
+from contract.names import ITEMS_QUEUE
+from contract.settings import Settings
+from devtools.simulator import JobSpec, SimState
 from producer.components import produce
-from producer.config import ITEMS_QUEUE, Settings
-from producer.keys import job_key
-from producer.simulator import JobSpec, SimState
 from producer.status import job_status
 from tests.chaos.conftest import scale, tally
 from tests.conftest import wait_for
@@ -125,7 +126,7 @@ def test_repair_rebuilds_the_lost_message_and_spares_held_ones(
     assert len(queued) == 299
     (again,) = [q for q in queued if q.task_id not in before]
     assert (again.task_id, again.task, again.kwargs) == (lost.task_id, lost.task, lost.kwargs)
-    assert rdb.hget(job_key(job_id, "items"), "republished") == b"1"
+    assert rdb.hget(items_key(job_id), "republished") == b"1"
     # Repaired just now: the job is not quiet for long enough to be swept again.
     with open_repairer(settings, RepairSettings(stall=60.0, interval=1.0), app) as stricter:
         assert stricter.stalled_jobs() == []
@@ -170,7 +171,7 @@ def test_message_lost_in_the_brpop_window_is_repaired(
     assert wait_until_finished(sim_state, rdb, job_id, timeout=120) == "completed"
     posted = assert_each_entry_once(settings, sim_state, rdb, job_id, cli)
     assert {q.kwargs["accounting_entry_id"] for q in lost} <= set(posted)
-    assert rdb.hget(job_key(job_id, "items"), "republished") == b"2"
+    assert rdb.hget(items_key(job_id), "republished") == b"2"
     assert json.loads(cli("status", job_id, "--json").stdout)["republished"] == 2
     tally("messages lost in the BRPOP window (forced)", len(lost))
     tally("messages re-sent by the repair sweep", 2)
@@ -233,7 +234,7 @@ def test_workers_killed_repeatedly_mid_batch(
     assert whole + pools == rounds
     tally("ERP worker kills survived", whole + pools)
     tally("ERP worker group kills (main + pool)", whole)
-    republished = int(rdb.hget(job_key(job_id, "items"), "republished") or 0)
+    republished = int(rdb.hget(items_key(job_id), "republished") or 0)
     tally("messages re-sent by the repair sweep", republished)
     tally("items lost", items - len(set(posted)))
     tally("duplicate posts", len(posted) - len(set(posted)))

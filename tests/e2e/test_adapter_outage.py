@@ -15,11 +15,12 @@ import pytest
 import redis
 
 from consumers.erp_sql import SqlJournal
-from producer.celery_app import make_app
+from contract.celery_app import make_app
+from contract.names import ITEMS_QUEUE
+from contract.settings import Settings
+from devtools.processes import stop_group
+from devtools.simulator import JobSpec, SimState
 from producer.components import produce
-from producer.config import ITEMS_QUEUE, Settings
-from producer.processes import stop_group
-from producer.simulator import JobSpec, SimState
 from producer.status import job_status
 from tests.conftest import wait_for, with_settings
 from tests.support.forwarder import Forwarder

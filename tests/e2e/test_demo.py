@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from producer.demo import WORKDIR_NAME, run_demo
+from devtools.demo import WORKDIR_NAME, run_demo
 from tests.support.serial import taking_turns
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]

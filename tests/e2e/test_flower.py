@@ -22,9 +22,10 @@ import httpx
 import pytest
 import redis
 
-from producer.config import ITEM_TASK, ITEMS_QUEUE, PRODUCER_QUEUE, PRODUCER_TASK, Settings
-from producer.messages import task_id_for
-from producer.simulator import JobSpec, SimState
+from contract.names import ITEM_TASK, ITEMS_QUEUE, PRODUCER_QUEUE, PRODUCER_TASK
+from contract.settings import Settings
+from contract.wire import task_id_for
+from devtools.simulator import JobSpec, SimState
 from producer.status import job_status
 from producer.triggers import enqueue
 from tests.conftest import IN_CI, ROOT, env_for, wait_for

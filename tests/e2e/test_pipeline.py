@@ -18,10 +18,12 @@ import pytest
 import redis
 
 from consumers.erp_sql import SqlJournal
-from producer.celery_app import make_app
-from producer.components import produce, redis_client
-from producer.config import ITEMS_QUEUE, Settings
-from producer.simulator import FaultRule, JobSpec, SimState
+from contract.celery_app import make_app
+from contract.names import ITEMS_QUEUE
+from contract.settings import Settings
+from contract.store import redis_client
+from devtools.simulator import FaultRule, JobSpec, SimState
+from producer.components import produce
 from producer.status import job_status
 from tests.conftest import need_service, wait_for, with_settings
 from tests.support.local import journal_ids, pool_children

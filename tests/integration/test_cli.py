@@ -10,8 +10,9 @@ from subprocess import CompletedProcess
 import pytest
 import redis
 
-from producer.config import ITEMS_QUEUE, PRODUCER_QUEUE, Settings
-from producer.simulator import FaultRule, JobSpec, SimState
+from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE
+from contract.settings import Settings
+from devtools.simulator import FaultRule, JobSpec, SimState
 from tests.conftest import TEST_TOKEN, with_settings
 from tests.support.queues import redis_queue
 

@@ -12,9 +12,9 @@ import time
 import pytest
 import redis
 
-from producer.config import Settings
-from producer.keys import marks_key
-from producer.simulator import JobSpec, SimState
+from contract.keys import marks_key
+from contract.settings import Settings
+from devtools.simulator import JobSpec, SimState
 from tests.conftest import env_for, with_settings
 from tests.support.queues import redis_queue
 

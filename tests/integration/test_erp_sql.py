@@ -37,9 +37,9 @@ from consumers.erp import (
     validate_entry,
 )
 from consumers.erp_sql import SqlJournal, engine_url, journal_entries
-from producer.config import redact_url
-from producer.errors import BadInput
-from producer.simulator.payloads import export_item
+from contract.errors import BadInput
+from contract.settings import redact_url
+from devtools.simulator.payloads import export_item
 from tests.conftest import need_service
 
 pytestmark = pytest.mark.integration

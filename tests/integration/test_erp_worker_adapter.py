@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 import redis
 
-from producer.celery_app import make_app
+from contract.celery_app import make_app
+from contract.keys import results_key
+from contract.names import ITEMS_QUEUE
+from contract.settings import Settings
+from devtools.processes import stop_group
+from devtools.simulator import JobSpec, SimState
 from producer.components import produce
-from producer.config import ITEMS_QUEUE, Settings
-from producer.keys import job_key
-from producer.processes import stop_group
-from producer.simulator import JobSpec, SimState
 from tests.conftest import ROOT, env_for, wait_for, with_settings
 from tests.support.forwarder import Forwarder
 from tests.support.local import journal_ids, worker_log
@@ -123,7 +124,7 @@ def test_unexpected_adapter_error_is_retried_never_acked(
         stop_group(worker, grace=15)
         assert worker.returncode is not None
         assert held_task_ids(rdb) == planned
-        assert rdb.hlen(job_key(job_id, "results")) == 0
+        assert rdb.hlen(results_key(job_id)) == 0
         assert sim_state.update_counts(job_id) == {}
         assert not {i.status for i in sim_state.items(job_id)} & {"successful", "failed"}
         assert journal_ids(with_settings(settings, erp_database_url=pg_url)) == []

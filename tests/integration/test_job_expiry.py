@@ -16,19 +16,20 @@ from dataclasses import dataclass
 import pytest
 import redis
 
+from consumers.erp import Entry
 from consumers.erp_sql import SqlJournal
-from consumers.message import parse_message
 from consumers.payloads import PayloadCache
 from consumers.reporting import Reporter, success_update
 from consumers.worker import process_item
-from producer.celery_app import make_app
+from contract.celery_app import make_app
+from contract.keys import items_key, pleo_action_key, progress_key
+from contract.ledger import Ledger
+from contract.message import ItemMessage
+from contract.settings import Settings
+from devtools.simulator import JobSpec, SimState
+from devtools.simulator.records import Call
+from pleo.client import PleoClient, make_http_client
 from producer.components import produce
-from producer.config import Settings
-from producer.keys import job_key, pleo_action_key, progress_key
-from producer.ledger import Ledger
-from producer.pleo import PleoClient, make_http_client
-from producer.simulator import JobSpec, SimState
-from producer.simulator.records import Call
 from producer.status import job_status
 from tests.conftest import TEST_TOKEN
 from tests.support.clock import ManualClock
@@ -80,7 +81,7 @@ class Worker:
 
     def run(self, message: int) -> str:
         """Process the queue's message number ``message``; its outcome's status."""
-        entry = parse_message(redis_queue(self.rdb)[message].kwargs)
+        entry = Entry.from_message(ItemMessage.parse(redis_queue(self.rdb)[message].kwargs))
         return process_item(
             entry, erp=self.journal, reporter=self.reporter, payloads=self.payloads
         ).status
@@ -145,7 +146,7 @@ def test_no_erp_post_for_a_job_pleo_expired(
     calls = sim_state.calls
     assert job_reads(calls) == 1  # the first message asked; the rest read the final event
     assert not [c for c in calls if c.method == "PUT"]
-    raw = worker.rdb.hgetall(job_key(job_id, "items"))
+    raw = worker.rdb.hgetall(items_key(job_id))
     items = {k.decode(): v.decode() for k, v in raw.items()}
     assert items["final_event"] == "already_finished"
     assert items["finished_by_pleo"] == "failed"
@@ -215,7 +216,7 @@ def test_write_back_refused_by_an_expired_job_records_why(
         ("job_items_put", 422),
         ("job", 200),
     ]
-    items = rdb.hgetall(job_key(job_id, "items"))
+    items = rdb.hgetall(items_key(job_id))
     assert items[b"finished_by_pleo"] == b"failed"
     assert items[b"pleo_failure_reason_type"] == b"job_expired"
     assert f"job_expired_in_pleo job_id={job_id}" in caplog.text
@@ -228,7 +229,7 @@ def test_final_event_refused_by_a_job_finished_elsewhere_records_how(
     job_id = sim_state.add_job(JobSpec(items=1, status="in_progress"))
     sim_state.post_event(job_id, "failed", "Canceled in Pleo.", "canceled_by_user")
     assert reporter.send_final(job_id, "completed") is None
-    items = rdb.hgetall(job_key(job_id, "items"))
+    items = rdb.hgetall(items_key(job_id))
     assert items[b"final_event"] == b"already_finished"
     assert items[b"finished_by_pleo"] == b"failed"
     assert items[b"pleo_failure_reason_type"] == b"canceled_by_user"

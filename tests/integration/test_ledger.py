@@ -10,10 +10,10 @@ import time
 import pytest
 import redis
 
-from producer.errors import LeaseHeld, LeaseLost
-from producer.keys import fence_key, lease_key, marks_key
-from producer.lease import Holder
-from producer.ledger import Ledger
+from contract.errors import LeaseHeld, LeaseLost
+from contract.keys import fence_key, lease_key, marks_key, placed_key
+from contract.lease import Holder
+from contract.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 JOB = "3f2c1a52-4a0e-4a43-9d4e-1f6b1b0f7a10"
@@ -94,7 +94,7 @@ def test_stale_lease_cannot_publish(rdb: redis.Redis) -> None:
     stale = ledger.acquire(JOB, wait=0)
     ledger.acquire(JOB, wait=3)
     with pytest.raises(LeaseLost):
-        ledger.publish_batch(stale, "q", [("e1", b"m1")])
+        ledger.publish_batch(stale, "q", [("e1", b"m1", '[0,1,"pending",null]')])
     assert rdb.llen("q") == 0
     assert rdb.hlen(marks_key(JOB)) == 0
 
@@ -104,7 +104,7 @@ def test_heartbeat_keeps_a_long_run_leased(rdb: redis.Redis) -> None:
     ledger = make(rdb, lease_ttl=1)
     with ledger.held(JOB, wait=0) as lease:
         time.sleep(2.2)
-        assert ledger.publish_batch(lease, "q", [("e1", b"m1")]) == 1
+        assert ledger.publish_batch(lease, "q", [("e1", b"m1", '[0,1,"pending",null]')]) == 1
     assert ledger.acquire(JOB, wait=0).fence == lease.fence + 1
 
 
@@ -113,9 +113,11 @@ def test_publish_batch_skips_marked_entries_atomically(rdb: redis.Redis) -> None
     ledger = make(rdb, lease_ttl=5)
     lease = ledger.acquire(JOB, wait=0)
     ledger.start_run(JOB, lease.fence)
-    assert ledger.publish_batch(lease, "q", [("e1", b"m1"), ("e2", b"m2")]) == 2
-    assert ledger.publish_batch(lease, "q", [("e2", b"m2"), ("e3", b"m3")]) == 1
+    assert ledger.publish_batch(lease, "q", [("e1", b"m1", "p1"), ("e2", b"m2", "p2")]) == 2
+    assert ledger.publish_batch(lease, "q", [("e2", b"m2", "p2"), ("e3", b"m3", "p3")]) == 1
     assert rdb.lrange("q", 0, -1) == [b"m3", b"m2", b"m1"]
+    # Each new entry's placement is recorded once, with the message: what repair rebuilds from.
+    assert rdb.hgetall(placed_key(JOB)) == {b"e1": b"p1", b"e2": b"p2", b"e3": b"p3"}
     progress = ledger.progress(JOB)
     assert (progress["enqueued"], progress["already_enqueued"]) == ("3", "1")
     assert 0 < rdb.pttl(marks_key(JOB)) <= 3600 * 1000
@@ -126,6 +128,7 @@ def test_reserve_then_confirm(rdb: redis.Redis) -> None:
     ledger = make(rdb, lease_ttl=5)
     lease = ledger.acquire(JOB, wait=0)
     assert ledger.reserve(lease, ["a", "b", "c"]) == ["a", "b", "c"]
-    ledger.confirm(JOB, ["a"], already=0)
+    ledger.confirm(JOB, {"a": '[0,1,"pending",null]'}, already=0)
     assert ledger.reserve(lease, ["a", "b", "c", "d"]) == ["b", "c", "d"]
     assert ledger.marks(JOB) == {"a": "p", "b": "r", "c": "r", "d": "r"}
+    assert rdb.hgetall(placed_key(JOB)) == {b"a": b'[0,1,"pending",null]'}

@@ -15,19 +15,15 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from kombu.utils.json import dumps
 
-from producer.celery_app import make_app
+from contract.celery_app import make_app
+from contract.message import ItemMessage
+from contract.names import ITEM_TASK, ITEMS_QUEUE
+from contract.settings import Settings
+from contract.wire import MessageEncoder, celery_message, short_repr, task_id_for
+from devtools.simulator import JobSpec, SimState
 from producer.components import produce
-from producer.config import ITEM_TASK, ITEMS_QUEUE, Settings
-from producer.messages import (
-    MessageEncoder,
-    MessageTemplate,
-    celery_message,
-    item_kwargs,
-    short_repr,
-    task_id_for,
-)
 from producer.plan import PlannedItem
-from producer.simulator import JobSpec, SimState
+from producer.template import MessageTemplate
 from tests.conftest import wait_for
 from tests.support.queues import redis_queue
 from tests.support.recording_app import RECEIVED_KEY
@@ -50,7 +46,7 @@ def test_encoded_message_equals_apply_async(settings: Settings, rdb: redis.Redis
     """The bytes we LPUSH equal what Celery's send_task puts on the queue, but for two fields."""
     app = make_app(settings)
     item = PlannedItem(ENTRY, 0, "pending", "2026-01-01T00:00:00Z", {"accountingEntryId": ENTRY})
-    kwargs = item_kwargs(JOB, None, item, 1)
+    kwargs = item.message(JOB, None, 1).to_kwargs()
     task_id = task_id_for(JOB, ENTRY)
 
     app.send_task(ITEM_TASK, kwargs=kwargs, task_id=task_id, queue=ITEMS_QUEUE)
@@ -117,7 +113,7 @@ def test_template_writes_the_bytes_kombu_writes(
         template = MessageTemplate(app, encoder, JOB, company_id, total)
         task_id = task_id_for(JOB, item.accounting_entry_id)
         _key, reference = encoder.encode(
-            celery_message(app, task_id, item_kwargs(JOB, company_id, item, total))
+            celery_message(app, task_id, item.message(JOB, company_id, total).to_kwargs())
         )
     finally:
         encoder.close()
@@ -147,10 +143,14 @@ def test_batch_delivery_tags_are_fresh_uuid4s(settings: Settings) -> None:
     template = job_template(settings, total=1000)
     items = [PlannedItem(task_id_for(JOB, str(n)), n, "pending", None) for n in range(1000)]
     rendered = template.render_batch(items, lambda _item: None)
-    tags = [json.loads(raw)["properties"]["delivery_tag"] for _entry, raw in rendered]
+    tags = [json.loads(raw)["properties"]["delivery_tag"] for _entry, raw, _placed in rendered]
     assert len(set(tags)) == 1000
     assert all(tag[14] == "4" and tag[19] in "89ab" and len(tag) == 36 for tag in tags)
-    assert [entry for entry, _raw in rendered] == [item.accounting_entry_id for item in items]
+    assert [entry for entry, _raw, _placed in rendered] == [i.accounting_entry_id for i in items]
+    # Each placement rebuilds its message's kwargs, less the payload (contract.message).
+    for item, (_entry, _raw, placed) in zip(items, rendered, strict=True):
+        rebuilt = ItemMessage.rebuilt(JOB, None, item.accounting_entry_id, placed)
+        assert rebuilt == item.message(JOB, None, 1000)
 
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "item-message-schema-1.txt"

@@ -9,12 +9,12 @@ import pytest
 import redis
 
 from consumers.payloads import PayloadCache
-from producer.config import Settings
-from producer.errors import TransientUpstreamError
-from producer.keys import job_key
-from producer.lease import Holder, Leases
-from producer.pleo import PleoClient, make_http_client
-from producer.simulator import JobSpec, SimState
+from contract.errors import TransientUpstreamError
+from contract.keys import lease_keys
+from contract.lease import Holder, Leases
+from contract.settings import Settings
+from devtools.simulator import JobSpec, SimState
+from pleo.client import PleoClient, make_http_client
 
 pytestmark = pytest.mark.integration
 
@@ -46,10 +46,10 @@ def test_a_live_reader_is_waited_for_and_a_dead_ones_lock_taken(
     """While a live reader holds the lock others wait; a lock whose holder died is taken at once."""
     job_id = sim_state.add_job(JobSpec(items=20, status="in_progress"))
     entry = sim_state.export_items(job_id)[0]["accountingEntryId"]
-    lock = job_key(job_id, "payloads-lock")
+    lock, fence = lease_keys(job_id, "payloads-lock")
     with make_http_client(settings) as http:
         pleo = PleoClient(http, settings)
-        with Leases(rdb, ttl=10).held(lock, f"{lock}-fence", who="reader", wait=0, patient=False):
+        with Leases(rdb, ttl=10).held(lock, fence, who="reader", wait=0, patient=False):
             started = time.monotonic()
             with pytest.raises(TransientUpstreamError):
                 PayloadCache(rdb, pleo, dedup_ttl=3600, wait=0.5).get(job_id, entry)

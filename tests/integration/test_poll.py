@@ -10,11 +10,12 @@ from dataclasses import replace
 import pytest
 import redis
 
-from producer.config import PRODUCER_QUEUE, PRODUCER_TASK, Settings
-from producer.errors import AuthenticationFailed
-from producer.pleo import PleoClient, make_http_client
+from contract.errors import AuthenticationFailed
+from contract.names import PRODUCER_QUEUE, PRODUCER_TASK
+from contract.settings import Settings
+from devtools.simulator import FaultRule, JobSpec, SimState
+from pleo.client import PleoClient, make_http_client
 from producer.poll import poll
-from producer.simulator import FaultRule, JobSpec, SimState
 from tests.support.queues import redis_queue
 
 pytestmark = pytest.mark.integration

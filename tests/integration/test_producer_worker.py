@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 import redis
 
-from producer.celery_app import make_app
-from producer.config import POLL_TASK, PRODUCER_QUEUE, Settings
-from producer.keys import progress_key
-from producer.simulator import FaultRule, JobSpec, SimState
+from contract.celery_app import make_app
+from contract.keys import progress_key
+from contract.names import POLL_TASK, PRODUCER_QUEUE
+from contract.settings import Settings
+from devtools.simulator import FaultRule, JobSpec, SimState
 from producer.triggers import enqueue
 from tests.conftest import wait_for, with_settings
 from tests.support.queues import redis_queue

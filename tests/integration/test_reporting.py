@@ -10,11 +10,18 @@ import pytest
 import redis
 
 from consumers.reporting import Reporter, failure_update, success_update
-from producer.config import Settings
-from producer.keys import job_key, marks_key, progress_key
-from producer.ledger import Ledger
-from producer.pleo import PleoClient, make_http_client
-from producer.simulator import FaultRule, JobSpec, SimState
+from contract.keys import (
+    items_key,
+    marks_key,
+    outbox_key,
+    progress_key,
+    reported_key,
+    sending_key,
+)
+from contract.ledger import Ledger
+from contract.settings import Settings
+from devtools.simulator import FaultRule, JobSpec, SimState
+from pleo.client import PleoClient, make_http_client
 
 pytestmark = pytest.mark.integration
 
@@ -75,8 +82,8 @@ def test_refused_items_are_offered_again_then_dropped(
     # The fault refuses every tenth update of a batch: of these 3, only the first again.
     assert (second.sent, second.accepted, second.refused, second.dropped) == (3, 2, 1, 1)
     assert reporter.pending(job_id) == 0
-    assert rdb.hget(job_key(job_id, "items"), "report_dropped") == b"1"
-    assert rdb.hget(job_key(job_id, "items"), "reported") == b"29"
+    assert rdb.hget(items_key(job_id), "report_dropped") == b"1"
+    assert rdb.hget(items_key(job_id), "reported") == b"29"
 
 
 def test_completion_waits_for_every_published_entry(
@@ -167,9 +174,9 @@ def test_flusher_killed_around_its_put_reports_each_item_once(
     job_id, entries = started_job(sim_state, 150)
     for entry in entries:
         reporter.record(job_id, success_update(entry, "JE", None, "2026-01-01T00:00:00Z"))
-    outbox = sorted(rdb.hgetall(job_key(job_id, "outbox")).items())
+    outbox = sorted(rdb.hgetall(outbox_key(job_id)).items())
     first = [json.loads(update) for _entry, update in outbox[:100]]
-    rdb.sadd(job_key(job_id, "sending"), *(u["accountingEntryId"] for u in first))
+    rdb.sadd(sending_key(job_id), *(u["accountingEntryId"] for u in first))
     if pleo_applied:
         with make_http_client(settings) as http:
             PleoClient(http, settings).update_job_items(job_id, first)
@@ -178,8 +185,8 @@ def test_flusher_killed_around_its_put_reports_each_item_once(
 
     assert sim_state.update_counts(job_id) == dict.fromkeys(entries, 1)
     assert reporter.pending(job_id) == 0
-    assert rdb.scard(job_key(job_id, "sending")) == 0
-    assert rdb.scard(job_key(job_id, "reported")) == 150
-    assert rdb.hget(job_key(job_id, "items"), "reported") == b"150"
+    assert rdb.scard(sending_key(job_id)) == 0
+    assert rdb.scard(reported_key(job_id)) == 150
+    assert rdb.hget(items_key(job_id), "reported") == b"150"
     # Applied: the staged PUT of 100, then the flush's 50. Not applied: the flush sends both.
     assert sorted(c.items or 0 for c in sim_state.calls if c.method == "PUT") == [50, 100]

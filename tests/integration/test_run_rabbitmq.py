@@ -12,12 +12,13 @@ import pytest
 import redis
 from kombu import Connection
 
-from producer.celery_app import make_app
+from contract.celery_app import make_app
+from contract.keys import marks_key
+from contract.names import ITEMS_QUEUE
+from contract.settings import Settings
+from contract.wire import task_id_for
+from devtools.simulator import JobSpec, SimState
 from producer.components import produce
-from producer.config import ITEMS_QUEUE, Settings
-from producer.keys import marks_key
-from producer.messages import task_id_for
-from producer.simulator import JobSpec, SimState
 from tests.conftest import need_service, with_settings
 from tests.support.queues import redis_queue
 from tests.support.serial import taking_turns

@@ -8,13 +8,14 @@ from datetime import datetime
 import pytest
 import redis
 
-from producer.celery_app import make_app
+from contract.celery_app import make_app
+from contract.errors import ContractViolation, LeaseHeld
+from contract.keys import marks_key
+from contract.names import ITEMS_QUEUE
+from contract.settings import Settings
+from contract.wire import task_id_for
+from devtools.simulator import FaultRule, JobSpec, SimState
 from producer.components import produce
-from producer.config import ITEMS_QUEUE, Settings
-from producer.errors import ContractViolation, LeaseHeld
-from producer.keys import marks_key
-from producer.messages import task_id_for
-from producer.simulator import FaultRule, JobSpec, SimState
 from tests.conftest import with_settings
 from tests.support.queues import redis_queue
 

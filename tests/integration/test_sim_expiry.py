@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from producer.simulator import JobSpec, SimState, start_in_thread
+from devtools.simulator import JobSpec, SimState, start_in_thread
 from tests.support.clock import ManualClock
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from producer.simulator import FaultRule, JobSpec, RunningSimulator, SimState, start_in_thread
+from devtools.simulator import FaultRule, JobSpec, RunningSimulator, SimState, start_in_thread
 
 pytestmark = pytest.mark.integration
 

@@ -9,11 +9,12 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
-from producer.celery_app import make_app
-from producer.config import PRODUCER_QUEUE, Settings
-from producer.keys import ACTIVE_JOBS_KEY, job_key, pleo_action_key, progress_key
-from producer.ledger import Ledger
-from producer.supervisor import Supervisor
+from contract.celery_app import make_app
+from contract.keys import ACTIVE_JOBS_KEY, final_key, pleo_action_key, progress_key
+from contract.ledger import Ledger
+from contract.names import PRODUCER_QUEUE
+from contract.settings import Settings
+from contract.supervisor import Supervisor
 from producer.triggers import enqueue
 from tests.support.queues import decode
 
@@ -47,7 +48,7 @@ def test_only_the_dead_run_is_resumed_and_only_once(settings: Settings, rdb: red
             mapping={"state": "publishing", "updated_at": _iso(quiet), "requested_at": quiet},
         )
     Ledger(rdb, lease_ttl=10, dedup_ttl=3600).acquire(LIVE, wait=0, who="live run")
-    rdb.set(job_key(DONE, "final"), "completed")
+    rdb.set(final_key(DONE), "completed")
 
     first = supervisor(settings, rdb, now).look()
     assert first.verdicts == {DEAD: "dead", LIVE: "running", QUEUED: "waiting", DONE: "finished"}

@@ -15,14 +15,15 @@ import httpx
 import pytest
 import redis
 
-from producer.config import PRODUCER_QUEUE, PRODUCER_TASK, Settings
-from producer.errors import BadInput
+from contract.errors import BadInput
+from contract.keys import trigger_key, webhook_delivery_key
+from contract.names import PRODUCER_QUEUE, PRODUCER_TASK
+from contract.settings import Settings
 from producer.signature import sign
-from producer.triggers import enqueue, trigger_key
+from producer.triggers import enqueue
 from producer.webhook import (
     MAX_BODY_BYTES,
     create_app,
-    delivery_key,
     serve,
 )
 from tests.support.queues import redis_queue
@@ -247,7 +248,7 @@ def test_broker_down_answers_503_and_forgets_the_delivery(
     headers = signed(body)
     with serve_app(dead_broker) as http:
         assert deliver(http, body, headers).status_code == 503
-    assert rdb.get(delivery_key(headers["webhook-id"])) is None
+    assert rdb.get(webhook_delivery_key(headers["webhook-id"])) is None
     assert rdb.get(trigger_key(JOB)) is None
     retry = deliver(client, body, headers)
     assert retry.status_code == 202

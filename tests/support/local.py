@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from consumers.erp_sql import SqlJournal
-from producer.config import Settings
+from contract.settings import Settings
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ from sqlalchemy.engine import make_url
 
 from consumers.erp import ERPUnavailable
 from consumers.erp_sql import SqlJournal
-from producer.config import redact_url
+from contract.settings import redact_url
 from tests.conftest import need_service
 
 PG_URL = os.environ.get("POSTGRES_TEST_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from producer.config import ITEMS_QUEUE
+from contract.names import ITEMS_QUEUE
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 from kombu import Connection
 
-from producer.config import ITEMS_QUEUE
+from contract.names import ITEMS_QUEUE
 
 
 def peek(url: str, queue: str = ITEMS_QUEUE) -> list[tuple[str, dict[str, Any]]]:

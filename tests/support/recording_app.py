@@ -14,8 +14,9 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
-from producer.celery_app import celery_config
-from producer.config import ITEM_TASK, Settings
+from contract.celery_app import celery_config
+from contract.names import ITEM_TASK
+from contract.settings import Settings
 
 RECEIVED_KEY = "test:received"
 

@@ -22,8 +22,8 @@ import click
 import pytest
 import yaml
 
+from contract.settings import Settings
 from producer.cli import main
-from producer.config import Settings
 from producer.webhook import check_secret
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from producer.activity import Expiry
+from pleo.activity import Expiry
 
 ACTED = 1_767_225_600.0
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from consumers.message import MessageRejected, parse_message
+from contract.message import FIELDS, ItemMessage, MessageRejected
 
 JOB = "0b9f6c1e-2a5d-4f0e-8c3b-7d1e2f3a4b5c"
 ENTRY = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
@@ -30,14 +31,14 @@ def message(**changes: Any) -> dict[str, Any]:
 
 def test_valid_message_becomes_an_entry() -> None:
     """A well-formed schema-1 message gives the Entry the adapter needs."""
-    entry = parse_message(message())
+    entry = ItemMessage.parse(message())
     assert (entry.job_id, entry.accounting_entry_id, entry.sequence) == (JOB, ENTRY, 3)
     assert entry.export_item == {"accountingEntryId": ENTRY}
 
 
 def test_payload_may_be_absent() -> None:
     """export_item and booked_at may be null (entry_id ordering, or no data-layer item)."""
-    entry = parse_message(message(export_item=None, booked_at=None))
+    entry = ItemMessage.parse(message(export_item=None, booked_at=None))
     assert entry.export_item is None
 
 
@@ -62,7 +63,7 @@ def test_payload_may_be_absent() -> None:
 def test_malformed_messages_are_rejected(changes: dict[str, Any], words: str) -> None:
     """Each malformed field is refused with a reason naming it."""
     with pytest.raises(MessageRejected, match=words):
-        parse_message(message(**changes))
+        ItemMessage.parse(message(**changes))
 
 
 def test_missing_keys_are_named() -> None:
@@ -70,4 +71,23 @@ def test_missing_keys_are_named() -> None:
     broken = message()
     del broken["total"], broken["booked_at"]
     with pytest.raises(MessageRejected, match="total"):
-        parse_message(broken)
+        ItemMessage.parse(broken)
+
+
+def test_the_one_definition_encodes_what_it_parses() -> None:
+    """Encoding and parsing are one definition: a parsed message encodes back to its kwargs."""
+    kwargs = message(company_id="1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f")
+    parsed = ItemMessage.parse(kwargs)
+    assert parsed.to_kwargs() == kwargs
+    assert list(parsed.to_kwargs()) == list(FIELDS)
+
+
+def test_the_fields_are_the_contracts_table() -> None:
+    """The kwargs are exactly the rows of ARCHITECTURE.md's schema-1 table, in its order."""
+    shared = Path(__file__).resolve().parents[3] / "shared" / "ARCHITECTURE.md"
+    text = (Path(__file__).resolve().parents[2] / "ARCHITECTURE.md").read_text()
+    if shared.exists():
+        text = shared.read_text()
+    table = text.split("### The item message", 1)[1].split("\n\n", 2)[1]
+    rows = [line.split("|")[1].strip().strip("`") for line in table.splitlines()[2:]]
+    assert rows == list(FIELDS)

@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producer.errors import ContractViolation
-from producer.models import (
+from contract.errors import ContractViolation
+from contract.ids import is_uuid
+from pleo.models import (
     ExportJob,
     ItemError,
     JobItem,
     PageInfo,
     is_cursor,
-    is_uuid,
     parse_export_items_page,
     parse_job,
     parse_job_items_page,

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producer.errors import ContractViolation
-from producer.models import PageInfo
-from producer.paging import Done, NextPage, Walk, advance
+from contract.errors import ContractViolation
+from pleo.models import PageInfo
+from pleo.paging import Done, NextPage, Walk, advance
 
 JOB = "8eb6d4a2-6c1f-4f7e-9a53-2f0c4f1d2b10"
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producer.models import ITEM_STATUSES, ExportItem, JobItem
+from pleo.models import ITEM_STATUSES, ExportItem, JobItem
 from producer.plan import index_export_items, make_plan
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)

@@ -14,8 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from producer.config import Settings
-from producer.errors import (
+from contract.errors import (
     AuthenticationFailed,
     BadInput,
     ContractViolation,
@@ -25,9 +24,11 @@ from producer.errors import (
     TransientUpstreamError,
     Unprocessable,
 )
-from producer.models import ItemError, JobItem
-from producer.pleo import PleoClient, make_http_client
-from producer.retry import choose_wait, exhausted, is_retryable, parse_retry_after
+from contract.retrying import choose_wait, exhausted, is_retryable
+from contract.settings import Settings
+from pleo.client import PleoClient, make_http_client
+from pleo.models import ItemError, JobItem
+from pleo.responses import parse_retry_after
 
 JOB = "8eb6d4a2-6c1f-4f7e-9a53-2f0c4f1d2b10"
 COMPANY = "b5fd3c1e-94a2-4a71-8d0e-1c2b3a4d5e6f"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producer.errors import BadInput
+from contract.errors import BadInput
 from producer.signature import TOLERANCE_SECONDS, SignatureInvalid, decode_secret, sign, verify
 
 # The secret from Pleo's get-subscription-secret example.

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kombu.utils.json import dumps
 
-from producer.models import ExportItem, JobItem
+from pleo.models import ExportItem, JobItem
 from producer.plan import index_export_items, make_plan
 from producer.spool import PayloadSpool
 from tests.unit.test_plan import entry, export_item

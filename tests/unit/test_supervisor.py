@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from producer.supervisor import JobView, assess, seconds_to_expiry
+from contract.supervisor import JobView, assess, seconds_to_expiry
 
 JOB = "0b5c2d8e-1f3a-4c5b-9d6e-7f8a9b0c1d2e"
 NOW = 10_000.0

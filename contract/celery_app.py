@@ -1,0 +1,96 @@
+"""The Celery apps of both sides, configured from Settings: JSON only, late acks, task events on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, Task
+from kombu import Exchange, Queue
+from kombu.exceptions import OperationalError
+
+from contract.names import ITEMS_QUEUE, POLL_TASK, PRODUCER_QUEUE, PRODUCER_TASK
+from contract.retrying import BROKER_WAIT
+from contract.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings shared by the producer and the ERP worker apps."""
+    return {
+        "broker_url": settings.broker_url,
+        # The producer keeps its own records in Redis; task results are not needed downstream.
+        "result_backend": None,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One job at a time per worker process: a producer run is long and holds a lease.
+        "worker_prefetch_multiplier": 1,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        # Each queue bound to its own direct exchange under its own name, as Celery's own
+        # automatic queues are (messages themselves go through the default exchange).
+        "task_queues": tuple(
+            Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in (PRODUCER_QUEUE, ITEMS_QUEUE)
+        ),
+        "task_routes": {name: {"queue": PRODUCER_QUEUE} for name in (PRODUCER_TASK, POLL_TASK)},
+        "task_default_queue": PRODUCER_QUEUE,
+        "broker_connection_retry_on_startup": True,
+        # A worker keeps reconnecting through a broker outage of any length instead of exiting
+        # after 100 attempts (tests/chaos/test_redis_restart.py restarts Redis under workers).
+        "broker_connection_max_retries": None,
+        # Runs in progress carry on when the broker connection drops: they fail on their own
+        # and retry if they needed it. Cancelling them would leave their message in Redis's
+        # unacked set until the visibility timeout (Celery 6 changes this default).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # Only the Redis transport knows a visibility timeout; AMQP redelivers on disconnect.
+        "broker_transport_options": redis_transport_options(settings)
+        if settings.uses_redis_broker
+        else {},
+        "worker_hijack_root_logger": False,
+    }
+
+
+def redis_transport_options(settings: Settings) -> dict[str, Any]:
+    """kombu Redis options: a dead worker's messages return ``visibility_timeout`` s later.
+
+    kombu sweeps for such messages every ``interval`` seconds but scans Redis only on every
+    ``throttle``-th sweep (10 x 10 s by default, so up to 100 s late): one scan per sweep, at
+    most 10 s apart, keeps the promise close to the setting for one cheap ZRANGE. Each scan
+    takes a Redis mutex that outlives a worker killed while holding it by its expiry (5 min
+    by default, blocking every restore meanwhile); the restore itself is a WATCHed transaction,
+    so a short expiry is safe.
+    """
+    timeout = settings.visibility_timeout
+    return {
+        "visibility_timeout": timeout,
+        "unacked_restore_interval": max(1, min(10, timeout // 5)),
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": max(5, min(60, timeout)),
+    }
+
+
+def retry_when_broker_answers(task: Task, exc: Exception, countdown: float) -> Exception:
+    """``task.retry``, sent over a fresh connection once the broker answers again.
+
+    A task that failed because Redis restarted sends its retry while Redis may still be down.
+    Task.retry alone uses the pooled producer, whose channel died with the old connection, and
+    gives up within a second; it then rejects the message without requeue, so the work waits for
+    the visibility timeout (an hour) or is lost. A new connection that waits for the broker sends
+    the retry as soon as it can; if the broker stays away, Task.retry's reject is the last resort.
+    """
+    try:
+        with task.app.connection_for_write() as conn:
+            conn.ensure_connection(**BROKER_WAIT)
+            return task.retry(exc=exc, countdown=countdown, producer=conn.Producer())  # type: ignore[no-any-return]
+    except OperationalError:
+        return task.retry(exc=exc, countdown=countdown)  # type: ignore[no-any-return]
+
+
+def make_app(settings: Settings, *, main: str = "producer") -> Celery:
+    """A Celery app configured from ``settings``."""
+    app = Celery(main)
+    app.conf.update(celery_config(settings))
+    return app

@@ -1,0 +1,171 @@
+"""Every Redis key of the system, as a function, in one place: ours under one prefix, and kombu's.
+
+No other module spells a key: each one calls the function here, so a key read by one side and
+written by the other cannot drift apart.
+
+All keys are per job, so an operator finds a job's state with ``SCAN MATCH pleo-export:job:<id>:*``.
+Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); everything else lives
+``dedup_ttl`` (30 days by default, longer than any export job), refreshed on every write.
+
+    Producer (``contract/ledger.py``)
+    :lease      "{fence}:{run_id}": who runs the job now
+    :fence      integer, INCR on every lease acquisition; fencing tokens only grow
+    :marks      hash entry -> "p" (published) | "r" (reserved, publish not yet confirmed)
+    :placed     hash entry -> its message's place as first published, JSON
+                ``[sequence, total, status_at_fetch, booked_at]`` (``contract/message.py``): what
+                the repair sweep rebuilds a lost message from, with no re-plan
+    :progress   hash: state, counters (pages, items_seen, planned, enqueued, ...), timestamps,
+                job_status, company_id, expires_in (the job's expiresIn, seconds, from the claim);
+                ``holder`` (who runs it), ``requested_at``/``task_id`` (the latest trigger),
+                ``retry_at`` (a task retry's due time), ``resumed``/``resumed_at`` (supervisor)
+
+    ERP workers (``consumers/reporting.py``)
+    :results    hash entry -> JSON outcome (successful + external ref, or failed + reason);
+                HSETNX, so the first outcome of an entry is the only one
+    :outbox     hash entry -> JSON update waiting for ``PUT /v3/export-jobs/{id}/items``
+    :sending    set of entries in the PUT under way (cleared with its answer; left by a killed
+                flusher, settled from Pleo's item statuses by the next)
+    :attempts   hash entry -> times Pleo answered the entry's update with an error
+    :reported   set of entries whose update Pleo accepted
+    :items      hash: successful, failed, reported, report_errors, report_dropped, final_event,
+                final_event_at; when Pleo finished the job itself (final_event=already_finished):
+                finished_by_pleo (its status in Pleo), pleo_failure_reason_type (e.g.
+                job_expired) and pleo_failure_reason, as one read of the job showed them
+    :flush      the write-back lease (like :lease, with :flush-fence): one flusher per job
+    :flush-due  set while a delayed flush task is pending (cleared when it runs; PX 10 min)
+    :flushed-at when the job's results were last written back (epoch seconds)
+    :final      the final job event: "sending" (PX, while the call is under way), then its name
+    :erp-down   when the ERP was first found unreachable for this job (epoch seconds)
+    :payloads   hash entry -> export item JSON, filled once per job when messages carry none
+    :payloads-lock  the lease of the one worker filling ``:payloads`` (``contract/lease.py``),
+                with ``:payloads-lock-fence``
+    :repaired-at when the repair sweep last examined this stalled job (epoch seconds)
+
+    Producer and ERP workers (``pleo/activity.py``)
+    :pleo-action-at  when we last acted on the job in Pleo (epoch seconds, taken before the
+                request): the producer's accepted ``started``, each accepted item PUT and the
+                final event; Pleo's expiresIn counts from its last action, so from about here
+
+    Supervision (``contract/supervisor.py``, ``consumers/repair.py``)
+    pleo-export:active-jobs    sorted set job id -> when it was first requested (epoch seconds):
+                               every acknowledged trigger adds it, the final event removes it
+    pleo-export:supervisor     the supervisor's lease (``contract/lease.py``), with
+                               pleo-export:supervisor-fence: one worker of the fleet supervises
+    pleo-export:repair-sweep   the repair sweep's lease, with pleo-export:repair-sweep-fence
+    pleo-export:repair-swept-at  set (PX = the sweep interval) by each sweep: the next is due
+                               when it is gone
+
+    Triggers (``producer/triggers.py``, ``producer/webhook.py``)
+    :trigger    the producer task id of the latest trigger (PX = trigger window, 60 s)
+    pleo-export:webhook:{webhook-id}   a delivery already taken (24 h): Pleo's retries are no-ops
+
+    kombu's Redis transport (``KombuKeys``; the broker's own, read by the repair sweep and the
+    supervisor, never written but through kombu, except a re-sent message's LPUSH)
+    {prefix}{queue}     the queue: a list, LPUSHed, BRPOPed from the right
+    {prefix}unacked     hash delivery tag -> [message, exchange, routing key] of each delivered,
+                        unacked message (prefetched, running, or waiting out a retry countdown)
+    {prefix}unacked_index  sorted set delivery tag -> when it was delivered (epoch seconds)
+    ({prefix} is the ``global_keyprefix`` transport option, empty by default)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PREFIX = "pleo-export"
+REPAIR_SWEEP_KEY = f"{PREFIX}:repair-sweep"
+REPAIR_SWEPT_KEY = f"{PREFIX}:repair-swept-at"
+ACTIVE_JOBS_KEY = f"{PREFIX}:active-jobs"
+SUPERVISOR_KEY = f"{PREFIX}:supervisor"
+_WEBHOOK_PREFIX = f"{PREFIX}:webhook:"
+
+
+def fence_of(lease_key: str) -> str:
+    """The fencing counter beside a lease key that has no job (the supervisor's, a sweep's)."""
+    return f"{lease_key}-fence"
+
+
+def job_key(job_id: str, name: str) -> str:
+    """The key ``name`` (one of the suffixes above) of ``job_id``; ``*`` as job id: a pattern."""
+    return f"{PREFIX}:job:{job_id}:{name}"
+
+
+def job_id_of(key: str | bytes) -> str:
+    """The job id inside a per-job key (the inverse of ``job_key``)."""
+    text = key.decode() if isinstance(key, bytes) else key
+    return text.split(":")[2]
+
+
+def webhook_delivery_key(webhook_id: str) -> str:
+    """Key of an accepted webhook delivery, by its ``webhook-id`` header."""
+    return f"{_WEBHOOK_PREFIX}{webhook_id}"
+
+
+def lease_keys(job_id: str, name: str) -> tuple[str, str]:
+    """The (lease, fencing counter) keys of the job's lease: lease, flush or payloads-lock."""
+    if name == "lease":
+        return lease_key(job_id), fence_key(job_id)
+    if name not in {"flush", "payloads-lock"}:
+        raise ValueError(f"unknown lease {name!r}")
+    return job_key(job_id, name), job_key(job_id, f"{name}-fence")
+
+
+def _per_job(name: str, doc: str) -> Callable[[str], str]:
+    """The function giving a job's key ``name``."""
+
+    def key(job_id: str) -> str:
+        return job_key(job_id, name)
+
+    key.__name__ = key.__qualname__ = f"{name.replace('-', '_')}_key"
+    key.__doc__ = doc
+    return key
+
+
+# The producer's (contract/ledger.py, producer/triggers.py).
+lease_key = _per_job("lease", "Key of the job's lease.")
+fence_key = _per_job("fence", "Key of the job's fencing counter.")
+marks_key = _per_job("marks", "Key of the job's publish marks.")
+placed_key = _per_job("placed", "Key of where each published entry's message was placed.")
+progress_key = _per_job("progress", "Key of the job's producer progress record.")
+trigger_key = _per_job("trigger", "Key of the producer task id of the job's latest trigger.")
+# The ERP workers' (consumers/).
+results_key = _per_job("results", "Key of each entry's first outcome.")
+outbox_key = _per_job("outbox", "Key of the updates waiting for Pleo.")
+sending_key = _per_job("sending", "Key of the entries in the item update under way.")
+attempts_key = _per_job("attempts", "Key of how often Pleo refused each entry's update.")
+reported_key = _per_job("reported", "Key of the entries whose update Pleo accepted.")
+items_key = _per_job("items", "Key of the workers' tallies and final-event record.")
+flush_due_key = _per_job("flush-due", "Key set while a delayed flush task is pending.")
+flushed_key = _per_job("flushed-at", "Key of when the job's results were last written back.")
+final_key = _per_job("final", "Key of the job's final event.")
+erp_down_key = _per_job("erp-down", "Key of when the ERP was first found unreachable.")
+payloads_key = _per_job("payloads", "Key of the job's export items read by a worker.")
+repaired_key = _per_job("repaired-at", "Key of when the repair sweep last examined the job.")
+# Both sides' (pleo/activity.py).
+pleo_action_key = _per_job("pleo-action-at", "Key of when we last acted on the job in Pleo.")
+
+
+@dataclass(frozen=True, slots=True)
+class KombuKeys:
+    """The keys kombu's Redis transport keeps its messages under, for given transport options."""
+
+    prefix: str = ""
+    unacked: str = "unacked"
+    unacked_index: str = "unacked_index"
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any] | None) -> KombuKeys:
+        """The keys for a Celery app's ``broker_transport_options``."""
+        options = options or {}
+        prefix = options.get("global_keyprefix", "")
+        return cls(
+            prefix=prefix,
+            unacked=prefix + options.get("unacked_key", "unacked"),
+            unacked_index=prefix + options.get("unacked_index_key", "unacked_index"),
+        )
+
+    def queue(self, name: str) -> str:
+        """The list holding queue ``name``'s waiting messages (priority 0, the only one we use)."""
+        return self.prefix + name

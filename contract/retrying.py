@@ -1,0 +1,219 @@
+"""Every retry policy of the system, in one place.
+
+- **HTTP** (``RetryPolicy``, ``call_with_retries``): which failures are transient, how long to wait,
+  and the loop. Only ``TransientUpstreamError`` (5xx, timeouts, resets, cut-off bodies, and 429 as
+  ``RateLimited``) is retried. Attempts stop at ``retry_attempts`` or once ``retry_budget`` seconds
+  have passed on the injected clock, whichever comes first, and no wait runs past what is left of
+  the budget. A 429's ``Retry-After`` is honoured up to ``retry_after_max``; anything else waits
+  with full-jitter exponential backoff (tenacity's ``wait_random_exponential``). How an answer
+  becomes an error is the Pleo client's business (``pleo/responses.py``).
+- **Task retries** (``task_countdown``, ``RETRY_CAP``): how long a Celery task waits before its
+  next attempt; the repair sweep counts on the cap.
+- **The broker** (``BROKER_WAIT``, ``PUBLISH_RETRY_POLICY``): how long sending a task waits for a
+  restarting broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+from tenacity.stop import stop_base
+
+from contract.errors import RateLimited, TransientUpstreamError
+from contract.settings import Settings
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One request as errors and logs name it: method, path, job and full URL (never a header)."""
+
+    method: str
+    path: str
+    job_id: str | None
+    url: str
+
+    @property
+    def request(self) -> str:
+        """``METHOD /path``, the request's name in log events."""
+        return f"{self.method} {self.path}"
+
+    def __str__(self) -> str:
+        """The request's name in error messages, naming the job when the path does not."""
+        if self.job_id is None or self.job_id in self.path:
+            return self.request
+        return f"{self.request} for job {self.job_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """The limits of the retry layer, taken from Settings."""
+
+    attempts: int
+    budget: float
+    backoff_initial: float
+    backoff_max: float
+    retry_after_max: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        """Read the retry limits out of ``settings``."""
+        return cls(
+            attempts=settings.retry_attempts,
+            budget=settings.retry_budget,
+            backoff_initial=settings.backoff_initial,
+            backoff_max=settings.backoff_max,
+            retry_after_max=settings.retry_after_max,
+        )
+
+
+def is_retryable(error: BaseException | None) -> bool:
+    """True when another attempt may succeed: only transient upstream errors qualify."""
+    return isinstance(error, TransientUpstreamError)
+
+
+def choose_wait(
+    error: BaseException | None, *, backoff: float, remaining: float, retry_after_max: float
+) -> float:
+    """Seconds to sleep before the next try: Pleo's Retry-After (capped) if given, else backoff."""
+    if isinstance(error, RateLimited) and error.retry_after is not None:
+        wait = min(error.retry_after, retry_after_max)
+    else:
+        wait = backoff
+    return max(0.0, min(wait, remaining))
+
+
+def exhausted(
+    error: TransientUpstreamError, attempts: int, elapsed: float
+) -> TransientUpstreamError:
+    """The error to raise once retries run out: the last one, saying how long we tried."""
+    noun = "attempt" if attempts == 1 else "attempts"
+    message = f"{error.message.rstrip('.')}; gave up after {attempts} {noun} in {elapsed:.1f} s."
+    if isinstance(error, RateLimited):
+        return RateLimited(
+            message,
+            job_id=error.job_id,
+            status=error.status,
+            url=error.url,
+            retry_after=error.retry_after,
+        )
+    return TransientUpstreamError(message, job_id=error.job_id, status=error.status, url=error.url)
+
+
+class _stop_after_budget(stop_base):  # noqa: N801 -- named like tenacity's own stop strategies
+    """Stop once ``budget`` seconds have passed since ``started`` on the injected clock."""
+
+    def __init__(self, clock: Callable[[], float], started: float, budget: float) -> None:
+        self._clock = clock
+        self._started = started
+        self._budget = budget
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self._clock() - self._started >= self._budget
+
+
+def call_with_retries(
+    attempt: Callable[[], R],
+    *,
+    policy: RetryPolicy,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+    target: Target,
+) -> R:
+    """Run ``attempt`` (one HTTP request) until it succeeds, fails for good or the policy ends."""
+    started = clock()
+    tries = 0
+    backoff = wait_random_exponential(multiplier=policy.backoff_initial, max=policy.backoff_max)
+
+    def counted() -> R:
+        nonlocal tries
+        tries += 1
+        return attempt()
+
+    def wait(state: RetryCallState) -> float:
+        return choose_wait(
+            state.outcome.exception() if state.outcome else None,
+            backoff=backoff(state),
+            remaining=policy.budget - (clock() - started),
+            retry_after_max=policy.retry_after_max,
+        )
+
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        # Routine, so INFO: when retries run out the raised error is what reports the failure.
+        log.info(
+            "http_retry job_id=%s request=%s status=%s attempt=%d wait=%.2f error=%s",
+            target.job_id,
+            target.request,
+            getattr(error, "status", None),
+            state.attempt_number,
+            state.upcoming_sleep,
+            type(error).__name__,
+        )
+
+    retrying = Retrying(
+        retry=retry_if_exception(is_retryable),
+        stop=stop_after_attempt(policy.attempts)
+        | _stop_after_budget(clock, started, policy.budget),
+        wait=wait,
+        sleep=lambda seconds: sleep(float(seconds)),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    try:
+        return retrying(counted)
+    except TransientUpstreamError as exc:
+        # Only a transient error that outlived the policy gets here; the others are never retried.
+        last = exc
+    elapsed = clock() - started
+    log.info(
+        "http_gave_up job_id=%s request=%s status=%s attempts=%d elapsed=%.2f",
+        target.job_id,
+        target.request,
+        last.status,
+        tries,
+        elapsed,
+    )
+    raise exhausted(last, tries, elapsed) from last
+
+
+# The longest countdown a task retry waits (the repair sweep counts on it, consumers/repair.py).
+RETRY_CAP = 300.0
+
+
+def task_countdown(retries: int, base: float) -> float:
+    """Seconds before a task's next attempt: jittered exponential from ``base``, capped at 5 min."""
+    return float(random.uniform(0.5, 1.0) * min(RETRY_CAP, base * 2.0**retries))
+
+
+# How long sending a task's retry waits for a restarting broker: 0.5, 1.5, 2.5, 3.5, 4.5 s
+# apart, then every 5 s, about two minutes in all.
+BROKER_WAIT: dict[str, Any] = {
+    "max_retries": 30,
+    "interval_start": 0.5,
+    "interval_step": 1.0,
+    "interval_max": 5.0,
+}
+
+# A short publish retry: callers (a webhook that must answer within seconds, a CLI user) would
+# rather get BrokerUnavailable quickly and try again later than wait for a long backoff.
+PUBLISH_RETRY_POLICY: Final = {
+    "max_retries": 2,
+    "interval_start": 0.0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}

@@ -1,0 +1,181 @@
+"""One frozen Settings object, built from the environment in one place; its repr hides secrets."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from contract.errors import BadInput
+
+Ordering = Literal["booked_at", "entry_id"]
+
+
+_SECRET_FIELDS = frozenset({"api_token", "api_key", "webhook_secret"})
+_URL_FIELDS = frozenset({"redis_url", "broker_url", "erp_database_url"})
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***`` (user names stay: they help)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the producer and workers are configured by (the README's table)."""
+
+    api_url: str = "https://external.pleo.io"
+    api_token: str | None = field(default=None)
+    api_key: str | None = field(default=None)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    page_size: int = 100
+    webhook_secret: str | None = None
+    erp_database_url: str = "sqlite:///erp-journal.sqlite3"
+    ordering: Ordering = "booked_at"
+    # HTTP: per-request timeout, and the retry layer's limits (one layer, in the client).
+    http_timeout: float = 10.0
+    retry_budget: float = 60.0
+    retry_attempts: int = 8
+    backoff_initial: float = 0.25
+    backoff_max: float = 10.0
+    retry_after_max: float = 30.0
+    # Safety stop for a cursor walk, whatever the API claims.
+    max_pages: int = 100_000
+    # Ledger: lease lock, how long a second run waits for it, dedup marks' lifetime.
+    lease_ttl: float = 10.0
+    lease_wait: float = 3.0
+    dedup_ttl: int = 30 * 24 * 3600
+    publish_batch: int = 500
+    # Redis broker: seconds before a message taken by a worker that died is delivered again.
+    # Longer than the slowest task (a producer run of a large job), shorter than users' patience.
+    visibility_timeout: int = 3600
+    # Whole-run retries of the Celery task (after the client's own retries gave up): base delay.
+    run_retry_delay: float = 5.0
+    # ERP workers: how long results wait before a partial batch is written back to Pleo, how
+    # often Pleo may refuse one item's update before we stop offering it, and how long the ERP
+    # may stay unreachable before the job is failed with accounting_system_unreachable.
+    report_interval: float = 2.0
+    report_max_attempts: int = 5
+    erp_unreachable_limit: float = 600.0
+    erp_retry_delay: float = 5.0
+    erp_url_template: str | None = None
+    # ERP workers' repair sweep (consumers/repair.py): a published job quiet for this many
+    # seconds is searched for messages the Redis transport lost; every this many seconds.
+    repair_stall: float = 60.0
+    repair_interval: float = 0.0  # 0: a third of repair_stall, between 1 and 60 s
+    # Triggers of one job (webhook, cron, CLI) within this many seconds send one producer task.
+    trigger_window: float = 60.0
+    # The supervisor (contract/supervisor.py, in every worker): how often one worker of the fleet
+    # looks at the active jobs, and how long a job may show no sign of a producer run before its
+    # run counts as dead and a new producer task is sent.
+    supervise_interval: float = 5.0
+    dead_run_after: float = 15.0
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SECRET_FIELDS and value is not None:
+                value = "***"
+            elif f.name in _URL_FIELDS:
+                value = redact_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    __str__ = __repr__
+
+    @property
+    def uses_redis_broker(self) -> bool:
+        """True when the Celery broker is Redis, so publishing can be one Redis transaction."""
+        return urlsplit(self.broker_url).scheme in {"redis", "rediss", "unix"}
+
+    @property
+    def ledger_url(self) -> str:
+        """Where the ledger lives: the broker's Redis when the broker is Redis, else REDIS_URL.
+
+        Marks and messages must share one Redis for the publish to be a single transaction.
+        """
+        return self.broker_url if self.uses_redis_broker else self.redis_url
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build Settings from ``env`` (default ``os.environ``); a bad value raises BadInput."""
+        env = os.environ if env is None else env
+        d = cls()
+        redis_url = env.get("REDIS_URL") or d.redis_url
+        ordering = env.get("PLEO_ORDERING", "booked_at")
+        if ordering not in ("booked_at", "entry_id"):
+            raise BadInput(f"PLEO_ORDERING must be 'booked_at' or 'entry_id', not {ordering!r}.")
+        api_url = (env.get("PLEO_API_URL") or d.api_url).rstrip("/")
+        if urlsplit(api_url).scheme not in {"http", "https"}:
+            raise BadInput(f"PLEO_API_URL must be an http(s) URL, not {api_url!r}.")
+        return cls(
+            api_url=api_url,
+            api_token=env.get("PLEO_API_TOKEN") or None,
+            api_key=env.get("PLEO_API_KEY") or None,
+            redis_url=redis_url,
+            broker_url=env.get("CELERY_BROKER_URL") or redis_url,
+            page_size=_number(env, "PLEO_PAGE_SIZE", d.page_size, int, low=1),
+            webhook_secret=env.get("PLEO_WEBHOOK_SECRET") or None,
+            erp_database_url=env.get("ERP_DATABASE_URL") or d.erp_database_url,
+            ordering=ordering,  # type: ignore[arg-type]  # checked just above
+            http_timeout=_number(env, "PLEO_HTTP_TIMEOUT", d.http_timeout, float, low=0.1),
+            retry_budget=_number(env, "PLEO_RETRY_BUDGET", d.retry_budget, float, low=0),
+            retry_attempts=_number(env, "PLEO_RETRY_ATTEMPTS", d.retry_attempts, int, low=1),
+            backoff_initial=_number(env, "PLEO_BACKOFF_INITIAL", d.backoff_initial, float, low=0),
+            backoff_max=_number(env, "PLEO_BACKOFF_MAX", d.backoff_max, float, low=0),
+            retry_after_max=_number(env, "PLEO_RETRY_AFTER_MAX", d.retry_after_max, float, low=0),
+            max_pages=_number(env, "PLEO_MAX_PAGES", d.max_pages, int, low=1),
+            lease_ttl=_number(env, "PLEO_LEASE_TTL", d.lease_ttl, float, low=1),
+            lease_wait=_number(env, "PLEO_LEASE_WAIT", d.lease_wait, float, low=0),
+            dedup_ttl=_number(env, "PLEO_DEDUP_TTL", d.dedup_ttl, int, low=3600),
+            publish_batch=_number(env, "PLEO_PUBLISH_BATCH", d.publish_batch, int, low=1),
+            visibility_timeout=_number(
+                env, "PLEO_VISIBILITY_TIMEOUT", d.visibility_timeout, int, low=1
+            ),
+            run_retry_delay=_number(env, "PLEO_RUN_RETRY_DELAY", d.run_retry_delay, float, low=0),
+            report_interval=_number(
+                env, "PLEO_REPORT_INTERVAL", d.report_interval, float, low=0.05
+            ),
+            report_max_attempts=_number(
+                env, "PLEO_REPORT_MAX_ATTEMPTS", d.report_max_attempts, int, low=1
+            ),
+            erp_unreachable_limit=_number(
+                env, "ERP_UNREACHABLE_LIMIT", d.erp_unreachable_limit, float, low=0
+            ),
+            erp_retry_delay=_number(env, "ERP_RETRY_DELAY", d.erp_retry_delay, float, low=0),
+            erp_url_template=env.get("ERP_EXTERNAL_URL_TEMPLATE") or None,
+            repair_stall=_number(env, "ERP_REPAIR_STALL", d.repair_stall, float, low=0.1),
+            repair_interval=_number(env, "ERP_REPAIR_INTERVAL", d.repair_interval, float, low=0),
+            trigger_window=_number(env, "PLEO_TRIGGER_WINDOW", d.trigger_window, float, low=0.001),
+            supervise_interval=_number(
+                env, "PLEO_SUPERVISE_INTERVAL", d.supervise_interval, float, low=0.1
+            ),
+            dead_run_after=_number(env, "PLEO_DEAD_RUN_AFTER", d.dead_run_after, float, low=1),
+        )
+
+
+N = TypeVar("N", int, float)
+
+
+def _number(env: Mapping[str, str], name: str, default: N, kind: type[N], *, low: N) -> N:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise BadInput(f"{name} must be a {kind.__name__}, not {raw!r}.") from None
+    if value < low:
+        raise BadInput(f"{name} must be at least {low}, not {raw!r}.")
+    return value

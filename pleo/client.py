@@ -1,0 +1,294 @@
+"""The Pleo Export API client (jobs, job events, both item layers, item updates) over httpx.
+
+Each HTTP request is one unit of retry (``contract.retrying``), and every failure is mapped onto
+the error tree there (``pleo.responses``), so callers only ever see ``contract.errors`` types.
+Page walks follow ``pleo.paging`` and every page is checked by ``pleo.models`` before it is
+handed on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, TypeVar
+
+import httpx
+
+from contract.errors import BadInput
+from contract.ids import is_uuid
+from contract.retrying import RetryPolicy, Target, call_with_retries
+from contract.settings import Settings, redact_url
+from pleo.models import (
+    ITEM_STATUSES,
+    JOB_EVENTS,
+    JOB_STATUSES,
+    ExportItem,
+    ExportJob,
+    ItemError,
+    JobItem,
+    Page,
+    UpdateResult,
+    parse_export_items_page,
+    parse_job_items_page,
+    parse_job_response,
+    parse_jobs_page,
+    parse_update_result,
+)
+from pleo.paging import Done, Walk, advance
+from pleo.responses import error_for_body, error_for_status, error_for_transport
+
+__all__ = ["ItemError", "PleoClient", "UpdateResult", "make_http_client"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_UPDATE_ITEMS = 100  # the spec's limit for one PUT; more is a 413
+
+
+def _user_agent() -> str:
+    try:
+        return f"pleo-export-producer/{version('pleo-export-producer')}"
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "pleo-export-producer/0+unknown"
+
+
+class _BearerAuth(httpx.Auth):
+    """Sends ``Authorization: Bearer <token>``; its repr never shows the token."""
+
+    def __init__(self, token: str) -> None:
+        self._header = f"Bearer {token}"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = self._header
+        yield request
+
+    def __repr__(self) -> str:
+        return "_BearerAuth(token='***')"
+
+
+def make_http_client(
+    settings: Settings, *, transport: httpx.BaseTransport | None = None
+) -> httpx.Client:
+    """Build the keep-alive httpx.Client the Pleo client talks through, with Settings' auth."""
+    auth: httpx.Auth | None = None
+    if settings.api_token:
+        auth = _BearerAuth(settings.api_token)
+    elif settings.api_key:
+        # Pleo's basicAuth scheme: the API key is the user name and the password is empty.
+        auth = httpx.BasicAuth(settings.api_key, "")
+    return httpx.Client(
+        base_url=settings.api_url,
+        timeout=httpx.Timeout(settings.http_timeout),
+        limits=httpx.Limits(max_connections=10, max_keepalive_connections=10, keepalive_expiry=30),
+        headers={"Accept": "application/json", "User-Agent": _user_agent()},
+        auth=auth,
+        transport=transport,
+    )
+
+
+class PleoClient:
+    """Pleo's Export API v3 over an injected httpx.Client, with one retry layer per request."""
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        settings: Settings,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._http = http
+        self._settings = settings
+        self._sleep = sleep
+        self._clock = clock
+        self._policy = RetryPolicy.from_settings(settings)
+
+    def __repr__(self) -> str:
+        return f"PleoClient(base_url={redact_url(str(self._http.base_url))!r})"
+
+    def get_job(self, job_id: str) -> ExportJob:
+        """Fetch one export job (``GET /v3/export-jobs/{jobId}``)."""
+        _check_job_id(job_id)
+        body = self._send("GET", f"/v3/export-jobs/{job_id}", job_id=job_id)
+        return parse_job_response(body, job_id=job_id)
+
+    def post_job_event(
+        self,
+        job_id: str,
+        event: str,
+        *,
+        failure_reason: str | None = None,
+        failure_reason_type: str | None = None,
+    ) -> None:
+        """Send a job event (``POST /v3/export-job-events``; Pleo answers 202).
+
+        A retried event whose first attempt did land answers 422, which callers already treat as
+        "someone moved the job: re-read it".
+        """
+        _check_job_id(job_id)
+        if event not in JOB_EVENTS:
+            raise ValueError(f"Unknown export job event {event!r}.")
+        payload: dict[str, str] = {"jobId": job_id, "event": event}
+        if failure_reason is not None:
+            payload["failureReason"] = failure_reason
+        if failure_reason_type is not None:
+            payload["failureReasonType"] = failure_reason_type
+        self._send("POST", "/v3/export-job-events", job_id=job_id, body=payload, decode=False)
+        log.info("job_event_sent job_id=%s event=%s", job_id, event)
+
+    def iter_job_items(self, job_id: str, *, status: str | None = None) -> Iterator[Page[JobItem]]:
+        """Yield every checked page of the job's control layer, in Pleo's order."""
+        _check_job_id(job_id)
+        if status is not None and status not in ITEM_STATUSES:
+            raise BadInput(f"Unknown export job item status {status!r}.", job_id=job_id)
+        params = {} if status is None else {"status": status}
+        return self._walk(
+            f"/v3/export-jobs/{job_id}/items",
+            params,
+            job_id=job_id,
+            what="job items",
+            parse=lambda body, n: parse_job_items_page(body, job_id=job_id, page=n),
+            key=lambda item: item.accounting_entry_id,
+        )
+
+    def iter_export_items(self, job_id: str) -> Iterator[Page[ExportItem]]:
+        """Yield every checked page of the job's data layer (``GET /v3/export-items?job_id=``)."""
+        _check_job_id(job_id)
+        return self._walk(
+            "/v3/export-items",
+            {"job_id": job_id},
+            job_id=job_id,
+            what="export items",
+            parse=lambda body, n: parse_export_items_page(body, job_id=job_id, page=n),
+            key=lambda item: item.accounting_entry_id,
+        )
+
+    def update_job_items(self, job_id: str, updates: Sequence[Mapping[str, Any]]) -> UpdateResult:
+        """Write at most 100 item results (``PUT /v3/export-jobs/{jobId}/items``)."""
+        _check_job_id(job_id)
+        if len(updates) > MAX_UPDATE_ITEMS:
+            raise ValueError(
+                f"Pleo takes at most {MAX_UPDATE_ITEMS} item updates per call, not {len(updates)}."
+            )
+        if not updates:
+            return UpdateResult((), ())
+        body = self._send(
+            "PUT", f"/v3/export-jobs/{job_id}/items", job_id=job_id, body=[dict(u) for u in updates]
+        )
+        return parse_update_result(body, job_id=job_id)
+
+    def list_jobs(
+        self, statuses: Sequence[str], *, company_id: str | None = None
+    ) -> Iterator[ExportJob]:
+        """Yield every export job in one of ``statuses`` (``GET /v3/export-jobs``), all pages."""
+        unknown = sorted(set(statuses) - JOB_STATUSES)
+        if unknown:
+            raise BadInput(f"Unknown export job status {', '.join(unknown)}.")
+        if company_id is not None and not is_uuid(company_id):
+            raise BadInput(f"Company id {company_id!r} is not a UUID.")
+        params: dict[str, Any] = {"statuses": list(statuses)}
+        if company_id is not None:
+            params["company_id"] = company_id
+        pages = self._walk(
+            "/v3/export-jobs",
+            params,
+            job_id=None,
+            what="export jobs",
+            parse=lambda body, n: parse_jobs_page(body, page=n),
+            key=lambda job: job.id,
+        )
+        return (job for page in pages for job in page.items)
+
+    def _walk(
+        self,
+        path: str,
+        params: Mapping[str, Any],
+        *,
+        job_id: str | None,
+        what: str,
+        parse: Callable[[object, int], Page[T]],
+        key: Callable[[T], str],
+    ) -> Iterator[Page[T]]:
+        """Follow ``after=endCursor`` until Pleo says there is no next page, checking every step."""
+        walk = Walk()
+        after: str | None = None
+        seen: set[str] = set()
+        while True:
+            query = {**params, "limit": self._settings.page_size}
+            if after is not None:
+                query["after"] = after
+            page = parse(self._send("GET", path, job_id=job_id, params=query), walk.pages + 1)
+            fresh = {key(item) for item in page.items} - seen
+            seen |= fresh
+            first_total = walk.total
+            walk, step = advance(
+                walk,
+                page.info,
+                len(fresh),
+                max_pages=self._settings.max_pages,
+                what=what,
+                job_id=job_id,
+            )
+            if first_total is not None and page.info.total not in (None, first_total):
+                log.warning(
+                    "page_total_changed job_id=%s what=%s page=%d first=%d now=%s",
+                    job_id,
+                    what,
+                    walk.pages,
+                    first_total,
+                    page.info.total,
+                )
+            log.info(
+                "page_fetched job_id=%s what=%s page=%d items=%d repeated=%d has_next=%s",
+                job_id,
+                what,
+                walk.pages,
+                len(page.items),
+                len(page.items) - len(fresh),
+                page.info.has_next_page,
+            )
+            yield page
+            if isinstance(step, Done):
+                return
+            after = step.after
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        job_id: str | None,
+        params: Mapping[str, Any] | None = None,
+        body: object = None,
+        decode: bool = True,
+    ) -> object:
+        """One request, retried as the policy allows; returns the decoded JSON body (or None)."""
+        target = Target(method, path, job_id, str(self._http.base_url).rstrip("/") + path)
+
+        def attempt() -> object:
+            try:
+                response = self._http.request(method, path, params=params, json=body)
+                response.raise_for_status()
+            except httpx.HTTPStatusError as exc:
+                raise error_for_status(exc.response, target) from exc
+            except httpx.TransportError as exc:
+                raise error_for_transport(exc, target) from exc
+            if not decode:
+                return None
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise error_for_body(response, target) from exc
+
+        return call_with_retries(
+            attempt, policy=self._policy, sleep=self._sleep, clock=self._clock, target=target
+        )
+
+
+def _check_job_id(job_id: str) -> None:
+    """Reject a job id that is not a UUID before it can become part of a URL."""
+    if not is_uuid(job_id):
+        raise BadInput(f"Export job id {job_id!r} is not a UUID.", job_id=None)

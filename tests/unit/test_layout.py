@@ -1,0 +1,104 @@
+"""The code's shape: who may import whom, and no import cycles.
+
+The ERP workers depend on the contract (``contract/``) and the Pleo client (``pleo/``) only, never
+on producer internals; nothing a production process imports reaches the development tools
+(``devtools/``: the simulator, the demo).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("contract", "pleo", "producer", "consumers", "devtools")
+
+
+def loaded_by(module: str) -> set[str]:
+    """First-party modules a fresh interpreter holds after ``import module``."""
+    code = f"import json, sys; import {module}; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    return {m for m in json.loads(out) if m.split(".")[0] in PACKAGES}
+
+
+@pytest.mark.parametrize("module", ["consumers", "consumers.tasks"])
+def test_the_workers_import_only_the_contract_the_pleo_client_and_themselves(module: str) -> None:
+    """``import consumers`` (and the worker's task module) loads nothing of the producer's."""
+    outside = {
+        m for m in loaded_by(module) if m.split(".")[0] not in {"contract", "pleo", "consumers"}
+    }
+    assert outside == set()
+
+
+@pytest.mark.parametrize("module", ["producer.tasks", "consumers.tasks", "producer.webhook"])
+def test_production_processes_never_load_the_development_tools(module: str) -> None:
+    """A worker or the webhook receiver never imports the simulator or the demo."""
+    assert {m for m in loaded_by(module) if m.startswith("devtools")} == set()
+
+
+def first_party_imports(path: Path, modules: set[str]) -> set[str]:
+    """Modules a file imports when it is loaded (module level, not lazily inside a function).
+
+    ``from package import module`` counts as importing that module, not the package's
+    ``__init__`` (which only re-exports).
+    """
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            submodules = {f"{node.module}.{a.name}" for a in node.names} & modules
+            found.update(submodules or {node.module})
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found & modules
+
+
+def module_graph() -> dict[str, set[str]]:
+    """First-party module -> the first-party modules it imports at load time."""
+    paths = [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")]
+    names = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in paths
+    }
+    return {name: first_party_imports(path, set(names)) for name, path in names.items()}
+
+
+def test_there_is_no_import_cycle() -> None:
+    """No module, through the modules it imports at load time, comes back to itself."""
+    graph = module_graph()
+    cycles = []
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join([*trail[trail.index(nxt) :], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
+
+
+def test_the_contract_and_the_pleo_client_import_no_side() -> None:
+    """The shared packages never import the producer, the workers or the tools."""
+    graph = module_graph()
+    leaks = {
+        (name, dep)
+        for name, deps in graph.items()
+        if name.split(".")[0] in {"contract", "pleo"}
+        for dep in deps
+        if dep.split(".")[0] not in {"contract", "pleo"}
+    }
+    assert leaks == set()
