@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +19,17 @@ import pytest
 FULL = os.environ.get("CHAOS_FULL", "").lower() in {"1", "true", "yes"}
 _TALLY: Counter[str] = Counter()
 _TIMES: dict[str, list[float]] = {}
+
+
+def chaos_seed() -> int:
+    """The seed of a test's random choices: ``CHAOS_SEED`` to replay one, else a fresh one.
+
+    Printed (pytest shows it with a failure's captured output) and to be named in assertion
+    messages, so ``CHAOS_SEED=<seed>`` replays a failing run's choices.
+    """
+    seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"chaos seed {seed} (replay with CHAOS_SEED={seed})")
+    return seed
 
 
 def scale(subset: int, full: int) -> int:

@@ -34,7 +34,7 @@ from contract.names import ITEMS_QUEUE
 from contract.settings import Settings
 from contract.wire import task_id_for
 from devtools.simulator import FaultRule, JobSpec, SimState
-from tests.chaos.conftest import scale, tally
+from tests.chaos.conftest import chaos_seed, scale, tally
 from tests.conftest import env_for, wait_for, with_settings
 from tests.integration import test_run_rabbitmq
 from tests.support.local import journal_ids, pleo_export
@@ -55,13 +55,6 @@ RABBIT_ITEMS = scale(3_000, 10_000)
 # far more than the 2 ms between probes and the time a SIGKILL takes to land.
 KILL_BEFORE = 0.75
 PHASE_TIMEOUT = 180.0
-
-
-def chaos_seed() -> int:
-    """The seed of this test's kill points: ``CHAOS_SEED`` to replay one, else a fresh one."""
-    seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(2**32))
-    print(f"chaos seed {seed} (replay with CHAOS_SEED={seed})")
-    return seed
 
 
 def plan_order(state: SimState, job_id: str) -> list[str]:

@@ -30,7 +30,7 @@ from contract.settings import Settings
 from devtools.simulator import JobSpec, SimState
 from producer.components import produce
 from producer.status import job_status
-from tests.chaos.conftest import scale, tally
+from tests.chaos.conftest import chaos_seed, scale, tally
 from tests.conftest import wait_for
 from tests.support.local import journal_ids, pool_children
 from tests.support.queues import Queued, decode, redis_queue
@@ -202,7 +202,8 @@ def test_workers_killed_repeatedly_mid_batch(
     """
     items = scale(5000, 5000)
     rounds = scale(3, 12)
-    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
+    seed = chaos_seed()
+    rng = random.Random(seed)
     job_id = sim_state.add_job(JobSpec(items=items, item_statuses={"pending": 1.0}))
     produce(job_id, settings=settings, app=make_app(settings))
 
