@@ -51,7 +51,8 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from consumers.erp import Entry, ERPUnavailable, ExternalRef, Posting, to_posting
+from consumers.erp import Entry, ERPUnavailable, ExternalRef
+from consumers.posting import Posting, to_posting
 from contract.errors import BadInput
 
 log = logging.getLogger(__name__)

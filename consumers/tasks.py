@@ -39,7 +39,6 @@ from contract.ledger import Ledger
 from contract.message import ItemMessage, MessageRejected
 from contract.names import ITEM_TASK, ITEMS_QUEUE
 from contract.retrying import task_countdown
-from contract.settings import Settings
 from contract.store import redis_client
 from contract.supervision import SupervisorStep
 from pleo.client import MAX_UPDATE_ITEMS, PleoClient, make_http_client
@@ -48,8 +47,9 @@ log = logging.getLogger(__name__)
 
 FLUSH_TASK = "consumers.flush_reports"
 
-settings = Settings.from_env()
-app = make_app(settings, main="consumers")
+# Configured from the environment when first used, not now (contract/celery_app.py).
+app = make_app(main="consumers")
+settings = app.settings
 app.conf.task_routes = {ITEM_TASK: {"queue": ITEMS_QUEUE}, FLUSH_TASK: {"queue": ITEMS_QUEUE}}
 # Every ERP worker also sweeps for messages the Redis transport lost (see consumers/repair.py).
 app.steps["worker"].add(RepairWatchdog)
@@ -61,17 +61,17 @@ _TRANSIENT = (TransientUpstreamError, BrokerUnavailable)
 
 @functools.cache
 def _redis() -> redis.Redis:
-    return redis_client(settings.ledger_url)
+    return redis_client(settings().ledger_url)
 
 
 @functools.cache
 def _pleo() -> PleoClient:
-    http: httpx.Client = make_http_client(settings)
-    return PleoClient(http, settings)
+    http: httpx.Client = make_http_client(settings())
+    return PleoClient(http, settings())
 
 
 def _new_erp() -> SqlJournal:
-    return SqlJournal(settings.erp_database_url, url_template=settings.erp_url_template)
+    return SqlJournal(settings().erp_database_url, url_template=settings().erp_url_template)
 
 
 @functools.cache
@@ -90,20 +90,20 @@ def _breaker() -> Breaker:
 
 @functools.cache
 def _reporter() -> Reporter:
-    ledger = Ledger(_redis(), lease_ttl=settings.lease_ttl, dedup_ttl=settings.dedup_ttl)
+    ledger = Ledger(_redis(), lease_ttl=settings().lease_ttl, dedup_ttl=settings().dedup_ttl)
     return Reporter(
         _redis(),
         _pleo(),
         ledger,
-        dedup_ttl=settings.dedup_ttl,
-        max_attempts=settings.report_max_attempts,
+        dedup_ttl=settings().dedup_ttl,
+        max_attempts=settings().report_max_attempts,
     )
 
 
 @functools.cache
 def _payloads() -> PayloadCache:
     return PayloadCache(
-        _redis(), _pleo(), dedup_ttl=settings.dedup_ttl, lease_ttl=settings.lease_ttl
+        _redis(), _pleo(), dedup_ttl=settings().dedup_ttl, lease_ttl=settings().lease_ttl
     )
 
 
@@ -137,7 +137,7 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
         _reporter().finished_elsewhere(job_id)
         return {"job_id": job_id, "entry": entry.accounting_entry_id, "status": "job_finished"}
     except _TRANSIENT as exc:
-        countdown = task_countdown(self.request.retries, settings.erp_retry_delay)
+        countdown = task_countdown(self.request.retries, settings().erp_retry_delay)
         log.warning(
             "item_retry job_id=%s entry=%s error=%s countdown=%.1f",
             job_id,
@@ -150,7 +150,7 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
         # A bug, a driver or a grant gone wrong is the worker's failure, not the entry's: keep the
         # message (a retry, never an ack into nothing) and never report the entry failed for it.
         _breaker().failed(exc)
-        countdown = task_countdown(self.request.retries, settings.erp_retry_delay)
+        countdown = task_countdown(self.request.retries, settings().erp_retry_delay)
         log.warning(
             "item_retry_unexpected job_id=%s entry=%s error=%s countdown=%.1f",
             job_id,
@@ -172,17 +172,17 @@ def _write_back(reporter: Reporter, job_id: str, waiting: int) -> None:
     decision = (
         "now"
         if waiting >= MAX_UPDATE_ITEMS
-        else reporter.request_flush(job_id, settings.report_interval)
+        else reporter.request_flush(job_id, settings().report_interval)
     )
     if decision == "schedule":
-        flush_reports.apply_async(args=[job_id], countdown=settings.report_interval)
+        flush_reports.apply_async(args=[job_id], countdown=settings().report_interval)
     elif decision == "now":
         try:
             _flush(job_id)
         except _TRANSIENT as exc:
             # The outcome is safely recorded; the write-back is retried by its own task.
             log.warning("inline_flush_failed job_id=%s error=%s", job_id, type(exc).__name__)
-            flush_reports.apply_async(args=[job_id], countdown=settings.report_interval)
+            flush_reports.apply_async(args=[job_id], countdown=settings().report_interval)
 
 
 @app.task(name=FLUSH_TASK, bind=True, acks_late=True, max_retries=None)
@@ -192,7 +192,7 @@ def flush_reports(self: Task, job_id: str) -> dict[str, Any]:
         _reporter().scheduled_flush_started(job_id)
         return _flush(job_id)
     except _TRANSIENT as exc:
-        countdown = task_countdown(self.request.retries, settings.report_interval)
+        countdown = task_countdown(self.request.retries, settings().report_interval)
         log.warning(
             "flush_retry job_id=%s error=%s countdown=%.1f", job_id, type(exc).__name__, countdown
         )
@@ -209,9 +209,9 @@ def _flush(job_id: str) -> dict[str, Any]:
     result = reporter.flush(job_id)
     final = None if result.locked else reporter.maybe_complete(job_id)
     waiting = reporter.pending(job_id)
-    if waiting and reporter.request_flush(job_id, settings.report_interval) == "schedule":
+    if waiting and reporter.request_flush(job_id, settings().report_interval) == "schedule":
         # Left over: refused items, or results recorded while another worker was flushing.
-        flush_reports.apply_async(args=[job_id], countdown=settings.report_interval)
+        flush_reports.apply_async(args=[job_id], countdown=settings().report_interval)
     return {
         "job_id": job_id,
         "sent": result.sent,
@@ -225,8 +225,8 @@ def _flush(job_id: str) -> dict[str, Any]:
 def _erp_down(task: Task, job_id: str, down: ERPUnavailable) -> dict[str, Any]:
     reporter = _reporter()
     outage = reporter.erp_down_for(job_id)
-    if outage < settings.erp_unreachable_limit:
-        countdown = task_countdown(task.request.retries, settings.erp_retry_delay)
+    if outage < settings().erp_unreachable_limit:
+        countdown = task_countdown(task.request.retries, settings().erp_retry_delay)
         log.warning("erp_unreachable job_id=%s for=%.0fs countdown=%.1f", job_id, outage, countdown)
         raise task.retry(exc=down, countdown=countdown) from down
     reason = f"The accounting system could not be reached for {outage:.0f} seconds."

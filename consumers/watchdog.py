@@ -26,6 +26,7 @@ from celery import Celery, bootsteps
 
 from consumers.repair import Repairer
 from consumers.reporting import Reporter
+from contract.celery_app import app_settings
 from contract.errors import PleoExportError
 from contract.ledger import Ledger
 from contract.settings import Settings
@@ -102,7 +103,7 @@ class RepairWatchdog(bootsteps.StartStopStep):  # type: ignore[misc]
         """Schedule the sweep every ``interval`` seconds."""
         # The worker's own app, and the settings this worker process was started with.
         app = parent.app
-        settings = Settings.from_env()
+        settings = app_settings(app)
         if not settings.uses_redis_broker:
             # Other brokers (AMQP) redeliver a dead consumer's messages themselves.
             return

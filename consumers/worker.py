@@ -16,8 +16,9 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from consumers.erp import Entry, EntryRejected, ERPAdapter, validate_entry
+from consumers.erp import Entry, EntryRejected, ERPAdapter
 from consumers.payloads import PayloadCache
+from consumers.posting import validate_entry
 from consumers.reporting import Reporter, failure_update, success_update
 
 log = logging.getLogger(__name__)

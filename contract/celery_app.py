@@ -1,7 +1,17 @@
-"""The Celery apps of both sides, configured from Settings: JSON only, late acks, task events on."""
+"""The Celery apps of both sides, configured from Settings: JSON only, late acks, task events on.
+
+``celery -A producer worker`` imports the task module, which builds its app at import; the app
+reads no setting then. Its Settings (and the Celery configuration built from them) are read from
+the environment the first time anything needs them (the worker starting, a task running, a
+command sending a task), or are the ones it was given (``make_app(settings)``, ``app.use``), so
+importing a task module never fails on a bad setting or connects anywhere, and a test or an
+embedding service configures the app it imports.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from celery import Celery, Task
@@ -89,8 +99,57 @@ def retry_when_broker_answers(task: Task, exc: Exception, countdown: float) -> E
         return task.retry(exc=exc, countdown=countdown)  # type: ignore[no-any-return]
 
 
-def make_app(settings: Settings, *, main: str = "producer") -> Celery:
-    """A Celery app configured from ``settings``."""
-    app = Celery(main)
-    app.conf.update(celery_config(settings))
-    return app
+class ExportCelery(Celery):  # type: ignore[misc]
+    """A Celery app that also carries the Settings it was configured from."""
+
+    def __init__(self, main: str, *, settings: Settings | None = None, **kwargs: Any) -> None:
+        super().__init__(main, **kwargs)
+        self._settings = settings
+        self._settings_lock = threading.Lock()
+        self.config_from_object(_CeleryConfig(self.settings))
+
+    def settings(self) -> Settings:
+        """The settings this app runs with; read from the environment on first use if not given."""
+        if self._settings is None:
+            with self._settings_lock:
+                if self._settings is None:
+                    self._settings = Settings.from_env()
+        return self._settings
+
+    def use(self, settings: Settings) -> None:
+        """Run with ``settings`` instead of the environment's; only before the app is configured."""
+        if self.configured:
+            raise RuntimeError("the Celery app is already configured; use() it before first use")
+        self._settings = settings
+
+
+class _CeleryConfig(Mapping[str, Any]):
+    """``celery_config`` of the app's settings, computed when Celery first reads its config."""
+
+    def __init__(self, settings: Callable[[], Settings]) -> None:
+        self._settings = settings
+        self._config: dict[str, Any] | None = None
+
+    def _built(self) -> dict[str, Any]:
+        if self._config is None:
+            self._config = celery_config(self._settings())
+        return self._config
+
+    def __getitem__(self, key: str) -> Any:
+        return self._built()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return len(self._built())
+
+
+def app_settings(app: Celery) -> Settings:
+    """The settings a worker's app runs with (a plain Celery app: the environment's)."""
+    return app.settings() if isinstance(app, ExportCelery) else Settings.from_env()
+
+
+def make_app(settings: Settings | None = None, *, main: str = "producer") -> ExportCelery:
+    """A Celery app configured from ``settings``, or from the environment when first used."""
+    return ExportCelery(main, settings=settings)

@@ -1,4 +1,4 @@
-"""The error tree: every failure the producer can raise, grouped by what the caller does next.
+"""The error tree: every failure the system raises on purpose, grouped by what the caller does next.
 
     PleoExportError                      root; ``exit_code`` is what the CLI returns
     ├── BadInput                         reject the input, exit 2 (bad job id, bad setting)

@@ -1,4 +1,4 @@
-"""The names other services address us by: Celery task names, queue names, the message schema.
+"""The names other services address us by: Celery task names and queue names.
 
 Part of the public contract (ARCHITECTURE.md): add to it, never rename.
 """

@@ -175,7 +175,8 @@ def _number(env: Mapping[str, str], name: str, default: N, kind: type[N], *, low
     try:
         value = kind(raw)
     except ValueError:
-        raise BadInput(f"{name} must be a {kind.__name__}, not {raw!r}.") from None
+        noun = "a whole number" if kind is int else "a number"
+        raise BadInput(f"{name} must be {noun}, not {raw!r}.") from None
     if value < low:
         raise BadInput(f"{name} must be at least {low}, not {raw!r}.")
     return value

@@ -15,10 +15,10 @@ from typing import Any
 
 from celery import bootsteps
 
+from contract.celery_app import app_settings
 from contract.errors import LeaseHeld, PleoExportError
 from contract.keys import SUPERVISOR_KEY, fence_of
 from contract.lease import Lease, Leases
-from contract.settings import Settings
 from contract.store import redis_client
 from contract.supervisor import Supervisor
 
@@ -69,7 +69,7 @@ class SupervisorStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, parent: Any) -> None:
         """Tick every ``PLEO_SUPERVISE_INTERVAL`` seconds."""
-        settings = Settings.from_env()
+        settings = app_settings(parent.app)
         self._client = redis_client(settings.ledger_url)
         interval = settings.supervise_interval
         leases = Leases(self._client, ttl=3 * interval)

@@ -46,8 +46,9 @@ from producer.triggers import EnqueueResult, enqueue
 
 log = logging.getLogger(__name__)
 
-settings = Settings.from_env()
-app = make_app(settings)
+# Configured from the environment when first used, not now (contract/celery_app.py).
+app = make_app()
+settings = app.settings
 # Every worker also supervises the active jobs, one of the fleet at a time (supervision.py).
 app.steps["worker"].add(SupervisorStep)
 
@@ -85,7 +86,11 @@ def enqueue_export_job(self: Task, job_id: str, company_id: str | None = None) -
         observer = progress_events(self, job_id)
         with interruptible((signal.SIGTERM,)), relaxed_cyclic_gc():
             summary = produce(
-                job_id, settings=settings, app=app, observer=observer, who=f"task {self.request.id}"
+                job_id,
+                settings=settings(),
+                app=app,
+                observer=observer,
+                who=f"task {self.request.id}",
             )
         return summary.as_dict()
     except LeaseHeld as exc:
@@ -101,9 +106,9 @@ def enqueue_export_job(self: Task, job_id: str, company_id: str | None = None) -
             log.error(  # noqa: TRY400 - the sentence is the story
                 "producer_task_gave_up job_id=%s error=%s", job_id, exc.message
             )
-            give_up(job_id, exc, settings=settings, app=app)
+            give_up(job_id, exc, settings=settings(), app=app)
             raise
-        countdown = task_countdown(self.request.retries, settings.run_retry_delay)
+        countdown = task_countdown(self.request.retries, settings().run_retry_delay)
         log.warning(
             "producer_task_retry job_id=%s error=%s countdown=%.1f",
             job_id,
@@ -116,7 +121,7 @@ def enqueue_export_job(self: Task, job_id: str, company_id: str | None = None) -
 
 def _note_retry(job_id: str, countdown: float) -> None:
     """Tell the supervisor a retry is due, so it does not take the wait for a dead run."""
-    ledger = make_ledger(settings)
+    ledger = make_ledger(settings())
     with contextlib.suppress(BrokerUnavailable), closing(ledger.client):
         ledger.record(job_id, state=JobState.RETRYING, retry_at=time.time() + countdown)
 
@@ -141,8 +146,9 @@ def _hand_back_runs(**_: Any) -> None:
 @app.task(name=POLL_TASK, acks_late=True)
 def poll_export_jobs() -> dict[str, Any]:
     """Enqueue every pending and in_progress job, oldest first (schedule it with Celery beat)."""
-    with make_http_client(settings) as http:
-        result = poll(settings, client=PleoClient(http, settings), enqueue_fn=_enqueue_here)
+    current = settings()
+    with make_http_client(current) as http:
+        result = poll(current, client=PleoClient(http, current), enqueue_fn=_enqueue_here)
     return dataclasses.asdict(result)
 
 

@@ -27,16 +27,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine
 
-from consumers.erp import (
-    Entry,
-    EntryRejected,
-    ERPAdapter,
-    ERPUnavailable,
-    ExternalRef,
-    to_posting,
-    validate_entry,
-)
+from consumers.erp import Entry, EntryRejected, ERPAdapter, ERPUnavailable, ExternalRef
 from consumers.erp_sql import SqlJournal, engine_url, journal_entries
+from consumers.posting import to_posting, validate_entry
 from contract.errors import BadInput
 from contract.settings import redact_url
 from devtools.simulator.payloads import export_item

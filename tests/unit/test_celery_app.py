@@ -1,0 +1,45 @@
+"""The Celery apps read their settings when first used, never at import."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from contract.celery_app import make_app
+from contract.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_importing_the_task_modules_reads_no_setting() -> None:
+    """A bad setting does not break ``import``: it is refused when the app is first used."""
+    code = (
+        "import producer.tasks, consumers.tasks\n"
+        "from contract.errors import BadInput\n"
+        "assert not producer.tasks.app.configured and not consumers.tasks.app.configured\n"
+        "try:\n"
+        "    producer.tasks.app.conf.broker_url\n"
+        "except BadInput as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {**os.environ, "PLEO_PAGE_SIZE": "many"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "PLEO_PAGE_SIZE must be a whole number, not 'many'."
+
+
+def test_an_app_runs_with_the_settings_it_is_given() -> None:
+    """``make_app(settings)`` and ``app.use(settings)`` configure Celery from those settings."""
+    given = Settings(broker_url="redis://127.0.0.1:6379/13", page_size=7)
+    assert make_app(given).conf.broker_url == "redis://127.0.0.1:6379/13"
+    app = make_app(main="consumers")
+    app.use(given)
+    assert app.settings().page_size == 7
+    assert app.conf.broker_url == "redis://127.0.0.1:6379/13"
+    with pytest.raises(RuntimeError, match="already configured"):
+        app.use(Settings())
