@@ -27,9 +27,9 @@ from typing import Any, Protocol
 from celery import Celery
 from celery.signals import worker_init
 
-from consumers.breaker import BreakerPolicy
 from consumers.erp import ERPAdapter, ERPUnavailable
 from contract.errors import PleoExportError
+from contract.retrying import BreakerPolicy
 
 log = logging.getLogger(__name__)
 

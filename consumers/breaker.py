@@ -8,7 +8,8 @@ first entry the ERP books resets it. Per process on purpose: no shared state to 
 process backs off from what it saw itself. The pause holds one message unacked (the one that just
 failed, retried once the pause ends), which a worker shutdown hands back like any running task's.
 
-The schedule is pure (``BreakerPolicy.pause``); ``Breaker`` only counts, logs and sleeps.
+The schedule is pure (``contract.retrying.BreakerPolicy.pause``); ``Breaker`` only counts, logs
+and sleeps.
 """
 
 from __future__ import annotations
@@ -17,27 +18,10 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from contract.retrying import BreakerPolicy
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerPolicy:
-    """When a run of failures starts pausing the process, and how long each pause lasts."""
-
-    # Failures in a row before the first pause: one failure may be a fluke, three are a pattern.
-    threshold: int = 3
-    base: float = 1.0
-    cap: float = 30.0
-
-    def pause(self, consecutive: int, jitter: float = 1.0) -> float:
-        """Seconds to pause after ``consecutive`` failures in a row (``jitter`` in [0, 1])."""
-        if consecutive < self.threshold:
-            return 0.0
-        # Processes that fail together should not all wake together: half to the whole pause.
-        full = min(self.cap, self.base * 2.0 ** min(consecutive - self.threshold, 32))
-        return full * (0.5 + 0.5 * jitter)
 
 
 class Breaker:

@@ -11,6 +11,8 @@
   next attempt; the repair sweep counts on the cap.
 - **The broker** (``BROKER_WAIT``, ``PUBLISH_RETRY_POLICY``): how long sending a task waits for a
   restarting broker.
+- **An ERP worker's pauses** (``BreakerPolicy``): after failures in a row, and while its adapter
+  does not answer at start.
 """
 
 from __future__ import annotations
@@ -217,3 +219,21 @@ PUBLISH_RETRY_POLICY: Final = {
     "interval_step": 0.2,
     "interval_max": 0.5,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """When a run of failures starts pausing the process, and how long each pause lasts."""
+
+    # Failures in a row before the first pause: one failure may be a fluke, three are a pattern.
+    threshold: int = 3
+    base: float = 1.0
+    cap: float = 30.0
+
+    def pause(self, consecutive: int, jitter: float = 1.0) -> float:
+        """Seconds to pause after ``consecutive`` failures in a row (``jitter`` in [0, 1])."""
+        if consecutive < self.threshold:
+            return 0.0
+        # Processes that fail together should not all wake together: half to the whole pause.
+        full = min(self.cap, self.base * 2.0 ** min(consecutive - self.threshold, 32))
+        return full * (0.5 + 0.5 * jitter)

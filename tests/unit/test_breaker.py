@@ -6,8 +6,9 @@ import logging
 
 import pytest
 
-from consumers.breaker import Breaker, BreakerPolicy
+from consumers.breaker import Breaker
 from consumers.erp import ERPUnavailable
+from contract.retrying import BreakerPolicy
 
 
 def test_pause_starts_at_the_threshold_doubles_and_stops_at_the_cap() -> None:
