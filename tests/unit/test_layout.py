@@ -102,3 +102,25 @@ def test_the_contract_and_the_pleo_client_import_no_side() -> None:
         if dep.split(".")[0] not in {"contract", "pleo"}
     }
     assert leaks == set()
+
+
+def test_the_python_api_of_earlier_releases_still_imports() -> None:
+    """Services written against the README's Python API before the one contract keep working."""
+    from contract.settings import Settings
+    from producer.config import ITEMS_QUEUE, PRODUCER_QUEUE, PRODUCER_TASK
+    from producer.config import Settings as OldSettings
+    from producer.triggers import enqueue
+
+    assert OldSettings is Settings
+    assert (PRODUCER_TASK, PRODUCER_QUEUE, ITEMS_QUEUE) == (
+        "producer.enqueue_export_job",
+        "pleo-export-producer",
+        "pleo-export-items",
+    )
+    assert callable(enqueue)
+
+
+def test_nothing_in_the_project_imports_the_compatibility_module() -> None:
+    """``producer/config.py`` is for other services only: our own code uses the contract."""
+    graph = module_graph()
+    assert {name for name, deps in graph.items() if "producer.config" in deps} == set()
