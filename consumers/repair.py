@@ -13,7 +13,7 @@ watched instead of closed:
 - a missing entry whose message is neither on the items queue nor in kombu's ``unacked`` hash
   (which also holds what live workers prefetched and the countdowns of retries) was lost: its
   message is built again from the placement the producer recorded when it first published the
-  entry (same task id and schema-1 arguments, the payload read by the worker; no re-plan) and
+  entry and its payload from the data layer (same task id and schema-1 arguments; no re-plan) and
   pushed onto the queue;
 - waiting results are written back and the job completed if it can be.
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -58,11 +58,12 @@ from contract.ledger import PUBLISHED
 from contract.message import ItemMessage, placement
 from contract.names import ITEMS_QUEUE
 from contract.retrying import RETRY_CAP
+from contract.settings import Ordering
 from contract.states import JobState
 from contract.store import redis_call
 from contract.wire import MessageEncoder, celery_message, task_id_for
 from pleo.client import PleoClient
-from pleo.models import ACTIONABLE_ITEM_STATUSES
+from pleo.models import ACTIONABLE_ITEM_STATUSES, index_export_items
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class Repairer:
         broker_url: str,
         stall: float,
         held_for: float | None = None,
+        ordering: Ordering,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._r = client
@@ -109,6 +111,7 @@ class Repairer:
         # How long a delivered, unacked message still counts as in a live worker's hands: longer
         # than any retry's countdown, during which a live worker holds the message unacked.
         self._held_for = max(stall, RETRY_CAP + 60) if held_for is None else held_for
+        self._ordering = ordering
         self._clock = clock
         kombu = KombuKeys.of(app.conf.broker_transport_options)
         self._unacked = kombu.unacked
@@ -227,20 +230,32 @@ class Repairer:
         """Build the lost entries' messages again from what the producer recorded, and queue them.
 
         Each message is rebuilt from the entry's placement, recorded when it was first published
-        (``contract.keys.placed_key``): same task id, ids, sequence, total, status and date; the
-        payload is left for the worker to read from Pleo's data layer. An entry Pleo no longer
-        lists as pending or in progress was settled elsewhere and is not sent again.
+        (``contract.keys.placed_key``: sequence, total, status and date), and its payload as the
+        data layer gives it: the same task id and arguments, with no re-plan. An entry Pleo no
+        longer lists as pending or in progress was settled elsewhere and is not sent again.
         """
         company = self._call(lambda: self._r.hget(progress_key(job_id), "company_id"))
         company_id = company.decode() if company else None
-        placed = self._placements(job_id)
         current = {
             item.accounting_entry_id: item.status
             for page in self._pleo.iter_job_items(job_id)
             for item in page.items
         }
+        # The payloads as the producer sent them: the data layer's one item per entry (none was
+        # sent under entry_id ordering, which skips the data layer).
+        payloads = (
+            index_export_items(page.items for page in self._pleo.iter_export_items(job_id))
+            if self._ordering == "booked_at"
+            else {}
+        )
+        placed = self._placements(job_id, current, {e: item.date for e, item in payloads.items()})
         messages = sorted(
-            (ItemMessage.rebuilt(job_id, company_id, e, placed[e]) for e in lost),
+            (
+                ItemMessage.rebuilt(
+                    job_id, company_id, e, placed[e], getattr(payloads.get(e), "payload", None)
+                )
+                for e in lost
+            ),
             key=lambda m: (m.sequence, m.accounting_entry_id),
         )
         encoder = MessageEncoder(self._app, self._broker_url)
@@ -273,12 +288,16 @@ class Repairer:
             self._call(lambda: self._r.hincrby(items_key(job_id), "republished", len(sent)))
         return tuple(sent)
 
-    def _placements(self, job_id: str) -> dict[str, str]:
+    def _placements(
+        self, job_id: str, statuses: Mapping[str, str], dates: Mapping[str, str]
+    ) -> dict[str, str]:
         """Each published entry's recorded placement.
 
-        A job published by a version before placements were recorded has none: its entries get
-        one in id order (sequence = position among the published entries, total = their count),
-        which keeps every entry's task id, ids and payload exact and only the order informative.
+        A job published by a version before placements were recorded has none (an upgrade with
+        the job in flight): its entries get one in id order (sequence = position among the
+        published entries, total = their count, status and date as Pleo gives them now: an entry
+        with no outcome was never reported, so its status then is its status now). Task id, ids
+        and payload stay exact; only the numbering differs from the first run's.
         """
         marks, placed = self._call(
             lambda: (self._r.hgetall(marks_key(job_id)), self._r.hgetall(placed_key(job_id)))
@@ -286,10 +305,18 @@ class Repairer:
         published = sorted(k.decode() for k, v in marks.items() if v.decode() == PUBLISHED)
         known = {k.decode(): v.decode() for k, v in placed.items()}
         return {
-            entry: known.get(entry) or placement(position, len(published), "pending", None)
+            entry: known.get(entry)
+            or placement(
+                position, len(published), _actionable(statuses.get(entry)), dates.get(entry)
+            )
             for position, entry in enumerate(published)
         }
 
     @staticmethod
     def _call(fn: Callable[[], Any]) -> Any:
         return redis_call(fn, "the repair sweep")
+
+
+def _actionable(status: str | None) -> str:
+    """The status an unreported entry was published with: pending unless Pleo says in progress."""
+    return "in_progress" if status == "in_progress" else "pending"

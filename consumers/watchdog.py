@@ -82,6 +82,7 @@ def _repairer(
         broker_url=settings.broker_url,
         stall=repair.stall,
         held_for=repair.held_for,
+        ordering=settings.ordering,
     )
 
 

@@ -45,13 +45,14 @@ class ItemMessage:
 
     @classmethod
     def rebuilt(
-        cls, job_id: str, company_id: str | None, accounting_entry_id: str, placed: str
+        cls,
+        job_id: str,
+        company_id: str | None,
+        accounting_entry_id: str,
+        placed: str,
+        export_item: Mapping[str, Any] | None,
     ) -> ItemMessage:
-        """A published message built again from its recorded placement, without its payload.
-
-        The payload is left out (``export_item`` null): the worker reads it from Pleo's data layer
-        (``consumers/payloads.py``), as it does for a message published without one.
-        """
+        """A published message built again from its recorded placement and its payload."""
         sequence, total, status_at_fetch, booked_at = json.loads(placed)
         return cls(
             job_id=job_id,
@@ -61,7 +62,7 @@ class ItemMessage:
             total=total,
             status_at_fetch=status_at_fetch,
             booked_at=booked_at,
-            export_item=None,
+            export_item=export_item,
         )
 
     def to_kwargs(self) -> dict[str, Any]:

@@ -10,13 +10,15 @@ documented pattern.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeVar, get_args
 
 from contract.errors import ContractViolation
+from contract.ids import is_uuid
 
 T = TypeVar("T")
 
@@ -70,7 +72,6 @@ EXPORT_ITEM_TYPES = (
 )
 _EXPORT_ITEM_TYPE_SET = frozenset(EXPORT_ITEM_TYPES)
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _CURSOR = re.compile(r"[A-Z2-7=~]+")
 _EXPORT_ITEM_REQUIRED = (
     "_links",
@@ -151,9 +152,32 @@ class UpdateResult:
     errors: tuple[ItemError, ...]
 
 
-def is_uuid(value: object) -> bool:
-    """True when ``value`` is a string in the canonical 8-4-4-4-12 hexadecimal UUID form."""
-    return isinstance(value, str) and _UUID.fullmatch(value) is not None
+def index_export_items(pages: Iterable[Iterable[ExportItem]]) -> dict[str, ExportItem]:
+    """Map entry id to export item; a repeated entry keeps the earliest, ties broken by content.
+
+    The data layer's one payload per entry: what the producer plans with and the repair sweep
+    rebuilds a lost message with.
+    """
+    index: dict[str, ExportItem] = {}
+    for page in pages:
+        for item in page:
+            known = index.get(item.accounting_entry_id)
+            if known is None or _export_key(item) < _export_key(known):
+                index[item.accounting_entry_id] = item
+    return index
+
+
+def _export_key(item: ExportItem) -> tuple[datetime, str, str]:
+    return export_order_key(item.booked_at, item.date, item.payload)
+
+
+def export_order_key(booked_at: datetime, date: str, payload: Any) -> tuple[datetime, str, str]:
+    """Which copy of an entry listed twice by the data layer is kept: the smallest key.
+
+    The canonical JSON makes the choice independent of page order even when both copies carry the
+    same date.
+    """
+    return (booked_at, date, json.dumps(payload, sort_keys=True, default=str))
 
 
 def is_cursor(value: object) -> bool:

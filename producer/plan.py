@@ -11,7 +11,6 @@ The plan is a function of the *sets* of items received, never of page size or pa
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,7 +18,7 @@ from typing import Any, Protocol
 
 from contract.message import ItemMessage
 from contract.settings import Ordering
-from pleo.models import ACTIONABLE_ITEM_STATUSES, ExportItem, JobItem
+from pleo.models import ACTIONABLE_ITEM_STATUSES, JobItem
 
 # How far along its life a status is; the furthest sighting of an entry wins.
 _PROGRESS = {"pending": 0, "in_progress": 1}
@@ -131,30 +130,6 @@ def make_plan(
         not_actionable=len(furthest) - len(actionable),
         missing_export_items=missing,
     )
-
-
-def index_export_items(pages: Iterable[Iterable[ExportItem]]) -> dict[str, ExportItem]:
-    """Map entry id to export item; a repeated entry keeps the earliest, ties broken by content."""
-    index: dict[str, ExportItem] = {}
-    for page in pages:
-        for item in page:
-            known = index.get(item.accounting_entry_id)
-            if known is None or _export_key(item) < _export_key(known):
-                index[item.accounting_entry_id] = item
-    return index
-
-
-def _export_key(item: ExportItem) -> tuple[datetime, str, str]:
-    return export_order_key(item.booked_at, item.date, item.payload)
-
-
-def export_order_key(booked_at: datetime, date: str, payload: Any) -> tuple[datetime, str, str]:
-    """Which copy of an entry listed twice by the data layer is kept: the smallest key.
-
-    The canonical JSON makes the choice independent of page order even when both copies carry the
-    same date.
-    """
-    return (booked_at, date, json.dumps(payload, sort_keys=True, default=str))
 
 
 def _rank(status: str) -> int:

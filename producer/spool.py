@@ -21,8 +21,7 @@ from typing import Any
 
 from kombu.utils.json import dumps
 
-from pleo.models import ExportItem
-from producer.plan import export_order_key
+from pleo.models import ExportItem, export_order_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +37,8 @@ class SpooledExport:
 class PayloadSpool:
     """Export items' payloads in a temporary file; their dates and places in a dict.
 
-    An entry the data layer lists twice keeps the copy ``plan.index_export_items`` would keep, so
-    the plan does not depend on whether payloads were spooled or held in memory.
+    An entry the data layer lists twice keeps the copy ``pleo.models.index_export_items`` would
+    keep, so the plan does not depend on whether payloads were spooled or held in memory.
     """
 
     def __init__(self, directory: str | None = None) -> None:

@@ -147,9 +147,9 @@ def test_batch_delivery_tags_are_fresh_uuid4s(settings: Settings) -> None:
     assert len(set(tags)) == 1000
     assert all(tag[14] == "4" and tag[19] in "89ab" and len(tag) == 36 for tag in tags)
     assert [entry for entry, _raw, _placed in rendered] == [i.accounting_entry_id for i in items]
-    # Each placement rebuilds its message's kwargs, less the payload (contract.message).
+    # Each placement, with its payload, rebuilds its message's kwargs (contract.message).
     for item, (_entry, _raw, placed) in zip(items, rendered, strict=True):
-        rebuilt = ItemMessage.rebuilt(JOB, None, item.accounting_entry_id, placed)
+        rebuilt = ItemMessage.rebuilt(JOB, None, item.accounting_entry_id, placed, None)
         assert rebuilt == item.message(JOB, None, 1000)
 
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pleo.models import ITEM_STATUSES, ExportItem, JobItem
-from producer.plan import index_export_items, make_plan
+from pleo.models import ITEM_STATUSES, ExportItem, JobItem, index_export_items
+from producer.plan import make_plan
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 

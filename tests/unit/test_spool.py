@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kombu.utils.json import dumps
 
-from pleo.models import ExportItem, JobItem
-from producer.plan import index_export_items, make_plan
+from pleo.models import ExportItem, JobItem, index_export_items
+from producer.plan import make_plan
 from producer.spool import PayloadSpool
 from tests.unit.test_plan import entry, export_item
 
