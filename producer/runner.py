@@ -15,13 +15,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from contract.errors import (
-    BadInput,
     ContractViolation,
     PermanentUpstreamError,
     PleoExportError,
     Unprocessable,
 )
-from contract.ids import is_uuid
+from contract.ids import validate_job_id
 from contract.lease import Lease
 from contract.ledger import Ledger
 from contract.settings import Settings
@@ -74,18 +73,6 @@ class Observer:
 
     on_page: Callable[[str, int, int], None] | None = None
     on_publish: Callable[[int, int], None] | None = None
-
-
-def validate_uuid(value: object, what: str) -> str:
-    """Return ``value`` lower-cased if it is a UUID, else raise BadInput naming ``what``."""
-    if not isinstance(value, str) or not is_uuid(value):
-        raise BadInput(f"{what} {value!r} is not a UUID.")
-    return value.lower()
-
-
-def validate_job_id(job_id: str) -> str:
-    """Return the job id if it is a UUID, else raise BadInput."""
-    return validate_uuid(job_id, "Job id")
 
 
 def run_job(
