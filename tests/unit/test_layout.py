@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,17 @@ def test_nothing_in_the_project_imports_the_compatibility_module() -> None:
     """``producer/config.py`` is for other services only: our own code uses the contract."""
     graph = module_graph()
     assert {name for name, deps in graph.items() if "producer.config" in deps} == set()
+
+
+def test_no_module_but_the_key_layout_spells_a_redis_key() -> None:
+    """Keys come from ``contract/keys.py`` functions: no literal key or suffix anywhere else."""
+    spelled = re.compile(r"""["'](pleo-export:\S|unacked(_index)?["'])|job_key\(""")
+    found = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for pkg in ("contract", "pleo", "producer", "consumers")
+        for path in (ROOT / pkg).rglob("*.py")
+        if path != ROOT / "contract" / "keys.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if spelled.search(line)
+    ]
+    assert found == []
