@@ -17,8 +17,11 @@ RUN groupadd --system --gid 10001 app \
 # Only what the wheel is built from (README.md is the package's readme in pyproject.toml); the
 # source tree is removed after the install, so the installed package is the only copy.
 COPY pyproject.toml README.md /src/
+COPY contract /src/contract
+COPY pleo /src/pleo
 COPY producer /src/producer
 COPY consumers /src/consumers
+COPY devtools /src/devtools
 RUN pip install --no-cache-dir "/src[postgres]" \
     && rm -rf /src
 

@@ -319,6 +319,18 @@ def test_build_context_keeps_what_the_dockerfile_copies() -> None:
         assert dockerignored(private, patterns), f"{private} would be sent to the builder"
 
 
+def test_the_image_holds_every_package_the_project_installs() -> None:
+    """Each top-level package that pyproject.toml installs is copied into the image's build."""
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {p.rstrip("*") for p in include["packages"]["find"]["include"]}
+    copied = {
+        rest.split()[-1].removeprefix("/src/")
+        for keyword, rest in dockerfile()
+        if keyword == "COPY" and rest.split()[-1].startswith("/src/")
+    }
+    assert packages <= copied, f"not in the image: {sorted(packages - copied)}"
+
+
 def test_producer_worker_grace_covers_a_hand_back() -> None:
     """``docker stop`` waits longer than a producer run takes to hand its job back.
 
