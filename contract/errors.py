@@ -26,6 +26,14 @@ from __future__ import annotations
 import signal
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` for an error sentence, cut short: input is never echoed whole."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(str(value))} characters)"
+
+
 def cause(exc: BaseException) -> str:
     """An underlying error as the end of one of our sentences: its text without a final period."""
     return str(exc).rstrip(". ")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from contract.errors import BadInput
+from contract.errors import BadInput, shown
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
@@ -17,7 +17,7 @@ def is_uuid(value: object) -> bool:
 def validate_uuid(value: object, what: str) -> str:
     """Return ``value`` lower-cased if it is a UUID, else raise BadInput naming ``what``."""
     if not isinstance(value, str) or not is_uuid(value):
-        raise BadInput(f"{what} {value!r} is not a UUID.")
+        raise BadInput(f"{what} {shown(value)} is not a UUID.")
     return value.lower()
 
 

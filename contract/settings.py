@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from contract.errors import BadInput
+from contract.errors import BadInput, shown
 
 Ordering = Literal["booked_at", "entry_id"]
 
 
 _SECRET_FIELDS = frozenset({"api_token", "api_key", "webhook_secret"})
 _URL_FIELDS = frozenset({"redis_url", "broker_url", "erp_database_url"})
+_USERINFO = re.compile(r"(//[^/@:]*:)[^/@]*@")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+# Pleo documents no maximum for ``limit``; a page this large is already 25 MB of export items.
+MAX_PAGE_SIZE = 10_000
 
 
 def redact_url(url: str) -> str:
     """Return ``url`` with any password replaced by ``***`` (user names stay: they help)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        # Not a URL urlsplit can take apart: hide whatever sits between "//user:" and "@".
+        return _USERINFO.sub(r"\1***@", url)
     if parts.password is None:
         return url
     host = parts.hostname or ""
@@ -112,20 +125,28 @@ class Settings:
         """Build Settings from ``env`` (default ``os.environ``); a bad value raises BadInput."""
         env = os.environ if env is None else env
         d = cls()
-        redis_url = env.get("REDIS_URL") or d.redis_url
+        redis_url = _url(env, "REDIS_URL", d.redis_url, _REDIS_SCHEMES, "Redis")
+        broker_url = _url(
+            env,
+            "CELERY_BROKER_URL",
+            redis_url,
+            _broker_schemes(),
+            "broker",
+            examples=("redis", "amqp"),
+        )
         ordering = env.get("PLEO_ORDERING", "booked_at")
         if ordering not in ("booked_at", "entry_id"):
-            raise BadInput(f"PLEO_ORDERING must be 'booked_at' or 'entry_id', not {ordering!r}.")
-        api_url = (env.get("PLEO_API_URL") or d.api_url).rstrip("/")
-        if urlsplit(api_url).scheme not in {"http", "https"}:
-            raise BadInput(f"PLEO_API_URL must be an http(s) URL, not {api_url!r}.")
+            raise BadInput(
+                f"PLEO_ORDERING must be 'booked_at' or 'entry_id', not {shown(ordering)}."
+            )
+        api_url = _url(env, "PLEO_API_URL", d.api_url, ("http", "https"), "http(s)").rstrip("/")
         return cls(
             api_url=api_url,
             api_token=env.get("PLEO_API_TOKEN") or None,
             api_key=env.get("PLEO_API_KEY") or None,
             redis_url=redis_url,
-            broker_url=env.get("CELERY_BROKER_URL") or redis_url,
-            page_size=_number(env, "PLEO_PAGE_SIZE", d.page_size, int, low=1),
+            broker_url=broker_url,
+            page_size=_number(env, "PLEO_PAGE_SIZE", d.page_size, int, low=1, high=MAX_PAGE_SIZE),
             webhook_secret=env.get("PLEO_WEBHOOK_SECRET") or None,
             erp_database_url=env.get("ERP_DATABASE_URL") or d.erp_database_url,
             ordering=ordering,  # type: ignore[arg-type]  # checked just above
@@ -168,15 +189,57 @@ class Settings:
 N = TypeVar("N", int, float)
 
 
-def _number(env: Mapping[str, str], name: str, default: N, kind: type[N], *, low: N) -> N:
+def _number(
+    env: Mapping[str, str], name: str, default: N, kind: type[N], *, low: N, high: N | None = None
+) -> N:
+    """The setting ``name`` as a finite number written in ASCII digits, within [low, high]."""
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
-    try:
-        value = kind(raw)
-    except ValueError:
+    text = raw.strip()
+    if not (_INTEGER if kind is int else _DECIMAL).fullmatch(text):
         noun = "a whole number" if kind is int else "a number"
-        raise BadInput(f"{name} must be {noun}, not {raw!r}.") from None
+        raise BadInput(f"{name} must be {noun}, not {shown(raw)}.")
+    value = kind(text)
+    if not math.isfinite(value):
+        raise BadInput(f"{name} must be a finite number, not {shown(raw)}.")
     if value < low:
-        raise BadInput(f"{name} must be at least {low}, not {raw!r}.")
+        raise BadInput(f"{name} must be at least {low}, not {shown(raw)}.")
+    if high is not None and value > high:
+        raise BadInput(f"{name} must be at most {high}, not {shown(raw)}.")
     return value
+
+
+def _url(
+    env: Mapping[str, str],
+    name: str,
+    default: str,
+    schemes: Collection[str],
+    kind: str,
+    *,
+    examples: Collection[str] = (),
+) -> str:
+    """The setting ``name`` as a URL with one of ``schemes`` (passwords never shown in errors)."""
+    raw = (env.get(name) or "").strip() or default
+    seen = shown(redact_url(raw))
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError as exc:
+        raise BadInput(f"{name} is not a valid URL ({exc}): {seen}.") from None
+    scheme = parts.scheme.split("+", 1)[0]
+    if scheme not in schemes:
+        listed = ", ".join(f"{s}://" for s in (examples or sorted(schemes)))
+        listed += ", ..." if examples else ""
+        article = "an" if kind[0] in "aeiouh" else "a"
+        raise BadInput(f"{name} must be {article} {kind} URL ({listed}), not {seen}.")
+    if scheme in {"http", "https", "redis", "rediss", "amqp", "amqps"} and not parts.hostname:
+        raise BadInput(f"{name} names no host: {seen}.")
+    return raw
+
+
+def _broker_schemes() -> frozenset[str]:
+    """The URL schemes kombu has a transport for."""
+    from kombu.transport import TRANSPORT_ALIASES
+
+    return frozenset(TRANSPORT_ALIASES)

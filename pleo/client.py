@@ -73,14 +73,19 @@ def make_http_client(
     settings: Settings, *, transport: httpx.BaseTransport | None = None
 ) -> httpx.Client:
     """Build the keep-alive httpx.Client the Pleo client talks through, with Settings' auth."""
+    # Credentials written into PLEO_API_URL (user:password@host) are sent as Basic auth, never as
+    # part of the URL: httpx logs every request's URL, and a URL shows up in errors.
+    url = httpx.URL(settings.api_url)
     auth: httpx.Auth | None = None
     if settings.api_token:
         auth = _BearerAuth(settings.api_token)
     elif settings.api_key:
         # Pleo's basicAuth scheme: the API key is the user name and the password is empty.
         auth = httpx.BasicAuth(settings.api_key, "")
+    elif url.userinfo:
+        auth = httpx.BasicAuth(url.username, url.password)
     return httpx.Client(
-        base_url=settings.api_url,
+        base_url=url.copy_with(username=None, password=None),
         timeout=httpx.Timeout(settings.http_timeout),
         limits=httpx.Limits(max_connections=10, max_keepalive_connections=10, keepalive_expiry=30),
         headers={"Accept": "application/json", "User-Agent": _user_agent()},

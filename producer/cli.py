@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +34,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _fail(message: str, code: int) -> None:
     click.echo(f"pleo-export: {message}", err=True)
     sys.exit(code)
+
+
+def _out(text: str) -> None:
+    """Print a line of the command's output; a reader that went away (``| head``) is no error.
+
+    The rest of the output is dropped and the command ends with its own exit status.
+    """
+    try:
+        click.echo(text)
+    except BrokenPipeError:
+        # Point stdout at /dev/null so that nothing (the final flush included) writes to the pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _one_sentence(text: str) -> str:
@@ -111,14 +126,12 @@ def enqueue(job_id: str, company_id: str | None) -> None:
     settings = load_settings()
     result = send(job_id, company_id=company_id, settings=settings, source="cli")
     if result.deduplicated:
-        click.echo(
+        _out(
             f"job {result.job_id} was triggered moments ago (task {result.task_id}); "
             "nothing more sent"
         )
         return
-    click.echo(
-        f"enqueued producer task {result.task_id} for job {result.job_id} on {PRODUCER_QUEUE}"
-    )
+    _out(f"enqueued producer task {result.task_id} for job {result.job_id} on {PRODUCER_QUEUE}")
 
 
 @main.command()
@@ -148,14 +161,14 @@ def poll(company_id: str | None, in_progress: bool, as_json: bool) -> None:
             company_id=company_id,
         )
     if as_json:
-        click.echo(json.dumps(dataclasses.asdict(result), sort_keys=True))
+        _out(json.dumps(dataclasses.asdict(result), sort_keys=True))
         return
-    click.echo(
+    _out(
         f"found {result.found} jobs: enqueued {result.enqueued}, "
         f"{result.deduplicated} already triggered moments ago"
     )
     for job_id in result.job_ids:
-        click.echo(f"  {job_id}")
+        _out(f"  {job_id}")
 
 
 @main.command()
@@ -171,13 +184,13 @@ def status(job_id: str, as_json: bool) -> None:
     job_id = validate_job_id(job_id)
     view = job_status(redis_client(settings.ledger_url), job_id)
     if as_json:
-        click.echo(json.dumps(view, sort_keys=True))
+        _out(json.dumps(view, sort_keys=True))
         return
     if view["state"] == "unknown" and not view["published_total"]:
-        click.echo(f"No run of job {job_id} is recorded in Redis.")
+        _out(f"No run of job {job_id} is recorded in Redis.")
         return
     for key in sorted(view):
-        click.echo(f"{key:>18}: {view[key]}")
+        _out(f"{key:>18}: {view[key]}")
 
 
 @main.command()
@@ -266,7 +279,7 @@ def demo(items: int, no_input: bool) -> None:
 def _print_summary(summary: RunSummary, *, as_json: bool) -> None:
     data = summary.as_dict()
     if as_json:
-        click.echo(json.dumps(data, sort_keys=True))
+        _out(json.dumps(data, sort_keys=True))
         return
     headline = {
         "enqueued": f"enqueued {summary.enqueued} new messages "
@@ -275,7 +288,7 @@ def _print_summary(summary: RunSummary, *, as_json: bool) -> None:
         "skipped": f"nothing to do: {summary.reason}",
         "locked": f"{summary.reason or 'a live run holds this job'}",
     }.get(summary.status, summary.status)
-    click.echo(f"job {summary.job_id}: {headline}")
+    _out(f"job {summary.job_id}: {headline}")
     for key in (
         "job_status",
         "recovery",
@@ -286,7 +299,7 @@ def _print_summary(summary: RunSummary, *, as_json: bool) -> None:
         "missing_export_items",
         "seconds",
     ):
-        click.echo(f"{key:>22}: {data[key]}")
+        _out(f"{key:>22}: {data[key]}")
 
 
 @contextmanager
