@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import click
 
 from contract.errors import LeaseHeld, PleoExportError
-from contract.ids import validate_job_id
+from contract.ids import is_uuid, validate_job_id
 from contract.names import PRODUCER_QUEUE
 from contract.settings import Settings
 from producer.runner import Observer, RunSummary
@@ -31,9 +31,33 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(
+    message: str,
+    code: int,
+    report: Callable[[str, int, str], None] | None = None,
+    kind: str = "",
+) -> None:
+    if report is not None:
+        report(message, code, kind)
     click.echo(f"pleo-export: {message}", err=True)
     sys.exit(code)
+
+
+def _json_failure(job_id: object) -> Callable[[str, int, str], None]:
+    """Print a failed command's one JSON object: the job, ``status: error``, why, the exit code."""
+
+    def report(message: str, code: int, kind: str) -> None:
+        shown_id = job_id if isinstance(job_id, str) and is_uuid(job_id) else None
+        failure = {
+            "job_id": shown_id,
+            "status": "error",
+            "error": message,
+            "error_type": kind,
+            "exit_code": code,
+        }
+        _out(json.dumps(failure, sort_keys=True))
+
+    return report
 
 
 def _out(text: str) -> None:
@@ -60,15 +84,18 @@ def guarded(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # With --json, a failure is one JSON object on stdout too, beside the sentence on stderr.
+        report = _json_failure(kwargs.get("job_id")) if kwargs.get("as_json") else None
         try:
             return fn(*args, **kwargs)
         except PleoExportError as exc:
-            _fail(_one_sentence(exc.message), exc.exit_code)
+            _fail(_one_sentence(exc.message), exc.exit_code, report, type(exc).__name__)
         except KeyboardInterrupt:
-            _fail("Interrupted.", 130)
+            _fail("Interrupted.", 130, report, "KeyboardInterrupt")
         except Exception as exc:  # the last resort: a sentence, not a traceback
             log.debug("unexpected_error", exc_info=True)
-            _fail(_one_sentence(f"Unexpected error ({type(exc).__name__}): {exc}"), 1)
+            message = _one_sentence(f"Unexpected error ({type(exc).__name__}): {exc}")
+            _fail(message, 1, report, type(exc).__name__)
         return None
 
     return wrapper  # type: ignore[return-value]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import redis
@@ -11,9 +12,14 @@ from contract.keys import items_key, lease_key, marks_key, outbox_key, progress_
 from contract.lease import is_live
 from contract.ledger import PUBLISHED
 from contract.states import RUNNING, JobState
+from pleo.models import TERMINAL_JOB_STATUSES as JOB_STATUS_EVENTS
 
 # ``republished``: messages the repair sweep (consumers/repair.py) sent again after a loss.
 _WORKER_COUNTERS = ("successful", "failed", "reported", "report_dropped", "republished")
+_INTEGER = re.compile(r"-?[0-9]+")
+_DECIMAL = re.compile(r"-?[0-9]+\.[0-9]+(?:[eE][+-]?[0-9]+)?")
+# Flags stored as 0/1, shown as ``run --json`` shows them: true/false.
+_FLAGS = ("recovery", "near_expiry")
 # How Pleo finished a job itself (consumers/finished.py): shown only when recorded.
 _PLEO_FINISH = ("finished_by_pleo", "pleo_failure_reason_type", "pleo_failure_reason")
 
@@ -34,6 +40,7 @@ def job_status(client: redis.Redis, job_id: str) -> dict[str, Any]:
         ) from exc
     view: dict[str, Any] = {"job_id": job_id, "state": "unknown"}
     view.update({_text(k): _value(v) for k, v in progress.items()})
+    view.update({flag: bool(view[flag]) for flag in _FLAGS if flag in view})
     view["run_alive"] = alive = is_live(leased)
     if view["state"] in RUNNING and not alive:
         # The run stopped without a word (SIGKILL, OOM, a lost worker): its lease lapsed, or its
@@ -45,11 +52,20 @@ def job_status(client: redis.Redis, job_id: str) -> dict[str, Any]:
     counts = {name: int(workers.get(name, 0)) for name in _WORKER_COUNTERS}
     view.update(counts)
     view["published_total"] = published
-    view["in_progress"] = max(0, published - counts["successful"] - counts["failed"])
+    # Published entries with no outcome yet: queued, being posted, or lost (the repair sweep's
+    # business); not a count of running workers.
+    view["awaiting_outcome"] = max(0, published - counts["successful"] - counts["failed"])
     view["waiting_report"] = int(waiting)
-    view["final_event"] = workers.get("final_event")
+    view["final_event"] = final = workers.get("final_event")
     view["final_event_at"] = workers.get("final_event_at")
     view.update({name: workers[name] for name in _PLEO_FINISH if name in workers})
+    # ``job_status`` is the job's status in Pleo as far as we know it: the claim's reading until
+    # the job ended, then how it ended (our final event, or what Pleo said when it ended it).
+    if "job_status" in view:
+        view["job_status_at_claim"] = view["job_status"]
+    ended = final if final in JOB_STATUS_EVENTS else view.get("finished_by_pleo")
+    if ended:
+        view["job_status"] = ended
     return view
 
 
@@ -58,5 +74,10 @@ def _text(value: bytes | str) -> str:
 
 
 def _value(raw: bytes | str) -> Any:
+    """A stored field typed as ``run --json`` types it: numbers as numbers, the rest as text."""
     text = _text(raw)
-    return int(text) if text.lstrip("-").isdigit() else text
+    if _INTEGER.fullmatch(text):
+        return int(text)
+    if _DECIMAL.fullmatch(text):
+        return float(text)
+    return text

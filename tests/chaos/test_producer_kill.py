@@ -428,7 +428,7 @@ def test_producer_killed_mid_publish_on_rabbitmq_duplicates_but_erp_books_each_e
     assert posted_events(sim_state, job_id) == [("started", True), ("completed", True)]
     view = chain.status()
     assert (view["published_total"], view["successful"], view["reported"]) == (RABBIT_ITEMS,) * 3
-    assert (view["failed"], view["in_progress"], view["waiting_report"]) == (0, 0, 0)
+    assert (view["failed"], view["awaiting_outcome"], view["waiting_report"]) == (0, 0, 0)
     assert view["final_event"] == "completed"
     wait_for(lambda: depth(amqp_url) == 0, timeout=60, what="every message acknowledged")
     tally("producer kills survived", chain.killed)

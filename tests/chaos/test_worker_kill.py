@@ -88,7 +88,7 @@ def assert_each_entry_once(
     total = len(planned)
     assert (view["planned"], view["published_total"]) == (total, total)
     assert (view["successful"], view["failed"], view["reported"]) == (total, 0, total)
-    assert (view["in_progress"], view["waiting_report"]) == (0, 0)
+    assert (view["awaiting_outcome"], view["waiting_report"]) == (0, 0)
     assert view["final_event"] == "completed"
     return posted
 

@@ -101,7 +101,7 @@ def test_failing_validation_completes_with_errors(
     view = json.loads(cli("status", job_id, "--json").stdout)
     assert (view["planned"], view["published_total"]) == (1000, 1000)
     assert (view["successful"], view["failed"]) == (1000 - len(failed), len(failed))
-    assert (view["reported"], view["in_progress"], view["waiting_report"]) == (1000, 0, 0)
+    assert (view["reported"], view["awaiting_outcome"], view["waiting_report"]) == (1000, 0, 0)
     assert view["final_event"] == "completed_with_errors"
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
 
 import pytest
+import redis
 
+from contract.keys import items_key
 from contract.settings import Settings
 from devtools.simulator import JobSpec, SimState
 from tests.conftest import env_for, with_settings
@@ -51,3 +54,44 @@ def test_a_password_in_the_api_url_never_reaches_a_log_line(
     assert f"pw-{job_id}" not in done.stderr + done.stdout
     # Pleo was asked, and refused the credentials it was sent.
     assert [c.status for c in sim_state.calls if c.path.endswith(job_id)] == [401]
+
+
+def test_a_failed_run_with_json_prints_one_json_object(
+    settings: Settings, sim_state: SimState, cli: Cli
+) -> None:
+    """``run --json`` that fails: one JSON object on stdout (why, and the exit code) too."""
+    job_id = sim_state.add_job(JobSpec(items=3, seed=33))
+    done = cli("run", job_id, "--json", settings_=with_settings(settings, api_token="wrong"))
+    assert done.returncode == 3
+    (line,) = done.stdout.splitlines()
+    failure = json.loads(line)
+    assert failure["job_id"] == job_id
+    assert (failure["status"], failure["exit_code"]) == ("error", 3)
+    assert failure["error_type"] == "AuthenticationFailed"
+    assert done.stderr.startswith("pleo-export: Pleo answered 401")
+    assert failure["error"] == done.stderr.removeprefix("pleo-export: ").strip()
+
+
+def test_status_types_its_fields_as_run_does_and_names_them_for_what_they_count(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, cli: Cli
+) -> None:
+    """``status --json`` and ``run --json`` agree on every field they share, types included;
+    ``job_status`` follows the job to its end; ``awaiting_outcome`` counts entries, not workers."""
+    job_id = sim_state.add_job(JobSpec(items=40, item_statuses={"pending": 1.0}, seed=34))
+    ran = json.loads(cli("run", job_id, "--json").stdout)
+    view = json.loads(cli("status", job_id, "--json").stdout)
+    shared = set(ran) & set(view) - {"status"}
+    assert {"recovery", "seconds", "pages", "planned", "enqueued"} <= shared
+    assert {k: (ran[k], type(ran[k])) for k in shared} == {
+        k: (view[k], type(view[k])) for k in shared
+    }
+    assert (view["awaiting_outcome"], view["job_status"]) == (40, "in_progress")
+
+    # The job ends: the ERP workers record the final event where consumers/reporting.py does.
+    rdb.hset(items_key(job_id), mapping={"final_event": "completed_with_errors", "failed": 1})
+    ended = json.loads(cli("status", job_id, "--json").stdout)
+    assert (ended["job_status"], ended["job_status_at_claim"]) == (
+        "completed_with_errors",
+        "in_progress",
+    )
+    assert ended["awaiting_outcome"] == 39
