@@ -107,10 +107,14 @@ def load_settings() -> Settings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="Log events to stderr (-v info, -vv debug).")
+@click.option(
+    "-v", "--verbose", count=True, help="Log events to stderr (-v warnings and info, -vv debug)."
+)
 def main(verbose: int) -> None:
     """Move Pleo export jobs into your ERP: every page, one message per entry, in order, once."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    # Without -v a command speaks through its output and its one-sentence errors only; the
+    # events a run logs on the way (retries, a page total that changed) are for -v.
+    level = logging.ERROR if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -335,7 +339,7 @@ def _progress(*, enabled: bool) -> Iterator[Observer | None]:
         yield None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
     with Progress(
         TextColumn("{task.description}"),
@@ -344,16 +348,21 @@ def _progress(*, enabled: bool) -> Iterator[Observer | None]:
         console=Console(stderr=True),
         transient=False,
     ) as bars:
-        pages = bars.add_task("pages fetched", total=None)
+        # One bar per layer read (entry_id ordering reads one), each with the total Pleo's pages
+        # give; a total that the items outgrow is the bar's no longer.
+        names = {"control": "job items read", "data": "export items read"}
+        layers: dict[str, TaskID] = {}
         items = bars.add_task("items enqueued", total=None)
 
-        def on_page(layer: str, page: int, seen: int) -> None:
-            bars.update(pages, completed=page, description=f"pages fetched ({layer})")
+        def on_layer(layer: str, seen: int, total: int | None) -> None:
+            if layer not in layers:
+                layers[layer] = bars.add_task(names[layer], total=None)
+            bars.update(layers[layer], completed=seen, total=max(total, seen) if total else None)
 
         def on_publish(done: int, total: int) -> None:
             bars.update(items, completed=done, total=total)
 
-        yield Observer(on_page=on_page, on_publish=on_publish)
+        yield Observer(on_layer=on_layer, on_publish=on_publish)
 
 
 if __name__ == "__main__":  # pragma: no cover

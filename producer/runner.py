@@ -72,6 +72,8 @@ class Observer:
     """Callbacks for live progress (the CLI draws bars with them); all optional."""
 
     on_page: Callable[[str, int, int], None] | None = None
+    # (layer, items read so far, the layer's total as Pleo's pages give it, or None)
+    on_layer: Callable[[str, int, int | None], None] | None = None
     on_publish: Callable[[int, int], None] | None = None
 
 
@@ -304,7 +306,7 @@ def _fetch_layers(
     def read_control_layer() -> None:
         for page in _until(stop, client.iter_job_items(job_id)):
             items.extend(page.items)
-            pages.seen("control", len(page.items))
+            pages.seen("control", len(page.items), page.info.total)
 
     if settings.ordering != "booked_at":
         read_control_layer()
@@ -319,7 +321,7 @@ def _fetch_layers(
                 if spooling is not None:
                     spooling.result()
                 spooling = spooler.submit(spool.add, page.items)
-                pages.seen("data", len(page.items))
+                pages.seen("data", len(page.items), page.info.total)
             if spooling is not None:
                 spooling.result()
         except BaseException:
@@ -358,8 +360,8 @@ class _PageCounter:
         self._lock = threading.Lock()
         self._items = {"control": 0, "data": 0}
 
-    def seen(self, layer: str, count: int) -> None:
-        """One more page of ``layer`` with ``count`` items."""
+    def seen(self, layer: str, count: int, total: int | None) -> None:
+        """One more page of ``layer`` with ``count`` items, of ``total`` if Pleo says."""
         # Reported under the lock too, so no reader ever sees the count go backwards.
         with self._lock:
             self._items[layer] += count
@@ -371,6 +373,8 @@ class _PageCounter:
             )
             if self._observer.on_page is not None:
                 self._observer.on_page(layer, self._summary.pages, self._items[layer])
+            if self._observer.on_layer is not None:
+                self._observer.on_layer(layer, self._items[layer], total)
 
 
 def _record_plan(summary: RunSummary, plan: Plan) -> None:

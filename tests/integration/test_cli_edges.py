@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,7 +15,7 @@ import redis
 
 from contract.keys import items_key
 from contract.settings import Settings
-from devtools.simulator import JobSpec, SimState
+from devtools.simulator import FaultRule, JobSpec, SimState
 from tests.conftest import env_for, with_settings
 
 pytestmark = pytest.mark.integration
@@ -95,3 +98,57 @@ def test_status_types_its_fields_as_run_does_and_names_them_for_what_they_count(
         "in_progress",
     )
     assert ended["awaiting_outcome"] == 39
+
+
+def run_on_a_terminal(settings: Settings, *args: str) -> tuple[int, str]:
+    """``pleo-export ARGS`` with stderr on a pseudo-terminal (the progress bars draw there)."""
+    controller, terminal = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "producer", *args],
+        env={**env_for(settings), "COLUMNS": "120", "TERM": "xterm"},
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+    ) as proc:
+        os.close(terminal)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the terminal's other end closed: the command is done
+                break
+            if not chunk:
+                break
+            drawn += chunk
+        code = proc.wait(timeout=60)
+    os.close(controller)
+    return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn.decode(errors="replace"))
+
+
+def test_each_layer_has_its_own_bar_with_its_total_and_warnings_wait_for_v(
+    settings: Settings, sim_state: SimState
+) -> None:
+    """On a terminal: one bar per layer, each ending at its total; no log line without -v.
+
+    The first page of job items understates the total (Pleo's pages tolerate it once, with the
+    warning ``page_total_changed``): the bar ends at the real total, and only ``-v`` shows the
+    warning.
+    """
+    quiet, loud = (
+        sim_state.add_job(JobSpec(items=250, item_statuses={"pending": 1.0}, seed=seed))
+        for seed in (35, 36)
+    )
+    lie = FaultRule(endpoint="job_items", kind="total_lie", times=1)
+    sim_state.add_fault(lie)
+    code, drawn = run_on_a_terminal(settings, "run", quiet)
+    assert code == 0, drawn
+    assert re.search(r"job items read\s.*250/250", drawn), drawn
+    assert re.search(r"export items read\s.*250/250", drawn), drawn
+    assert re.search(r"items enqueued\s.*250/250", drawn), drawn
+    assert "page_total_changed" not in drawn
+    assert "WARNING" not in drawn
+
+    sim_state.add_fault(lie)
+    code, drawn = run_on_a_terminal(settings, "-v", "run", loud)
+    assert code == 0, drawn
+    assert "WARNING" in drawn
+    assert "page_total_changed" in drawn
