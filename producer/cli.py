@@ -273,10 +273,16 @@ def simulate(
         seed=seed,
     )
     job_id = state.add_job(JobSpec(items=items, seed=seed, expires_in=expires_in))
-    click.echo(
-        f"simulated pending job {job_id} with {items} items at http://{host}:{port}", err=True
-    )
-    serve(state, host, port)
+
+    def announce(url: str) -> None:
+        click.echo(
+            f"simulated pending job {job_id} with {items} items at {url} (the id comes from "
+            f"--seed {seed}: the same seed gives the same job, whose marks a ledger may "
+            "already hold; another seed gives a new one)",
+            err=True,
+        )
+
+    serve(state, host, port, on_listening=announce)
 
 
 @main.command()
@@ -312,9 +318,14 @@ def _print_summary(summary: RunSummary, *, as_json: bool) -> None:
     if as_json:
         _out(json.dumps(data, sort_keys=True))
         return
+    already = f"{summary.already_enqueued} were already queued"
+    if summary.already_enqueued and not summary.enqueued:
+        # Every entry was published before: by an earlier run of this job id, maybe days ago
+        # (marks live PLEO_DEDUP_TTL), which is what a simulator restarted with its seed gives.
+        already += " by an earlier run of this job"
     headline = {
-        "enqueued": f"enqueued {summary.enqueued} new messages "
-        f"({summary.already_enqueued} were already queued) of {summary.planned} planned",
+        "enqueued": f"enqueued {summary.enqueued} new messages ({already}) "
+        f"of {summary.planned} planned",
         "nothing_to_do": "nothing to do: no pending or in_progress items",
         "skipped": f"nothing to do: {summary.reason}",
         "locked": f"{summary.reason or 'a live run holds this job'}",

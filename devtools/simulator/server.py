@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Final
 
@@ -76,10 +77,22 @@ def start_in_thread(
     return RunningSimulator(server, thread, url, state)
 
 
-def serve(state: SimState, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve ``state`` on ``host:port`` until interrupted (what ``pleo-export simulate`` runs)."""
+def serve(
+    state: SimState,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    on_listening: Callable[[str], None] | None = None,
+) -> None:
+    """Serve ``state`` on ``host:port`` until interrupted (what ``pleo-export simulate`` runs).
+
+    ``on_listening`` hears the URL once the socket is bound, so nothing is announced for a port
+    that could not be taken.
+    """
     sock = bind(host, port)
     url = url_of(sock)
+    if on_listening is not None:
+        on_listening(url)
     logger.info("sim_serving url=%s", url)
     for job_id, job in state.jobs.items():
         logger.info("sim_job job_id=%s status=%s items=%d", job_id, job.status, job.number_of_items)

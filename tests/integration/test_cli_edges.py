@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 
 import pytest
 import redis
+from rich.console import Console
 
 from contract.keys import items_key
 from contract.settings import Settings
+from devtools.demo import DEMO_DB, demo_database
 from devtools.simulator import FaultRule, JobSpec, SimState
 from tests.conftest import env_for, with_settings
+from tests.support.serial import taking_turns
 
 pytestmark = pytest.mark.integration
 
@@ -152,3 +157,43 @@ def test_each_layer_has_its_own_bar_with_its_total_and_warnings_wait_for_v(
     assert code == 0, drawn
     assert "WARNING" in drawn
     assert "page_total_changed" in drawn
+
+
+def test_the_simulator_announces_nothing_for_a_port_it_cannot_take(cli: Cli) -> None:
+    """``simulate`` on a taken port: one sentence, exit 2, and no "simulated pending job" line."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = cli("simulate", "--port", str(port))
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"pleo-export: Cannot listen on 127.0.0.1:{port}")
+    assert "simulated pending job" not in done.stderr
+
+
+def test_the_demo_empties_only_a_database_that_is_its_own(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """db 15 holding keys no demo wrote is left alone (the demo runs on an embedded Redis);
+    an empty db 15, or one an earlier demo marked, is emptied and used."""
+    server = redis_url.rsplit("/", 1)[0]
+    console = Console(file=io.StringIO())
+    with taking_turns("demo"), redis.Redis.from_url(f"{server}/{DEMO_DB}") as db15:
+        db15.flushdb()
+        db15.set("someone-elses", "data")
+        monkeypatch.setenv("REDIS_URL", f"{server}/0")
+        try:
+            with demo_database(console) as url:
+                assert not url.startswith(server)  # the embedded one
+            assert db15.get("someone-elses") == b"data"
+
+            db15.delete("someone-elses")
+            with demo_database(console) as url:
+                assert url == f"{server}/{DEMO_DB}"
+                redis.Redis.from_url(url).set("left-by-the-demo", 1)
+            with demo_database(console) as url:
+                assert url == f"{server}/{DEMO_DB}"  # marked as the demo's: emptied, used
+                assert db15.get("left-by-the-demo") is None
+        finally:
+            db15.flushdb()
+    assert "leaving it alone" in console.file.getvalue()  # type: ignore[attr-defined]
