@@ -52,7 +52,11 @@ def error_for_status(response: httpx.Response, target: Target) -> UpstreamError:
     message = f"Pleo answered {status} to {target}: {_reason(response, body)}."
     fields: dict[str, Any] = {"job_id": target.job_id, "status": status, "url": target.url}
     if status in (401, 403):
-        return AuthenticationFailed(message, **fields)
+        # The one thing a user can do about it, named: the credentials come from the settings.
+        hint = " Check PLEO_API_TOKEN (or PLEO_API_KEY): Pleo did not accept what was sent."
+        if status == 401 and not _sent_credentials(response):
+            hint = " Set PLEO_API_TOKEN (a bearer token) or PLEO_API_KEY: none was sent."
+        return AuthenticationFailed(message + hint, **fields)
     if status == 404:
         return JobNotFound(message, **fields)
     if status == 422:
@@ -109,3 +113,11 @@ def _server_now(response: httpx.Response) -> datetime:
         return parsedate_to_datetime(response.headers["Date"])
     except (KeyError, TypeError, ValueError):
         return datetime.now(UTC)
+
+
+def _sent_credentials(response: httpx.Response) -> bool:
+    """Whether the request that got ``response`` carried an Authorization header."""
+    try:
+        return "Authorization" in response.request.headers
+    except RuntimeError:  # a response built without its request (tests): assume it did
+        return True

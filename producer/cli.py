@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import click
 
 from contract.errors import LeaseHeld, PleoExportError
-from contract.ids import is_uuid, validate_job_id
+from contract.ids import is_uuid, validate_job_id, validate_uuid
 from contract.names import PRODUCER_QUEUE
 from contract.settings import Settings
 from producer.runner import Observer, RunSummary
@@ -250,6 +250,11 @@ def status(job_id: str, as_json: bool) -> None:
     type=click.IntRange(1, 2**31 - 1),
     help="The job's expiresIn: seconds without an action before Pleo fails it as job_expired.",
 )
+@click.option(
+    "--job-id",
+    default=None,
+    help="The sample job's id (a UUID); by default one derived from --seed.",
+)
 @guarded
 def simulate(
     *,
@@ -260,6 +265,7 @@ def simulate(
     max_page_size: int,
     latency: float,
     expires_in: int,
+    job_id: str | None,
 ) -> None:
     """Run the Pleo API simulator with one seeded pending job."""
     from devtools.simulator import JobSpec, SimState, serve
@@ -272,14 +278,24 @@ def simulate(
         latency=latency,
         seed=seed,
     )
-    job_id = state.add_job(JobSpec(items=items, seed=seed, expires_in=expires_in))
+    given = job_id is not None
+    spec = JobSpec(
+        items=items,
+        seed=seed,
+        expires_in=expires_in,
+        job_id=validate_uuid(job_id, "Job id") if given else None,
+    )
+    job_id = state.add_job(spec)
+    origin = (
+        "the id given"
+        if given
+        else f"the id comes from --seed {seed}: the same seed gives the same job, whose marks "
+        "a ledger may already hold; another seed or --job-id gives a new one"
+    )
 
     def announce(url: str) -> None:
         click.echo(
-            f"simulated pending job {job_id} with {items} items at {url} (the id comes from "
-            f"--seed {seed}: the same seed gives the same job, whose marks a ledger may "
-            "already hold; another seed gives a new one)",
-            err=True,
+            f"simulated pending job {job_id} with {items} items at {url} ({origin})", err=True
         )
 
     serve(state, host, port, on_listening=announce)
