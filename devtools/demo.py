@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import json
 import os
 import secrets
 import socket
@@ -25,7 +24,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -33,7 +31,6 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import httpx
 import redis
 import uvicorn
 from rich.console import Console
@@ -45,9 +42,9 @@ from contract.errors import BadInput, PleoExportError
 from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE
 from contract.settings import Settings, redact_url
 from contract.store import redis_client
+from devtools.deliveries import deliver
 from devtools.processes import stop_group
 from devtools.simulator import JobSpec, SimState, start_in_thread
-from producer import signature
 from producer.serving import bind, url_of
 from producer.status import job_status
 from producer.webhook import EXPORT_JOB_CREATED, create_app, server_config
@@ -293,18 +290,7 @@ def _worker(
 
 def _fire_webhook(out: Console, url: str, settings: Settings, job: dict[str, Any]) -> None:
     """POST a signed ``v1.export-job.created`` for ``job``, as Pleo would; print the answer."""
-    event = {"data": job, "eventId": str(uuid.uuid4()), "eventType": EXPORT_JOB_CREATED}
-    body = json.dumps(event).encode()
-    msg_id, stamp = f"msg_{uuid.uuid4().hex}", int(time.time())
-    headers = {
-        signature.ID_HEADER: msg_id,
-        signature.TIMESTAMP_HEADER: str(stamp),
-        signature.SIGNATURE_HEADER: signature.sign(
-            msg_id, stamp, body, settings.webhook_secret or ""
-        ),
-        "content-type": "application/json",
-    }
-    answer = httpx.post(f"{url}/webhooks/pleo", content=body, headers=headers, timeout=10)
+    answer = deliver(f"{url}/webhooks/pleo", job, settings.webhook_secret or "")
     out.print(f"Webhook {EXPORT_JOB_CREATED} sent: {answer.status_code} {answer.text}")
     if answer.status_code != 202:
         raise PleoExportError(f"The webhook receiver answered {answer.status_code}, not 202.")

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
-from contract.errors import LeaseHeld, PleoExportError
+from contract.errors import BadInput, LeaseHeld, PleoExportError
 from contract.ids import is_uuid, validate_job_id, validate_uuid
 from contract.names import PRODUCER_QUEUE
 from contract.settings import Settings
@@ -299,6 +299,42 @@ def simulate(
         )
 
     serve(state, host, port, on_listening=announce)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option(
+    "--url",
+    default="http://127.0.0.1:8000/webhooks/pleo",
+    show_default=True,
+    help="The receiver to deliver to.",
+)
+@click.option("--company-id", default=None, help="The job's companyId in the delivery.")
+@guarded
+def deliver(job_id: str, url: str, company_id: str | None) -> None:
+    """Send a signed v1.export-job.created for JOB_ID to a webhook receiver, as Pleo would.
+
+    Signed with PLEO_WEBHOOK_SECRET; prints the receiver's answer. For trying a receiver out:
+    Pleo sends the real ones.
+    """
+    import httpx
+
+    from devtools.deliveries import deliver as send
+
+    settings = load_settings()
+    job_id = validate_job_id(job_id)
+    if company_id is not None:
+        company_id = validate_uuid(company_id, "Company id")
+    if not settings.webhook_secret:
+        raise BadInput("Set PLEO_WEBHOOK_SECRET to the receiver's whsec_ secret to sign with.")
+    job = {"id": job_id, "companyId": company_id, "status": "pending", "expiresIn": 3600}
+    try:
+        answer = send(url, job, settings.webhook_secret)
+    except httpx.HTTPError as exc:
+        raise PleoExportError(f"Could not deliver to {url}: {type(exc).__name__}.") from exc
+    _out(f"{answer.status_code} {answer.text}")
+    if not answer.is_success:
+        raise PleoExportError(f"The receiver at {url} answered {answer.status_code}, not 2xx.")
 
 
 @main.command()

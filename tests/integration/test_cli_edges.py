@@ -17,11 +17,15 @@ import redis
 from rich.console import Console
 
 from contract.keys import items_key
+from contract.names import PRODUCER_QUEUE
 from contract.settings import Settings
 from devtools.demo import DEMO_DB, demo_database
 from devtools.simulator import FaultRule, JobSpec, SimState
+from producer.webhook import create_app
 from tests.conftest import env_for, with_settings
+from tests.support.queues import redis_queue
 from tests.support.serial import taking_turns
+from tests.support.serving import start_in_thread
 
 pytestmark = pytest.mark.integration
 
@@ -197,3 +201,28 @@ def test_the_demo_empties_only_a_database_that_is_its_own(
         finally:
             db15.flushdb()
     assert "leaving it alone" in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_deliver_sends_what_the_receiver_takes_and_says_what_it_answered(
+    settings: Settings, rdb: redis.Redis, cli: Cli
+) -> None:
+    """``pleo-export deliver`` signs a ``v1.export-job.created`` the receiver accepts (202, one
+    producer task); with another secret the receiver refuses it (401) and the command exits 1."""
+    secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+    job_id = "3f0c7b1e-8a2d-4c5e-9f1a-6b7c8d9e0f12"
+    served = start_in_thread(create_app(with_settings(settings, webhook_secret=secret)))
+    try:
+        url = f"{served.url}/webhooks/pleo"
+        taken = cli("deliver", job_id, "--url", url, PLEO_WEBHOOK_SECRET=secret)
+        assert taken.returncode == 0, taken.stderr
+        assert taken.stdout.startswith("202 ")
+        assert [q.args for q in redis_queue(rdb, PRODUCER_QUEUE)] == [[job_id]]
+
+        other = "whsec_QW5vdGhlciBzdWJzY3JpcHRpb24ncyBrZXk="
+        refused = cli("deliver", job_id, "--url", url, PLEO_WEBHOOK_SECRET=other)
+        assert refused.returncode == 1
+        assert refused.stdout.startswith("401 ")
+        assert refused.stderr.startswith(f"pleo-export: The receiver at {url} answered 401")
+        assert len(redis_queue(rdb, PRODUCER_QUEUE)) == 1
+    finally:
+        served.stop()
