@@ -416,9 +416,15 @@ def test_producer_killed_mid_publish_on_rabbitmq_duplicates_but_erp_books_each_e
     assert marks_by_kind(rdb, job_id) == {"p": set(plan), "r": set()}
     assert depth(amqp_url) == len(messages), "the peek took messages away"
 
-    # The ERP side, on the very same messages: two real workers consuming from RabbitMQ.
-    for _ in range(2):
-        start_worker("consumers", ITEMS_QUEUE, settings_=rabbit)
+    # The ERP side, on the very same messages: two real workers consuming from RabbitMQ. Each
+    # needs a node name of its own (celery's click reads CELERY_WORKER_HOSTNAME for -n): with
+    # the same one, RabbitMQ refuses the second its exclusive pidbox queue and it exits at once.
+    erp_workers = [
+        start_worker(
+            "consumers", ITEMS_QUEUE, settings_=rabbit, CELERY_WORKER_HOSTNAME=f"erp{n}@%h"
+        )
+        for n in range(2)
+    ]
     wait_for(
         lambda: sim_state.jobs[job_id].status == "completed",
         timeout=scale(300, 800),
@@ -436,4 +442,5 @@ def test_producer_killed_mid_publish_on_rabbitmq_duplicates_but_erp_books_each_e
     assert (view["failed"], view["in_progress"], view["waiting_report"]) == (0, 0, 0)
     assert view["final_event"] == "completed"
     wait_for(lambda: depth(amqp_url) == 0, timeout=60, what="every message acknowledged")
+    assert [worker.poll() for worker in erp_workers] == [None, None], "an ERP worker had exited"
     tally("producer kills survived", chain.killed)
