@@ -26,11 +26,11 @@ def test_killed_producer_then_rerun_leaves_each_entry_once_in_order(
     settings: Settings, sim_state: SimState, rdb: redis.Redis, seed: int
 ) -> None:
     """A run SIGKILLed mid-publish, then rerun, queues each entry once, in order."""
-    items = 2000
+    items = 3000
     job_id = sim_state.add_job(JobSpec(items=items, item_statuses={"pending": 1.0}, seed=seed))
     # Small batches (a size, not a timing): past any kill point below half the plan, at least
-    # 50 Lua round trips remain, far longer than the 2 ms between looks at the marks.
-    fast = with_settings(settings, page_size=1000, publish_batch=20, lease_ttl=1.0)
+    # 150 Lua round trips remain, far longer than the 2 ms between looks at the marks.
+    fast = with_settings(settings, page_size=1000, publish_batch=10, lease_ttl=1.0)
     env = env_for(fast)
     kill_after = random.Random(seed).randrange(1, items // 2)
 
