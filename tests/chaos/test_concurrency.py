@@ -48,7 +48,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.worker]
 
 SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
 WEBHOOKS, CLI_ENQUEUES, SEND_TASKS = 8, 6, 6
-TRIGGERS = WEBHOOKS + CLI_ENQUEUES + SEND_TASKS
 # Celery's line for a finished task, with the summary dict the task returned.
 FINISHED = re.compile(
     r"Task producer\.enqueue_export_job\[([0-9a-f-]+)\] succeeded in [^:]+: (.*)$"
@@ -185,9 +184,6 @@ def play_round(rig: Rig, job_id: str, queued_before: int) -> int:
     assert rig.rdb.llen(PRODUCER_QUEUE) == 0
 
     reruns = sum(1 for run in runs if run["status"] == "enqueued" and run["enqueued"] == 0)
-    tally("concurrent triggers", TRIGGERS)
-    tally("triggers deduplicated by the trigger window", answers["deduplicated"])
-    tally("producer tasks run for concurrent triggers", len(runs))
     tally("producer runs stepped aside (lease held)", statuses["locked"])
     tally("producer reruns that found every entry published", reruns)
     print(f"job {job_id}: {len(runs)} producer tasks ran: {dict(statuses)}, {reruns} reruns")
@@ -221,7 +217,7 @@ def test_twenty_simultaneous_triggers_give_one_plan_and_one_set_of_messages(
     for round_ in range(scale(2, 10)):
         job_id = sim_state.add_job(
             JobSpec(
-                items=scale(2000, 4000),
+                items=scale(500, 4000),
                 item_statuses={"pending": 0.9, "in_progress": 0.05, "successful": 0.05},
                 missing_export_items=10,
                 seed=100 + round_,

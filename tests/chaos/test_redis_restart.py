@@ -16,7 +16,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,6 @@ from tests.support.serving import start_in_thread
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
 
-# Long enough for every client to notice and start retrying, short enough for the budget.
-DOWN_SECONDS = 3.0
 SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
 
 # Where the outage lands and how Redis goes down. Losing acknowledged writes to a SIGKILL
@@ -62,6 +60,9 @@ class OwnRedis:
     port: int
     data_dir: Path
     proc: subprocess.Popen[bytes] | None = None
+    # Starts that followed a stop the test saw the server exit from: restarts observed.
+    restarts: int = 0
+    _stopped: bool = False
 
     def url(self, db: int = 0) -> str:
         """The URL of database ``db``."""
@@ -96,6 +97,9 @@ class OwnRedis:
         )
         log.close()
         wait_for(self._answers, timeout=30, what=f"redis-server on port {self.port} to answer")
+        if self._stopped:
+            self.restarts += 1
+            self._stopped = False
 
     def _answers(self) -> bool:
         assert self.proc is not None
@@ -114,11 +118,13 @@ class OwnRedis:
         self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         self.proc.wait(timeout=30)
         self.proc = None
+        self._stopped = True
 
-    def restart(self, *, kill: bool, down: float = DOWN_SECONDS) -> None:
-        """Stop the server, keep it down ``down`` seconds (clients see refusals), start it again."""
+    def restart(self, *, kill: bool, noticed: Callable[[], bool], what: str) -> None:
+        """Stop the server, keep it down until ``noticed()`` (its clients saw the outage and
+        started retrying), then start it again."""
         self.stop(kill=kill)
-        time.sleep(down)  # the outage itself: there is no condition to wait for
+        wait_for(noticed, timeout=60, what=what)
         self.start()
 
     def log_tail(self) -> str:
@@ -168,6 +174,11 @@ def worker_log(tmp_path: Path, index: int = 0) -> str:
     return (tmp_path / f"worker-{index}.log").read_text(errors="replace")
 
 
+def lost_broker(tmp_path: Path) -> int:
+    """How many times the first worker logged losing its broker connection."""
+    return worker_log(tmp_path).count("consumer: Connection to broker lost")
+
+
 def case_id(case: tuple[str, bool]) -> str:
     """``publishing-sigkill``, ``fetching-graceful``..."""
     phase, kill = case
@@ -192,7 +203,7 @@ def test_producer_run_survives_redis_restart(
     exactly once in plan order, as many messages as marks, with the progress record ``enqueued``.
     """
     phase, kill = case
-    items = scale(3000, 6000)
+    items = scale(1500, 6000)
     if phase == "fetching":
         # Slow pages keep the run fetching for seconds: the outage lands mid-walk.
         sim_state.latency = 0.05
@@ -219,7 +230,13 @@ def test_producer_run_survives_redis_restart(
             what="the run to publish its first batch",
             explain=lambda: safely(client, job_id),
         )
-    own_redis.restart(kill=kill)
+    own_redis.restart(
+        kill=kill,
+        noticed=lambda: (
+            lost_broker(tmp_path) >= 1 and "producer_task_retry" in worker_log(tmp_path)
+        ),
+        what="the worker to lose its broker and the run to fail over to a retry",
+    )
     partial = client.hlen(marks_key(job_id))
     assert partial == client.llen(ITEMS_QUEUE), "a mark without its message, or the reverse"
     assert partial < items, "the outage came after the run had finished"
@@ -243,9 +260,7 @@ def test_producer_run_survives_redis_restart(
     assert "error=BrokerUnavailable" in log
     # Celery's own retry message brought the run back, not a redelivery after the timeout.
     assert "retry: Retry in" in log
-    tally("Redis restarts survived")
-    tally("items lost", 0)
-    tally("items queued twice", 0)
+    tally("Redis restarts survived", own_redis.restarts)
 
 
 def final_status(state: SimState, job_id: str) -> str | None:
@@ -290,7 +305,11 @@ def test_erp_worker_survives_redis_restart(
             what=f"the worker to book entries before outage {outage}",
             explain=lambda: worker_log(tmp_path)[-3000:],
         )
-        own_redis.restart(kill=True)
+        own_redis.restart(
+            kill=True,
+            noticed=lambda n=outage: lost_broker(tmp_path) >= n,
+            what=f"the worker to lose its broker in outage {outage}",
+        )
         assert len(journal_ids(own_settings)) < items, "the outage came after the last booking"
 
     status = wait_for(
@@ -307,9 +326,7 @@ def test_erp_worker_survives_redis_restart(
     assert len(updates) == items
     assert set(updates.values()) == {1}
     assert [e.event for e in sim_state.events(job_id) if e.accepted] == ["started", "completed"]
-    tally("Redis restarts survived", restarts)
-    tally("items lost", items - len(posted))
-    tally("duplicate posts", sum(posted.values()) - len(posted))
+    tally("Redis restarts survived", own_redis.restarts)
 
 
 @pytest.fixture
@@ -374,5 +391,4 @@ def test_webhook_answers_503_while_redis_is_down_and_202_after(
     [message] = redis_queue(client, PRODUCER_QUEUE)
     assert (message.task, message.args) == (PRODUCER_TASK, [job_id])
     assert client.get(trigger_key(job_id)) == message.task_id.encode()
-    tally("Redis restarts survived")
-    tally("webhook deliveries refused while Redis was down", 1)
+    tally("Redis restarts survived", own_redis.restarts)
