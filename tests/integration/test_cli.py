@@ -68,7 +68,10 @@ def test_text_output_of_a_second_run(cli: Cli, sim_state: SimState, rdb: redis.R
     cli("run", job_id)
     proc = cli("run", job_id)
     assert proc.returncode == 0
-    assert "enqueued 0 new messages (40 were already queued) of 40 planned" in proc.stdout
+    assert (
+        "enqueued 0 new messages (40 were already queued by an earlier run of this job) "
+        "of 40 planned"
+    ) in proc.stdout
 
 
 def test_not_a_uuid_is_bad_input(cli: Cli, sim_state: SimState, rdb: redis.Redis) -> None:
