@@ -46,9 +46,9 @@ from contract.store import redis_client
 from devtools.processes import stop_group
 from devtools.simulator import JobSpec, SimState, start_in_thread
 from producer import signature
-from producer.serving import bind, url_of
+from producer.serving import bind, server_config, url_of
 from producer.status import job_status
-from producer.webhook import EXPORT_JOB_CREATED, create_app, server_config
+from producer.webhook import EXPORT_JOB_CREATED, create_app
 
 DEMO_DB: Final = 15
 DEMO_TOKEN: Final = "demo-token"  # noqa: S105  # the simulator's own throwaway credential
