@@ -1,17 +1,18 @@
 """What the producer's HTTP apps (the webhook, the enqueue API) share.
 
 Their backends (the Redis client and Celery app a trigger enqueues with, closed at shutdown when
-the app made them, and the readiness checks on both), ``GET /healthz``, a body read up to a cap,
-and JSON error answers that keep HTTP's own (404, 405 with ``Allow``).
+the app made them, and the readiness checks on both), ``GET /healthz``, a body read up to a cap
+and parsed as a JSON object, and JSON error answers that keep HTTP's own (404, 405 with ``Allow``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import redis
 from celery import Celery
@@ -22,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from contract.celery_app import make_app
+from contract.errors import BadInput
 from contract.settings import Settings
 from contract.store import redis_client as make_redis_client
 
@@ -101,6 +103,19 @@ async def read_capped(request: Request, limit: int) -> bytes | None:
         if len(body) > limit:
             return None
     return bytes(body)
+
+
+def json_object(body: bytes, refusal: type[BadInput] = BadInput) -> dict[str, Any]:
+    """``body`` as a JSON object; anything else raises ``refusal`` saying what the body is."""
+    try:
+        data = json.loads(body)
+    except ValueError:  # also UnicodeDecodeError
+        raise refusal("the body is not JSON") from None
+    except RecursionError:  # nesting deeper than the interpreter's stack: hostile, not a 500
+        raise refusal("the body is JSON nested too deeply") from None
+    if not isinstance(data, dict):
+        raise refusal("the body is not a JSON object")
+    return data
 
 
 async def healthz(_: Request) -> Response:

@@ -21,7 +21,6 @@ secret or a signature.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -42,7 +41,15 @@ from contract.ids import is_uuid
 from contract.keys import webhook_delivery_key
 from contract.settings import Settings
 from producer import serving, signature, triggers
-from producer.endpoints import Backends, error, healthz, http_error, read_capped, readiness
+from producer.endpoints import (
+    Backends,
+    error,
+    healthz,
+    http_error,
+    json_object,
+    read_capped,
+    readiness,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +80,7 @@ class BadPayload(BadInput):
 
 def parse_event(body: bytes) -> ExportJobCreated | OtherEvent:
     """Decide what a verified body asks for; a malformed one raises BadPayload."""
-    try:
-        event = json.loads(body)
-    except ValueError:  # also UnicodeDecodeError
-        raise BadPayload("the body is not JSON") from None
-    except RecursionError:  # nesting deeper than the interpreter's stack: hostile, not a 500
-        raise BadPayload("the body is JSON nested too deeply") from None
-    if not isinstance(event, dict):
-        raise BadPayload("the body is not a JSON object")
+    event = json_object(body, BadPayload)
     event_type = event.get("eventType")
     if not isinstance(event_type, str):
         raise BadPayload("eventType is missing or not a string")
