@@ -15,7 +15,7 @@ from contract.errors import BadInput, shown
 Ordering = Literal["booked_at", "entry_id"]
 
 
-_SECRET_FIELDS = frozenset({"api_token", "api_key", "webhook_secret"})
+_SECRET_FIELDS = frozenset({"api_token", "api_key", "webhook_secret", "enqueue_api_token"})
 _URL_FIELDS = frozenset({"redis_url", "broker_url", "erp_database_url"})
 _USERINFO = re.compile(r"(//[^/@:]*:)[^/@]*@")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -53,6 +53,8 @@ class Settings:
     broker_url: str = "redis://127.0.0.1:6379/0"
     page_size: int = 100
     webhook_secret: str | None = None
+    # The bearer token callers of the HTTP enqueue API send (``pleo-export api`` needs one).
+    enqueue_api_token: str | None = None
     erp_database_url: str = "sqlite:///erp-journal.sqlite3"
     ordering: Ordering = "booked_at"
     # HTTP: per-request timeout, and the retry layer's limits (one layer, in the client).
@@ -148,6 +150,7 @@ class Settings:
             broker_url=broker_url,
             page_size=_number(env, "PLEO_PAGE_SIZE", d.page_size, int, low=1, high=MAX_PAGE_SIZE),
             webhook_secret=env.get("PLEO_WEBHOOK_SECRET") or None,
+            enqueue_api_token=env.get("PLEO_ENQUEUE_API_TOKEN") or None,
             erp_database_url=env.get("ERP_DATABASE_URL") or d.erp_database_url,
             ordering=ordering,  # type: ignore[arg-type]  # checked just above
             http_timeout=_number(env, "PLEO_HTTP_TIMEOUT", d.http_timeout, float, low=0.1),

@@ -45,9 +45,9 @@ from contract.store import redis_client
 from devtools.deliveries import deliver
 from devtools.processes import stop_group
 from devtools.simulator import JobSpec, SimState, start_in_thread
-from producer.serving import bind, url_of
+from producer.serving import bind, server_config, url_of
 from producer.status import job_status
-from producer.webhook import EXPORT_JOB_CREATED, create_app, server_config
+from producer.webhook import EXPORT_JOB_CREATED, create_app
 
 DEMO_DB: Final = 15
 # Set in the demo's database: a database holding other keys is never emptied.

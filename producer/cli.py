@@ -349,6 +349,17 @@ def webhook(host: str, port: int) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8001, show_default=True, type=click.IntRange(0, 65535))
+@guarded
+def api(host: str, port: int) -> None:
+    """Run the HTTP enqueue API for other services (POST /v1/enqueue, PLEO_ENQUEUE_API_TOKEN)."""
+    from producer.enqueue_api import serve
+
+    serve(load_settings(), host, port)
+
+
+@main.command()
 @click.option(
     "--items",
     default=3000,

@@ -1,10 +1,17 @@
-"""Sockets for the HTTP servers this package runs (webhook receiver, simulator) on uvicorn."""
+"""Sockets and uvicorn for the HTTP servers this package runs (webhook, enqueue API, simulator)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from typing import Final
+
+import uvicorn
+from starlette.applications import Starlette
 
 from contract.errors import BadInput, cause
+
+_GRACEFUL_SHUTDOWN_SECONDS: Final = 2
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -26,3 +33,21 @@ def url_of(sock: socket.socket) -> str:
     """The http URL a bound socket serves."""
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def server_config(app: Starlette) -> uvicorn.Config:
+    """uvicorn settings for our apps; the host process keeps its own logging configuration."""
+    return uvicorn.Config(
+        app,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+    )
+
+
+def run(app: Starlette, sock: socket.socket) -> None:
+    """Serve ``app`` on ``sock`` until SIGTERM or Ctrl-C (for a command, a normal stop)."""
+    # uvicorn re-raises the Ctrl-C it handled.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(server_config(app)).run(sockets=[sock])

@@ -20,17 +20,14 @@ secret or a signature.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 import redis
-import uvicorn
 from celery import Celery
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -39,22 +36,26 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from contract.celery_app import make_app
 from contract.errors import BadInput, BrokerUnavailable
 from contract.ids import is_uuid
 from contract.keys import webhook_delivery_key
 from contract.settings import Settings
-from contract.store import redis_client as make_redis_client
-from producer import signature, triggers
-from producer.serving import bind, url_of
+from producer import serving, signature, triggers
+from producer.endpoints import (
+    Backends,
+    error,
+    healthz,
+    http_error,
+    json_object,
+    read_capped,
+    readiness,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES: Final = 1024 * 1024
 DELIVERY_TTL_SECONDS: Final = 24 * 3600
 EXPORT_JOB_CREATED: Final = "v1.export-job.created"
-READY_TIMEOUT_SECONDS: Final = 2.0
-_GRACEFUL_SHUTDOWN_SECONDS: Final = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,14 +80,7 @@ class BadPayload(BadInput):
 
 def parse_event(body: bytes) -> ExportJobCreated | OtherEvent:
     """Decide what a verified body asks for; a malformed one raises BadPayload."""
-    try:
-        event = json.loads(body)
-    except ValueError:  # also UnicodeDecodeError
-        raise BadPayload("the body is not JSON") from None
-    except RecursionError:  # nesting deeper than the interpreter's stack: hostile, not a 500
-        raise BadPayload("the body is JSON nested too deeply") from None
-    if not isinstance(event, dict):
-        raise BadPayload("the body is not a JSON object")
+    event = json_object(body, BadPayload)
     event_type = event.get("eventType")
     if not isinstance(event_type, str):
         raise BadPayload("eventType is missing or not a string")
@@ -130,52 +124,28 @@ def create_app(
 ) -> Starlette:
     """The receiver as an ASGI app; clients it creates itself are closed at lifespan shutdown."""
     secret = check_secret(settings.webhook_secret)
-    rdb = make_redis_client(settings.ledger_url) if redis_client is None else redis_client
-    app = make_app(settings) if celery_app is None else celery_app
-    receiver = _Receiver(settings, secret, rdb, app, clock)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        yield
-        if redis_client is None:
-            rdb.close()
-        if celery_app is None:
-            app.close()
-
+    backends = Backends.open(settings, redis_client, celery_app)
+    receiver = _Receiver(settings, secret, backends, clock)
     return Starlette(
         routes=[
             Route("/webhooks/pleo", receiver.deliver, methods=["POST"]),
-            Route("/healthz", _healthz, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", receiver.ready, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: _http_error},
-        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error},
+        lifespan=backends.lifespan,
     )
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve the receiver on ``host:port`` until interrupted (what ``pleo-export webhook`` runs)."""
+    """Serve the receiver on ``host:port`` until stopped (what ``pleo-export webhook`` runs)."""
     check_secret(settings.webhook_secret)
-    sock = bind(host, port)
-    url = url_of(sock)
+    sock = serving.bind(host, port)
+    url = serving.url_of(sock)
     app = create_app(settings)
     log.info("webhook_serving url=%s/webhooks/pleo webhook_id=- job_id=-", url)
-    try:
-        uvicorn.Server(server_config(app)).run(sockets=[sock])
-    except KeyboardInterrupt:
-        # uvicorn re-raises the Ctrl-C it handled; for the CLI that is a normal stop.
-        log.info("webhook_stopped url=%s webhook_id=- job_id=-", url)
-
-
-def server_config(app: Starlette) -> uvicorn.Config:
-    """uvicorn settings for the receiver; the host process keeps its own logging configuration."""
-    return uvicorn.Config(
-        app,
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
-    )
+    serving.run(app, sock)
+    log.info("webhook_stopped url=%s webhook_id=- job_id=-", url)
 
 
 class _Receiver:
@@ -185,23 +155,23 @@ class _Receiver:
         self,
         settings: Settings,
         secret: str,
-        rdb: redis.Redis,
-        app: Celery,
+        backends: Backends,
         clock: Callable[[], float],
     ) -> None:
         self._settings = settings
         self._secret = secret
-        self._redis = rdb
-        self._app = app
+        self._backends = backends
+        self._redis = backends.rdb
+        self._app = backends.celery
         self._clock = clock
 
     async def deliver(self, request: Request) -> Response:
         """``POST /webhooks/pleo``: verify, dedupe, enqueue; see the module docstring."""
         shown_id = _shown(request.headers.get(signature.ID_HEADER))
-        body = await _read_capped(request)
+        body = await read_capped(request, MAX_BODY_BYTES)
         if body is None:
             log.warning("webhook_too_large webhook_id=%s job_id=- status=413", shown_id)
-            return _error(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+            return error(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
         try:
             signature.verify(request.headers, body, self._secret, now=self._clock())
         except signature.SignatureInvalid as exc:
@@ -210,7 +180,7 @@ class _Receiver:
                 shown_id,
                 exc.reason,
             )
-            return _error(401, exc.reason)
+            return error(401, exc.reason)
         # Verified: the id is now printable ASCII, and signed.
         webhook_id = request.headers[signature.ID_HEADER]
         try:
@@ -222,7 +192,7 @@ class _Receiver:
                 exc.job_id or "-",
                 exc.message,
             )
-            return _error(400, exc.message)
+            return error(400, exc.message)
         if isinstance(event, OtherEvent):
             log.info(
                 "webhook_ignored webhook_id=%s job_id=%s event_type=%s",
@@ -279,62 +249,14 @@ class _Receiver:
             job_id,
             reason,
         )
-        return _error(503, "Redis or the broker is unavailable; retry later")
+        return error(503, "Redis or the broker is unavailable; retry later")
 
     async def ready(self, _: Request) -> Response:
         """``GET /readyz``: 200 when Redis and the broker both answer within two seconds."""
-        checks = {"redis": self._ping_redis, "broker": self._ping_broker}
-        results = await asyncio.gather(*(_within(check) for check in checks.values()))
-        down = [name for name, ok in zip(checks, results, strict=True) if not ok]
+        down = await self._backends.down()
         if down:
             log.warning("webhook_not_ready webhook_id=- job_id=- down=%s", ",".join(down))
-            return JSONResponse({"status": "unavailable", "down": down}, status_code=503)
-        return JSONResponse({"status": "ready"})
-
-    def _ping_redis(self) -> None:
-        self._redis.ping()
-
-    def _ping_broker(self) -> None:
-        with self._app.connection_for_write(connect_timeout=READY_TIMEOUT_SECONDS) as conn:
-            conn.ensure_connection(
-                max_retries=1, interval_start=0, interval_step=0.2, timeout=READY_TIMEOUT_SECONDS
-            )
-
-
-async def _within(check: Callable[[], None]) -> bool:
-    """True when ``check`` returns within the readiness timeout without raising."""
-    try:
-        await asyncio.wait_for(run_in_threadpool(check), READY_TIMEOUT_SECONDS)
-    except Exception:  # noqa: BLE001  # any failure means "not ready"; the name says which
-        return False
-    return True
-
-
-async def _read_capped(request: Request) -> bytes | None:
-    """The body, or None when it is (or says it is) larger than MAX_BODY_BYTES."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            return None
-    return bytes(body)
-
-
-async def _healthz(_: Request) -> Response:
-    return JSONResponse({"status": "ok"})
-
-
-async def _http_error(_: Request, exc: Exception) -> Response:
-    """404/405 and friends as JSON, keeping headers such as ``Allow``."""
-    assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-
-def _error(status: int, message: str) -> Response:
-    return JSONResponse({"error": message}, status_code=status)
+        return readiness(down)
 
 
 def _shown(value: str | None) -> str:

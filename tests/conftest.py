@@ -24,6 +24,7 @@ from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE
 from contract.settings import Settings
 from devtools.processes import signal_group, stop_group
 from devtools.simulator import RunningSimulator, SimState, start_in_thread
+from tests.support import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_TOKEN = "test-token-8d1f0c"
@@ -129,6 +130,20 @@ def rdb(redis_url: str) -> Iterator[redis.Redis]:
 def sim_state() -> SimState:
     """A fresh simulator state that accepts the test token."""
     return SimState(token=TEST_TOKEN, max_page_size=1000, seed=7)
+
+
+@pytest.fixture
+def served_apps() -> Iterator[Callable[[Any], serving.Served]]:
+    """Serve ASGI apps on free loopback ports; every one is stopped after the test."""
+    running: list[serving.Served] = []
+
+    def start(app: Any) -> serving.Served:
+        running.append(serving.start_in_thread(app))
+        return running[-1]
+
+    yield start
+    for served in running:
+        served.stop()
 
 
 @pytest.fixture

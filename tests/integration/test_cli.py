@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from subprocess import CompletedProcess
 
+import httpx
 import pytest
 import redis
 
 from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE
 from contract.settings import Settings
 from devtools.simulator import FaultRule, JobSpec, SimState
-from tests.conftest import TEST_TOKEN, with_settings
+from tests.conftest import TEST_TOKEN, env_for, wait_for, with_settings
 from tests.support.queues import redis_queue
 
 pytestmark = pytest.mark.integration
@@ -185,3 +190,53 @@ def test_python_api_enqueue_shares_the_trigger_dedupe(
     assert "nothing more sent" in proc.stdout
     queued = redis_queue(rdb, PRODUCER_QUEUE)
     assert [q.task_id for q in queued] == [result.task_id]
+
+
+@pytest.mark.parametrize(
+    ("token", "words"),
+    [("", "is not set"), ("replace-with-a-long-random-enqueue-api-token", "placeholder")],
+)
+def test_api_refuses_to_start_without_a_strong_token(cli: Cli, token: str, words: str) -> None:
+    """`api` with no token, or an obvious placeholder, exits 2 in one sentence naming it."""
+    proc = cli("api", "--port", "0", PLEO_ENQUEUE_API_TOKEN=token)
+    assert_one_sentence_error(proc, 2, "PLEO_ENQUEUE_API_TOKEN", words)
+    if token:
+        assert token not in proc.stderr
+
+
+def test_api_serves_enqueue_until_sigterm(settings: Settings, rdb: redis.Redis) -> None:
+    """`api --port P` answers POST /v1/enqueue with the token; SIGTERM stops it cleanly."""
+    token = "3f9c2a7e41b8d6059e1c7a4b2d8f6e03"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "producer", "api", "--port", str(port)],
+        env=env_for(settings, PLEO_ENQUEUE_API_TOKEN=token),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(f"{url}/healthz"), timeout=20, what="pleo-export api")
+        job_id = str(uuid.uuid4())
+        response = httpx.post(
+            f"{url}/v1/enqueue",
+            json={"job_id": job_id},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert response.status_code == 202, response.text
+        assert [m.args for m in redis_queue(rdb, PRODUCER_QUEUE)] == [[job_id]]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught: the shell sees 143.
+    assert proc.returncode == -signal.SIGTERM, stderr
+    assert "Traceback" not in stderr
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False

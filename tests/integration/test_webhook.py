@@ -27,7 +27,6 @@ from producer.webhook import (
     serve,
 )
 from tests.support.queues import redis_queue
-from tests.support.serving import Served, start_in_thread
 
 pytestmark = pytest.mark.integration
 
@@ -46,18 +45,13 @@ def wh_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def serve_app() -> Iterator[Any]:
-    """Start receivers for ``Settings``; every one is stopped after the test."""
-    running: list[Served] = []
+def serve_app(served_apps: Any) -> Any:
+    """Start receivers for ``Settings``, each with a client; every one is stopped after the test."""
 
     def start(settings_: Settings) -> httpx.Client:
-        served = start_in_thread(create_app(settings_))
-        running.append(served)
-        return httpx.Client(base_url=served.url, timeout=10)
+        return httpx.Client(base_url=served_apps(create_app(settings_)).url, timeout=10)
 
-    yield start
-    for served in running:
-        served.stop()
+    return start
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""An ASGI app (the webhook receiver) served by uvicorn from a daemon thread, as tests need it."""
+"""An ASGI app (webhook receiver, enqueue API) served by uvicorn from a thread, for tests."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from dataclasses import dataclass
 import uvicorn
 from starlette.applications import Starlette
 
-from producer.serving import bind, url_of
-from producer.webhook import server_config
+from producer.serving import bind, server_config, url_of
 
 
 @dataclass

@@ -32,7 +32,7 @@ SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 # App services run our image, built from this directory; the others run upstream images.
 APP_SERVICES = sorted(name for name, spec in SERVICES.items() if "build" in spec)
 # The listening ports ARCHITECTURE.md and the CLI defaults give each service.
-CONTRACT_PORTS = {"webhook": 8000, "simulator": 8080, "flower": 5555}
+CONTRACT_PORTS = {"webhook": 8000, "api": 8001, "simulator": 8080, "flower": 5555}
 # Worker service -> (Celery app module, the contract's queue name).
 CONTRACT_WORKERS = {
     "producer-worker": ("producer", "pleo-export-producer"),
@@ -201,7 +201,8 @@ def test_every_service_with_a_port_has_a_healthcheck_on_it() -> None:
             assert check, f"{service} publishes port {port} but has no healthcheck"
             assert check[0] in {"CMD", "CMD-SHELL"}, service
             assert str(port) in " ".join(check[1:]), f"{service}: healthcheck misses {port}"
-    assert "/healthz" in " ".join(SERVICES["webhook"]["healthcheck"]["test"])
+    for service in ("webhook", "api"):
+        assert "/healthz" in " ".join(SERVICES[service]["healthcheck"]["test"]), service
 
 
 def test_services_wait_for_a_healthy_redis() -> None:
@@ -214,7 +215,7 @@ def test_services_wait_for_a_healthy_redis() -> None:
 
 def test_app_services_share_one_image_and_the_env_file() -> None:
     """All app services build this directory into one image and read their settings from .env."""
-    assert set(APP_SERVICES) == {*CONTRACT_WORKERS, "webhook", "simulator"}
+    assert set(APP_SERVICES) == {*CONTRACT_WORKERS, "webhook", "api", "simulator"}
     for service in APP_SERVICES:
         spec = SERVICES[service]
         assert spec["build"] == ".", service
@@ -273,6 +274,17 @@ def test_flower_watches_the_workers_broker(broker: str) -> None:
     flower_broker = interpolate(SERVICES["flower"]["environment"]["CELERY_BROKER_URL"], env)
     assert flower_broker == Settings.from_env(env).broker_url
     assert argv("flower")[:2] == ["celery", "flower"]
+
+
+def test_enqueue_api_is_opt_in_and_on_loopback() -> None:
+    """The api service starts only with --profile api, publishes on loopback, needs no other."""
+    assert SERVICES["api"]["profiles"] == ["api"]
+    assert SERVICES["api"]["ports"] == [
+        f"127.0.0.1:{CONTRACT_PORTS['api']}:{CONTRACT_PORTS['api']}"
+    ]
+    for service, spec in SERVICES.items():
+        assert "api" not in spec.get("depends_on", {}), service
+    assert Settings.from_env(env_example()).enqueue_api_token is None
 
 
 def test_simulator_runs_only_in_the_local_profile() -> None:

@@ -38,9 +38,11 @@ def test_the_workers_import_only_the_contract_the_pleo_client_and_themselves(mod
     assert outside == set()
 
 
-@pytest.mark.parametrize("module", ["producer.tasks", "consumers.tasks", "producer.webhook"])
+@pytest.mark.parametrize(
+    "module", ["producer.tasks", "consumers.tasks", "producer.webhook", "producer.enqueue_api"]
+)
 def test_production_processes_never_load_the_development_tools(module: str) -> None:
-    """A worker or the webhook receiver never imports the simulator or the demo."""
+    """A worker, the webhook receiver or the enqueue API never imports the simulator or demo."""
     assert {m for m in loaded_by(module) if m.startswith("devtools")} == set()
 
 

@@ -79,3 +79,13 @@ def test_ordinary_values_still_pass() -> None:
         0.5,
     )
     assert Settings.from_env({"CELERY_BROKER_URL": "sqs://"}).broker_url == "sqs://"
+
+
+def test_the_enqueue_api_token_is_read_and_never_shown() -> None:
+    """PLEO_ENQUEUE_API_TOKEN is read into Settings, and its repr masks it like every secret."""
+    token = "3f9c2a7e41b8d6059e1c7a4b2d8f6e03"
+    settings = Settings.from_env({"PLEO_ENQUEUE_API_TOKEN": token})
+    assert settings.enqueue_api_token == token
+    assert token not in repr(settings)
+    assert "enqueue_api_token='***'" in repr(settings)
+    assert Settings.from_env({"PLEO_ENQUEUE_API_TOKEN": ""}).enqueue_api_token is None
