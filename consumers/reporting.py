@@ -11,7 +11,10 @@ final event stamps our last action on the job, which Pleo's ``expiresIn`` counts
 Each batch is noted in ``:sending`` before its PUT and cleared in the same transaction that records
 Pleo's answer. A flusher killed in between (Pleo may or may not have applied the PUT) leaves the
 note behind; the next flusher settles it from Pleo's own item statuses before sending anything, so
-an update Pleo applied is never sent twice.
+an update Pleo applied is never sent twice. A flusher that died may have left its PUT on the way
+(sent, not yet served): Pleo's statuses are read only once no request it sent can still land,
+``request_timeout`` after the last one it may have sent (its retries stop ``retry_budget`` after
+the note, ``:sending-at``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from contract.keys import (
     progress_key,
     reported_key,
     results_key,
+    sending_at_key,
     sending_key,
 )
 from contract.lease import Lease
@@ -118,10 +122,16 @@ class Reporter:
         *,
         dedup_ttl: int,
         max_attempts: int,
+        request_timeout: float,
+        retry_budget: float,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
         expiry_recheck: float = 30.0,
     ) -> None:
         self._r = client
+        self._request_timeout = request_timeout
+        self._retry_budget = retry_budget
+        self._sleep = sleep
         self._pleo = pleo
         self._ledger = ledger
         self._ttl_ms = dedup_ttl * 1000
@@ -192,7 +202,7 @@ class Reporter:
             return FlushResult(locked=True)
 
     def _flush_locked(self, job_id: str, lease: Lease) -> FlushResult:
-        outbox, sending = outbox_key(job_id), sending_key(job_id)
+        outbox = outbox_key(job_id)
         try:
             self._settle_interrupted(job_id)
         except Unprocessable:
@@ -208,7 +218,7 @@ class Reporter:
                 break
             batch = updates[start : start + MAX_UPDATE_ITEMS]
             ids = [u["accountingEntryId"] for u in batch]
-            self._redis(partial(self._note_sending, sending, ids))
+            self._redis(partial(self._note_sending, job_id, ids))
             asked_at = self._clock()
             try:
                 result = self._pleo.update_job_items(job_id, batch)
@@ -267,11 +277,13 @@ class Reporter:
             )
         return gave_up
 
-    def _note_sending(self, sending: str, ids: list[str]) -> None:
+    def _note_sending(self, job_id: str, ids: list[str]) -> None:
         with self._r.pipeline(transaction=True) as pipe:
+            sending = sending_key(job_id)
             pipe.delete(sending)
             pipe.sadd(sending, *ids)
             pipe.pexpire(sending, self._ttl_ms)
+            pipe.set(sending_at_key(job_id), repr(self._clock()), px=self._ttl_ms)
             pipe.execute()
 
     def _settle_interrupted(self, job_id: str) -> None:
@@ -284,6 +296,7 @@ class Reporter:
         left = {e.decode() for e in self._redis(lambda: self._r.smembers(sending))}
         if not left:
             return
+        self._sleep(self._in_flight_for(job_id))
         landed = [
             item.accounting_entry_id
             for page in self._pleo.iter_job_items(job_id)
@@ -298,11 +311,28 @@ class Reporter:
             len(landed),
         )
 
+    def _in_flight_for(self, job_id: str) -> float:
+        """Seconds until no PUT of the flusher that left ``:sending`` can still reach Pleo.
+
+        It may have sent (or retried) its PUT until ``retry_budget`` after the note, and a request
+        sent is served, or given up, within ``request_timeout``; it is dead now, so nothing it
+        sends starts later than now. A note from before ``:sending-at`` was kept waits the most.
+        """
+        raw = self._redis(lambda: self._r.get(sending_at_key(job_id)))
+        if raw is None:
+            return self._request_timeout
+        last_send = float(raw) + self._retry_budget
+        return max(
+            0.0, min(self._request_timeout, last_send + self._request_timeout - self._clock())
+        )
+
     def _job_finished_elsewhere(self, job_id: str, *, waiting: int) -> FlushResult:
         log.warning("report_refused_job_finished job_id=%s waiting=%d", job_id, waiting)
         self._finished.explain(job_id)
         self._finish(job_id, "already_finished")
-        self._redis(lambda: self._r.delete(outbox_key(job_id), sending_key(job_id)))
+        self._redis(
+            lambda: self._r.delete(outbox_key(job_id), sending_key(job_id), sending_at_key(job_id))
+        )
         return FlushResult(refused=waiting)
 
     def _accept(

@@ -97,6 +97,8 @@ def _reporter() -> Reporter:
         ledger,
         dedup_ttl=settings().dedup_ttl,
         max_attempts=settings().report_max_attempts,
+        request_timeout=settings().http_timeout,
+        retry_budget=settings().retry_budget,
     )
 
 

@@ -24,7 +24,9 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
                 HSETNX, so the first outcome of an entry is the only one
     :outbox     hash entry -> JSON update waiting for ``PUT /v3/export-jobs/{id}/items``
     :sending    set of entries in the PUT under way (cleared with its answer; left by a killed
-                flusher, settled from Pleo's item statuses by the next)
+                flusher, settled from Pleo's item statuses by the next, once its PUT can no
+                longer land)
+    :sending-at when that PUT's note was written (epoch seconds)
     :attempts   hash entry -> times Pleo answered the entry's update with an error
     :reported   set of entries whose update Pleo accepted
     :items      hash: successful, failed, reported, report_errors, report_dropped, final_event,
@@ -134,6 +136,7 @@ trigger_key = _per_job("trigger", "Key of the producer task id of the job's late
 results_key = _per_job("results", "Key of each entry's first outcome.")
 outbox_key = _per_job("outbox", "Key of the updates waiting for Pleo.")
 sending_key = _per_job("sending", "Key of the entries in the item update under way.")
+sending_at_key = _per_job("sending-at", "Key of when the item update under way was noted.")
 attempts_key = _per_job("attempts", "Key of how often Pleo refused each entry's update.")
 reported_key = _per_job("reported", "Key of the entries whose update Pleo accepted.")
 items_key = _per_job("items", "Key of the workers' tallies and final-event record.")

@@ -66,7 +66,17 @@ def pleo(settings: Settings) -> Iterator[PleoClient]:
 def reporter(rdb: redis.Redis, pleo: PleoClient, clock: ManualClock) -> Reporter:
     """The ERP worker's Reporter on the test Redis and the manual clock."""
     ledger = Ledger(rdb, lease_ttl=2.0, dedup_ttl=3600)
-    return Reporter(rdb, pleo, ledger, dedup_ttl=3600, max_attempts=2, clock=clock)
+    return Reporter(
+        rdb,
+        pleo,
+        ledger,
+        dedup_ttl=3600,
+        max_attempts=2,
+        request_timeout=1.0,
+        retry_budget=1.0,
+        clock=clock,
+        sleep=clock.sleep,
+    )
 
 
 @dataclass

@@ -31,7 +31,15 @@ def reporter(settings: Settings, rdb: redis.Redis) -> Iterator[Reporter]:
     """A Reporter wired to the simulator and the test Redis."""
     with make_http_client(settings) as http:
         ledger = Ledger(rdb, lease_ttl=settings.lease_ttl, dedup_ttl=3600)
-        yield Reporter(rdb, PleoClient(http, settings), ledger, dedup_ttl=3600, max_attempts=2)
+        yield Reporter(
+            rdb,
+            PleoClient(http, settings),
+            ledger,
+            dedup_ttl=3600,
+            max_attempts=2,
+            request_timeout=settings.http_timeout,
+            retry_budget=settings.retry_budget,
+        )
 
 
 def started_job(state: SimState, items: int) -> tuple[str, list[str]]:

@@ -24,3 +24,7 @@ class ManualClock:
         with self._lock:
             self._now += seconds
             return self._now
+
+    def sleep(self, seconds: float) -> None:
+        """Stand-in for ``time.sleep``: the clock moves on by ``seconds``, at once."""
+        self.advance(seconds)
