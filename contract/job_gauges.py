@@ -6,7 +6,8 @@ scrape costs the same whatever Redis holds. Every endpoint serves these (they de
 not the process), so dashboards take ``max`` over targets, never ``sum``.
 
     pleo_export_active_jobs{state}            jobs in the index by the producer's state
-                                              (contract/states.py; ``unknown``: no record yet)
+                                              (contract/states.py; a job with no state yet is
+                                              ``requested``; ``unknown``: a word not in that set)
     pleo_export_oldest_active_job_age_seconds since the oldest active job was first requested
     pleo_export_active_job_idle_seconds       the longest any active job has shown no sign of
                                               work (a trigger, a producer update, a retry due,
@@ -87,7 +88,9 @@ def _families(views: list[JobView] | None, now: float, *, up: bool = True) -> li
         return [ledger_up] if not up else families
     counts = dict.fromkeys(STATES, 0)
     for view in views:
-        counts[view.state if view.state in counts else UNKNOWN_STATE] += 1
+        # A trigger records the job without a state: it is requested until a run starts.
+        state = view.state or JobState.REQUESTED
+        counts[state if state in counts else UNKNOWN_STATE] += 1
     for state, count in counts.items():
         by_state.add_metric([state], count)
     oldest.add_metric([], max((now - v.requested_at for v in views), default=0.0))

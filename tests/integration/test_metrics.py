@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,8 +23,10 @@ from contract.job_gauges import STATES, ActiveJobsCollector
 from contract.keys import ACTIVE_JOBS_KEY, final_key
 from contract.ledger import Ledger
 from contract.metrics_endpoint import MetricsServer, remove_stale_files, render
+from contract.names import PRODUCER_QUEUE
 from contract.states import JobState
 from pleo.activity import PleoActivity
+from tests.support.local import free_port, worker_log
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +69,7 @@ def test_active_job_gauges_count_states_age_and_the_nearest_expiry(rdb: redis.Re
     active_job(rdb, state=JobState.ENQUEUED, requested_ago=4000, acted_ago=3000)
     active_job(rdb, state=JobState.ENQUEUED, requested_ago=100, acted_ago=50, expires_in=600)
     active_job(rdb, state=None, requested_ago=5)
+    active_job(rdb, state="from-a-newer-release", requested_ago=5)
     active_job(rdb, state=JobState.FAILED, requested_ago=9000)
     finished = active_job(rdb, state=JobState.ENQUEUED, requested_ago=9000)
     rdb.set(final_key(finished), "completed")
@@ -80,6 +84,7 @@ def test_active_job_gauges_count_states_age_and_the_nearest_expiry(rdb: redis.Re
         **dict.fromkeys(STATES, 0.0),
         "fetching": 1.0,
         "enqueued": 2.0,
+        "requested": 1.0,
         "unknown": 1.0,
     }
     assert got[("pleo_export_ledger_up", ())] == 1.0
@@ -139,3 +144,13 @@ def test_stale_files_of_gone_processes_are_removed(tmp_path: Path) -> None:
     removed = remove_stale_files(str(tmp_path), alive=lambda pid: pid == 13)
     assert removed == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_13.db", "notes.db"]
+
+
+@pytest.mark.worker
+def test_a_prefork_worker_without_the_multiprocess_dir_refuses_to_serve_metrics(
+    start_worker: Any, tmp_path: Path
+) -> None:
+    """PLEO_METRICS_PORT without PROMETHEUS_MULTIPROC_DIR would count the main process only."""
+    worker = start_worker("producer", PRODUCER_QUEUE, PLEO_METRICS_PORT=str(free_port()))
+    assert worker.wait(timeout=60) == 2
+    assert "PROMETHEUS_MULTIPROC_DIR is not" in worker_log(tmp_path)
