@@ -11,8 +11,9 @@ Prefork workers count in the library's multiprocess mode (``PROMETHEUS_MULTIPROC
 the worker starts): each process writes its counters to its own memory-mapped file, and the main
 process adds them all up when scraped, the files of SIGKILLed pool processes included.
 
-Counts are made once per page, batch or run where the event has one, so the per-message cost is
-one increment (an entry's outcome, an ERP call).
+Counts are made once per page, batch or run where the event has one (published entries: as each
+batch of the publish lands), so the per-message cost is one increment (an entry's outcome, an
+ERP call).
 """
 
 from __future__ import annotations

@@ -258,8 +258,6 @@ def _run(
         summary.publish_seconds = round(clock() - publishing, 3)
     summary.enqueued = result.enqueued
     summary.already_enqueued = result.already_enqueued
-    metrics.entries_published.inc(result.enqueued)
-    metrics.entries_already_published.inc(result.already_enqueued)
     summary.status = JobState.ENQUEUED
 
 

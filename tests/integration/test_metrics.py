@@ -5,6 +5,7 @@ Each scrape is parsed with the library's own parser, as Prometheus would read it
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 import time
@@ -16,16 +17,20 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from contract.celery_app import make_app
 from contract.job_gauges import STATES, ActiveJobsCollector
 from contract.keys import ACTIVE_JOBS_KEY, final_key
 from contract.ledger import Ledger
 from contract.metrics_endpoint import MetricsServer, remove_stale_files, render
 from contract.names import PRODUCER_QUEUE
+from contract.settings import Settings
 from contract.states import JobState
+from devtools.simulator import JobSpec, SimState
 from pleo.activity import PleoActivity
+from producer.components import produce
 from tests.support.local import free_port, worker_log
 
 pytestmark = pytest.mark.integration
@@ -154,3 +159,31 @@ def test_a_prefork_worker_without_the_multiprocess_dir_refuses_to_serve_metrics(
     worker = start_worker("producer", PRODUCER_QUEUE, PLEO_METRICS_PORT=str(free_port()))
     assert worker.wait(timeout=60) == 2
     assert "PROMETHEUS_MULTIPROC_DIR is not" in worker_log(tmp_path)
+
+
+def counted(name: str, **labels: str) -> float:
+    """This process's count of ``name`` (the test process keeps the default registry)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_a_rerun_counts_its_entries_as_already_published(
+    settings: Settings, sim_state: SimState
+) -> None:
+    """Run a job twice in this process: published once, then every entry already published."""
+    job_id = sim_state.add_job(JobSpec(items=250, item_statuses={"pending": 1.0}))
+    names = [
+        ("pleo_export_entries_published_total", {}),
+        ("pleo_export_entries_already_published_total", {}),
+        ("pleo_export_producer_runs_total", {"outcome": "enqueued"}),
+        ("pleo_export_pages_read_total", {"layer": "control"}),
+        ("pleo_export_entries_read_total", {"layer": "data"}),
+        ("pleo_export_producer_run_duration_seconds_count", {}),
+    ]
+    before = [counted(name, **labels) for name, labels in names]
+    app = make_app(settings)
+    for _ in range(2):
+        produce(job_id, settings=settings, app=app)
+    after = [counted(name, **labels) for name, labels in names]
+    pages = math.ceil(250 / settings.page_size)
+    deltas = [b - a for a, b in zip(before, after, strict=True)]
+    assert deltas == [250, 250, 2, 2 * pages, 2 * 250, 2]
