@@ -49,7 +49,7 @@ class ActiveJobsCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         """The families ``collect`` yields, without reading Redis (registration does not scrape)."""
-        return iter(_families(None, 0.0))
+        return iter(_families([], 0.0))
 
     def collect(self) -> Iterator[Metric]:
         """The gauges as of now."""
@@ -58,16 +58,18 @@ class ActiveJobsCollector(Collector):
             views = [v for v in job_views(self._r, active) if not (v.final or v.state in ENDED)]
         except BrokerUnavailable as exc:
             log.warning("metrics_active_jobs_unreadable error=%s", exc.message)
-            return iter(_families(None, self._clock(), up=False))
+            return iter(_families(None, self._clock()))
         return iter(_families(views, self._clock()))
 
 
-def _families(views: list[JobView] | None, now: float, *, up: bool = True) -> list[Metric]:
-    """The gauge families for ``views`` at ``now``; only ``ledger_up`` when ``views`` is None."""
+def _families(views: list[JobView] | None, now: float) -> list[Metric]:
+    """The gauge families for ``views`` at ``now``; None: Redis could not be read (ledger_up 0)."""
     ledger_up = GaugeMetricFamily(
         "pleo_export_ledger_up", "1 when the scrape could read the active jobs from Redis."
     )
-    ledger_up.add_metric([], 1.0 if up else 0.0)
+    ledger_up.add_metric([], 0.0 if views is None else 1.0)
+    if views is None:
+        return [ledger_up]
     by_state = GaugeMetricFamily(
         "pleo_export_active_jobs", "Jobs in the index of active jobs, by state.", labels=["state"]
     )
@@ -83,9 +85,6 @@ def _families(views: list[JobView] | None, now: float, *, up: bool = True) -> li
         "pleo_export_active_job_expiry_seconds",
         "Seconds until Pleo expires the active job closest to its expiry.",
     )
-    families: list[Metric] = [ledger_up, by_state, oldest, idle, expiry]
-    if views is None:
-        return [ledger_up] if not up else families
     counts = dict.fromkeys(STATES, 0)
     for view in views:
         # A trigger records the job without a state: it is requested until a run starts.
@@ -100,4 +99,4 @@ def _families(views: list[JobView] | None, now: float, *, up: bool = True) -> li
     left = [s for s in (seconds_to_expiry(v, now) for v in views) if s is not None]
     if left:
         expiry.add_metric([], min(left))
-    return families
+    return [ledger_up, by_state, oldest, idle, expiry]
