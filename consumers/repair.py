@@ -37,6 +37,7 @@ import redis
 from celery import Celery
 
 from consumers.reporting import Reporter
+from contract import metrics
 from contract.errors import LeaseHeld
 from contract.keys import (
     REPAIR_SWEEP_KEY,
@@ -284,6 +285,7 @@ class Repairer:
                 )
         finally:
             encoder.close()
+            metrics.messages_republished.inc(len(sent))
         if sent:
             self._call(lambda: self._r.hincrby(items_key(job_id), "republished", len(sent)))
         return tuple(sent)

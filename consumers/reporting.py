@@ -30,7 +30,8 @@ from typing import Any
 import redis
 
 from consumers.finished import FinishedInPleo
-from contract.errors import LeaseHeld, Unprocessable
+from contract import metrics
+from contract.errors import LeaseHeld, PleoExportError, Unprocessable
 from contract.keys import (
     attempts_key,
     erp_down_key,
@@ -223,8 +224,14 @@ class Reporter:
             try:
                 result = self._pleo.update_job_items(job_id, batch)
             except Unprocessable:
+                metrics.writeback_calls.labels("job_finished").inc()
                 self._job_finished_elsewhere(job_id, waiting=len(updates))
                 return FlushResult(sent=sent, accepted=accepted, refused=len(updates) - accepted)
+            except PleoExportError:
+                metrics.writeback_calls.labels("error").inc()
+                raise
+            metrics.writeback_calls.labels("ok").inc()
+            metrics.writeback_refusals.inc(len(result.errors))
             errors = {e.accounting_entry_id: e for e in result.errors}
             ok = [entry for entry in ids if entry not in errors]
             if ok:
@@ -359,6 +366,8 @@ class Reporter:
                 pipe.execute()
 
         self._redis(write)
+        metrics.entries_reported.inc(len(accepted))
+        metrics.writeback_dropped.inc(len(dropped))
 
     # -- completion --------------------------------------------------------------------------
 

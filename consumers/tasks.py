@@ -37,6 +37,7 @@ from contract.errors import (
 )
 from contract.ledger import Ledger
 from contract.message import ItemMessage, MessageRejected
+from contract.metrics_endpoint import MetricsStep
 from contract.names import ITEM_TASK, ITEMS_QUEUE
 from contract.retrying import task_countdown
 from contract.store import redis_client
@@ -55,6 +56,8 @@ app.conf.task_routes = {ITEM_TASK: {"queue": ITEMS_QUEUE}, FLUSH_TASK: {"queue":
 app.steps["worker"].add(RepairWatchdog)
 # ... and supervises the active jobs' producer runs, one worker of the fleet at a time.
 app.steps["worker"].add(SupervisorStep)
+# ... and serves GET /metrics from its main process when PLEO_METRICS_PORT is set.
+app.steps["worker"].add(MetricsStep)
 
 _TRANSIENT = (TransientUpstreamError, BrokerUnavailable)
 

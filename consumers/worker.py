@@ -15,11 +15,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from typing import Any
 
-from consumers.erp import Entry, EntryRejected, ERPAdapter
+from consumers.erp import Entry, EntryRejected, ERPAdapter, ERPUnavailable, ExternalRef
 from consumers.payloads import PayloadCache
 from consumers.posting import validate_entry
 from consumers.reporting import Reporter, failure_update, success_update
+from contract import metrics
+from pleo.models import ITEM_FAILURE_REASON_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ def process_item(
         validate_entry(entry)
         # ``post`` is idempotent by the adapter protocol: it returns the existing ref for an entry
         # the ERP already has, so no separate ``find`` round trip is needed here.
-        ref = erp.post(entry)
+        ref = _post(erp, entry)
         log.info(
             "item_booked job_id=%s entry=%s external_id=%s sequence=%d",
             job_id,
@@ -69,4 +72,30 @@ def process_item(
     waiting = reporter.record(job_id, update)
     if not waiting:
         return ItemOutcome("duplicate")
+    _count_outcome(update)
     return ItemOutcome(update["status"], waiting)
+
+
+def _post(erp: ERPAdapter, entry: Entry) -> ExternalRef:
+    """``erp.post``, counted: every call, and each one that booked nothing by why."""
+    metrics.erp_calls.inc()
+    try:
+        return erp.post(entry)
+    except EntryRejected:
+        metrics.erp_errors.labels("rejected").inc()
+        raise
+    except ERPUnavailable:
+        metrics.erp_errors.labels("unavailable").inc()
+        raise
+    except Exception:
+        metrics.erp_errors.labels("unexpected").inc()
+        raise
+
+
+def _count_outcome(update: dict[str, Any]) -> None:
+    """Count an entry's first (and only) outcome."""
+    if update["status"] == "successful":
+        metrics.entries_posted.inc()
+    else:
+        reason = metrics.failure_label(update.get("failureReasonType"), ITEM_FAILURE_REASON_TYPES)
+        metrics.entries_failed.labels(reason).inc()

@@ -95,6 +95,8 @@ class Settings:
     # run counts as dead and a new producer task is sent.
     supervise_interval: float = 5.0
     dead_run_after: float = 15.0
+    # Workers' GET /metrics (contract/metrics_endpoint.py) listens on this port; 0: no endpoint.
+    metrics_port: int = 0
 
     def __repr__(self) -> str:
         shown = []
@@ -186,6 +188,7 @@ class Settings:
                 env, "PLEO_SUPERVISE_INTERVAL", d.supervise_interval, float, low=0.1
             ),
             dead_run_after=_number(env, "PLEO_DEAD_RUN_AFTER", d.dead_run_after, float, low=1),
+            metrics_port=_number(env, "PLEO_METRICS_PORT", d.metrics_port, int, low=0, high=65535),
         )
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -140,11 +140,11 @@ class Supervisor:
         """One pass over the active jobs."""
         now = self._clock()
         report = Report()
-        active = self._call(lambda: self._r.zrange(ACTIVE_JOBS_KEY, 0, -1, withscores=True))
+        active = active_jobs(self._r)
         if not active:
             return report
         tasks = self._producer_messages(now) if self._inspect_queue else []
-        for view in self._views(active, tasks):
+        for view in job_views(self._r, active, tasks):
             verdict = assess(view, now, dead_after=self._dead_after)
             report.verdicts[view.job_id] = verdict
             if verdict == "finished":
@@ -160,35 +160,6 @@ class Supervisor:
         return report
 
     # -- reading -----------------------------------------------------------------------------
-
-    def _views(self, active: list[tuple[bytes, float]], tasks: list[bytes]) -> Iterable[JobView]:
-        ids = [_text(member) for member, _ in active]
-        fields = ["state", "updated_at", "retry_at", "resumed_at", "company_id", "expires_in"]
-        with self._r.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.hmget(progress_key(job_id), fields)
-                pipe.get(lease_key(job_id))
-                pipe.exists(final_key(job_id))
-                pipe.get(pleo_action_key(job_id))
-            replies = self._call(pipe.execute)
-        for index, (job_id, (_, requested_at)) in enumerate(zip(ids, active, strict=True)):
-            progress, leased, final, action_at = replies[4 * index : 4 * index + 4]
-            state, updated, retry_at, resumed_at, company_id, expires_in = progress
-            marker = job_id.encode()
-            yield JobView(
-                job_id=job_id,
-                requested_at=float(requested_at),
-                state=_text(state or b""),
-                updated_at=_epoch(updated),
-                retry_at=_number(retry_at),
-                resumed_at=_number(resumed_at),
-                leased=is_live(leased),
-                final=bool(final),
-                task_seen=any(marker in raw for raw in tasks),
-                company_id=_text(company_id) if company_id else None,
-                expires_in=int(_number(expires_in)),
-                action_at=_number(action_at),
-            )
 
     def _producer_messages(self, now: float) -> list[bytes]:
         """Producer task messages on the queue, and deliveries younger than ``dead_after``.
@@ -255,6 +226,51 @@ class Supervisor:
     @staticmethod
     def _call(fn: Callable[[], Any]) -> Any:
         return redis_call(fn, "the supervisor")
+
+
+def active_jobs(client: redis.Redis) -> list[tuple[bytes, float]]:
+    """The index of active jobs: (job id, first requested at, epoch seconds), oldest first."""
+    active: Any = redis_call(
+        lambda: client.zrange(ACTIVE_JOBS_KEY, 0, -1, withscores=True), "the active jobs"
+    )
+    return list(active)
+
+
+def job_views(
+    client: redis.Redis, active: list[tuple[bytes, float]], tasks: Sequence[bytes] = ()
+) -> Iterator[JobView]:
+    """The views of ``active`` (the index's members and scores) in one pipelined round trip.
+
+    ``tasks`` are producer task messages seen on the queue (a job named in one is ``task_seen``).
+    Also what the metrics' scrape reads (``contract/job_gauges.py``).
+    """
+    ids = [_text(member) for member, _ in active]
+    fields = ["state", "updated_at", "retry_at", "resumed_at", "company_id", "expires_in"]
+    with client.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hmget(progress_key(job_id), fields)
+            pipe.get(lease_key(job_id))
+            pipe.exists(final_key(job_id))
+            pipe.get(pleo_action_key(job_id))
+        replies = redis_call(pipe.execute, "the active jobs")
+    for index, (job_id, (_, requested_at)) in enumerate(zip(ids, active, strict=True)):
+        progress, leased, final, action_at = replies[4 * index : 4 * index + 4]
+        state, updated, retry_at, resumed_at, company_id, expires_in = progress
+        marker = job_id.encode()
+        yield JobView(
+            job_id=job_id,
+            requested_at=float(requested_at),
+            state=_text(state or b""),
+            updated_at=_epoch(updated),
+            retry_at=_number(retry_at),
+            resumed_at=_number(resumed_at),
+            leased=is_live(leased),
+            final=bool(final),
+            task_seen=any(marker in raw for raw in tasks),
+            company_id=_text(company_id) if company_id else None,
+            expires_in=int(_number(expires_in)),
+            action_at=_number(action_at),
+        )
 
 
 def _text(value: bytes | str) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 
+from contract import metrics
 from contract.errors import (
     AuthenticationFailed,
     BrokerUnavailable,
@@ -65,6 +66,7 @@ def send_final(
         )
     except Unprocessable:
         log.warning("final_event_refused job_id=%s event=%s (job already finished)", job_id, event)
+        metrics.final_events.labels("already_finished").inc()
         if on_refused is not None:
             on_refused(job_id)
         record_final(client, job_id, "already_finished", ttl_ms=ttl_ms)
@@ -76,6 +78,7 @@ def send_final(
     if activity is not None:
         activity.touch(job_id, asked_at)
     record_final(client, job_id, event, ttl_ms=ttl_ms)
+    metrics.final_events.labels(event).inc()
     log.info("job_finished job_id=%s event=%s reason_type=%s", job_id, event, failure_reason_type)
     return event
 

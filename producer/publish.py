@@ -31,6 +31,7 @@ from kombu import Connection, Producer
 from kombu.exceptions import OperationalError
 from kombu.utils.json import dumps
 
+from contract import metrics
 from contract.errors import BrokerUnavailable, cause
 from contract.lease import Lease
 from contract.ledger import Ledger
@@ -111,7 +112,11 @@ class _BatchPublisher:
         def land_oldest() -> None:
             nonlocal added, done
             sent, size = outstanding.popleft()
-            added += sent.result()
+            new = sent.result()
+            # Counted as each batch lands: a run killed mid-publish has counted what it sent.
+            metrics.entries_published.inc(new)
+            metrics.entries_already_published.inc(size - new)
+            added += new
             done += size
             log.debug("batch_published job_id=%s done=%d total=%d", lease.job_id, done, total)
             if on_progress is not None:

@@ -14,8 +14,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
+from contract import metrics
 from contract.errors import (
     ContractViolation,
+    LeaseHeld,
     PermanentUpstreamError,
     PleoExportError,
     Unprocessable,
@@ -101,36 +103,52 @@ def run_job(
     observer = observer or Observer()
     started = clock()
     summary = RunSummary(job_id=job_id)
-    with ledger.held(job_id, wait=settings.lease_wait, who=who) as lease:
-        summary.fence = lease.fence
-        holder = lease.holder
-        ledger.start_run(job_id, lease.fence, holder=holder.describe() if holder else who)
-        try:
-            _run(
-                job_id,
-                lease=lease,
-                summary=summary,
-                settings=settings,
-                client=client,
-                ledger=ledger,
-                publisher=publisher,
-                activity=activity,
-                observer=observer,
-                clock=clock,
-            )
-        except (PermanentUpstreamError, ContractViolation) as exc:
-            ledger.record(job_id, state=JobState.FAILED, error=exc.message, finished_at=now_iso())
-            if summary.job_status == "in_progress":
-                fail_job(ledger, client, job_id, exc, activity=activity)
-            raise
-        except PleoExportError as exc:
-            # Transient, or a signal: the job stays claimed, and is resumed (see module docs).
+    claimed = False
+    try:
+        with ledger.held(job_id, wait=settings.lease_wait, who=who) as lease:
+            claimed = True
+            summary.fence = lease.fence
+            holder = lease.holder
+            ledger.start_run(job_id, lease.fence, holder=holder.describe() if holder else who)
+            try:
+                _run(
+                    job_id,
+                    lease=lease,
+                    summary=summary,
+                    settings=settings,
+                    client=client,
+                    ledger=ledger,
+                    publisher=publisher,
+                    activity=activity,
+                    observer=observer,
+                    clock=clock,
+                )
+            except (PermanentUpstreamError, ContractViolation) as exc:
+                metrics.run_ended("failed")
+                ledger.record(
+                    job_id, state=JobState.FAILED, error=exc.message, finished_at=now_iso()
+                )
+                if summary.job_status == "in_progress":
+                    fail_job(ledger, client, job_id, exc, activity=activity)
+                raise
+            except PleoExportError as exc:
+                # Transient, or a signal: the job stays claimed, and is resumed (see module docs).
+                metrics.run_ended("interrupted")
+                ledger.record(
+                    job_id, state=JobState.INTERRUPTED, error=exc.message, interrupted_at=now_iso()
+                )
+                raise
+            summary.seconds = round(clock() - started, 3)
             ledger.record(
-                job_id, state=JobState.INTERRUPTED, error=exc.message, interrupted_at=now_iso()
+                job_id, state=summary.status, finished_at=now_iso(), seconds=summary.seconds
             )
-            raise
-        summary.seconds = round(clock() - started, 3)
-        ledger.record(job_id, state=summary.status, finished_at=now_iso(), seconds=summary.seconds)
+    except LeaseHeld:
+        # Another live run holds the job: this one ends "locked" (a LeaseHeld from inside the
+        # run was counted above).
+        if not claimed:
+            metrics.run_ended("locked")
+        raise
+    metrics.run_ended(summary.status, summary.seconds)
     log.info(
         "run_finished job_id=%s status=%s planned=%d enqueued=%d already=%d seconds=%.3f",
         job_id,
@@ -366,6 +384,8 @@ class _PageCounter:
         with self._lock:
             self._items[layer] += count
             self._summary.pages += 1
+            metrics.pages_read.labels(layer).inc()
+            metrics.entries_read.labels(layer).inc(count)
             if layer == "control":
                 self._summary.items_seen = self._items["control"]
             self._ledger.record(

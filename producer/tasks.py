@@ -31,6 +31,7 @@ from contract.errors import (
     TransientUpstreamError,
 )
 from contract.ids import validate_job_id, validate_uuid
+from contract.metrics_endpoint import MetricsStep
 from contract.names import POLL_TASK, PRODUCER_TASK
 from contract.retrying import task_countdown
 from contract.settings import Settings
@@ -51,6 +52,8 @@ app = make_app()
 settings = app.settings
 # Every worker also supervises the active jobs, one of the fleet at a time (supervision.py).
 app.steps["worker"].add(SupervisorStep)
+# ... and serves GET /metrics from its main process when PLEO_METRICS_PORT is set.
+app.steps["worker"].add(MetricsStep)
 
 # Progress events go out at most this often: Flower shows the latest, a flood helps no one.
 PROGRESS_EVERY = 0.5

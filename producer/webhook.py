@@ -6,7 +6,8 @@ checks the Standard Webhooks signature (401), the event's shape (400), marks the
 ``v1.export-job.created`` to ``triggers.enqueue`` (202 ``enqueued`` or ``deduplicated``). Other
 event types are acknowledged and ignored without touching Redis. When Redis or the broker is
 down it answers 503 and forgets the delivery, so Pleo's retry is processed. ``GET /healthz``
-says the process is up; ``GET /readyz`` says whether Redis and the broker answer.
+says the process is up; ``GET /readyz`` says whether Redis and the broker answer; ``GET /metrics``
+serves Prometheus's text format (the fleet's active-job gauges and this process's counters).
 
 Redis keys (on ``settings.ledger_url``; the job keys are listed in ``contract/keys.py``):
 
@@ -39,6 +40,7 @@ from starlette.routing import Route
 from contract.errors import BadInput, BrokerUnavailable
 from contract.ids import is_uuid
 from contract.keys import webhook_delivery_key
+from contract.metrics_endpoint import render
 from contract.settings import Settings
 from producer import serving, signature, triggers
 from producer.endpoints import (
@@ -131,6 +133,7 @@ def create_app(
             Route("/webhooks/pleo", receiver.deliver, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", receiver.ready, methods=["GET"]),
+            Route("/metrics", receiver.metrics, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=backends.lifespan,
@@ -257,6 +260,11 @@ class _Receiver:
         if down:
             log.warning("webhook_not_ready webhook_id=- job_id=- down=%s", ",".join(down))
         return readiness(down)
+
+    async def metrics(self, _: Request) -> Response:
+        """``GET /metrics``: Prometheus's text format (``contract/metrics_endpoint.py``)."""
+        body, kind = await run_in_threadpool(render, self._redis)
+        return Response(body, media_type=kind)
 
 
 def _shown(value: str | None) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from contract.errors import BadInput
 from contract.keys import trigger_key, webhook_delivery_key
@@ -100,6 +101,23 @@ def test_signed_export_job_created_enqueues_one_producer_task(
     assert message.args == [JOB]
     assert message.kwargs == {"company_id": COMPANY}
     assert message.task_id == answer["task_id"]
+
+
+def test_metrics_show_the_delivered_job_as_requested(client: httpx.Client) -> None:
+    """GET /metrics serves Prometheus's text format; a job just triggered counts as requested."""
+    body = event()
+    assert deliver(client, body, signed(body)).status_code == 202
+    answer = client.get("/metrics")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain; version=")
+    got = {
+        (s.name, tuple(s.labels.items())): s.value
+        for family in text_string_to_metric_families(answer.text)
+        for s in family.samples
+    }
+    assert got[("pleo_export_active_jobs", (("state", "requested"),))] == 1
+    assert got[("pleo_export_ledger_up", ())] == 1
+    assert got[("pleo_export_oldest_active_job_age_seconds", ())] < 60
 
 
 def test_concurrent_redeliveries_enqueue_once(client: httpx.Client, rdb: redis.Redis) -> None:

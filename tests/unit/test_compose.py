@@ -351,3 +351,31 @@ def test_producer_worker_grace_covers_a_hand_back() -> None:
     grace = SERVICES["producer-worker"]["stop_grace_period"]
     assert grace.endswith("s")
     assert int(grace[:-1]) > 10
+
+
+def test_flower_runs_the_current_release() -> None:
+    """Flower's image is the release pinned here (2.2), not a floating tag."""
+    assert SERVICES["flower"]["image"] == "mher/flower:2.2"
+
+
+@pytest.mark.parametrize("service", sorted(CONTRACT_WORKERS))
+def test_every_worker_exposes_its_metrics_port(service: str) -> None:
+    """PLEO_METRICS_PORT set and exposed, a multiprocess directory on a tmpfs, checked by health.
+
+    Exposed on the compose network (for Prometheus), not published on the host.
+    """
+    spec = SERVICES[service]
+    env = spec["environment"]
+    port = int(env["PLEO_METRICS_PORT"])
+    assert Settings.from_env({"PLEO_METRICS_PORT": str(port)}).metrics_port == port
+    assert [str(p) for p in spec["expose"]] == [str(port)]
+    assert env["PROMETHEUS_MULTIPROC_DIR"] in spec["tmpfs"]
+    assert f"127.0.0.1:{port}/metrics" in " ".join(spec["healthcheck"]["test"])
+    assert not spec.get("ports"), f"{service} publishes a port on the host"
+
+
+def test_worker_metrics_ports_differ() -> None:
+    """Each worker type has its own metrics port, and none is a contract service's port."""
+    ports = [int(SERVICES[s]["environment"]["PLEO_METRICS_PORT"]) for s in CONTRACT_WORKERS]
+    assert len(set(ports)) == len(ports)
+    assert not set(ports) & set(CONTRACT_PORTS.values())

@@ -1,0 +1,176 @@
+"""A real job through a real producer worker and a prefork ERP worker (-c 4), one of whose pool
+processes is SIGKILLed mid-run; both workers' ``GET /metrics`` then add up to what the run did.
+
+The scrapes are read with prometheus-client's own parser; the figures are checked against the
+simulator (what Pleo saw) and the journal (what the ERP booked), not against each other.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE
+from contract.settings import Settings
+from devtools.simulator import JobSpec, SimState
+from producer.status import job_status
+from tests.conftest import wait_for
+from tests.support.local import free_port, journal_ids, pool_children
+
+pytestmark = [pytest.mark.integration, pytest.mark.worker]
+
+ITEMS = 1000
+
+
+class Scrape:
+    """One parsed scrape: sample values by name and labels, summed over any other label."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._samples = [
+            s for family in text_string_to_metric_families(text) for s in family.samples
+        ]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of ``name``'s samples whose labels include ``labels``."""
+        return sum(
+            s.value for s in self._samples if s.name == name and labels.items() <= s.labels.items()
+        )
+
+    def names(self) -> set[str]:
+        """Every sample name in the scrape."""
+        return {s.name for s in self._samples}
+
+
+def scrape(port: int) -> Scrape:
+    """GET /metrics from a worker's endpoint."""
+    answer = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    assert answer.status_code == 200, answer.text
+    return Scrape(answer.text)
+
+
+def answering(port: int) -> bool:
+    """Whether the endpoint answers yet."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def metrics_env(tmp_path: Path, name: str, port: int) -> dict[str, str]:
+    """A worker's endpoint: its port and its own multiprocess directory, empty at start."""
+    directory = tmp_path / f"{name}-metrics"
+    directory.mkdir()
+    return {"PLEO_METRICS_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+
+
+@pytest.mark.timeout(300)
+def test_metrics_add_up_to_the_run_across_a_killed_pool_process(
+    *,
+    settings: Settings,
+    sim_state: SimState,
+    rdb: redis.Redis,
+    start_worker: Any,
+    cli: Any,
+    tmp_path: Path,
+) -> None:
+    """Published = plan, posted + failed = entries, reported = entries, one final event."""
+    job_id = sim_state.add_job(
+        JobSpec(items=ITEMS, item_statuses={"pending": 1.0}, missing_account_ratio=0.05, seed=3)
+    )
+    producer_port, erp_port = free_port(), free_port()
+    start_worker("producer", PRODUCER_QUEUE, **metrics_env(tmp_path, "producer", producer_port))
+    erp_env = metrics_env(tmp_path, "erp", erp_port)
+    erp = start_worker("consumers", ITEMS_QUEUE, concurrency=4, **erp_env)
+    for port in (producer_port, erp_port):
+        wait_for(lambda p=port: answering(p), timeout=60, what=f"metrics on port {port}")
+
+    assert cli("enqueue", job_id).returncode == 0
+    wait_for(
+        lambda: _journal(settings) and len(journal_ids(settings)) >= ITEMS // 4,
+        timeout=120,
+        what="a quarter of the entries booked",
+        explain=lambda: job_status(rdb, job_id),
+    )
+    during = scrape(erp_port)
+    victim = pool_children(erp)[0]
+    os.kill(victim, signal.SIGKILL)
+
+    wait_for(
+        lambda: sim_state.jobs[job_id].status == "completed_with_errors",
+        timeout=180,
+        what="the job to finish",
+        explain=lambda: job_status(rdb, job_id),
+    )
+    statuses = Counter(item.status for item in sim_state.items(job_id))
+    booked = len(set(journal_ids(settings)))
+    assert booked == statuses["successful"] > 0
+    assert statuses["failed"] > 0
+    assert statuses["successful"] + statuses["failed"] == ITEMS
+    # The final event is counted just after Pleo accepted it: give the counter that instant.
+    wait_for(
+        lambda: scrape(erp_port).value("pleo_export_final_events_total") >= 1,
+        timeout=10,
+        what="the final event counted",
+    )
+    producer, consumer = scrape(producer_port), scrape(erp_port)
+    print("--- producer scrape (pleo_export_ lines) ---", *_ours(producer.text), sep="\n")
+    print("--- ERP worker scrape (pleo_export_ lines) ---", *_ours(consumer.text), sep="\n")
+
+    # The killed pool process wrote its own file; its counts stay in the totals.
+    assert any(str(victim) in p.name for p in Path(erp_env["PROMETHEUS_MULTIPROC_DIR"]).iterdir())
+    status = job_status(rdb, job_id)
+
+    # The producer: one run, every entry published once, both layers read page by page.
+    assert producer.value("pleo_export_producer_runs_total") == 1
+    assert producer.value("pleo_export_producer_runs_total", outcome="enqueued") == 1
+    assert producer.value("pleo_export_producer_run_duration_seconds_count") == 1
+    assert producer.value("pleo_export_entries_published_total") == status["planned"] == ITEMS
+    assert producer.value("pleo_export_entries_already_published_total") == 0
+    assert producer.value("pleo_export_entries_read_total", layer="control") == ITEMS
+    assert producer.value("pleo_export_entries_read_total", layer="data") == ITEMS
+    assert producer.value("pleo_export_pages_read_total") == status["pages"]
+    assert producer.value("pleo_export_pages_read_total", layer="control") == math.ceil(
+        ITEMS / settings.page_size
+    )
+
+    # The ERP workers: each entry's one outcome counted once, across the killed process too.
+    assert consumer.value("pleo_export_entries_posted_total") == statuses["successful"]
+    assert consumer.value("pleo_export_entries_failed_total") == statuses["failed"]
+    assert consumer.value("pleo_export_entries_failed_total", failure_reason_type="other") == 0
+    assert consumer.value("pleo_export_entries_reported_total") == ITEMS
+    assert consumer.value("pleo_export_final_events_total") == 1
+    assert consumer.value("pleo_export_final_events_total", status="completed_with_errors") == 1
+    # A message the killed process held is posted again (idempotently): calls >= bookings.
+    assert consumer.value("pleo_export_erp_calls_total") >= statuses["successful"]
+    assert consumer.value("pleo_export_erp_errors_total") == 0
+    assert consumer.value("pleo_export_writeback_calls_total", result="ok") >= ITEMS / 100
+    assert consumer.value("pleo_export_writeback_calls_total", result="job_finished") == 0
+    assert consumer.value("pleo_export_writeback_refusals_total") == 0
+
+    # The active-job gauges: the job was active mid-run, with Pleo's clock running; now none.
+    assert during.value("pleo_export_active_jobs") == 1
+    assert during.value("pleo_export_active_jobs", state="enqueued") == 1
+    assert 0 < during.value("pleo_export_active_job_expiry_seconds") <= 3600
+    for now in (producer, consumer):
+        assert now.value("pleo_export_ledger_up") == 1
+        assert now.value("pleo_export_active_jobs") == 0
+        assert "pleo_export_active_job_expiry_seconds" not in now.names()
+
+
+def _journal(settings: Settings) -> bool:
+    """Whether the ERP journal's file exists yet (the first booking creates it)."""
+    return Path(settings.erp_database_url.removeprefix("sqlite:///")).exists()
+
+
+def _ours(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("pleo_export_")]
