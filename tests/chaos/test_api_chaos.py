@@ -235,7 +235,6 @@ def test_producer_worker_reruns_a_job_whose_request_outlived_its_budget(
     assert sim_state.faults[0] == (burst, attempts)
     assert [e.event for e in sim_state.events(job_id) if e.accepted] == ["started"]
     tally("Pleo requests faulted", count_faulted(sim_state))
-    tally("producer runs retried by Celery", progress["runs"] - 1)
     tally("items checked after API chaos", len(want))
 
 
@@ -481,7 +480,6 @@ def test_items_moving_between_runs_are_never_published_twice(
     assert_queue_is_all(rdb, job_id, before + new)
     third = run(quick, job_id)
     assert (third["enqueued"], len(redis_queue(rdb))) == (0, len(before) + 3)
-    tally("items moved between runs", len(moved) + len(revived))
 
 
 def assert_queue_is_all(rdb: redis.Redis, job_id: str, want: list[dict[str, Any]]) -> None:
