@@ -42,6 +42,7 @@ from producer.components import produce
 from producer.status import job_status
 from tests.chaos.conftest import FULL, scale, tally
 from tests.conftest import wait_for, with_settings
+from tests.support.cli_b import invoke
 from tests.support.queues import redis_queue
 
 pytestmark = pytest.mark.integration
@@ -234,7 +235,6 @@ def test_producer_worker_reruns_a_job_whose_request_outlived_its_budget(
     assert sim_state.faults[0] == (burst, attempts)
     assert [e.event for e in sim_state.events(job_id) if e.accepted] == ["started"]
     tally("Pleo requests faulted", count_faulted(sim_state))
-    tally("producer runs retried by Celery", progress["runs"] - 1)
     tally("items checked after API chaos", len(want))
 
 
@@ -369,21 +369,30 @@ def test_entries_repeated_across_pages_are_planned_once(
 
 @pytest.mark.parametrize("kind", ["schema", "cursor_loop", "total_lie"])
 def test_the_cli_refuses_a_lie_in_one_sentence_and_status_says_why(
-    cli: Cli, sim_state: SimState, rdb: redis.Redis, kind: str
+    cli: Cli, settings: Settings, sim_state: SimState, rdb: redis.Redis, kind: str
 ) -> None:
     """`pleo-export run` exits 1 with one sentence on stderr; `status` names the same error."""
     job_id = lie_job(sim_state)
     sim_state.add_fault(FaultRule(endpoint="job_items", kind=kind, after=POSITIONS["middle"] - 1))
-    proc = cli("run", job_id, PLEO_PAGE_SIZE=str(LIE_PAGE))
-    assert proc.returncode == 1, proc.stderr
-    [line] = proc.stderr.strip().splitlines()
+    if kind == "schema":
+        # One lie through real processes (exit status and stderr as a shell sees them); the
+        # other lies through the same entry point in this process, without an interpreter start.
+        proc = cli("run", job_id, PLEO_PAGE_SIZE=str(LIE_PAGE))
+        code, stderr = proc.returncode, proc.stderr
+        shown = cli("status", job_id, "--json").stdout
+    else:
+        result = invoke(settings, "run", job_id, PLEO_PAGE_SIZE=str(LIE_PAGE))
+        code, stderr = result.exit_code, result.stderr
+        shown = invoke(settings, "status", job_id, "--json").stdout
+    assert code == 1, stderr
+    [line] = stderr.strip().splitlines()
     assert line.startswith("pleo-export: Pleo's job items page") or line.startswith(
         "pleo-export: Pleo's job items for job"
     ), line
     assert job_id in line
     assert line.endswith(".")
     assert_nothing_published(rdb, job_id)
-    view = json.loads(cli("status", job_id, "--json").stdout)
+    view = json.loads(shown)
     assert view["state"] == "failed"
     assert f"pleo-export: {view['error']}" == line
 
@@ -471,7 +480,6 @@ def test_items_moving_between_runs_are_never_published_twice(
     assert_queue_is_all(rdb, job_id, before + new)
     third = run(quick, job_id)
     assert (third["enqueued"], len(redis_queue(rdb))) == (0, len(before) + 3)
-    tally("items moved between runs", len(moved) + len(revived))
 
 
 def assert_queue_is_all(rdb: redis.Redis, job_id: str, want: list[dict[str, Any]]) -> None:

@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +32,28 @@ from devtools.simulator import JobSpec, SimState
 from producer.components import produce
 from producer.status import job_status
 from tests.chaos.conftest import chaos_seed, scale, tally
-from tests.conftest import wait_for
+from tests.conftest import wait_for, with_settings
+from tests.support.cli_b import invoke
+from tests.support.journal_b import ram_journal_url
 from tests.support.local import journal_ids, pool_children
 from tests.support.queues import Queued, decode, redis_queue
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
 
-# The sweep looks for lost messages once a job has been quiet this long (the test's visibility
-# timeout is 5 s: messages held by killed workers come back by themselves before that).
-STALL = 6.0
+# The sweep looks for lost messages once a job has been quiet this long. Shorter than the default
+# (60 s) so that a repair does not wait a minute: test_liveness.py proves the re-send at the
+# default stall and interval (by arithmetic, and for real under ``make chaos``). A message a
+# killed worker held stays in kombu's ``unacked`` and counts as held (``held_for``, 6 min), so a
+# short stall never re-sends it; the visibility timeout (5 s here) brings it back.
+STALL = 2.0
 REPAIR_ENV = {"ERP_REPAIR_STALL": str(STALL), "ERP_REPAIR_INTERVAL": "0.5"}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Iterator[Settings]:
+    """The shared settings, the SQLite journal on a RAM disk (``tests.support.journal_b``)."""
+    with ram_journal_url() as url:
+        yield with_settings(settings, erp_database_url=url)
 
 
 def journal_rows(settings: Settings) -> int:
@@ -61,36 +74,42 @@ def finished(state: SimState, job_id: str) -> str | None:
     return status if status in {"completed", "completed_with_errors", "failed"} else None
 
 
-def wait_until_finished(state: SimState, rdb: redis.Redis, job_id: str, timeout: float) -> str:
+def wait_until_finished(
+    state: SimState, rdb: redis.Redis, job_id: str, timeout: float, *, why: str = ""
+) -> str:
     """Wait for the job's final status, explaining the Redis view if it never comes."""
     result: str = wait_for(
         lambda: finished(state, job_id),
         timeout=timeout,
-        what="the job to finish",
+        what=f"the job to finish{why}",
         explain=lambda: job_status(rdb, job_id),
     )
     return result
 
 
 def assert_each_entry_once(
-    settings: Settings, state: SimState, rdb: redis.Redis, job_id: str, cli: Any
-) -> list[str]:
-    """One ERP row, one applied update and one outcome per entry; one final event; status agrees."""
+    settings: Settings, state: SimState, job_id: str, *, why: str = ""
+) -> dict[str, Any]:
+    """One ERP row, one applied update and one outcome per entry; one final event; status agrees.
+
+    Returns what ``pleo-export status --json`` shows (called in-process: the entry point is the
+    same, and the real process's output is tested elsewhere). ``why`` ends each failure message.
+    """
     planned = sorted(i.accounting_entry_id for i in state.items(job_id))
     posted = journal_ids(settings)
-    assert sorted(posted) == planned
-    assert state.update_counts(job_id) == dict.fromkeys(planned, 1)
-    assert Counter(i.status for i in state.items(job_id)) == {"successful": len(planned)}
+    assert sorted(posted) == planned, why
+    assert state.update_counts(job_id) == dict.fromkeys(planned, 1), why
+    assert Counter(i.status for i in state.items(job_id)) == {"successful": len(planned)}, why
     puts = [c for c in state.calls if c.method == "PUT" and c.status == 200]
-    assert sum(c.items or 0 for c in puts) == len(planned)
-    assert [e.event for e in state.events(job_id) if e.accepted] == ["started", "completed"]
-    view = json.loads(cli("status", job_id, "--json").stdout)
+    assert sum(c.items or 0 for c in puts) == len(planned), why
+    assert [e.event for e in state.events(job_id) if e.accepted] == ["started", "completed"], why
+    view: dict[str, Any] = json.loads(invoke(settings, "status", job_id, "--json").stdout)
     total = len(planned)
-    assert (view["planned"], view["published_total"]) == (total, total)
-    assert (view["successful"], view["failed"], view["reported"]) == (total, 0, total)
-    assert (view["awaiting_outcome"], view["waiting_report"]) == (0, 0)
-    assert view["final_event"] == "completed"
-    return posted
+    assert (view["planned"], view["published_total"]) == (total, total), why
+    assert (view["successful"], view["failed"], view["reported"]) == (total, 0, total), why
+    assert (view["awaiting_outcome"], view["waiting_report"]) == (0, 0), why
+    assert view["final_event"] == "completed", why
+    return view
 
 
 def take_like_a_dying_worker(rdb: redis.Redis, position: int) -> Queued:
@@ -125,13 +144,12 @@ def test_repair_rebuilds_the_lost_message_and_spares_held_ones(
     queued = redis_queue(rdb)
     assert len(queued) == 299
     (again,) = [q for q in queued if q.task_id not in before]
+    # Rebuilt from the placement recorded at publish and the data layer's payload: exactly.
     assert (again.task_id, again.task, again.kwargs) == (lost.task_id, lost.task, lost.kwargs)
     assert rdb.hget(items_key(job_id), "republished") == b"1"
     # Repaired just now: the job is not quiet for long enough to be swept again.
     with open_repairer(settings, RepairSettings(stall=60.0, interval=1.0), app) as stricter:
         assert stricter.stalled_jobs() == []
-    tally("messages lost in the BRPOP window (forced)", 1)
-    tally("messages re-sent by the repair sweep", len(result.republished))
 
 
 def test_unacked_message_older_than_held_for_is_sent_again(
@@ -155,11 +173,10 @@ def test_unacked_message_older_than_held_for_is_sent_again(
         result = repairer.repair(job_id)
 
     assert result.republished == (stranded.kwargs["accounting_entry_id"],)
-    tally("messages stranded in unacked re-sent", 1)
 
 
 def test_message_lost_in_the_brpop_window_is_repaired(
-    settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any, cli: Any
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any
 ) -> None:
     """Two messages taken off the queue as a killed worker would: the job still completes once."""
     items = 400
@@ -169,22 +186,23 @@ def test_message_lost_in_the_brpop_window_is_repaired(
     start_worker("consumers", ITEMS_QUEUE, concurrency=2, **REPAIR_ENV)
 
     assert wait_until_finished(sim_state, rdb, job_id, timeout=120) == "completed"
-    posted = assert_each_entry_once(settings, sim_state, rdb, job_id, cli)
-    assert {q.kwargs["accounting_entry_id"] for q in lost} <= set(posted)
+    view = assert_each_entry_once(settings, sim_state, job_id)
+    assert {q.kwargs["accounting_entry_id"] for q in lost} <= set(journal_ids(settings))
     assert rdb.hget(items_key(job_id), "republished") == b"2"
-    assert json.loads(cli("status", job_id, "--json").stdout)["republished"] == 2
-    tally("messages lost in the BRPOP window (forced)", len(lost))
-    tally("messages re-sent by the repair sweep", 2)
-    tally("items lost", items - len(set(posted)))
-    tally("duplicate posts", len(posted) - len(set(posted)))
+    assert view["republished"] == 2
 
 
 def kill(worker: subprocess.Popen[bytes], *, whole_group: bool) -> int:
-    """SIGKILL the worker's whole process group, or only its pool processes; return how many."""
+    """SIGKILL the worker's whole process group, or only its pool processes; return how many.
+
+    A whole group counts its main process and the pool processes it had (none yet, if it was
+    still starting).
+    """
     if whole_group:
+        children = pool_children(worker)
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(timeout=30)
-        return 1
+        return 1 + len(children)
     children = wait_for(lambda: pool_children(worker), timeout=30, what="pool processes")
     for pid in children:
         os.kill(pid, signal.SIGKILL)
@@ -193,16 +211,19 @@ def kill(worker: subprocess.Popen[bytes], *, whole_group: bool) -> int:
 
 @pytest.mark.timeout(900)
 def test_workers_killed_repeatedly_mid_batch(
-    settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any, cli: Any
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any
 ) -> None:
-    """5,000 entries, 2 workers whose groups (or pools) are SIGKILLed at random instants.
+    """1,500 entries (5,000 under make chaos), 2 workers whose groups or pools are SIGKILLed.
 
     Each killed worker is replaced at once. Every entry is booked once, reported once, and the job
-    gets one final event, whatever the kills hit: a task, a write-back, a BRPOP.
+    gets one final event, whatever the kills hit: a task, a write-back, a BRPOP. The subset's three
+    kills each fall 20 to 300 entries after the last, so all land mid-batch with 600 or more still
+    to book; booking is CPU-bound (~50 ms an entry), so 5,000 cost the subset over a minute.
     """
-    items = scale(5000, 5000)
+    items = scale(1500, 5000)
     rounds = scale(3, 12)
     seed = chaos_seed()
+    why = f" (chaos seed {seed}, replay with CHAOS_SEED={seed})"
     rng = random.Random(seed)
     job_id = sim_state.add_job(JobSpec(items=items, item_statuses={"pending": 1.0}))
     produce(job_id, settings=settings, app=make_app(settings))
@@ -211,31 +232,28 @@ def test_workers_killed_repeatedly_mid_batch(
         return start_worker("consumers", ITEMS_QUEUE, concurrency=2, **REPAIR_ENV)
 
     workers = [worker(), worker()]
-    whole = pools = 0
+    whole = pools = processes = 0
     for kill_round in range(rounds):
         # A random instant, spread over the batch: once some more entries have been booked.
         target = min(items - 200, journal_rows(settings) + rng.randint(20, items // (rounds + 2)))
         wait_for(
             lambda t=target: journal_rows(settings) >= t,
             timeout=240,
-            what=f"entries to be booked before kill {kill_round}",
+            what=f"entries to be booked before kill {kill_round}{why}",
             explain=lambda: job_status(rdb, job_id),
         )
         victim = rng.randrange(len(workers))
         whole_group = rng.random() < 0.75
-        kill(workers[victim], whole_group=whole_group)
+        processes += kill(workers[victim], whole_group=whole_group)
         if whole_group:
             whole += 1
             workers[victim] = worker()
         else:
             pools += 1
 
-    assert wait_until_finished(sim_state, rdb, job_id, timeout=300) == "completed"
-    posted = assert_each_entry_once(settings, sim_state, rdb, job_id, cli)
-    assert whole + pools == rounds
-    tally("ERP worker kills survived", whole + pools)
+    assert wait_until_finished(sim_state, rdb, job_id, timeout=300, why=why) == "completed", why
+    view = assert_each_entry_once(settings, sim_state, job_id, why=why)
+    assert whole + pools == rounds, why
     tally("ERP worker group kills (main + pool)", whole)
-    republished = int(rdb.hget(items_key(job_id), "republished") or 0)
-    tally("messages re-sent by the repair sweep", republished)
-    tally("items lost", items - len(set(posted)))
-    tally("duplicate posts", len(posted) - len(set(posted)))
+    tally("ERP worker processes SIGKILLed", processes)
+    tally("messages re-sent by the repair sweep", view["republished"])

@@ -87,9 +87,10 @@ def test_broken_adapter_for_20s_then_a_healthy_worker(
         # Entries that fail validation never reach the adapter, so they may be reported already.
         assert statuses["failed"] <= 10
         assert finished(sim_state, job_id) is None
-        stop_group(broken, grace=20)
-
+        # The healthy worker boots (seconds) while the broken one shuts down warm, which waits
+        # out a breaker pause in progress: the broken one has stopped taking messages at once.
         start_worker("consumers", ITEMS_QUEUE, concurrency=2, settings_=healthy)
+        stop_group(broken, grace=20)
         status = wait_for(
             lambda: finished(sim_state, job_id),
             timeout=60,

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,10 +27,19 @@ from devtools.simulator import FaultRule, JobSpec, SimState
 from producer.components import produce
 from producer.status import job_status
 from tests.conftest import need_service, wait_for, with_settings
+from tests.support.cli_b import invoke
+from tests.support.journal_b import ram_journal_url
 from tests.support.local import journal_ids, pool_children
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
 PG_URL = os.environ.get("POSTGRES_TEST_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Iterator[Settings]:
+    """The shared settings, the SQLite journal on a RAM disk (``tests.support.journal_b``)."""
+    with ram_journal_url() as url:
+        yield with_settings(settings, erp_database_url=url)
 
 
 def finished(state: SimState, job_id: str) -> str | None:
@@ -84,7 +94,7 @@ def test_thousand_items_two_workers_completed(
 
 
 def test_failing_validation_completes_with_errors(
-    settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any, cli: Any
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any
 ) -> None:
     """5% of entries lack an expense account: failed with the reason, job completed_with_errors."""
     job_id = sim_state.add_job(
@@ -98,7 +108,7 @@ def test_failing_validation_completes_with_errors(
     assert all("expense account" in (i.failure_reason or "") for i in failed)
     assert len(journal_ids(settings)) == 1000 - len(failed)
     assert accepted_events(sim_state, job_id) == ["started", "completed_with_errors"]
-    view = json.loads(cli("status", job_id, "--json").stdout)
+    view = json.loads(invoke(settings, "status", job_id, "--json").stdout)
     assert (view["planned"], view["published_total"]) == (1000, 1000)
     assert (view["successful"], view["failed"]) == (1000 - len(failed), len(failed))
     assert (view["reported"], view["awaiting_outcome"], view["waiting_report"]) == (1000, 0, 0)
