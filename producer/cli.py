@@ -345,7 +345,7 @@ def webhook(host: str, port: int) -> None:
     """Run the webhook receiver for Pleo's v1.export-job.created (POST /webhooks/pleo)."""
     from producer.webhook import serve
 
-    serve(load_settings(), host, port)
+    serve(load_settings(), host, port, on_listening=_listening("webhook receiver"))
 
 
 @main.command()
@@ -356,7 +356,16 @@ def api(host: str, port: int) -> None:
     """Run the HTTP enqueue API for other services (POST /v1/enqueue, PLEO_ENQUEUE_API_TOKEN)."""
     from producer.enqueue_api import serve
 
-    serve(load_settings(), host, port)
+    serve(load_settings(), host, port, on_listening=_listening("enqueue API"))
+
+
+def _listening(what: str) -> Callable[[str], None]:
+    """What a server command says once it listens: where to send requests (on stderr)."""
+
+    def say(url: str) -> None:
+        click.echo(f"pleo-export: the {what} listens at {url}", err=True)
+
+    return say
 
 
 @main.command()

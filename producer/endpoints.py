@@ -28,6 +28,9 @@ from contract.settings import Settings
 from contract.store import redis_client as make_redis_client
 
 READY_TIMEOUT_SECONDS: Final = 2.0
+# A body trickling in slower than this is answered 408 and its connection closed: one client at a
+# byte a second would otherwise hold a worker's connection open indefinitely.
+BODY_TIMEOUT_SECONDS: Final = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,16 +95,27 @@ async def _within(check: Callable[[], None]) -> bool:
     return True
 
 
-async def read_capped(request: Request, limit: int) -> bytes | None:
-    """The body, or None when it is (or says it is) larger than ``limit`` bytes."""
+async def read_capped(
+    request: Request, limit: int, *, within: float = BODY_TIMEOUT_SECONDS
+) -> bytes | None:
+    """The body, or None when it is (or says it is) larger than ``limit`` bytes.
+
+    A body that has not arrived whole ``within`` seconds is answered 408 (HTTPException).
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         return None
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
+    try:
+        async with asyncio.timeout(within):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    return None
+    except TimeoutError:
+        raise HTTPException(
+            408, f"the body did not arrive within {within:g} s", headers={"connection": "close"}
+        ) from None
     return bytes(body)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -116,12 +117,23 @@ def create_app(
     )
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
-    """Serve the API on ``host:port`` until stopped (what ``pleo-export api`` runs)."""
+def serve(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    on_listening: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the API on ``host:port`` until stopped (what ``pleo-export api`` runs).
+
+    ``on_listening`` hears the enqueue URL once the socket is bound.
+    """
     check_token(settings.enqueue_api_token)
     sock = serving.bind(host, port)
     url = serving.url_of(sock)
     app = create_app(settings)
+    if on_listening is not None:
+        on_listening(f"{url}{ENQUEUE_PATH}")
     log.info("api_serving url=%s%s job_id=-", url, ENQUEUE_PATH)
     serving.run(app, sock)
     log.info("api_stopped url=%s job_id=-", url)

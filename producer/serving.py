@@ -6,12 +6,16 @@ import contextlib
 import socket
 from typing import Final
 
+import h11
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from contract.errors import BadInput, cause
 
 _GRACEFUL_SHUTDOWN_SECONDS: Final = 2
+# The longest request head (request line and headers) the servers read: h11's default limit.
+MAX_HEAD_BYTES: Final = 16 * 1024
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -35,11 +39,37 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+class _Protocol(H11Protocol):
+    """uvicorn's h11 protocol, answering 431 (not 400) to a request whose head is too large.
+
+    h11 refuses a head past its incomplete-event limit (16 KiB) as a protocol error, which
+    uvicorn answers with a bare 400; RFC 6585 has a status for it. ``tests/integration/
+    test_webhook_edges.py`` fails loudly if a uvicorn release stops calling this hook.
+    """
+
+    def send_400_response(self, msg: str) -> None:
+        head, _closed = self.conn.trailing_data
+        if b"\r\n\r\n" in head or len(head) < MAX_HEAD_BYTES:
+            super().send_400_response(msg)
+            return
+        reason = b"Request Header Fields Too Large"
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
+        body = b"the request's headers are larger than 16 KiB"
+        self.transport.write(
+            self.conn.send(h11.Response(status_code=431, headers=headers, reason=reason))
+        )
+        self.transport.write(self.conn.send(h11.Data(data=body)))
+        self.transport.write(self.conn.send(h11.EndOfMessage()))
+        self.transport.close()
+
+
 def server_config(app: Starlette) -> uvicorn.Config:
     """uvicorn settings for our apps; the host process keeps its own logging configuration."""
     return uvicorn.Config(
         app,
         lifespan="on",
+        http=_Protocol,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,

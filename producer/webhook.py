@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,10 @@ from producer.endpoints import (
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES: Final = 1024 * 1024
+MIN_SECRET_BYTES: Final = 24
+_PLACEHOLDER = re.compile(
+    r"(change|replace)[-_]?me|example|placeholder|your[-_]?secret|x{4,}", re.IGNORECASE
+)
 DELIVERY_TTL_SECONDS: Final = 24 * 3600
 EXPORT_JOB_CREATED: Final = "v1.export-job.created"
 
@@ -107,13 +112,27 @@ def _uuid_or_none(value: object) -> str | None:
 
 
 def check_secret(secret: str | None) -> str:
-    """The secret, if it is a usable ``whsec_<base64>`` one; else BadInput in one sentence."""
+    """The secret, if it is a usable ``whsec_<base64>`` one; else BadInput in one sentence.
+
+    Standard Webhooks keys are 24 to 64 bytes; a shorter one, or a placeholder left from
+    ``.env.example``, would let anyone who guesses it sign deliveries.
+    """
     if not secret:
         raise BadInput("PLEO_WEBHOOK_SECRET is not set, so webhook deliveries cannot be verified.")
     try:
-        signature.decode_secret(secret)
+        key = signature.decode_secret(secret)
     except signature.SignatureInvalid:
         raise BadInput("PLEO_WEBHOOK_SECRET is not a whsec_<base64> secret.") from None
+    if _PLACEHOLDER.fullmatch(secret.removeprefix("whsec_")):
+        raise BadInput(
+            "PLEO_WEBHOOK_SECRET is a placeholder: set it to the subscription's secret "
+            "(GET /v1/subscriptions/{id}/secret)."
+        )
+    if len(key) < MIN_SECRET_BYTES:
+        raise BadInput(
+            f"PLEO_WEBHOOK_SECRET's key is {len(key)} bytes, shorter than the {MIN_SECRET_BYTES} "
+            "a webhook secret has: set it to the subscription's secret."
+        )
     return secret
 
 
@@ -130,7 +149,10 @@ def create_app(
     receiver = _Receiver(settings, secret, backends, clock)
     return Starlette(
         routes=[
+            # With or without a trailing slash, as a subscription's URL may be written: a redirect
+            # would be a delivery failure to Pleo (Standard Webhooks count a 3xx as one).
             Route("/webhooks/pleo", receiver.deliver, methods=["POST"]),
+            Route("/webhooks/pleo/", receiver.deliver, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", receiver.ready, methods=["GET"]),
             Route("/metrics", receiver.metrics, methods=["GET"]),
@@ -140,12 +162,23 @@ def create_app(
     )
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve the receiver on ``host:port`` until stopped (what ``pleo-export webhook`` runs)."""
+def serve(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    on_listening: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the receiver on ``host:port`` until stopped (what ``pleo-export webhook`` runs).
+
+    ``on_listening`` hears the delivery URL once the socket is bound.
+    """
     check_secret(settings.webhook_secret)
     sock = serving.bind(host, port)
     url = serving.url_of(sock)
     app = create_app(settings)
+    if on_listening is not None:
+        on_listening(f"{url}/webhooks/pleo")
     log.info("webhook_serving url=%s/webhooks/pleo webhook_id=- job_id=-", url)
     serving.run(app, sock)
     log.info("webhook_stopped url=%s webhook_id=- job_id=-", url)
