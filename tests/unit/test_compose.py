@@ -22,6 +22,7 @@ import click
 import pytest
 import yaml
 
+from contract.errors import BadInput
 from contract.settings import Settings
 from producer.cli import main
 from producer.webhook import check_secret
@@ -245,10 +246,12 @@ def test_env_example_covers_every_variable_settings_reads() -> None:
 
 
 def test_env_example_works_with_the_compose_services() -> None:
-    """The example parses, its secret passes the webhook's check, and its URLs name services."""
+    """The example parses and its URLs name services; its webhook secret is a placeholder the
+    receiver refuses, saying to set the subscription's own (the README says to set it)."""
     example = env_example()
     settings = Settings.from_env(example)
-    check_secret(settings.webhook_secret)
+    with pytest.raises(BadInput, match="placeholder"):
+        check_secret(settings.webhook_secret)
     assert settings.api_url == f"http://simulator:{CONTRACT_PORTS['simulator']}"
     assert settings.redis_url == settings.broker_url == "redis://redis:6379/0"
     assert settings.erp_database_url == "sqlite:////data/erp-journal.sqlite3"
