@@ -28,6 +28,7 @@ from producer.webhook import (
 )
 from tests.support.queues import redis_queue
 from tests.support.serving import Served, start_in_thread
+from tests.support.stops import BackgroundStops
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +47,7 @@ def wh_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def serve_app() -> Iterator[Any]:
+def serve_app(background_stops: BackgroundStops) -> Iterator[Any]:
     """Start receivers for ``Settings``; every one is stopped after the test."""
     running: list[Served] = []
 
@@ -57,7 +58,7 @@ def serve_app() -> Iterator[Any]:
 
     yield start
     for served in running:
-        served.stop()
+        background_stops.stop(served.stop)
 
 
 @pytest.fixture
