@@ -241,6 +241,31 @@ def cli(settings: Settings) -> Callable[..., subprocess.CompletedProcess[str]]:
     return run
 
 
+@pytest.fixture
+def cli_in_process(settings: Settings) -> Callable[..., Any]:
+    """Run ``pleo-export ARGS`` in this process (click's runner); returns its ``Result``.
+
+    The same command code as ``cli``, with its exit code, stdout and stderr, but without the
+    second or more a subprocess spends starting Python and importing the producer: for a test's
+    further commands once one real subprocess has shown the behaviour. Not for ``run``, which
+    installs signal handlers for its duration.
+    """
+    from click.testing import CliRunner, Result
+
+    from producer.cli import main
+
+    def run(*args: str, settings_: Settings | None = None, **env: str) -> Result:
+        ours = env_for(settings_ or settings, **env)
+        # The runner sets these in os.environ for the command and restores them after: the
+        # settings' variables as env_for has them, and those env_for leaves out unset.
+        ours_only = ("PLEO_", "CELERY_", "ERP_", "REDIS_URL")
+        variables: dict[str, str | None] = {k: None for k in os.environ if k.startswith(ours_only)}
+        variables.update({k: v for k, v in ours.items() if k.startswith(ours_only)})
+        return CliRunner().invoke(main, list(args), env=variables, catch_exceptions=False)
+
+    return run
+
+
 def wait_for(
     predicate: Callable[[], Any],
     *,

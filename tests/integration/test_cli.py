@@ -9,15 +9,19 @@ from subprocess import CompletedProcess
 
 import pytest
 import redis
+from click.testing import Result
 
+from contract.celery_app import make_app
 from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE
 from contract.settings import Settings
 from devtools.simulator import FaultRule, JobSpec, SimState
+from producer.components import produce
 from tests.conftest import TEST_TOKEN, with_settings
 from tests.support.queues import redis_queue
 
 pytestmark = pytest.mark.integration
 Cli = Callable[..., CompletedProcess[str]]
+InProcess = Callable[..., Result]
 
 
 def assert_one_sentence_error(proc: CompletedProcess[str], code: int, *words: str) -> None:
@@ -50,32 +54,48 @@ def test_run_json_summary(cli: Cli, sim_state: SimState, rdb: redis.Redis) -> No
     assert len(redis_queue(rdb)) == 120
 
 
-def test_status_reports_the_recorded_run(cli: Cli, sim_state: SimState, rdb: redis.Redis) -> None:
+def test_status_reports_the_recorded_run(
+    cli: Cli, cli_in_process: InProcess, settings: Settings, sim_state: SimState, rdb: redis.Redis
+) -> None:
     """`status --json` shows what the run recorded; an unknown job reports state unknown."""
     job_id = sim_state.add_job(JobSpec(items=30, item_statuses={"pending": 1.0}))
-    assert cli("run", job_id).returncode == 0
+    # The run is this test's setup (test_run_json_summary runs the command): done in-process.
+    assert produce(job_id, settings=settings, app=make_app(settings)).status == "enqueued"
     view = json.loads(cli("status", job_id, "--json").stdout)
     assert view["state"] == "enqueued"
     assert (view["planned"], view["enqueued"], view["published_total"]) == (30, 30, 30)
     assert view["job_status"] == "in_progress"
-    other = json.loads(cli("status", str(uuid.uuid4()), "--json").stdout)
-    assert other["state"] == "unknown"
+    unknown = cli_in_process("status", str(uuid.uuid4()), "--json")
+    assert unknown.exit_code == 0, unknown.stderr
+    assert json.loads(unknown.stdout)["state"] == "unknown"
 
 
-def test_text_output_of_a_second_run(cli: Cli, sim_state: SimState, rdb: redis.Redis) -> None:
+def test_text_output_of_a_second_run(
+    cli: Cli, settings: Settings, sim_state: SimState, rdb: redis.Redis
+) -> None:
     """A rerun says it enqueued nothing new and counts what was already queued."""
     job_id = sim_state.add_job(JobSpec(items=40, item_statuses={"pending": 1.0}))
-    cli("run", job_id)
+    assert produce(job_id, settings=settings, app=make_app(settings)).enqueued == 40
     proc = cli("run", job_id)
     assert proc.returncode == 0
     assert "enqueued 0 new messages (40 were already queued) of 40 planned" in proc.stdout
 
 
-def test_not_a_uuid_is_bad_input(cli: Cli, sim_state: SimState, rdb: redis.Redis) -> None:
-    """A job id that is not a UUID exits 2 before any request."""
-    for command in ("run", "enqueue", "status"):
-        assert_one_sentence_error(cli(command, "42; DROP"), 2, "not a UUID")
+def test_not_a_uuid_is_bad_input(
+    cli: Cli, cli_in_process: InProcess, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """A job id that is not a UUID exits 2 before any request, from every command taking one."""
+    assert_one_sentence_error(cli("run", "42; DROP"), 2, "not a UUID")
+    # The same guard in the other commands: their exit code and stderr, without a subprocess each.
+    for command in ("enqueue", "status"):
+        result = cli_in_process(command, "42; DROP")
+        assert_one_sentence_error(
+            CompletedProcess([command], result.exit_code, result.stdout, result.stderr),
+            2,
+            "not a UUID",
+        )
     assert sim_state.calls == []
+    assert rdb.dbsize() == 0
 
 
 def test_bad_setting_is_bad_input(cli: Cli, sim_state: SimState) -> None:
