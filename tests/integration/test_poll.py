@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -16,6 +15,8 @@ from contract.settings import Settings
 from devtools.simulator import FaultRule, JobSpec, SimState
 from pleo.client import PleoClient, make_http_client
 from producer.poll import poll
+from tests.conftest import TEST_TOKEN
+from tests.support.clock import ManualClock
 from tests.support.queues import redis_queue
 
 pytestmark = pytest.mark.integration
@@ -35,9 +36,21 @@ def add(state: SimState, status: str, company_id: str | None = None) -> str:
     return state.add_job(JobSpec(items=1, status=status, company_id=company_id))
 
 
-def next_second() -> None:
-    """Wait for the wall clock's next second, so the next job's createdAt is strictly later."""
-    time.sleep(1.0 - time.time() % 1.0 + 0.02)
+@pytest.fixture
+def clock() -> ManualClock:
+    """The simulator's clock: it stamps each job's createdAt, and moves only when a test says."""
+    return ManualClock()
+
+
+@pytest.fixture
+def sim_state(clock: ManualClock) -> SimState:
+    """The shared fixture's simulator state, on this module's manual clock."""
+    return SimState(token=TEST_TOKEN, max_page_size=1000, seed=7, clock=clock)
+
+
+def next_second(clock: ManualClock) -> None:
+    """Move the simulator's clock a second on, so the next job's createdAt is strictly later."""
+    clock.advance(1.0)
 
 
 def queued_job_ids(rdb: redis.Redis) -> list[str]:
@@ -48,15 +61,15 @@ def queued_job_ids(rdb: redis.Redis) -> list[str]:
 
 
 def test_pending_and_in_progress_jobs_are_enqueued_oldest_first_and_terminal_ones_are_not(
-    settings: Settings, sim_state: SimState, rdb: redis.Redis
+    settings: Settings, sim_state: SimState, clock: ManualClock, rdb: redis.Redis
 ) -> None:
     """Pending and in-progress jobs are enqueued oldest first; terminal jobs are left alone."""
     recovering = add(sim_state, "in_progress")
-    next_second()
+    next_second(clock)
     for terminal in ("completed", "completed_with_errors", "failed"):
         add(sim_state, terminal)
     older = add(sim_state, "pending")
-    next_second()
+    next_second(clock)
     newer = add(sim_state, "pending")
 
     with pleo(settings) as client:
