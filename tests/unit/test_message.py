@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +86,11 @@ def test_the_one_definition_encodes_what_it_parses() -> None:
 def test_the_fields_are_the_contracts_table() -> None:
     """The kwargs are exactly the rows of ARCHITECTURE.md's schema-1 table, in its order."""
     shared = Path(__file__).resolve().parents[3] / "shared" / "ARCHITECTURE.md"
-    text = (Path(__file__).resolve().parents[2] / "ARCHITECTURE.md").read_text()
-    if shared.exists():
-        text = shared.read_text()
-    table = text.split("### The item message", 1)[1].split("\n\n", 2)[1]
-    rows = [line.split("|")[1].strip().strip("`") for line in table.splitlines()[2:]]
+    own = Path(__file__).resolve().parents[2] / "ARCHITECTURE.md"
+    text = (shared if shared.exists() else own).read_text()
+    # The table is the first run of "|" lines after the heading, a blank line before it or not.
+    section = text.split("### The item message", 1)[1].splitlines()[1:]
+    start = next(n for n, line in enumerate(section) if line.startswith("|"))
+    table = list(itertools.takewhile(lambda line: line.startswith("|"), section[start:]))
+    rows = [line.split("|")[1].strip().strip("`") for line in table[2:]]
     assert rows == list(FIELDS)
