@@ -170,22 +170,6 @@ def test_enqueue_with_broker_down_exits_4(cli: Cli) -> None:
     assert_one_sentence_error(proc, 4)
 
 
-def test_poll_enqueues_open_jobs_oldest_first(
-    cli: Cli, sim_state: SimState, rdb: redis.Redis
-) -> None:
-    """`poll --json` enqueues pending and in_progress jobs, not terminal ones, and says so."""
-    first = sim_state.add_job(JobSpec(items=5))
-    sim_state.add_job(JobSpec(items=5, status="completed"))
-    second = sim_state.add_job(JobSpec(items=5, status="in_progress"))
-    proc = cli("poll", "--json")
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
-    assert (result["found"], result["enqueued"]) == (2, 2)
-    assert set(result["job_ids"]) == {first, second}
-    assert {q.args[0] for q in redis_queue(rdb, PRODUCER_QUEUE)} == {first, second}
-    assert [c.method for c in sim_state.calls] == ["GET"]
-
-
 def test_python_api_enqueue_shares_the_trigger_dedupe(
     cli: Cli, redis_url: str, rdb: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from subprocess import CompletedProcess
 
 import pytest
 import redis
@@ -60,10 +62,16 @@ def queued_job_ids(rdb: redis.Redis) -> list[str]:
     return [m.args[0] for m in messages]
 
 
-def test_pending_and_in_progress_jobs_are_enqueued_oldest_first_and_terminal_ones_are_not(
-    settings: Settings, sim_state: SimState, clock: ManualClock, rdb: redis.Redis
+def test_poll_command_enqueues_open_jobs_oldest_first_and_terminal_ones_not(
+    cli: Callable[..., CompletedProcess[str]],
+    sim_state: SimState,
+    clock: ManualClock,
+    rdb: redis.Redis,
 ) -> None:
-    """Pending and in-progress jobs are enqueued oldest first; terminal jobs are left alone."""
+    """`pleo-export poll --json` enqueues pending and in-progress jobs oldest first, leaves
+    terminal ones alone, and says so."""
+    # Merged from this module's library-level test and test_cli's poll test, which proved the
+    # same selection twice: the command runs the same poll, so this asserts what both did.
     recovering = add(sim_state, "in_progress")
     next_second(clock)
     for terminal in ("completed", "completed_with_errors", "failed"):
@@ -72,14 +80,16 @@ def test_pending_and_in_progress_jobs_are_enqueued_oldest_first_and_terminal_one
     next_second(clock)
     newer = add(sim_state, "pending")
 
-    with pleo(settings) as client:
-        result = poll(settings, client=client)
+    proc = cli("poll", "--json")
 
-    assert result.job_ids == (recovering, older, newer)
-    assert (result.found, result.enqueued, result.deduplicated) == (3, 3, 0)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["job_ids"] == [recovering, older, newer]
+    assert (result["found"], result["enqueued"], result["deduplicated"]) == (3, 3, 0)
     assert queued_job_ids(rdb) == [recovering, older, newer]
     messages = redis_queue(rdb, PRODUCER_QUEUE)
     assert {m.kwargs["company_id"] for m in messages} == {sim_state.company_id}
+    assert [c.method for c in sim_state.calls] == ["GET"]
 
 
 def test_without_in_progress_only_pending_jobs_are_enqueued(
