@@ -142,7 +142,7 @@ def background_stops() -> Iterator[BackgroundStops]:
     (simulator, webhook receiver) on their own ports. One that does not stop still fails the
     session, at its end.
     """
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sim-stop") as pool:
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="server-stop") as pool:
         stops = BackgroundStops(pool)
         yield stops
         stops.join()
