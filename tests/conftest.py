@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,10 @@ import redis
 
 from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE
 from contract.settings import Settings
-from devtools.processes import signal_group, stop_group
+from devtools.processes import signal_group
 from devtools.simulator import RunningSimulator, SimState, start_in_thread
 from tests.support import serving
+from tests.support.stops import BackgroundStops
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_TOKEN = "test-token-8d1f0c"
@@ -132,9 +134,25 @@ def sim_state() -> SimState:
     return SimState(token=TEST_TOKEN, max_page_size=1000, seed=7)
 
 
+@pytest.fixture(scope="session")
+def background_stops() -> Iterator[BackgroundStops]:
+    """Stops the tests' servers in the background; the session ends once every one has stopped.
+
+    uvicorn notices a stop request only at its next 0.1 s tick and then closes its sockets:
+    about 0.2 s a test that no test needs to wait for, since each test has its own servers
+    (simulator, webhook receiver) on their own ports. One that does not stop still fails the
+    session, at its end.
+    """
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="server-stop") as pool:
+        stops = BackgroundStops(pool)
+        yield stops
+        stops.join()
+
+
 @pytest.fixture
-def served_apps() -> Iterator[Callable[[Any], serving.Served]]:
-    """Serve ASGI apps on free loopback ports; every one is stopped after the test."""
+def served_apps(background_stops: BackgroundStops) -> Iterator[Callable[[Any], serving.Served]]:
+    """Serve ASGI apps on free loopback ports; every one is stopped after the test (in the
+    background, see ``background_stops``)."""
     running: list[serving.Served] = []
 
     def start(app: Any) -> serving.Served:
@@ -143,15 +161,15 @@ def served_apps() -> Iterator[Callable[[Any], serving.Served]]:
 
     yield start
     for served in running:
-        served.stop()
+        background_stops.stop(served.stop)
 
 
 @pytest.fixture
-def sim(sim_state: SimState) -> Iterator[RunningSimulator]:
+def sim(sim_state: SimState, background_stops: BackgroundStops) -> Iterator[RunningSimulator]:
     """The Pleo simulator as a real HTTP server on 127.0.0.1, on a free port."""
     running = start_in_thread(sim_state, host="127.0.0.1", port=0)
     yield running
-    running.stop()
+    background_stops.stop(running.stop)
 
 
 @pytest.fixture
@@ -239,6 +257,31 @@ def cli(settings: Settings) -> Callable[..., subprocess.CompletedProcess[str]]:
     return run
 
 
+@pytest.fixture
+def cli_in_process(settings: Settings) -> Callable[..., Any]:
+    """Run ``pleo-export ARGS`` in this process (click's runner); returns its ``Result``.
+
+    The same command code as ``cli``, with its exit code, stdout and stderr, but without the
+    second or more a subprocess spends starting Python and importing the producer: for a test's
+    further commands once one real subprocess has shown the behaviour. Not for ``run``, which
+    installs signal handlers for its duration.
+    """
+    from click.testing import CliRunner, Result
+
+    from producer.cli import main
+
+    def run(*args: str, settings_: Settings | None = None, **env: str) -> Result:
+        ours = env_for(settings_ or settings, **env)
+        # The runner sets these in os.environ for the command and restores them after: the
+        # settings' variables as env_for has them, and those env_for leaves out unset.
+        ours_only = ("PLEO_", "CELERY_", "ERP_", "REDIS_URL")
+        variables: dict[str, str | None] = {k: None for k in os.environ if k.startswith(ours_only)}
+        variables.update({k: v for k, v in ours.items() if k.startswith(ours_only)})
+        return CliRunner().invoke(main, list(args), env=variables, catch_exceptions=False)
+
+    return run
+
+
 def wait_for(
     predicate: Callable[[], Any],
     *,
@@ -265,7 +308,7 @@ def wait_for(
 def start_worker(
     settings: Settings, tmp_path: Path
 ) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Start real ``celery worker`` processes; each is stopped (TERM, then KILL) after the test.
+    """Start real ``celery worker`` processes; each is killed (with its pool) after the test.
 
     Each worker's output goes to a log file under the test's tmp_path, shown if the test fails.
     """
@@ -298,7 +341,12 @@ def start_worker(
                     "-l",
                     "INFO",
                 ],
-                env=env_for(settings_ or settings, **env),
+                # A node name of its own (``CELERY_WORKER_HOSTNAME`` sets it): two workers both
+                # called celery@host share one pidbox queue, which RabbitMQ refuses the second.
+                env=env_for(
+                    settings_ or settings,
+                    **{"CELERY_WORKER_HOSTNAME": f"worker{len(procs)}.{os.getpid()}@%h", **env},
+                ),
                 cwd=ROOT,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -313,10 +361,15 @@ def start_worker(
         # Shown by pytest only when the test failed: what each worker was doing.
         lines = (tmp_path / f"worker-{index}.log").read_text(errors="replace").splitlines()
         print(f"--- worker-{index}.log (last 40 lines) ---", *lines[-40:], sep="\n")
+    # The test is over, so nothing it proves depends on how its workers stop: KILL each group at
+    # once. A warm shutdown (TERM) would only cost time: 2-3 s even for an idle worker (its
+    # consumer, timer and pool wind down in turn), and a worker that still runs a task would
+    # finish it against the services this test is about to clean up. Tests that prove a warm
+    # shutdown send the TERM themselves.
     for proc in procs:
-        signal_group(proc, signal.SIGTERM)
+        signal_group(proc, signal.SIGKILL)
     for proc in procs:
-        stop_group(proc, grace=10)
+        proc.wait()
 
 
 def with_settings(base: Settings, **changes: Any) -> Settings:

@@ -99,12 +99,10 @@ def flower(settings: Settings, tmp_path: Path) -> Iterator[httpx.Client]:
         client.close()
         # Shown by pytest only when the test failed.
         print("--- flower.log (last 40 lines) ---", log_tail(log_path), sep="\n")
-        signal_group(proc, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            signal_group(proc, signal.SIGKILL)
-            proc.wait()
+        # The test is over and nothing it proves depends on how Flower stops; its own shutdown
+        # on TERM (the event thread, tornado's loop) took seconds.
+        signal_group(proc, signal.SIGKILL)
+        proc.wait()
 
 
 def heard_workers(client: httpx.Client) -> list[Any]:

@@ -14,15 +14,19 @@ from subprocess import CompletedProcess
 import httpx
 import pytest
 import redis
+from click.testing import Result
 
+from contract.celery_app import make_app
 from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE
 from contract.settings import Settings
 from devtools.simulator import FaultRule, JobSpec, SimState
+from producer.components import produce
 from tests.conftest import TEST_TOKEN, env_for, wait_for, with_settings
 from tests.support.queues import redis_queue
 
 pytestmark = pytest.mark.integration
 Cli = Callable[..., CompletedProcess[str]]
+InProcess = Callable[..., Result]
 
 
 def assert_one_sentence_error(proc: CompletedProcess[str], code: int, *words: str) -> None:
@@ -55,22 +59,28 @@ def test_run_json_summary(cli: Cli, sim_state: SimState, rdb: redis.Redis) -> No
     assert len(redis_queue(rdb)) == 120
 
 
-def test_status_reports_the_recorded_run(cli: Cli, sim_state: SimState, rdb: redis.Redis) -> None:
+def test_status_reports_the_recorded_run(
+    cli: Cli, cli_in_process: InProcess, settings: Settings, sim_state: SimState, rdb: redis.Redis
+) -> None:
     """`status --json` shows what the run recorded; an unknown job reports state unknown."""
     job_id = sim_state.add_job(JobSpec(items=30, item_statuses={"pending": 1.0}))
-    assert cli("run", job_id).returncode == 0
+    # The run is this test's setup (test_run_json_summary runs the command): done in-process.
+    assert produce(job_id, settings=settings, app=make_app(settings)).status == "enqueued"
     view = json.loads(cli("status", job_id, "--json").stdout)
     assert view["state"] == "enqueued"
     assert (view["planned"], view["enqueued"], view["published_total"]) == (30, 30, 30)
     assert view["job_status"] == "in_progress"
-    other = json.loads(cli("status", str(uuid.uuid4()), "--json").stdout)
-    assert other["state"] == "unknown"
+    unknown = cli_in_process("status", str(uuid.uuid4()), "--json")
+    assert unknown.exit_code == 0, unknown.stderr
+    assert json.loads(unknown.stdout)["state"] == "unknown"
 
 
-def test_text_output_of_a_second_run(cli: Cli, sim_state: SimState, rdb: redis.Redis) -> None:
+def test_text_output_of_a_second_run(
+    cli: Cli, settings: Settings, sim_state: SimState, rdb: redis.Redis
+) -> None:
     """A rerun says it enqueued nothing new and counts what was already queued."""
     job_id = sim_state.add_job(JobSpec(items=40, item_statuses={"pending": 1.0}))
-    cli("run", job_id)
+    assert produce(job_id, settings=settings, app=make_app(settings)).enqueued == 40
     proc = cli("run", job_id)
     assert proc.returncode == 0
     assert (
@@ -79,11 +89,21 @@ def test_text_output_of_a_second_run(cli: Cli, sim_state: SimState, rdb: redis.R
     ) in proc.stdout
 
 
-def test_not_a_uuid_is_bad_input(cli: Cli, sim_state: SimState, rdb: redis.Redis) -> None:
-    """A job id that is not a UUID exits 2 before any request."""
-    for command in ("run", "enqueue", "status"):
-        assert_one_sentence_error(cli(command, "42; DROP"), 2, "not a UUID")
+def test_not_a_uuid_is_bad_input(
+    cli: Cli, cli_in_process: InProcess, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """A job id that is not a UUID exits 2 before any request, from every command taking one."""
+    assert_one_sentence_error(cli("run", "42; DROP"), 2, "not a UUID")
+    # The same guard in the other commands: their exit code and stderr, without a subprocess each.
+    for command in ("enqueue", "status"):
+        result = cli_in_process(command, "42; DROP")
+        assert_one_sentence_error(
+            CompletedProcess([command], result.exit_code, result.stdout, result.stderr),
+            2,
+            "not a UUID",
+        )
     assert sim_state.calls == []
+    assert rdb.dbsize() == 0
 
 
 def test_bad_setting_is_bad_input(cli: Cli, sim_state: SimState) -> None:
@@ -156,22 +176,6 @@ def test_enqueue_with_broker_down_exits_4(cli: Cli) -> None:
     """`enqueue` against an unreachable broker exits 4 in one sentence."""
     proc = cli("enqueue", str(uuid.uuid4()), CELERY_BROKER_URL="redis://127.0.0.1:1/0")
     assert_one_sentence_error(proc, 4)
-
-
-def test_poll_enqueues_open_jobs_oldest_first(
-    cli: Cli, sim_state: SimState, rdb: redis.Redis
-) -> None:
-    """`poll --json` enqueues pending and in_progress jobs, not terminal ones, and says so."""
-    first = sim_state.add_job(JobSpec(items=5))
-    sim_state.add_job(JobSpec(items=5, status="completed"))
-    second = sim_state.add_job(JobSpec(items=5, status="in_progress"))
-    proc = cli("poll", "--json")
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
-    assert (result["found"], result["enqueued"]) == (2, 2)
-    assert set(result["job_ids"]) == {first, second}
-    assert {q.args[0] for q in redis_queue(rdb, PRODUCER_QUEUE)} == {first, second}
-    assert [c.method for c in sim_state.calls] == ["GET"]
 
 
 def test_python_api_enqueue_shares_the_trigger_dedupe(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import celery
 import kombu
 import pytest
 import redis
+from celery import Celery
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -90,6 +92,15 @@ JSON = st.recursive(
 )
 
 
+@pytest.fixture
+def kombu_encoder(settings: Settings) -> Iterator[tuple[Celery, MessageEncoder]]:
+    """The Celery app and kombu encoder the property compares against, one for all examples."""
+    app = make_app(settings)
+    encoder = MessageEncoder(app, settings.broker_url)
+    yield app, encoder
+    encoder.close()
+
+
 @hypothesis_settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     item=st.builds(
@@ -103,20 +114,18 @@ JSON = st.recursive(
     company_id=st.none() | st.uuids().map(str),
 )
 def test_template_writes_the_bytes_kombu_writes(
-    settings: Settings, item: PlannedItem, company_id: str | None
+    kombu_encoder: tuple[Celery, MessageEncoder], item: PlannedItem, company_id: str | None
 ) -> None:
     """For any entry and payload, the template's bytes are kombu's bytes, delivery tag aside."""
-    app = make_app(settings)
+    # The app and the encoder are configuration, the same for every job: building them once,
+    # not once per example, leaves each example its own template and its own kombu message.
+    app, encoder = kombu_encoder
     total = item.sequence + 1
-    encoder = MessageEncoder(app, settings.broker_url)
-    try:
-        template = MessageTemplate(app, encoder, JOB, company_id, total)
-        task_id = task_id_for(JOB, item.accounting_entry_id)
-        _key, reference = encoder.encode(
-            celery_message(app, task_id, item.message(JOB, company_id, total).to_kwargs())
-        )
-    finally:
-        encoder.close()
+    template = MessageTemplate(app, encoder, JOB, company_id, total)
+    task_id = task_id_for(JOB, item.accounting_entry_id)
+    _key, reference = encoder.encode(
+        celery_message(app, task_id, item.message(JOB, company_id, total).to_kwargs())
+    )
     tag = json.loads(reference)["properties"]["delivery_tag"]
     payload = None if item.export_item is None else dumps(item.export_item)
     # The template takes the payload as spooled JSON text, never from the item itself.

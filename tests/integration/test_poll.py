@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from subprocess import CompletedProcess
 
 import pytest
 import redis
@@ -16,6 +17,8 @@ from contract.settings import Settings
 from devtools.simulator import FaultRule, JobSpec, SimState
 from pleo.client import PleoClient, make_http_client
 from producer.poll import poll
+from tests.conftest import TEST_TOKEN
+from tests.support.clock import ManualClock
 from tests.support.queues import redis_queue
 
 pytestmark = pytest.mark.integration
@@ -35,9 +38,21 @@ def add(state: SimState, status: str, company_id: str | None = None) -> str:
     return state.add_job(JobSpec(items=1, status=status, company_id=company_id))
 
 
-def next_second() -> None:
-    """Wait for the wall clock's next second, so the next job's createdAt is strictly later."""
-    time.sleep(1.0 - time.time() % 1.0 + 0.02)
+@pytest.fixture
+def clock() -> ManualClock:
+    """The simulator's clock: it stamps each job's createdAt, and moves only when a test says."""
+    return ManualClock()
+
+
+@pytest.fixture
+def sim_state(clock: ManualClock) -> SimState:
+    """The shared fixture's simulator state, on this module's manual clock."""
+    return SimState(token=TEST_TOKEN, max_page_size=1000, seed=7, clock=clock)
+
+
+def next_second(clock: ManualClock) -> None:
+    """Move the simulator's clock a second on, so the next job's createdAt is strictly later."""
+    clock.advance(1.0)
 
 
 def queued_job_ids(rdb: redis.Redis) -> list[str]:
@@ -47,26 +62,34 @@ def queued_job_ids(rdb: redis.Redis) -> list[str]:
     return [m.args[0] for m in messages]
 
 
-def test_pending_and_in_progress_jobs_are_enqueued_oldest_first_and_terminal_ones_are_not(
-    settings: Settings, sim_state: SimState, rdb: redis.Redis
+def test_poll_command_enqueues_open_jobs_oldest_first_and_terminal_ones_not(
+    cli: Callable[..., CompletedProcess[str]],
+    sim_state: SimState,
+    clock: ManualClock,
+    rdb: redis.Redis,
 ) -> None:
-    """Pending and in-progress jobs are enqueued oldest first; terminal jobs are left alone."""
+    """`pleo-export poll --json` enqueues pending and in-progress jobs oldest first, leaves
+    terminal ones alone, and says so."""
+    # Merged from this module's library-level test and test_cli's poll test, which proved the
+    # same selection twice: the command runs the same poll, so this asserts what both did.
     recovering = add(sim_state, "in_progress")
-    next_second()
+    next_second(clock)
     for terminal in ("completed", "completed_with_errors", "failed"):
         add(sim_state, terminal)
     older = add(sim_state, "pending")
-    next_second()
+    next_second(clock)
     newer = add(sim_state, "pending")
 
-    with pleo(settings) as client:
-        result = poll(settings, client=client)
+    proc = cli("poll", "--json")
 
-    assert result.job_ids == (recovering, older, newer)
-    assert (result.found, result.enqueued, result.deduplicated) == (3, 3, 0)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["job_ids"] == [recovering, older, newer]
+    assert (result["found"], result["enqueued"], result["deduplicated"]) == (3, 3, 0)
     assert queued_job_ids(rdb) == [recovering, older, newer]
     messages = redis_queue(rdb, PRODUCER_QUEUE)
     assert {m.kwargs["company_id"] for m in messages} == {sim_state.company_id}
+    assert [c.method for c in sim_state.calls] == ["GET"]
 
 
 def test_without_in_progress_only_pending_jobs_are_enqueued(

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from subprocess import CompletedProcess
 from typing import Any
 
@@ -14,11 +15,12 @@ import redis
 
 from contract.celery_app import make_app
 from contract.keys import progress_key
-from contract.names import POLL_TASK, PRODUCER_QUEUE
+from contract.names import POLL_TASK, PRODUCER_QUEUE, PRODUCER_TASK
 from contract.settings import Settings
 from devtools.simulator import FaultRule, JobSpec, SimState
 from producer.triggers import enqueue
 from tests.conftest import wait_for, with_settings
+from tests.support.local import worker_log
 from tests.support.queues import redis_queue
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
@@ -30,6 +32,15 @@ def finished_state(rdb: redis.Redis, job_id: str) -> str | None:
     if state in {b"enqueued", b"nothing_to_do", b"skipped"}:
         return state.decode()
     return None
+
+
+def task_failure_logged(log: str) -> str | None:
+    """The worker's log once it records a producer task as failed (Celery's ERROR line)."""
+    failed = any(
+        f"Task {PRODUCER_TASK}[" in line and "] raised unexpected:" in line
+        for line in log.splitlines()
+    )
+    return log if failed else None
 
 
 def test_enqueued_job_is_produced_by_a_worker(
@@ -64,7 +75,9 @@ def test_transient_failure_past_the_budget_is_retried_by_celery(
     assert len(redis_queue(rdb)) == 50
 
 
-def test_permanent_failure_is_not_retried(cli: Cli, rdb: redis.Redis, start_worker: Any) -> None:
+def test_permanent_failure_is_not_retried(
+    cli: Cli, cli_in_process: Any, rdb: redis.Redis, start_worker: Any, tmp_path: Path
+) -> None:
     """A job Pleo does not know fails the task once; the progress record says why."""
     job_id = "5d6b1f0e-8c2a-4e7b-9f3d-2a1c0b9e8d7f"
     start_worker("producer", PRODUCER_QUEUE)
@@ -75,8 +88,18 @@ def test_permanent_failure_is_not_retried(cli: Cli, rdb: redis.Redis, start_work
         what="the task to fail",
     )
     assert failed
-    time.sleep(1.0)  # five times the test's retry delay: a retry would have started by now
-    progress = json.loads(cli("status", job_id, "--json").stdout)
+    # A task decides on a retry before it ends, and Celery logs either that retry or the task's
+    # failure: once the failure is logged, no retry of this run can come.
+    log = wait_for(
+        lambda: task_failure_logged(worker_log(tmp_path)),
+        timeout=30,
+        what="the worker to log the task's failure",
+        explain=lambda: worker_log(tmp_path)[-2000:],
+    )
+    assert " retry: " not in log
+    assert "producer_task_retry" not in log
+    shown = cli_in_process("status", job_id, "--json")
+    progress = json.loads(shown.stdout)
     assert progress["runs"] == 1
     assert "404" in progress["error"]
 

@@ -15,6 +15,7 @@ import pytest
 
 from devtools.simulator import JobSpec, SimState, start_in_thread
 from tests.support.clock import ManualClock
+from tests.support.stops import BackgroundStops
 
 pytestmark = pytest.mark.integration
 
@@ -35,14 +36,13 @@ def state(clock: ManualClock) -> SimState:
 
 
 @pytest.fixture
-def api(state: SimState) -> Iterator[httpx.Client]:
+def api(state: SimState, background_stops: BackgroundStops) -> Iterator[httpx.Client]:
     """A client of the simulator serving ``state`` over HTTP on 127.0.0.1."""
     headers = {"Authorization": "Bearer t"}
-    with (
-        start_in_thread(state, host="127.0.0.1", port=0) as sim,
-        httpx.Client(base_url=sim.url, headers=headers, timeout=5.0) as client,
-    ):
+    sim = start_in_thread(state, host="127.0.0.1", port=0)
+    with httpx.Client(base_url=sim.url, headers=headers, timeout=5.0) as client:
         yield client
+    background_stops.stop(sim.stop)
 
 
 def job_json(api: httpx.Client, job_id: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from devtools.simulator import FaultRule, JobSpec, RunningSimulator, SimState, start_in_thread
+from tests.support.stops import BackgroundStops
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ Serve = Callable[..., httpx.Client]
 
 
 @pytest.fixture
-def serve() -> Iterator[Serve]:
+def serve(background_stops: BackgroundStops) -> Iterator[Serve]:
     """Start simulators on 127.0.0.1:0 and hand back a client for each; stop them all afterwards."""
     started: list[tuple[RunningSimulator, httpx.Client]] = []
 
@@ -41,7 +42,7 @@ def serve() -> Iterator[Serve]:
     yield start
     for sim, client in started:
         client.close()
-        sim.stop()
+        background_stops.stop(sim.stop)
 
 
 def walk(client: httpx.Client, path: str, **params: Any) -> list[dict[str, Any]]:

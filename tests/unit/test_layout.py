@@ -8,6 +8,7 @@ on producer internals; nothing a production process imports reaches the developm
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 import subprocess
@@ -20,13 +21,18 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("contract", "pleo", "producer", "consumers", "devtools")
 
 
-def loaded_by(module: str) -> set[str]:
-    """First-party modules a fresh interpreter holds after ``import module``."""
+@functools.cache
+def loaded_by(module: str) -> frozenset[str]:
+    """First-party modules a fresh interpreter holds after ``import module``.
+
+    Asked once per module and process: two tests check ``consumers.tasks``, and a fresh
+    interpreter importing it loads the same modules each time.
+    """
     code = f"import json, sys; import {module}; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
-    return {m for m in json.loads(out) if m.split(".")[0] in PACKAGES}
+    return frozenset(m for m in json.loads(out) if m.split(".")[0] in PACKAGES)
 
 
 @pytest.mark.parametrize("module", ["consumers", "consumers.tasks"])
