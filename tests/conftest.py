@@ -26,6 +26,7 @@ from contract.settings import Settings
 from devtools.processes import signal_group
 from devtools.simulator import RunningSimulator, SimState, start_in_thread
 from tests.support import serving
+from tests.support.journal import ram_journal_url
 from tests.support.stops import BackgroundStops
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,7 +174,16 @@ def sim(sim_state: SimState, background_stops: BackgroundStops) -> Iterator[Runn
 
 
 @pytest.fixture
-def settings(sim: RunningSimulator, redis_url: str, rdb: redis.Redis, tmp_path: Path) -> Settings:
+def erp_journal_url() -> Iterator[str]:
+    """A fresh SQLite journal for the reference ERP, on a RAM disk (tests/support/journal.py)."""
+    with ram_journal_url() as url:
+        yield url
+
+
+@pytest.fixture
+def settings(
+    sim: RunningSimulator, redis_url: str, rdb: redis.Redis, erp_journal_url: str
+) -> Settings:
     """Settings pointing at the simulator and the test Redis, with quick retries and leases."""
     return Settings(
         api_url=sim.url,
@@ -190,7 +200,7 @@ def settings(sim: RunningSimulator, redis_url: str, rdb: redis.Redis, tmp_path: 
         lease_ttl=10.0,
         lease_wait=0.2,
         run_retry_delay=0.2,
-        erp_database_url=f"sqlite:///{tmp_path / 'erp-journal.sqlite3'}",
+        erp_database_url=erp_journal_url,
         report_interval=0.3,
         erp_retry_delay=0.2,
         visibility_timeout=5,

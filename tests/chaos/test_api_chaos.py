@@ -42,7 +42,7 @@ from producer.components import produce
 from producer.status import job_status
 from tests.chaos.conftest import FULL, scale, tally
 from tests.conftest import wait_for, with_settings
-from tests.support.cli_b import invoke
+from tests.support.cli import invoke
 from tests.support.queues import redis_queue
 
 pytestmark = pytest.mark.integration

@@ -41,7 +41,7 @@ from producer.signature import sign
 from producer.triggers import enqueue
 from producer.webhook import MAX_BODY_BYTES, create_app
 from tests.chaos.conftest import scale, tally
-from tests.support.cli_b import invoke
+from tests.support.cli import invoke
 from tests.support.queues import redis_queue
 from tests.support.serving import start_in_thread
 

@@ -16,7 +16,6 @@ import sqlite3
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +31,8 @@ from devtools.simulator import JobSpec, SimState
 from producer.components import produce
 from producer.status import job_status
 from tests.chaos.conftest import chaos_seed, scale, tally
-from tests.conftest import wait_for, with_settings
-from tests.support.cli_b import invoke
-from tests.support.journal_b import ram_journal_url
+from tests.conftest import wait_for
+from tests.support.cli import invoke
 from tests.support.local import journal_ids, pool_children
 from tests.support.queues import Queued, decode, redis_queue
 
@@ -47,13 +45,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.worker]
 # short stall never re-sends it; the visibility timeout (5 s here) brings it back.
 STALL = 2.0
 REPAIR_ENV = {"ERP_REPAIR_STALL": str(STALL), "ERP_REPAIR_INTERVAL": "0.5"}
-
-
-@pytest.fixture
-def settings(settings: Settings) -> Iterator[Settings]:
-    """The shared settings, the SQLite journal on a RAM disk (``tests.support.journal_b``)."""
-    with ram_journal_url() as url:
-        yield with_settings(settings, erp_database_url=url)
 
 
 def journal_rows(settings: Settings) -> int:

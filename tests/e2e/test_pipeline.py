@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,19 +26,11 @@ from devtools.simulator import FaultRule, JobSpec, SimState
 from producer.components import produce
 from producer.status import job_status
 from tests.conftest import need_service, wait_for, with_settings
-from tests.support.cli_b import invoke
-from tests.support.journal_b import ram_journal_url
+from tests.support.cli import invoke
 from tests.support.local import journal_ids, pool_children
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
 PG_URL = os.environ.get("POSTGRES_TEST_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-@pytest.fixture
-def settings(settings: Settings) -> Iterator[Settings]:
-    """The shared settings, the SQLite journal on a RAM disk (``tests.support.journal_b``)."""
-    with ram_journal_url() as url:
-        yield with_settings(settings, erp_database_url=url)
 
 
 def finished(state: SimState, job_id: str) -> str | None:
