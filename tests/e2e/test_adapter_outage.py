@@ -150,4 +150,4 @@ def test_database_unreachable_mid_run(
         assert [e.event for e in sim_state.events(job_id)] == ["started", "completed"]
         assert_posted_and_reported_once(sim_state, job_id, direct)
         view = job_status(rdb, job_id)
-        assert (view["successful"], view["failed"], view["in_progress"]) == (600, 0, 0)
+        assert (view["successful"], view["failed"], view["awaiting_outcome"]) == (600, 0, 0)

@@ -30,7 +30,9 @@ def test_killed_producer_then_rerun_leaves_each_entry_once_in_order(
     job_id = sim_state.add_job(JobSpec(items=items, item_statuses={"pending": 1.0}, seed=seed))
     # Small batches (a size, not a timing): past any kill point below half the plan, at least
     # 150 Lua round trips remain, far longer than the 2 ms between looks at the marks.
-    fast = with_settings(settings, page_size=1000, publish_batch=10, lease_ttl=1.0)
+    # The rerun takes the dead run's lease at once (a gone local holder), so the lease keeps the
+    # suite's TTL: a short one only risks a run under load missing its own heartbeat.
+    fast = with_settings(settings, page_size=1000, publish_batch=10)
     env = env_for(fast)
     kill_after = random.Random(seed).randrange(1, items // 2)
 
@@ -45,6 +47,7 @@ def test_killed_producer_then_rerun_leaves_each_entry_once_in_order(
         while rdb.hlen(marks_key(job_id)) < kill_after and proc.poll() is None:
             assert time.monotonic() < deadline, f"{kill_after} entries were never marked"
             time.sleep(0.002)
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before the kill"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=10)
