@@ -129,14 +129,14 @@ def serve(
     ``on_listening`` hears the enqueue URL once the socket is bound.
     """
     check_token(settings.enqueue_api_token)
-    sock = serving.bind(host, port)
-    url = serving.url_of(sock)
-    app = create_app(settings)
-    if on_listening is not None:
-        on_listening(f"{url}{ENQUEUE_PATH}")
-    log.info("api_serving url=%s%s job_id=-", url, ENQUEUE_PATH)
-    serving.run(app, sock)
-    log.info("api_stopped url=%s job_id=-", url)
+    serving.serve(
+        lambda: create_app(settings),
+        host,
+        port,
+        name="api",
+        path=ENQUEUE_PATH,
+        on_listening=on_listening,
+    )
 
 
 class _Api:

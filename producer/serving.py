@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
+from collections.abc import Callable
 from typing import Final
 
 import h11
@@ -12,6 +14,8 @@ from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from contract.errors import BadInput, cause
+
+log = logging.getLogger(__name__)
 
 _GRACEFUL_SHUTDOWN_SECONDS: Final = 2
 # The longest request head (request line and headers) the servers read: h11's default limit.
@@ -74,6 +78,31 @@ def server_config(app: Starlette) -> uvicorn.Config:
         access_log=False,
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
     )
+
+
+def serve(
+    make_app: Callable[[], Starlette],
+    host: str,
+    port: int,
+    *,
+    name: str,
+    path: str,
+    fields: str = "job_id=-",
+    on_listening: Callable[[str], None] | None = None,
+) -> None:
+    """Bind ``host:port``, build the app, say where it listens, serve until SIGTERM or Ctrl-C.
+
+    The socket is bound first, so nothing is announced for a port that could not be taken.
+    ``name`` and ``fields`` make the log events (``{name}_serving``, ``{name}_stopped``).
+    """
+    sock = bind(host, port)
+    url = url_of(sock)
+    app = make_app()
+    if on_listening is not None:
+        on_listening(f"{url}{path}")
+    log.info("%s_serving url=%s%s %s", name, url, path, fields)
+    run(app, sock)
+    log.info("%s_stopped url=%s %s", name, url, fields)
 
 
 def run(app: Starlette, sock: socket.socket) -> None:

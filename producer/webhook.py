@@ -174,14 +174,15 @@ def serve(
     ``on_listening`` hears the delivery URL once the socket is bound.
     """
     check_secret(settings.webhook_secret)
-    sock = serving.bind(host, port)
-    url = serving.url_of(sock)
-    app = create_app(settings)
-    if on_listening is not None:
-        on_listening(f"{url}/webhooks/pleo")
-    log.info("webhook_serving url=%s/webhooks/pleo webhook_id=- job_id=-", url)
-    serving.run(app, sock)
-    log.info("webhook_stopped url=%s webhook_id=- job_id=-", url)
+    serving.serve(
+        lambda: create_app(settings),
+        host,
+        port,
+        name="webhook",
+        path="/webhooks/pleo",
+        fields="webhook_id=- job_id=-",
+        on_listening=on_listening,
+    )
 
 
 class _Receiver:
