@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -24,7 +24,9 @@ from contract.errors import BadInput, LeaseHeld, PleoExportError
 from contract.ids import is_uuid, validate_job_id, validate_uuid
 from contract.names import PRODUCER_QUEUE
 from contract.settings import Settings
-from producer.runner import Observer, RunSummary
+
+if TYPE_CHECKING:  # the run's parts load only for the commands that run one: a fast --help
+    from producer.runner import Observer, RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,7 @@ def run(job_id: str, as_json: bool) -> None:
     from producer.components import produce
     from producer.gc_tuning import relaxed_cyclic_gc
     from producer.interrupt import interruptible
+    from producer.runner import RunSummary
 
     settings = load_settings()
     job_id = validate_job_id(job_id)
@@ -423,6 +426,8 @@ def _progress(*, enabled: bool) -> Iterator[Observer | None]:
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+    from producer.runner import Observer
 
     with Progress(
         TextColumn("{task.description}"),
