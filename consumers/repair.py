@@ -249,7 +249,8 @@ class Repairer:
             if self._ordering == "booked_at"
             else {}
         )
-        placed = self._placements(job_id, current, {e: item.date for e, item in payloads.items()})
+        dates = {e: item.date for e, item in payloads.items()}
+        placed = self._placements(job_id, lost, current, dates)
         messages = sorted(
             (
                 ItemMessage.rebuilt(
@@ -291,9 +292,13 @@ class Repairer:
         return tuple(sent)
 
     def _placements(
-        self, job_id: str, statuses: Mapping[str, str], dates: Mapping[str, str]
+        self,
+        job_id: str,
+        lost: set[str],
+        statuses: Mapping[str, str],
+        dates: Mapping[str, str],
     ) -> dict[str, str]:
-        """Each published entry's recorded placement.
+        """The recorded placement of each lost entry (one read of just those fields).
 
         A job published by a version before placements were recorded has none (an upgrade with
         the job in flight): its entries get one in id order (sequence = position among the
@@ -301,17 +306,20 @@ class Repairer:
         with no outcome was never reported, so its status then is its status now). Task id, ids
         and payload stay exact; only the numbering differs from the first run's.
         """
-        marks, placed = self._call(
-            lambda: (self._r.hgetall(marks_key(job_id)), self._r.hgetall(placed_key(job_id)))
-        )
+        entries = sorted(lost)
+        raw = self._call(lambda: self._r.hmget(placed_key(job_id), entries))
+        known = {e: v.decode() for e, v in zip(entries, raw, strict=True) if v is not None}
+        if len(known) == len(entries):
+            return known
+        marks = self._call(lambda: self._r.hgetall(marks_key(job_id)))
         published = sorted(k.decode() for k, v in marks.items() if v.decode() == PUBLISHED)
-        known = {k.decode(): v.decode() for k, v in placed.items()}
+        position = {entry: n for n, entry in enumerate(published)}
         return {
             entry: known.get(entry)
             or placement(
-                position, len(published), _actionable(statuses.get(entry)), dates.get(entry)
+                position[entry], len(published), _actionable(statuses.get(entry)), dates.get(entry)
             )
-            for position, entry in enumerate(published)
+            for entry in entries
         }
 
     @staticmethod

@@ -12,7 +12,7 @@ from contract.keys import items_key, lease_key, marks_key, outbox_key, progress_
 from contract.lease import is_live
 from contract.ledger import PUBLISHED
 from contract.states import RUNNING, JobState
-from pleo.models import TERMINAL_JOB_STATUSES as JOB_STATUS_EVENTS
+from pleo.models import TERMINAL_JOB_STATUSES
 
 # ``republished``: messages the repair sweep (consumers/repair.py) sent again after a loss.
 _WORKER_COUNTERS = ("successful", "failed", "reported", "report_dropped", "republished")
@@ -63,7 +63,7 @@ def job_status(client: redis.Redis, job_id: str) -> dict[str, Any]:
     # the job ended, then how it ended (our final event, or what Pleo said when it ended it).
     if "job_status" in view:
         view["job_status_at_claim"] = view["job_status"]
-    ended = final if final in JOB_STATUS_EVENTS else view.get("finished_by_pleo")
+    ended = final if final in TERMINAL_JOB_STATUSES else view.get("finished_by_pleo")
     if ended:
         view["job_status"] = ended
     return view
