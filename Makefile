@@ -5,8 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The suite runs in 4 processes (pytest-xdist; most tests wait on workers and servers, not the
 # CPU), each with its own Redis and PostgreSQL database (tests/conftest.py); the RabbitMQ and
-# demo tests take turns (tests/support/serial.py). PYTEST_ARGS= runs it in one process.
-PYTEST_ARGS ?= -n 4
+# demo tests take turns (tests/support/serial.py). Work stealing keeps all four busy to the end:
+# with xdist's default (load) scheduling, two processes sat idle for the last ~80 s of the run
+# while the other two worked through the long tests already queued to them.
+# PYTEST_ARGS= runs it in one process.
+PYTEST_ARGS ?= -n 4 --dist worksteal
 
 .PHONY: install test chaos lint format demo bench clean
 
