@@ -8,7 +8,10 @@ handed on.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import ssl
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -69,6 +72,22 @@ class _BearerAuth(httpx.Auth):
         return "_BearerAuth(token='***')"
 
 
+def tls_context() -> ssl.SSLContext:
+    """The TLS context every client of this process verifies servers with.
+
+    httpx builds one per client unless given one, loading the CA bundle each time: about 20 ms of
+    CPU, paid by every client an ERP worker or a CLI command opens. Built as httpx would
+    (``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` still apply), once per process: a forked pool
+    process builds its own rather than use one it inherited.
+    """
+    return _tls_context_of(os.getpid())
+
+
+@functools.cache
+def _tls_context_of(pid: int) -> ssl.SSLContext:
+    return httpx.create_ssl_context()
+
+
 def make_http_client(
     settings: Settings, *, transport: httpx.BaseTransport | None = None
 ) -> httpx.Client:
@@ -91,6 +110,7 @@ def make_http_client(
         headers={"Accept": "application/json", "User-Agent": _user_agent()},
         auth=auth,
         transport=transport,
+        verify=tls_context(),
     )
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import multiprocessing
 import re
+import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -26,7 +28,7 @@ from contract.errors import (
 )
 from contract.retrying import choose_wait, exhausted, is_retryable
 from contract.settings import Settings
-from pleo.client import PleoClient, make_http_client
+from pleo.client import PleoClient, make_http_client, tls_context
 from pleo.models import ItemError, JobItem
 from pleo.responses import parse_retry_after
 
@@ -670,3 +672,21 @@ def test_exhausted_keeps_the_class_and_says_how_long() -> None:
     assert isinstance(error, RateLimited)
     assert str(error) == "Pleo answered 429 to GET /x; gave up after 1 attempt in 0.0 s."
     assert (error.job_id, error.status, error.url, error.retry_after) == (JOB, 429, "u", 3.0)
+
+
+def _context_is_fresh_in_child(parent_id: int, answer: Any) -> None:
+    answer.put(id(tls_context()) != parent_id and tls_context() is tls_context())
+
+
+def test_clients_share_one_verifying_tls_context_per_process() -> None:
+    """Every client of a process verifies with one context; a forked process builds its own."""
+    context = tls_context()
+    assert context is tls_context()
+    assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] > 0
+    fork = multiprocessing.get_context("fork")
+    answer = fork.Queue()
+    child = fork.Process(target=_context_is_fresh_in_child, args=(id(context), answer))
+    child.start()
+    child.join(timeout=10)
+    assert answer.get(timeout=5) is True
