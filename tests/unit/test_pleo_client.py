@@ -682,7 +682,8 @@ def test_clients_share_one_verifying_tls_context_per_process() -> None:
     """Every client of a process verifies with one context; a forked process builds its own."""
     context = tls_context()
     assert context is tls_context()
-    assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+    assert context.verify_mode is ssl.CERT_REQUIRED
+    assert context.check_hostname
     assert context.cert_store_stats()["x509_ca"] > 0
     fork = multiprocessing.get_context("fork")
     answer = fork.Queue()
