@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The suite runs in 4 processes (pytest-xdist; most tests wait on workers and servers, not the
-# CPU), each with its own Redis and PostgreSQL database (tests/conftest.py); the RabbitMQ and
+# The suite runs in 4 processes (pytest-xdist; together with the workers and CLI runs they start,
+# they keep both cores busy), each with its own Redis and PostgreSQL database (tests/conftest.py); the RabbitMQ and
 # demo tests take turns (tests/support/serial.py). Work stealing keeps all four busy to the end:
-# with xdist's default (load) scheduling, two processes sat idle for the last ~80 s of the run
+# with xdist's default (load) scheduling, two processes sat idle for the last ~90 s of the run
 # while the other two worked through the long tests already queued to them.
 # PYTEST_ARGS= runs it in one process.
 PYTEST_ARGS ?= -n 4 --dist worksteal
@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Byte-compiled once first: where PYTHONDONTWRITEBYTECODE is set, each of the ~100 processes the
-# suite starts (workers, CLI runs) would compile our modules again (~11 CPU-seconds a run).
+# Byte-compiled once first: where PYTHONDONTWRITEBYTECODE is set, each of the processes the suite
+# starts (workers, CLI runs) would compile our modules again (~11 CPU-seconds a run).
 test: $(STAMP)
 	$(BIN)/python -m compileall -q contract pleo producer consumers devtools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
