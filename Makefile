@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The suite runs in 4 processes (pytest-xdist; together with the workers and CLI runs they start,
-# they keep both cores busy), each with its own Redis and PostgreSQL database (tests/conftest.py); the RabbitMQ and
-# demo tests take turns (tests/support/serial.py). Work stealing keeps all four busy to the end:
-# with xdist's default (load) scheduling, two processes sat idle for the last ~90 s of the run
-# while the other two worked through the long tests already queued to them.
+# The suite runs in 4 processes (pytest-xdist; with the workers and CLI runs they start, they keep
+# both cores busy), each with its own Redis and PostgreSQL database (tests/conftest.py); the
+# RabbitMQ and demo tests take turns (tests/support/serial.py). Work stealing keeps all four busy
+# to the end: with xdist's default (load) scheduling, two processes sat idle for the last ~90 s
+# of the run while the other two worked through the long tests already queued to them.
 # PYTEST_ARGS= runs it in one process.
 PYTEST_ARGS ?= -n 4 --dist worksteal
 
