@@ -1,7 +1,8 @@
 """The ERP worker's Celery tasks: ``consumers.export_item`` and ``consumers.flush_reports``.
 
 The worker also runs the repair sweep's timer (``consumers/watchdog.py``) in its main process,
-and takes no message before its ERP adapter is built and answers (``consumers/adapter_check.py``).
+and takes no message before its ERP adapter is built and answers (``consumers/adapter_check.py``)
+and its Redis is one that keeps what it is given (``contract/redis_check.py``).
 
 Thin wiring: each task builds nothing per message (the ERP adapter, Pleo client and Redis
 connection are made once per worker process), calls one framework-free function, and maps typed
@@ -39,8 +40,9 @@ from contract.ledger import Ledger
 from contract.message import ItemMessage, MessageRejected
 from contract.metrics_endpoint import MetricsStep
 from contract.names import ITEM_TASK, ITEMS_QUEUE
+from contract.redis_check import guard_worker_start as guard_redis_at_start
 from contract.retrying import task_countdown
-from contract.store import redis_client
+from contract.store import ledger_client
 from contract.supervision import SupervisorStep
 from pleo.client import MAX_UPDATE_ITEMS, PleoClient, make_http_client
 
@@ -64,7 +66,7 @@ _TRANSIENT = (TransientUpstreamError, BrokerUnavailable)
 
 @functools.cache
 def _redis() -> redis.Redis:
-    return redis_client(settings().ledger_url)
+    return ledger_client(settings())
 
 
 @functools.cache
@@ -82,7 +84,9 @@ def _erp() -> SqlJournal:
     return _new_erp()
 
 
-# Checked in the main process before the pool forks: the pool's processes build their own.
+# Checked in the main process before the pool forks, Redis first: a Redis that would lose our
+# records refuses the worker (contract/redis_check.py); the pool's processes build their own ERP.
+guard_redis_at_start(app, settings)
 guard_worker_start(app, _new_erp)
 
 

@@ -30,7 +30,7 @@ from contract.celery_app import app_settings
 from contract.errors import PleoExportError
 from contract.ledger import Ledger
 from contract.settings import Settings
-from contract.store import redis_client
+from contract.store import ledger_client
 from pleo.client import PleoClient, make_http_client
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class RepairSettings:
 @contextmanager
 def open_repairer(settings: Settings, repair: RepairSettings, app: Celery) -> Iterator[Repairer]:
     """A Repairer with its own Redis and Pleo clients (none shared with the pool), then closed."""
-    with closing(redis_client(settings.ledger_url)) as client, make_http_client(settings) as http:
+    with closing(ledger_client(settings)) as client, make_http_client(settings) as http:
         yield _repairer(client, PleoClient(http, settings), settings, repair, app)
 
 

@@ -71,15 +71,19 @@ def redis_transport_options(settings: Settings) -> dict[str, Any]:
     most 10 s apart, keeps the promise close to the setting for one cheap ZRANGE. Each scan
     takes a Redis mutex that outlives a worker killed while holding it by its expiry (5 min
     by default, blocking every restore meanwhile); the restore itself is a WATCHed transaction,
-    so a short expiry is safe.
+    so a short expiry is safe. A ``sentinel://`` broker also names its master.
     """
     timeout = settings.visibility_timeout
-    return {
+    options: dict[str, Any] = {
         "visibility_timeout": timeout,
         "unacked_restore_interval": max(1, min(10, timeout // 5)),
         "unacked_restore_throttle": 1,
         "unacked_mutex_expire": max(5, min(60, timeout)),
     }
+    if settings.broker_url.startswith("sentinel://"):
+        # kombu's Sentinel transport asks the Sentinels for this master, as the ledger does.
+        options["master_name"] = settings.redis_sentinel_master
+    return options
 
 
 def retry_when_broker_answers(task: Task, exc: Exception, countdown: float) -> Exception:

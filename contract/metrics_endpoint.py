@@ -38,7 +38,7 @@ import contract.metrics  # noqa: F401 - the counters exist (at 0) in every proce
 from contract.celery_app import app_settings
 from contract.errors import BadInput
 from contract.job_gauges import ActiveJobsCollector
-from contract.store import redis_client
+from contract.store import ledger_client
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class MetricsStep(bootsteps.StartStopStep):  # type: ignore[misc]
         if directory is not None:
             removed = remove_stale_files(directory, alive=pid_alive)
             log.info("metrics_multiprocess dir=%s stale_files_removed=%d", directory, removed)
-        self._client = client = redis_client(settings.ledger_url)
+        self._client = client = ledger_client(settings)
         self._server = server = MetricsServer(
             ALL_INTERFACES, settings.metrics_port, lambda: render(client)
         )

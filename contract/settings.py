@@ -20,13 +20,22 @@ _URL_FIELDS = frozenset({"redis_url", "broker_url", "erp_database_url"})
 _USERINFO = re.compile(r"(//[^/@:]*:)[^/@]*@")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
+# Redis broker schemes kombu's Redis transports take (``sentinel``: redis.sentinel discovers it).
+_REDIS_BROKER_SCHEMES = frozenset({"redis", "rediss", "unix", "sentinel"})
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 # Pleo documents no maximum for ``limit``; a page this large is already 25 MB of export items.
 MAX_PAGE_SIZE = 10_000
 
 
 def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (user names stay: they help)."""
+    """Return ``url`` with any password replaced by ``***`` (user names stay: they help).
+
+    A list of Sentinel URLs (``sentinel://a:26379;sentinel://b:26379``) is redacted URL by URL.
+    """
+    if ";" in url:
+        return ";".join(redact_url(part) for part in url.split(";"))
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises for a port that is not a number
@@ -97,6 +106,12 @@ class Settings:
     dead_run_after: float = 15.0
     # Workers' GET /metrics (contract/metrics_endpoint.py) listens on this port; 0: no endpoint.
     metrics_port: int = 0
+    # Start-up check of Redis (contract/redis_check.py): a Redis that keeps nothing on disk is
+    # refused unless this says it may be ephemeral: for tests and demos, never in production.
+    redis_ephemeral: bool = False
+    # The Sentinel master's name (``sentinel monitor <name> ...``): required when REDIS_URL or
+    # CELERY_BROKER_URL is a sentinel:// URL, for the ledger's client and the broker alike.
+    redis_sentinel_master: str | None = None
 
     def __repr__(self) -> str:
         shown = []
@@ -114,7 +129,7 @@ class Settings:
     @property
     def uses_redis_broker(self) -> bool:
         """True when the Celery broker is Redis, so publishing can be one Redis transaction."""
-        return urlsplit(self.broker_url).scheme in {"redis", "rediss", "unix"}
+        return urlsplit(self.broker_url).scheme in _REDIS_BROKER_SCHEMES
 
     @property
     def ledger_url(self) -> str:
@@ -189,6 +204,8 @@ class Settings:
             ),
             dead_run_after=_number(env, "PLEO_DEAD_RUN_AFTER", d.dead_run_after, float, low=1),
             metrics_port=_number(env, "PLEO_METRICS_PORT", d.metrics_port, int, low=0, high=65535),
+            redis_ephemeral=_flag(env, "PLEO_REDIS_EPHEMERAL", d.redis_ephemeral),
+            redis_sentinel_master=_sentinel_master(env, redis_url, broker_url),
         )
 
 
@@ -225,9 +242,23 @@ def _url(
     *,
     examples: Collection[str] = (),
 ) -> str:
-    """The setting ``name`` as a URL with one of ``schemes`` (passwords never shown in errors)."""
+    """The setting ``name`` as a URL with one of ``schemes`` (passwords never shown in errors).
+
+    Only Sentinel URLs may come as a list (``sentinel://a:26379;sentinel://b:26379``, as kombu
+    takes them); each one is checked.
+    """
     raw = (env.get(name) or "").strip() or default
     seen = shown(redact_url(raw))
+    if "cluster" in raw.split("://", 1)[0].lower():
+        from contract.redis_check import CLUSTER_UNSUPPORTED
+
+        raise BadInput(f"{name} names a Redis Cluster ({seen}), {CLUSTER_UNSUPPORTED}.")
+    if ";" in raw:
+        if not all(part.startswith("sentinel://") for part in raw.split(";")):
+            raise BadInput(f"{name} lists several URLs, which only sentinel:// URLs may: {seen}.")
+        for part in raw.split(";"):
+            _url({name: part}, name, default, schemes, kind, examples=examples)
+        return raw
     try:
         parts = urlsplit(raw)
         parts.port  # noqa: B018 - raises for a port that is not a number
@@ -239,7 +270,10 @@ def _url(
         listed += ", ..." if examples else ""
         article = "an" if kind[0] in "aeiouh" else "a"
         raise BadInput(f"{name} must be {article} {kind} URL ({listed}), not {seen}.")
-    if scheme in {"http", "https", "redis", "rediss", "amqp", "amqps"} and not parts.hostname:
+    if (
+        scheme in {"http", "https", "redis", "rediss", "amqp", "amqps", "sentinel"}
+        and not parts.hostname
+    ):
         raise BadInput(f"{name} names no host: {seen}.")
     return raw
 
@@ -249,3 +283,30 @@ def _broker_schemes() -> frozenset[str]:
     from kombu.transport import TRANSPORT_ALIASES
 
     return frozenset(TRANSPORT_ALIASES)
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """The setting ``name`` as a yes/no: 1/true/yes/on or 0/false/no/off (any case)."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    text = raw.strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise BadInput(f"{name} must be 1 or 0 (true/false, yes/no), not {shown(raw)}.")
+
+
+def _sentinel_master(env: Mapping[str, str], redis_url: str, broker_url: str) -> str | None:
+    """REDIS_SENTINEL_MASTER, required when either Redis URL goes through Sentinel."""
+    master = (env.get("REDIS_SENTINEL_MASTER") or "").strip() or None
+    via_sentinel = [
+        name
+        for name, url in (("REDIS_URL", redis_url), ("CELERY_BROKER_URL", broker_url))
+        if url.startswith("sentinel://")
+    ]
+    if via_sentinel and master is None:
+        raise BadInput(
+            f"{via_sentinel[0]} is a sentinel:// URL, so REDIS_SENTINEL_MASTER must name the "
+            "master the Sentinels monitor (the <name> of their 'sentinel monitor <name> ...')."
+        )
+    return master

@@ -19,7 +19,7 @@ from contract.celery_app import app_settings
 from contract.errors import LeaseHeld, PleoExportError
 from contract.keys import SUPERVISOR_KEY, fence_of
 from contract.lease import Lease, Leases
-from contract.store import redis_client
+from contract.store import ledger_client
 from contract.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class SupervisorStep(bootsteps.StartStopStep):  # type: ignore[misc]
     def start(self, parent: Any) -> None:
         """Tick every ``PLEO_SUPERVISE_INTERVAL`` seconds."""
         settings = app_settings(parent.app)
-        self._client = redis_client(settings.ledger_url)
+        self._client = ledger_client(settings)
         interval = settings.supervise_interval
         leases = Leases(self._client, ttl=3 * interval)
         who = f"supervisor {parent.hostname or socket.gethostname()}"

@@ -77,8 +77,16 @@ class _CapturingChannel(kombu_redis.Channel):  # type: ignore[misc]
         self.captured.append((self._q_for_pri(queue, priority), dumps(message)))
 
 
+class _CapturingSentinelChannel(_CapturingChannel, kombu_redis.SentinelChannel):  # type: ignore[misc]
+    """The same, on kombu's Sentinel channel: connected to the master the Sentinels name."""
+
+
 class _CapturingTransport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = _CapturingChannel
+
+
+class _CapturingSentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
+    Channel = _CapturingSentinelChannel
 
 
 class MessageEncoder:
@@ -86,7 +94,13 @@ class MessageEncoder:
 
     def __init__(self, app: Celery, broker_url: str) -> None:
         self._app = app
-        self._connection = Connection(broker_url, transport=_CapturingTransport)
+        sentinel = broker_url.startswith("sentinel://")
+        self._connection = Connection(
+            broker_url,
+            transport=_CapturingSentinelTransport if sentinel else _CapturingTransport,
+            # The app's options name the Sentinel master (contract/celery_app.py).
+            transport_options=dict(app.conf.broker_transport_options or {}) if sentinel else {},
+        )
         try:
             self._channel = self._connection.default_channel
         except Exception as exc:

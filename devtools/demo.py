@@ -41,7 +41,7 @@ from consumers.erp_sql import SqlJournal
 from contract.errors import BadInput, PleoExportError
 from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE
 from contract.settings import Settings, redact_url
-from contract.store import redis_client
+from contract.store import ledger_client, redis_client
 from devtools.deliveries import deliver
 from devtools.processes import stop_group
 from devtools.simulator import JobSpec, SimState, start_in_thread
@@ -115,6 +115,8 @@ def run_demo(
             page_size=1000,
             report_interval=0.5,
             visibility_timeout=30,
+            # The demo's Redis (embedded, or a database it empties) is a throwaway by design.
+            redis_ephemeral=True,
         )
         receiver = stack.enter_context(_receiver(settings))
         out.print(f"Webhook receiver: {receiver}/webhooks/pleo")
@@ -123,7 +125,7 @@ def run_demo(
             stack.enter_context(_worker("consumers", ITEMS_QUEUE, 2, settings, workdir)),
         ]
         out.print(f"Workers: producer and ERP (logs in {workdir})")
-        rdb = redis_client(settings.ledger_url)
+        rdb = ledger_client(settings)
         stack.callback(rdb.close)
         started = time.monotonic()
         _fire_webhook(out, receiver, settings, state.job(job_id).to_json())
@@ -273,6 +275,7 @@ def _worker(
         PLEO_PAGE_SIZE=str(settings.page_size),
         PLEO_REPORT_INTERVAL=str(settings.report_interval),
         PLEO_VISIBILITY_TIMEOUT=str(settings.visibility_timeout),
+        PLEO_REDIS_EPHEMERAL="1" if settings.redis_ephemeral else "0",
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     )
     command = [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue]

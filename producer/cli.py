@@ -108,6 +108,19 @@ def load_settings() -> Settings:
     return Settings.from_env()
 
 
+def load_checked_settings() -> Settings:
+    """Settings, for a command that writes to Redis: one whose Redis would lose records is refused.
+
+    Exit 2 for a Redis that evicts keys, is a Cluster or keeps nothing on disk (without
+    PLEO_REDIS_EPHEMERAL); what cannot be judged is a warning on stderr (contract/redis_check.py).
+    """
+    from contract.redis_check import check_redis
+
+    settings = load_settings()
+    check_redis(settings, warn=lambda text: click.echo(f"pleo-export: warning: {text}", err=True))
+    return settings
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-v", "--verbose", count=True, help="Log events to stderr (-v warnings and info, -vv debug)."
@@ -134,7 +147,7 @@ def run(job_id: str, as_json: bool) -> None:
     from producer.interrupt import interruptible
     from producer.runner import RunSummary
 
-    settings = load_settings()
+    settings = load_checked_settings()
     job_id = validate_job_id(job_id)
     app = make_app(settings)
     try:
@@ -157,7 +170,7 @@ def enqueue(job_id: str, company_id: str | None) -> None:
     """Send the producer task for JOB_ID to the broker, for a worker to run."""
     from producer.triggers import enqueue as send
 
-    settings = load_settings()
+    settings = load_checked_settings()
     result = send(job_id, company_id=company_id, settings=settings, source="cli")
     if result.deduplicated:
         _out(
@@ -184,7 +197,7 @@ def poll(company_id: str | None, in_progress: bool, as_json: bool) -> None:
     from pleo.client import PleoClient, make_http_client
     from producer.poll import poll as poll_jobs
 
-    settings = load_settings()
+    settings = load_checked_settings()
     if company_id is not None:
         company_id = validate_uuid(company_id, "Company id")
     with make_http_client(settings) as http:
@@ -211,12 +224,12 @@ def poll(company_id: str | None, in_progress: bool, as_json: bool) -> None:
 @guarded
 def status(job_id: str, as_json: bool) -> None:
     """Show JOB_ID's progress as the producer and the ERP workers recorded it in Redis."""
-    from contract.store import redis_client
+    from contract.store import ledger_client
     from producer.status import job_status
 
     settings = load_settings()
     job_id = validate_job_id(job_id)
-    view = job_status(redis_client(settings.ledger_url), job_id)
+    view = job_status(ledger_client(settings), job_id)
     if as_json:
         _out(json.dumps(view, sort_keys=True))
         return
@@ -348,7 +361,7 @@ def webhook(host: str, port: int) -> None:
     """Run the webhook receiver for Pleo's v1.export-job.created (POST /webhooks/pleo)."""
     from producer.webhook import serve
 
-    serve(load_settings(), host, port, on_listening=_listening("webhook receiver"))
+    serve(load_checked_settings(), host, port, on_listening=_listening("webhook receiver"))
 
 
 @main.command()
@@ -359,7 +372,7 @@ def api(host: str, port: int) -> None:
     """Run the HTTP enqueue API for other services (POST /v1/enqueue, PLEO_ENQUEUE_API_TOKEN)."""
     from producer.enqueue_api import serve
 
-    serve(load_settings(), host, port, on_listening=_listening("enqueue API"))
+    serve(load_checked_settings(), host, port, on_listening=_listening("enqueue API"))
 
 
 def _listening(what: str) -> Callable[[str], None]:

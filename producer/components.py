@@ -13,7 +13,7 @@ from contract.errors import PleoExportError
 from contract.ledger import Ledger
 from contract.settings import Settings
 from contract.states import JobState
-from contract.store import now_iso, redis_client
+from contract.store import ledger_client, now_iso
 from pleo.activity import PleoActivity
 from pleo.client import PleoClient, make_http_client
 from producer.publish import KombuPublisher, Publisher, RedisPublisher
@@ -33,7 +33,7 @@ class Components:
 def make_ledger(settings: Settings, client: redis.Redis | None = None) -> Ledger:
     """The ledger on ``client``, by default a new client of the Redis the settings name."""
     return Ledger(
-        redis_client(settings.ledger_url) if client is None else client,
+        ledger_client(settings) if client is None else client,
         lease_ttl=settings.lease_ttl,
         dedup_ttl=settings.dedup_ttl,
     )
@@ -42,7 +42,7 @@ def make_ledger(settings: Settings, client: redis.Redis | None = None) -> Ledger
 @contextmanager
 def open_components(settings: Settings, app: Celery) -> Iterator[Components]:
     """Open the HTTP client and Redis connections for one run; close them when it ends."""
-    client = redis_client(settings.ledger_url)
+    client = ledger_client(settings)
     ledger = make_ledger(settings, client)
     activity = PleoActivity(client, dedup_ttl=settings.dedup_ttl)
     publisher: Publisher

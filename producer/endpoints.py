@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from contract.celery_app import make_app
 from contract.errors import BadInput
 from contract.settings import Settings
-from contract.store import redis_client as make_redis_client
+from contract.store import ledger_client
 
 READY_TIMEOUT_SECONDS: Final = 2.0
 # A body trickling in slower than this is answered 408 and its connection closed: one client at a
@@ -48,7 +48,7 @@ class Backends:
     ) -> Backends:
         """The given clients, or new ones from ``settings`` (closed by ``lifespan``)."""
         return cls(
-            rdb=make_redis_client(settings.ledger_url) if redis_client is None else redis_client,
+            rdb=ledger_client(settings) if redis_client is None else redis_client,
             celery=make_app(settings) if celery_app is None else celery_app,
             owns_redis=redis_client is None,
             owns_celery=celery_app is None,

@@ -33,6 +33,7 @@ from contract.errors import (
 from contract.ids import validate_job_id, validate_uuid
 from contract.metrics_endpoint import MetricsStep
 from contract.names import POLL_TASK, PRODUCER_TASK
+from contract.redis_check import guard_worker_start
 from contract.retrying import task_countdown
 from contract.settings import Settings
 from contract.states import JobState
@@ -54,6 +55,8 @@ settings = app.settings
 app.steps["worker"].add(SupervisorStep)
 # ... and serves GET /metrics from its main process when PLEO_METRICS_PORT is set.
 app.steps["worker"].add(MetricsStep)
+# A producer worker takes no task on a Redis that would lose its records (redis_check.py).
+guard_worker_start(app, settings)
 
 # Progress events go out at most this often: Flower shows the latest, a flood helps no one.
 PROGRESS_EVERY = 0.5

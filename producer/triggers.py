@@ -37,7 +37,7 @@ from contract.lease import DELETE_IF_OURS
 from contract.names import PRODUCER_QUEUE, PRODUCER_TASK
 from contract.retrying import PUBLISH_RETRY_POLICY
 from contract.settings import Settings
-from contract.store import redis_client
+from contract.store import ledger_client
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def enqueue(
     window_s = settings.trigger_window if window is None else window
     owned_client = client is None
     owned_app = app is None
-    redis_ = redis_client(settings.ledger_url) if client is None else client
+    redis_ = ledger_client(settings) if client is None else client
     try:
         task_id = str(uuid.uuid4())
         key = trigger_key(job_id)

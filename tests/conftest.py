@@ -204,6 +204,7 @@ def settings(
         report_interval=0.3,
         erp_retry_delay=0.2,
         visibility_timeout=5,
+        redis_ephemeral=True,
     )
 
 
@@ -238,8 +239,13 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
         PLEO_SUPERVISE_INTERVAL=str(settings.supervise_interval),
         PLEO_DEAD_RUN_AFTER=str(settings.dead_run_after),
         PLEO_DEDUP_TTL=str(settings.dedup_ttl),
+        # The machine's Redis keeps nothing on disk: every process a test starts may use it
+        # (contract/redis_check.py); a test of the refusal passes PLEO_REDIS_EPHEMERAL="0".
+        PLEO_REDIS_EPHEMERAL="1",
         PYTHONPATH=str(ROOT),
     )
+    if settings.redis_sentinel_master:
+        env["REDIS_SENTINEL_MASTER"] = settings.redis_sentinel_master
     if settings.api_token:
         env["PLEO_API_TOKEN"] = settings.api_token
     if settings.api_key:
