@@ -80,25 +80,24 @@ def judge(findings: Findings, *, where: str, ephemeral_ok: bool) -> Verdict:
             refusal=f"{where} evicts keys (maxmemory-policy {policy}), which would silently drop "
             "leases, dedup marks and queued messages; set maxmemory-policy noeviction."
         )
-    warning = None
+    warnings = []
     if policy is None:
-        warning = f"{where} does not show its maxmemory-policy; make sure it is noeviction."
-    if ephemeral_ok or findings.aof_enabled:
-        return Verdict(warning=warning)
-    if findings.save == "" and findings.aof_enabled is False:
-        return Verdict(
-            refusal=f"{where} keeps nothing on disk (no AOF, no RDB save schedule), so a "
-            "restart would lose every queued message, dedup mark and lease; turn on "
-            f"appendonly (or a save schedule), or set {EPHEMERAL_SETTING}=1 if this Redis is "
-            "for tests or a demo."
-        )
-    if findings.save is None or findings.aof_enabled is None:
-        warning = (
-            f"{where} does not let us read whether it keeps its data on disk (CONFIG refused or "
-            "INFO without aof_enabled); make sure it has AOF or snapshots (on a managed service: "
-            "persistence or backups on)."
-        )
-    return Verdict(warning=warning)
+        warnings.append(f"{where} does not show its maxmemory-policy; make sure it is noeviction.")
+    if not ephemeral_ok and not findings.aof_enabled:
+        if findings.save == "" and findings.aof_enabled is False:
+            return Verdict(
+                refusal=f"{where} keeps nothing on disk (no AOF, no RDB save schedule), so a "
+                "restart would lose every queued message, dedup mark and lease; turn on "
+                f"appendonly (or a save schedule), or set {EPHEMERAL_SETTING}=1 if this Redis "
+                "is for tests or a demo."
+            )
+        if findings.save is None or findings.aof_enabled is None:
+            warnings.append(
+                f"{where} does not let us read whether it keeps its data on disk (CONFIG "
+                "refused or INFO without aof_enabled); make sure it has AOF or snapshots (on a "
+                "managed service: persistence or backups on)."
+            )
+    return Verdict(warning=" ".join(warnings) or None)
 
 
 def inspect(client: redis.Redis) -> Findings | None:
