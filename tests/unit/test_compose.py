@@ -214,6 +214,16 @@ def test_services_wait_for_a_healthy_redis() -> None:
             assert spec["depends_on"]["redis"] == {"condition": "service_healthy"}, service
 
 
+def test_redis_keeps_its_data_and_never_evicts() -> None:
+    """The compose Redis has AOF on a volume and noeviction: the start-up check accepts it."""
+    args = argv("redis")
+    assert args[0] == "redis-server"
+    assert option_value(args, "--appendonly") == "yes"
+    assert option_value(args, "--maxmemory-policy") == "noeviction"
+    assert "redis-data:/data" in SERVICES["redis"]["volumes"]
+    assert Settings.from_env(env_example()).redis_ephemeral is False
+
+
 def test_app_services_share_one_image_and_the_env_file() -> None:
     """All app services build this directory into one image and read their settings from .env."""
     assert set(APP_SERVICES) == {*CONTRACT_WORKERS, "webhook", "api", "simulator"}

@@ -24,7 +24,8 @@ from contract.settings import MAX_PAGE_SIZE, Settings
         ({"PLEO_PAGE_SIZE": "0"}, "PLEO_PAGE_SIZE must be at least 1, not '0'."),
         (
             {"REDIS_URL": "garbage"},
-            "REDIS_URL must be a Redis URL (redis://, rediss://, unix://), not 'garbage'.",
+            "REDIS_URL must be a Redis URL (redis://, rediss://, sentinel://, unix://), "
+            "not 'garbage'.",
         ),
         ({"REDIS_URL": "redis://host:notaport/5"}, "REDIS_URL is not a valid URL"),
         (
