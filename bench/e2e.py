@@ -38,6 +38,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
         REDIS_URL=settings.redis_url,
         ERP_DATABASE_URL=settings.erp_database_url,
         PLEO_REPORT_INTERVAL="0.5",
+        # A benchmark's Redis is a throwaway (it is flushed): no persistence asked of it.
+        PLEO_REDIS_EPHEMERAL="1",
         PYTHONPATH=str(ROOT),
     )
     return env

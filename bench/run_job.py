@@ -51,6 +51,8 @@ def producer_env(api_url: str, redis_url: str, page_size: int) -> dict[str, str]
         REDIS_URL=redis_url,
         CELERY_BROKER_URL=redis_url,
         PLEO_PAGE_SIZE=str(page_size),
+        # A benchmark's Redis is a throwaway (it is flushed): no persistence asked of it.
+        PLEO_REDIS_EPHEMERAL="1",
         PYTHONPATH=str(ROOT),
     )
     return env
