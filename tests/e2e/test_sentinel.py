@@ -64,6 +64,8 @@ def test_a_job_runs_through_sentinel_on_the_master_it_names(
         )
         master = redis.Redis(port=master_port, db=3)
         job_id = sim_state.add_job(JobSpec(items=ITEMS, item_statuses={"pending": 1.0}))
+        # Started first, so that its start overlaps the run's.
+        start_worker("consumers", ITEMS_QUEUE, settings_=via_sentinel, PLEO_REDIS_EPHEMERAL="0")
         run = subprocess.run(
             [sys.executable, "-m", "producer", "run", job_id, "--json"],
             env=env_for(via_sentinel, PLEO_REDIS_EPHEMERAL="0"),
@@ -76,11 +78,9 @@ def test_a_job_runs_through_sentinel_on_the_master_it_names(
         # The start-up check read the master's AOF through the Sentinel: no refusal, no doubt.
         assert "warning" not in run.stderr
         assert json.loads(run.stdout)["enqueued"] == ITEMS
-        # One-script publish: marks and messages both in the master.
-        assert master.hlen(marks_key(job_id)) == master.llen(ITEMS_QUEUE) == ITEMS
-        assert master.hget(progress_key(job_id), "state") is not None
-
-        start_worker("consumers", ITEMS_QUEUE, settings_=via_sentinel, PLEO_REDIS_EPHEMERAL="0")
+        # The one-script publish marked every entry in the master (and queued it there: the
+        # worker, which knows only the Sentinel, finishes the job, and the suite's Redis is empty).
+        assert master.hlen(marks_key(job_id)) == ITEMS
         status = wait_for(
             lambda: finished(sim_state, job_id),
             timeout=90,

@@ -20,6 +20,7 @@ from tests.conftest import IN_CI
 from tests.support.local import free_port
 
 STARTUP_SECONDS = 10.0
+ATTEMPTS = 3
 
 
 def need_redis_server() -> str:
@@ -34,40 +35,50 @@ def need_redis_server() -> str:
 
 @contextmanager
 def redis_server(folder: Path, *options: str, config: str | None = None) -> Iterator[int]:
-    """A ``redis-server`` started with ``options`` (or a ``config`` file's text); yields its port.
+    """A ``redis-server`` started with ``options`` (and a ``config`` file's text); yields its port.
 
-    It runs in ``folder`` (its files land there) and is killed afterwards.
+    It runs in ``folder`` (its files land there) and is killed afterwards. A port taken by someone
+    else between our look and its bind makes it exit: it is then started again on another one.
     """
     binary = need_redis_server()
-    port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
-    argv = [binary]
-    if config is not None:
-        # Sentinel rewrites its config file, so it must be one of its own.
-        path = folder / f"redis-{port}.conf"
-        path.write_text(config.format(port=port))
-        argv += [str(path)]
-    argv += ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), *options]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_until_it_answers(port, proc)
-        yield port
-    finally:
-        proc.kill()
-        proc.wait()
+    for attempt in range(1, ATTEMPTS + 1):
+        port = free_port()
+        argv = [binary]
+        if config is not None:
+            # Sentinel rewrites its config file, so it must be one of its own.
+            path = folder / f"redis-{port}.conf"
+            path.write_text(config)
+            argv += [str(path)]
+        argv += ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), *options]
+        if "--cluster-enabled" in options:
+            # The cluster bus listens on port + 10000 unless told: past 65535 for a high port.
+            argv += ["--cluster-port", str(free_port())]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            if _answers(port, proc, last=attempt == ATTEMPTS):
+                yield port
+                return
+        finally:
+            proc.kill()
+            proc.wait()
+    pytest.fail(f"redis-server {' '.join(options)} did not start in {ATTEMPTS} attempts")
 
 
-def _wait_until_it_answers(port: int, proc: subprocess.Popen[bytes]) -> None:
+def _answers(port: int, proc: subprocess.Popen[bytes], *, last: bool) -> bool:
+    """True once the server answers PING; False if it exited first (a port race, unless last)."""
     client = redis.Redis(port=port, socket_connect_timeout=0.5)
     deadline = time.monotonic() + STARTUP_SECONDS
     try:
         while True:
             try:
                 client.ping()
-                return
+                return True
             except redis.ConnectionError:
                 if proc.poll() is not None:
-                    pytest.fail(f"redis-server on port {port} exited with {proc.returncode}")
+                    if last:
+                        pytest.fail(f"redis-server on port {port} exited with {proc.returncode}")
+                    return False
                 if time.monotonic() > deadline:
                     pytest.fail(f"redis-server on port {port} did not answer in {STARTUP_SECONDS}s")
                 time.sleep(0.005)
