@@ -42,6 +42,7 @@ from contract.keys import (
     marks_key,
     outbox_key,
     progress_key,
+    reported_at_key,
     reported_key,
     results_key,
     sending_at_key,
@@ -61,10 +62,11 @@ log = logging.getLogger(__name__)
 _FLUSH_DUE_MS = 600_000
 
 # KEYS[1] results, KEYS[2] outbox, KEYS[3] counters; ARGV[1] entry, ARGV[2] update JSON,
-# ARGV[3] counter to bump ("successful" or "failed"), ARGV[4] ttl ms.
+# ARGV[3] counter to bump ("successful" or "failed"), ARGV[4] ttl ms, ARGV[5] the outcome JSON
+# kept in results (the update and when it was recorded).
 # Keeps the entry's first outcome only; returns the outbox size, or 0 if the entry had one already.
 _RECORD = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[5]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
@@ -154,7 +156,12 @@ class Reporter:
     def record(self, job_id: str, update: Mapping[str, Any]) -> int:
         """Keep an entry's first outcome and queue it for write-back; 0 if it had one already."""
         keys = [results_key(job_id), outbox_key(job_id), items_key(job_id)]
-        args = [update["accountingEntryId"], json.dumps(update), update["status"], self._ttl_ms]
+        # The outcome's time rides in its results record (the audit manifest reads it), never in
+        # the update sent to Pleo.
+        recorded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock()))
+        kept = json.dumps({**update, "recordedAt": recorded_at})
+        entry, status = update["accountingEntryId"], update["status"]
+        args = [entry, json.dumps(update), status, self._ttl_ms, kept]
         return int(self._redis(lambda: self._record(keys=keys, args=args)))
 
     def final_event(self, job_id: str) -> str | None:
@@ -360,6 +367,9 @@ class Reporter:
                 if accepted:
                     pipe.sadd(reported_key(job_id), *accepted)
                     pipe.hincrby(items, "reported", len(accepted))
+                    at = int(self._clock())
+                    pipe.hset(reported_at_key(job_id), mapping=dict.fromkeys(accepted, at))
+                    pipe.pexpire(reported_at_key(job_id), self._ttl_ms)
                 if dropped:
                     pipe.hincrby(items, "report_dropped", len(dropped))
                 pipe.pexpire(reported_key(job_id), self._ttl_ms)

@@ -97,6 +97,9 @@ class Settings:
     dead_run_after: float = 15.0
     # Workers' GET /metrics (contract/metrics_endpoint.py) listens on this port; 0: no endpoint.
     metrics_port: int = 0
+    # Where each finished job's audit manifest is kept (consumers/audit_sinks.py): "erp" (tables
+    # beside the ERP journal, in ERP_DATABASE_URL) or "file:///folder" (one JSON file per job).
+    audit_sink: str = "erp"
 
     def __repr__(self) -> str:
         shown = []
@@ -189,6 +192,7 @@ class Settings:
             ),
             dead_run_after=_number(env, "PLEO_DEAD_RUN_AFTER", d.dead_run_after, float, low=1),
             metrics_port=_number(env, "PLEO_METRICS_PORT", d.metrics_port, int, low=0, high=65535),
+            audit_sink=_audit_sink(env, "PLEO_AUDIT_SINK", d.audit_sink),
         )
 
 
@@ -242,6 +246,28 @@ def _url(
     if scheme in {"http", "https", "redis", "rediss", "amqp", "amqps"} and not parts.hostname:
         raise BadInput(f"{name} names no host: {seen}.")
     return raw
+
+
+def _audit_sink(env: Mapping[str, str], name: str, default: str) -> str:
+    """The setting ``name``: ``erp``, or a ``file:///folder`` URL with an absolute path."""
+    raw = (env.get(name) or "").strip() or default
+    if raw == "erp":
+        return raw
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        parts = None
+    if (
+        parts is not None
+        and parts.scheme == "file"
+        and parts.netloc in {"", "localhost"}
+        and parts.path.startswith("/")
+        and parts.path != "/"
+        and not parts.query
+        and not parts.fragment
+    ):
+        return raw
+    raise BadInput(f"{name} must be 'erp' or a file:///folder URL, not {shown(raw)}.")
 
 
 def _broker_schemes() -> frozenset[str]:
