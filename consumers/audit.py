@@ -18,13 +18,6 @@ from typing import Any
 import redis
 
 from consumers.audit_sinks import open_sink
-from consumers.manifest import (
-    NO_OUTCOME,
-    JobNotFinished,
-    Manifest,
-    ManifestEntry,
-    ManifestHeader,
-)
 from contract.ids import validate_job_id
 from contract.keys import (
     attempts_key,
@@ -34,6 +27,13 @@ from contract.keys import (
     reported_at_key,
     reported_key,
     results_key,
+)
+from contract.manifest import (
+    NO_OUTCOME,
+    JobNotFinished,
+    Manifest,
+    ManifestEntry,
+    ManifestHeader,
 )
 from contract.settings import Settings
 from contract.store import redis_call

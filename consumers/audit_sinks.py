@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
-from consumers.manifest import AuditSinkUnavailable, Manifest
 from contract.ids import validate_job_id
+from contract.manifest import AuditSinkUnavailable, Manifest
 from contract.settings import Settings
 
 

@@ -29,7 +29,8 @@ from sqlalchemy import (
 )
 
 from consumers.erp_sql import UNREACHABLE, create_tables, engine_url, journal_engine
-from consumers.manifest import (
+from contract.ids import validate_job_id
+from contract.manifest import (
     ENTRY_FIELDS,
     HEADER_FIELDS,
     AuditSinkUnavailable,
@@ -37,7 +38,6 @@ from consumers.manifest import (
     ManifestEntry,
     ManifestHeader,
 )
-from contract.ids import validate_job_id
 
 tables = MetaData()
 

@@ -382,7 +382,7 @@ def report(job_id: str, as_json: bool, as_csv: bool) -> None:
     Exit 3 when the sink holds no manifest of the job, 4 when the sink cannot be reached.
     """
     from consumers.audit_sinks import open_sink
-    from consumers.manifest import ManifestNotFound
+    from contract.manifest import ManifestNotFound
     from producer.report import csv_text, table_text
 
     if as_json and as_csv:

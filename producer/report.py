@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from consumers.manifest import ENTRY_FIELDS, Manifest
+from contract.manifest import ENTRY_FIELDS, Manifest
 
 # The table's columns: manifest field, heading.
 _COLUMNS = (

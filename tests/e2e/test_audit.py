@@ -27,9 +27,9 @@ from consumers.audit import write_manifest
 from consumers.audit_sinks import open_sink
 from consumers.audit_sql import SqlManifestSink, manifest_entries, manifest_jobs
 from consumers.erp_sql import SqlJournal, engine_url, journal_engine
-from consumers.manifest import ENTRY_FIELDS, Manifest
 from contract.celery_app import make_app
 from contract.keys import outbox_key, results_key
+from contract.manifest import ENTRY_FIELDS, Manifest
 from contract.names import ITEMS_QUEUE
 from contract.settings import Settings
 from contract.store import redis_client
