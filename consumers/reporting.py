@@ -149,9 +149,13 @@ class Reporter:
     # -- results -----------------------------------------------------------------------------
 
     def outcome(self, job_id: str, entry_id: str) -> Mapping[str, Any] | None:
-        """The entry's recorded outcome, if it has one."""
+        """The entry's recorded outcome (the update for Pleo), if it has one."""
         raw = self._redis(lambda: self._r.hget(results_key(job_id), entry_id))
-        return None if raw is None else dict(json.loads(raw))
+        if raw is None:
+            return None
+        kept = dict(json.loads(raw))
+        kept.pop("recordedAt", None)
+        return kept
 
     def record(self, job_id: str, update: Mapping[str, Any]) -> int:
         """Keep an entry's first outcome and queue it for write-back; 0 if it had one already."""
