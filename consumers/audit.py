@@ -163,6 +163,7 @@ def _entry(records: JobRecords, entry_id: str) -> ManifestEntry:
         reported=reported,
         reported_at=_iso(float(stamp)) if stamp is not None else None,
         report_attempts=refusals + (1 if reported else 0),
+        erp_attempts=outcome.get("erpAttempts"),
     )
 
 

@@ -81,6 +81,7 @@ manifest_entries = Table(
     Column("reported", Boolean, nullable=False),
     Column("reported_at", String),
     Column("report_attempts", Integer, nullable=False),
+    Column("erp_attempts", Integer),
 )
 
 # Rows per INSERT statement: a 100,000-entry manifest goes in bounded pieces.

@@ -155,15 +155,19 @@ class Reporter:
             return None
         kept = dict(json.loads(raw))
         kept.pop("recordedAt", None)
+        kept.pop("erpAttempts", None)
         return kept
 
-    def record(self, job_id: str, update: Mapping[str, Any]) -> int:
-        """Keep an entry's first outcome and queue it for write-back; 0 if it had one already."""
+    def record(self, job_id: str, update: Mapping[str, Any], *, attempt: int = 1) -> int:
+        """Keep an entry's first outcome and queue it for write-back; 0 if it had one already.
+
+        ``attempt``: how many times a worker has taken the entry's message, this one included.
+        """
         keys = [results_key(job_id), outbox_key(job_id), items_key(job_id)]
-        # The outcome's time rides in its results record (the audit manifest reads it), never in
-        # the update sent to Pleo.
+        # The outcome's time and attempts ride in its results record (the audit manifest reads
+        # them), never in the update sent to Pleo.
         recorded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock()))
-        kept = json.dumps({**update, "recordedAt": recorded_at})
+        kept = json.dumps({**update, "recordedAt": recorded_at, "erpAttempts": attempt})
         entry, status = update["accountingEntryId"], update["status"]
         args = [entry, json.dumps(update), status, self._ttl_ms, kept]
         return int(self._redis(lambda: self._record(keys=keys, args=args)))

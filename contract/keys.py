@@ -21,7 +21,8 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
 
     ERP workers (``consumers/reporting.py``)
     :results    hash entry -> JSON outcome (successful + external ref, or failed + reason),
-                with ``recordedAt`` (when it was recorded, UTC ISO) beside the update's fields;
+                with ``recordedAt`` (when it was recorded, UTC ISO) and ``erpAttempts`` (the
+                worker's tries of its message, Celery's retries + 1) beside the update's fields;
                 HSETNX, so the first outcome of an entry is the only one
     :outbox     hash entry -> JSON update waiting for ``PUT /v3/export-jobs/{id}/items``
     :sending    set of entries in the PUT under way (cleared with its answer; left by a killed

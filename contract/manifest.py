@@ -55,6 +55,9 @@ class ManifestEntry:
     (successful only); ``reported_at``: when Pleo accepted its update (whole seconds).
     ``report_attempts``: answers Pleo gave to PUTs carrying its update (refusals, plus the
     acceptance); ``reported`` false with attempts: dropped after ``PLEO_REPORT_MAX_ATTEMPTS``.
+    ``erp_attempts``: tries of its message until the outcome was recorded (Celery's retries + 1:
+    the ERP or Pleo unreachable for a while); a redelivery after a worker died, or a message the
+    repair sweep re-sent, starts counting again, so it is a lower bound. None: not recorded.
     """
 
     sequence: int
@@ -70,6 +73,7 @@ class ManifestEntry:
     reported: bool
     reported_at: str | None
     report_attempts: int
+    erp_attempts: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

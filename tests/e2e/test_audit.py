@@ -119,6 +119,10 @@ def test_manifest_is_what_happened_in_every_sink_and_report_format(
     assert all(e.reported for e in entries)
     assert sum(e.report_attempts - 1 for e in entries) == refused
     assert min(e.report_attempts for e in entries) == 1
+    # Nothing made a worker retry a message: each outcome came at the first try.
+    assert {e.erp_attempts for e in entries} == {1}
+    assert "item_retry" not in worker_log(tmp_path)
+    assert "erp_unreachable" not in worker_log(tmp_path)
     for entry in entries:
         assert entry.recorded_at is not None
         assert entry.reported_at is not None

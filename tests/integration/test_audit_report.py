@@ -51,7 +51,7 @@ def recorded_job(rdb: redis.Redis, *, final: bool = True) -> tuple[str, list[str
         "failureReason": "The entry has no expense account.",
     }
     rdb.hset(results_key(job_id), entries[0], json.dumps(booked))
-    rdb.hset(results_key(job_id), entries[1], json.dumps(refused))
+    rdb.hset(results_key(job_id), entries[1], json.dumps(refused | {"erpAttempts": 3}))
     rdb.hset(results_key(job_id), entries[2], json.dumps(booked | {"externalId": "JE-000008"}))
     rdb.sadd(reported_key(job_id), entries[0], entries[1])
     rdb.hset(attempts_key(job_id), entries[2], 5)
@@ -79,6 +79,8 @@ def test_the_manifest_keeps_plan_order_and_every_fate(
         ("none", None, False, 0),
     ]
     assert stored.entries[1].failure_reason == "The entry has no expense account."
+    # Tries of the message as the worker recorded them; None where nothing was recorded.
+    assert [e.erp_attempts for e in stored.entries] == [None, 3, None, None]
     assert (header.entries, header.successful, header.failed, header.no_outcome) == (4, 2, 1, 1)
     assert (header.reported, header.report_dropped, header.final_event) == (2, 1, "failed")
 
