@@ -24,7 +24,6 @@ from contract.keys import (
     items_key,
     placed_key,
     progress_key,
-    reported_at_key,
     reported_key,
     results_key,
 )
@@ -50,7 +49,6 @@ class JobRecords:
     results: Mapping[str, str]
     attempts: Mapping[str, str]
     reported: frozenset[str]
-    reported_at: Mapping[str, str]
     items: Mapping[str, str]
     progress: Mapping[str, str]
 
@@ -64,12 +62,11 @@ class JobRecords:
                 pipe.hgetall(results_key(job_id))
                 pipe.hgetall(attempts_key(job_id))
                 pipe.smembers(reported_key(job_id))
-                pipe.hgetall(reported_at_key(job_id))
                 pipe.hgetall(items_key(job_id))
                 pipe.hgetall(progress_key(job_id))
                 return list(pipe.execute())
 
-        placed, results, attempts, reported, reported_at, items, progress = redis_call(
+        placed, results, attempts, reported, items, progress = redis_call(
             read, "the job's audit manifest"
         )
         return cls(
@@ -78,7 +75,6 @@ class JobRecords:
             results=_texts(results),
             attempts=_texts(attempts),
             reported=frozenset(m.decode() for m in reported),
-            reported_at=_texts(reported_at),
             items=_texts(items),
             progress=_texts(progress),
         )
@@ -148,7 +144,6 @@ def _entry(records: JobRecords, entry_id: str) -> ManifestEntry:
     outcome: Mapping[str, Any] = json.loads(raw) if raw is not None else {}
     reported = entry_id in records.reported
     refusals = int(records.attempts.get(entry_id, 0))
-    stamp = records.reported_at.get(entry_id)
     return ManifestEntry(
         sequence=sequence,
         accounting_entry_id=entry_id,
@@ -158,13 +153,18 @@ def _entry(records: JobRecords, entry_id: str) -> ManifestEntry:
         failure_reason_type=outcome.get("failureReasonType"),
         failure_reason=outcome.get("failureReason"),
         booked_at=booked_at,
-        recorded_at=outcome.get("recordedAt"),
+        recorded_at=_stamped(outcome.get("recordedAt")),
         exported_at=outcome.get("exportedAt"),
         reported=reported,
-        reported_at=_iso(float(stamp)) if stamp is not None else None,
+        reported_at=_stamped(outcome.get("reportedAt")),
         report_attempts=refusals + (1 if reported else 0),
-        erp_attempts=outcome.get("erpAttempts"),
+        # Recorded only when more than one; None for an outcome recorded before it was kept.
+        erp_attempts=outcome.get("erpAttempts", 1 if "recordedAt" in outcome else None),
     )
+
+
+def _stamped(epoch: float | None) -> str | None:
+    return None if epoch is None else _iso(epoch)
 
 
 def _iso(epoch: float) -> str:

@@ -42,7 +42,6 @@ from contract.keys import (
     marks_key,
     outbox_key,
     progress_key,
-    reported_at_key,
     reported_key,
     results_key,
     sending_at_key,
@@ -60,6 +59,8 @@ from pleo.models import ACTIONABLE_ITEM_STATUSES
 log = logging.getLogger(__name__)
 
 _FLUSH_DUE_MS = 600_000
+# What a results record holds beyond the update sent to Pleo (see _RECORD, _STAMP_REPORTED).
+_AUDIT_FIELDS = ("recordedAt", "erpAttempts", "reportedAt")
 
 # KEYS[1] results, KEYS[2] outbox, KEYS[3] counters; ARGV[1] entry, ARGV[2] update JSON,
 # ARGV[3] counter to bump ("successful" or "failed"), ARGV[4] ttl ms, ARGV[5] the outcome JSON
@@ -71,6 +72,19 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 return redis.call('HLEN', KEYS[2])
+"""
+
+# KEYS[1] results; ARGV[1] epoch seconds, ARGV[2..] entries whose update Pleo accepted.
+# Adds "reportedAt" to each one's kept outcome (a JSON object), once: the outcome stays the first.
+_STAMP_REPORTED = """
+for i = 2, #ARGV do
+  local kept = redis.call('HGET', KEYS[1], ARGV[i])
+  if kept and not string.find(kept, '"reportedAt"', 1, true) then
+    local stamped = string.sub(kept, 1, -2) .. ',"reportedAt":' .. ARGV[1] .. '}'
+    redis.call('HSET', KEYS[1], ARGV[i], stamped)
+  end
+end
+return 0
 """
 
 
@@ -141,6 +155,7 @@ class Reporter:
         self._max_attempts = max_attempts
         self._clock = clock
         self._record = client.register_script(_RECORD)
+        self._stamp_reported = client.register_script(_STAMP_REPORTED)
         self._activity = PleoActivity(client, dedup_ttl=dedup_ttl)
         self._finished = FinishedInPleo(
             client, pleo, self._activity, dedup_ttl=dedup_ttl, recheck=expiry_recheck, clock=clock
@@ -154,8 +169,8 @@ class Reporter:
         if raw is None:
             return None
         kept = dict(json.loads(raw))
-        kept.pop("recordedAt", None)
-        kept.pop("erpAttempts", None)
+        for name in _AUDIT_FIELDS:
+            kept.pop(name, None)
         return kept
 
     def record(self, job_id: str, update: Mapping[str, Any], *, attempt: int = 1) -> int:
@@ -164,10 +179,12 @@ class Reporter:
         ``attempt``: how many times a worker has taken the entry's message, this one included.
         """
         keys = [results_key(job_id), outbox_key(job_id), items_key(job_id)]
-        # The outcome's time and attempts ride in its results record (the audit manifest reads
-        # them), never in the update sent to Pleo.
-        recorded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock()))
-        kept = json.dumps({**update, "recordedAt": recorded_at, "erpAttempts": attempt})
+        # The outcome's time and tries ride in its results record (the audit manifest reads
+        # them), never in the update sent to Pleo; epoch seconds and no "1 try" keep it small.
+        audit: dict[str, int] = {"recordedAt": int(self._clock())}
+        if attempt > 1:
+            audit["erpAttempts"] = attempt
+        kept = json.dumps({**update, **audit})
         entry, status = update["accountingEntryId"], update["status"]
         args = [entry, json.dumps(update), status, self._ttl_ms, kept]
         return int(self._redis(lambda: self._record(keys=keys, args=args)))
@@ -375,9 +392,8 @@ class Reporter:
                 if accepted:
                     pipe.sadd(reported_key(job_id), *accepted)
                     pipe.hincrby(items, "reported", len(accepted))
-                    at = int(self._clock())
-                    pipe.hset(reported_at_key(job_id), mapping=dict.fromkeys(accepted, at))
-                    pipe.pexpire(reported_at_key(job_id), self._ttl_ms)
+                    stamp: list[str | int] = [int(self._clock()), *accepted]
+                    self._stamp_reported(keys=[results_key(job_id)], args=stamp, client=pipe)
                 if dropped:
                     pipe.hincrby(items, "report_dropped", len(dropped))
                 pipe.pexpire(reported_key(job_id), self._ttl_ms)

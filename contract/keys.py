@@ -21,8 +21,9 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
 
     ERP workers (``consumers/reporting.py``)
     :results    hash entry -> JSON outcome (successful + external ref, or failed + reason),
-                with ``recordedAt`` (when it was recorded, UTC ISO) and ``erpAttempts`` (the
-                worker's tries of its message, Celery's retries + 1) beside the update's fields;
+                with, beside the update's fields, for the audit manifest (``consumers/audit.py``):
+                ``recordedAt`` (epoch seconds), ``erpAttempts`` (the worker's tries of its
+                message, when more than one) and, once Pleo accepted the update, ``reportedAt``;
                 HSETNX, so the first outcome of an entry is the only one
     :outbox     hash entry -> JSON update waiting for ``PUT /v3/export-jobs/{id}/items``
     :sending    set of entries in the PUT under way (cleared with its answer; left by a killed
@@ -31,8 +32,6 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
     :sending-at when that PUT's note was written (epoch seconds)
     :attempts   hash entry -> times Pleo answered the entry's update with an error
     :reported   set of entries whose update Pleo accepted
-    :reported-at hash entry -> when Pleo accepted its update (epoch seconds, whole): for the
-                job's audit manifest (``consumers/audit.py``)
     :items      hash: successful, failed, reported, report_errors, report_dropped, final_event,
                 final_event_at; when Pleo finished the job itself (final_event=already_finished):
                 finished_by_pleo (its status in Pleo), pleo_failure_reason_type (e.g.
@@ -143,7 +142,6 @@ sending_key = _per_job("sending", "Key of the entries in the item update under w
 sending_at_key = _per_job("sending-at", "Key of when the item update under way was noted.")
 attempts_key = _per_job("attempts", "Key of how often Pleo refused each entry's update.")
 reported_key = _per_job("reported", "Key of the entries whose update Pleo accepted.")
-reported_at_key = _per_job("reported-at", "Key of when Pleo accepted each entry's update.")
 items_key = _per_job("items", "Key of the workers' tallies and final-event record.")
 flush_due_key = _per_job("flush-due", "Key set while a delayed flush task is pending.")
 flushed_key = _per_job("flushed-at", "Key of when the job's results were last written back.")

@@ -44,13 +44,13 @@ def recorded_job(rdb: redis.Redis, *, final: bool = True) -> tuple[str, list[str
     entries = [str(uuid.UUID(int=n + 1)) for n in range(4)]
     for sequence in (3, 0, 2, 1):
         rdb.hset(placed_key(job_id), entries[sequence], placement(sequence, 4, "pending", None))
-    booked = {"status": "successful", "externalId": "JE-000007", "recordedAt": "2026-12-01T1Z"}
+    booked = {"status": "successful", "externalId": "JE-000007", "recordedAt": 1764579600}
     refused = {
         "status": "failed",
         "failureReasonType": "missing_configuration",
         "failureReason": "The entry has no expense account.",
     }
-    rdb.hset(results_key(job_id), entries[0], json.dumps(booked))
+    rdb.hset(results_key(job_id), entries[0], json.dumps(booked | {"reportedAt": 1764579602}))
     rdb.hset(results_key(job_id), entries[1], json.dumps(refused | {"erpAttempts": 3}))
     rdb.hset(results_key(job_id), entries[2], json.dumps(booked | {"externalId": "JE-000008"}))
     rdb.sadd(reported_key(job_id), entries[0], entries[1])
@@ -80,7 +80,12 @@ def test_the_manifest_keeps_plan_order_and_every_fate(
     ]
     assert stored.entries[1].failure_reason == "The entry has no expense account."
     # Tries of the message as the worker recorded them; None where nothing was recorded.
-    assert [e.erp_attempts for e in stored.entries] == [None, 3, None, None]
+    assert [e.erp_attempts for e in stored.entries] == [1, 3, 1, None]
+    assert (stored.entries[0].recorded_at, stored.entries[0].reported_at) == (
+        "2025-12-01T09:00:00Z",
+        "2025-12-01T09:00:02Z",
+    )
+    assert stored.entries[1].recorded_at is None
     assert (header.entries, header.successful, header.failed, header.no_outcome) == (4, 2, 1, 1)
     assert (header.reported, header.report_dropped, header.final_event) == (2, 1, "failed")
 
