@@ -57,7 +57,7 @@ class FileManifestSink:
     def write(self, manifest: Manifest) -> None:
         """Write the manifest to a temporary file, fsync it, rename it into place."""
         target = self._path(manifest.header.job_id)
-        body = json.dumps(manifest.as_dict(), sort_keys=True, indent=1).encode()
+        body = json.dumps(manifest.as_dict(), sort_keys=True, separators=(",", ":")).encode()
         try:
             fd, temporary = tempfile.mkstemp(prefix=f".{target.stem}.", dir=self._folder)
         except OSError as exc:

@@ -5,11 +5,6 @@ from __future__ import annotations
 import csv
 import io
 
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
 from contract.manifest import ENTRY_FIELDS, Manifest
 
 # The table's columns: manifest field, heading.
@@ -22,7 +17,8 @@ _COLUMNS = (
     ("failure_reason", "reason"),
     ("recorded_at", "recorded"),
     ("reported_at", "reported to Pleo"),
-    ("report_attempts", "attempts"),
+    ("report_attempts", "Pleo tries"),
+    ("erp_attempts", "ERP tries"),
 )
 
 
@@ -38,7 +34,12 @@ def csv_text(manifest: Manifest) -> str:
 
 
 def table_text(manifest: Manifest) -> str:
-    """The job's header as lines, then its entries as a table, as plain text."""
+    """The job's header as lines, then its entries as a table, as plain text.
+
+    Columns are as wide as their widest cell, so no id is ever cut (a pager or file scrolls);
+    a line break inside a reason is shown as a space, keeping one line per entry. Plain string
+    work: 100,000 rows print in seconds, where a rich Table took ~1.3 ms a row.
+    """
     head = manifest.header
     lines = [
         f"job {head.job_id} (company {head.company_id or '-'})",
@@ -47,19 +48,20 @@ def table_text(manifest: Manifest) -> str:
         f"{head.entries} entries: {head.successful} successful, {head.failed} failed, "
         f"{head.no_outcome} without outcome; {head.reported} reported to Pleo, "
         f"{head.report_dropped} dropped after refusals",
+        "",
     ]
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for _field, heading in _COLUMNS:
-        table.add_column(heading, overflow="fold")
-    for entry in manifest.entries:
-        # Text, not markup: a reason with "[...]" in it is printed as it is.
-        table.add_row(*(Text(_shown(getattr(entry, name))) for name, _heading in _COLUMNS))
-    # Wide enough that no column is ever cut: the reader's pager or file scrolls, ids stay whole.
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=10_000, color_system=None, highlight=False, emoji=False)
-    console.print(table)
-    rendered = [line.rstrip() for line in buffer.getvalue().splitlines()]
-    return "\n".join([*lines, "", *rendered]).rstrip()
+    rows = [[heading for _field, heading in _COLUMNS]]
+    rows += [
+        [" ".join(_shown(getattr(entry, name)).split()) for name, _heading in _COLUMNS]
+        for entry in manifest.entries
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    rendered = [
+        "   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    rendered.insert(1, "   ".join("-" * w for w in widths))
+    return "\n".join([*lines, *rendered])
 
 
 def _cell(value: object) -> str:
