@@ -28,7 +28,13 @@ from sqlalchemy import (
     select,
 )
 
-from consumers.erp_sql import UNREACHABLE, create_tables, engine_url, journal_engine
+from consumers.erp_sql import (
+    UNREACHABLE,
+    create_tables,
+    engine_url,
+    journal_engine,
+    unreachable_detail,
+)
 from contract.ids import validate_job_id
 from contract.manifest import (
     ENTRY_FIELDS,
@@ -174,10 +180,7 @@ class SqlManifestSink:
             yield
         except UNREACHABLE as exc:
             self._ready = False
-            cause = str(getattr(exc, "orig", None) or exc).strip()
-            detail = cause.splitlines()[0] if cause else type(exc).__name__
-            if self._url.password:
-                detail = detail.replace(str(self._url.password), "***")
+            detail = unreachable_detail(exc, self._url)
             raise AuditSinkUnavailable(
                 f"The audit manifests at {self.where} cannot be reached now ({detail})."
             ) from exc

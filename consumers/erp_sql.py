@@ -282,13 +282,19 @@ class SqlJournal:
         except UNREACHABLE as exc:
             # The database may come back as a fresh one (a new container): look for tables again.
             self._ready = False
-            cause = str(getattr(exc, "orig", None) or exc).strip()
-            detail = cause.splitlines()[0] if cause else type(exc).__name__
-            if self._url.password:
-                detail = detail.replace(str(self._url.password), "***")
+            detail = unreachable_detail(exc, self._url)
             raise ERPUnavailable(
                 f"The ERP journal at {self._shown} cannot be reached now ({detail})."
             ) from exc
+
+
+def unreachable_detail(exc: BaseException, url: URL) -> str:
+    """The first line of why the database at ``url`` cannot be reached, its password masked."""
+    cause = str(getattr(exc, "orig", None) or exc).strip()
+    detail = cause.splitlines()[0] if cause else type(exc).__name__
+    if url.password:
+        detail = detail.replace(str(url.password), "***")
+    return detail
 
 
 def journal_engine(url: URL) -> Engine:
