@@ -4,26 +4,34 @@ bad input (exit 2), no manifest (exit 3), a sink that cannot be reached (exit 4)
 from __future__ import annotations
 
 import json
+import os
+import socket
+import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from subprocess import CompletedProcess
 from typing import Any
 
 import pytest
 import redis
+from sqlalchemy import func, select
 
 from consumers.audit import write_manifest
 from consumers.audit_sinks import open_sink
+from consumers.audit_sql import SqlManifestSink, manifest_entries, manifest_jobs
+from consumers.erp_sql import engine_url, journal_engine
 from contract.keys import attempts_key, items_key, placed_key, reported_key, results_key
 from contract.manifest import AuditSinkUnavailable, JobNotFinished
 from contract.message import placement
 from contract.settings import Settings
-from tests.conftest import with_settings
+from tests.conftest import need_service, with_settings
 from tests.support.local import free_port
 
 pytestmark = pytest.mark.integration
 Cli = Callable[..., CompletedProcess[str]]
+PG_URL = os.environ.get("POSTGRES_TEST_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def one_sentence(proc: Any, code: int, *words: str) -> None:
@@ -88,6 +96,48 @@ def test_the_manifest_keeps_plan_order_and_every_fate(
     assert stored.entries[1].recorded_at is None
     assert (header.entries, header.successful, header.failed, header.no_outcome) == (4, 2, 1, 1)
     assert (header.reported, header.report_dropped, header.final_event) == (2, 1, "failed")
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_writers_racing_on_one_job_store_one_manifest(
+    settings: Settings, rdb: redis.Redis, database: str
+) -> None:
+    """Four writers of one job at once, twice over: one header row, one row per entry."""
+    url = settings.erp_database_url
+    if database == "postgresql":
+        try:
+            socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+        except OSError:
+            need_service("PostgreSQL on 127.0.0.1:5432")
+        url = PG_URL
+    job_id, entries = recorded_job(rdb)
+    target = with_settings(settings, erp_database_url=url)
+
+    def write(start: threading.Barrier) -> None:
+        start.wait(timeout=10)
+        write_manifest(rdb, job_id, target)
+
+    with SqlManifestSink(url) as sink:
+        sink.drop_tables()
+        try:
+            for _ in range(2):
+                start = threading.Barrier(4)
+                with ThreadPoolExecutor(max_workers=4) as pool:
+                    for done in [pool.submit(write, start) for _ in range(4)]:
+                        done.result(timeout=30)
+            stored = sink.read(job_id)
+            assert stored is not None
+            assert [e.accounting_entry_id for e in stored.entries] == entries
+            engine = journal_engine(engine_url(url))
+            with engine.connect() as conn:
+                counts = [
+                    conn.execute(select(func.count()).select_from(table)).scalar()
+                    for table in (manifest_jobs, manifest_entries)
+                ]
+            engine.dispose()
+            assert counts == [1, len(entries)]
+        finally:
+            sink.drop_tables()
 
 
 def test_no_manifest_before_the_final_event_and_a_sink_away_is_retryable(
