@@ -33,6 +33,7 @@ from contract.manifest import (
     Manifest,
     ManifestEntry,
     ManifestHeader,
+    RecordsIncomplete,
 )
 from contract.settings import Settings
 from contract.store import redis_call
@@ -88,6 +89,14 @@ def build_manifest(records: JobRecords, *, written_at: str) -> Manifest:
             f"Job {records.job_id} has no final event recorded, so it has no manifest yet.",
             job_id=records.job_id,
         )
+    unplaced = set(records.results) - set(records.placed)
+    if unplaced:
+        count = f"{len(unplaced)} {'entry' if len(unplaced) == 1 else 'entries'}"
+        raise RecordsIncomplete(
+            f"Job {records.job_id} has outcomes of {count} whose plan placement is gone from "
+            "Redis, so no complete manifest can be written.",
+            job_id=records.job_id,
+        )
     order = sorted(records.placed, key=lambda e: (json.loads(records.placed[e])[0], e))
     entries = tuple(_entry(records, entry_id) for entry_id in order)
     outcomes = [e.outcome for e in entries]
@@ -116,7 +125,8 @@ def write_manifest(
 ) -> ManifestHeader:
     """Write the finished job's manifest to the audit sink, replacing an earlier one.
 
-    Raises JobNotFinished before the final event, BrokerUnavailable when Redis and
+    Raises JobNotFinished before the final event, RecordsIncomplete when Redis lost the plan of
+    entries it has outcomes of, BrokerUnavailable when Redis and
     AuditSinkUnavailable when the sink cannot be reached (both: retry later).
     """
     job_id = validate_job_id(job_id)

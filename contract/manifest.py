@@ -9,7 +9,9 @@ outcomes, counts and times, never an export item's fields (names, notes, amounts
         ├── AuditSinkUnavailable  the sink (database, folder) cannot be reached now: retry, exit 4
         ├── ManifestNotFound    the sink holds no manifest of the job: asking again cannot help,
         │                       exit 3 (as for a job Pleo does not know)
-        └── JobNotFinished      the job has no final event yet: no manifest to write, exit 1
+        ├── JobNotFinished      the job has no final event yet: no manifest to write, exit 1
+        └── RecordsIncomplete   outcomes of entries whose plan placement is gone from Redis: a
+                                manifest would leave them out, so none is written, exit 1
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ class ManifestNotFound(AuditError):
 
 class JobNotFinished(AuditError):
     """The job has no final event recorded, so its manifest cannot be written yet."""
+
+
+class RecordsIncomplete(AuditError):
+    """Redis holds outcomes of entries it no longer knows the plan place of."""
 
 
 @dataclass(frozen=True, slots=True)

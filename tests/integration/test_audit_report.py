@@ -23,7 +23,7 @@ from consumers.audit_sinks import open_sink
 from consumers.audit_sql import SqlManifestSink, manifest_entries, manifest_jobs
 from consumers.erp_sql import engine_url, journal_engine
 from contract.keys import attempts_key, items_key, placed_key, reported_key, results_key
-from contract.manifest import AuditSinkUnavailable, JobNotFinished
+from contract.manifest import AuditSinkUnavailable, JobNotFinished, RecordsIncomplete
 from contract.message import placement
 from contract.settings import Settings
 from tests.conftest import need_service, with_settings
@@ -143,11 +143,15 @@ def test_writers_racing_on_one_job_store_one_manifest(
 def test_no_manifest_before_the_final_event_and_a_sink_away_is_retryable(
     settings: Settings, rdb: redis.Redis, tmp_path: Path
 ) -> None:
-    """Before the final event: JobNotFinished; a folder or database not there: the typed error
-    the caller retries on, with a password never shown."""
+    """Before the final event: JobNotFinished; outcomes without their plan: RecordsIncomplete;
+    a folder or database not there: the typed error the caller retries on, password hidden."""
     unfinished, _ = recorded_job(rdb, final=False)
     with pytest.raises(JobNotFinished):
         write_manifest(rdb, unfinished, settings)
+    unplaced, entries = recorded_job(rdb)
+    rdb.hdel(placed_key(unplaced), entries[1])
+    with pytest.raises(RecordsIncomplete, match="1 entry whose plan placement is gone"):
+        write_manifest(rdb, unplaced, settings)
     job_id, _ = recorded_job(rdb)
     gone = with_settings(settings, audit_sink=f"file://{tmp_path / 'gone'}")
     with pytest.raises(AuditSinkUnavailable):
