@@ -126,8 +126,8 @@ def write_manifest(
     """Write the finished job's manifest to the audit sink, replacing an earlier one.
 
     Raises JobNotFinished before the final event, RecordsIncomplete when Redis lost the plan of
-    entries it has outcomes of, BrokerUnavailable when Redis and
-    AuditSinkUnavailable when the sink cannot be reached (both: retry later).
+    entries it has outcomes of, and BrokerUnavailable (Redis) or AuditSinkUnavailable (the sink)
+    when what it reads or writes cannot be reached: retry those later.
     """
     job_id = validate_job_id(job_id)
     records = JobRecords.read(client, job_id)
