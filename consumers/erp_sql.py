@@ -66,7 +66,7 @@ PG_CONNECT_TIMEOUT_SECONDS = 10
 # PostgreSQL advisory lock held while creating the tables (any constant that is ours alone).
 _DDL_LOCK_KEY = 0x504C454F_45525001
 # Errors that mean "the database is not there now", as opposed to a bug or a constraint.
-_UNREACHABLE = (OperationalError, InterfaceError, PoolTimeout)
+UNREACHABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 metadata = MetaData()
 
@@ -163,13 +163,7 @@ class SqlJournal:
                 ) from None
         self._url_template = url_template
         self._sqlite = self._url.get_backend_name() == "sqlite"
-        if self._sqlite:
-            connect_args: dict[str, Any] = {"timeout": SQLITE_BUSY_SECONDS}
-        else:
-            connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT_SECONDS}
-        self._engine = _engine(self._url, connect_args)
-        if self._sqlite:
-            event.listen(self._engine, "connect", _sqlite_pragmas)
+        self._engine = journal_engine(self._url)
         # Tables are created on first use, so building a journal needs no database yet.
         self._ready = False
 
@@ -276,10 +270,7 @@ class SqlJournal:
     def _ready_engine(self) -> Engine:
         """The engine, once the SQLite file's folder and both tables exist."""
         if not self._ready:
-            database = self._url.database
-            if self._sqlite and database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
-            _create_tables(self._engine)
+            create_tables(self._engine)
             self._ready = True
         return self._engine
 
@@ -288,16 +279,32 @@ class SqlJournal:
         """Turn "the database is not there" into ERPUnavailable, with the password masked."""
         try:
             yield
-        except _UNREACHABLE as exc:
+        except UNREACHABLE as exc:
             # The database may come back as a fresh one (a new container): look for tables again.
             self._ready = False
-            cause = str(getattr(exc, "orig", None) or exc).strip()
-            detail = cause.splitlines()[0] if cause else type(exc).__name__
-            if self._url.password:
-                detail = detail.replace(str(self._url.password), "***")
+            detail = unreachable_detail(exc, self._url)
             raise ERPUnavailable(
                 f"The ERP journal at {self._shown} cannot be reached now ({detail})."
             ) from exc
+
+
+def unreachable_detail(exc: BaseException, url: URL) -> str:
+    """The first line of why the database at ``url`` cannot be reached, its password masked."""
+    cause = str(getattr(exc, "orig", None) or exc).strip()
+    detail = cause.splitlines()[0] if cause else type(exc).__name__
+    if url.password:
+        detail = detail.replace(str(url.password), "***")
+    return detail
+
+
+def journal_engine(url: URL) -> Engine:
+    """An engine for the journal's database ``url`` (SQLite: bounded lock waits, WAL, foreign keys;
+    PostgreSQL: a bounded connect); also for other tables kept beside the journal."""
+    if url.get_backend_name() == "sqlite":
+        engine = _engine(url, {"timeout": SQLITE_BUSY_SECONDS})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return _engine(url, {"connect_timeout": PG_CONNECT_TIMEOUT_SECONDS})
 
 
 def _engine(url: URL, connect_args: dict[str, Any]) -> Engine:
@@ -323,15 +330,19 @@ def _engine(url: URL, connect_args: dict[str, Any]) -> Engine:
         ) from None
 
 
-def _create_tables(engine: Engine) -> None:
-    """Create both tables if absent, one process at a time: concurrent CREATEs would collide."""
+def create_tables(engine: Engine, tables: MetaData = metadata) -> None:
+    """Create ``tables`` (the journal's two) if absent, one process at a time: concurrent
+    CREATEs would collide. A SQLite file's folder is made first."""
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
     with engine.connect() as conn:
         # Take the lock before looking, so a second process waits, then finds the tables made.
         if engine.dialect.name == "sqlite":
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         elif engine.dialect.name == "postgresql":
             conn.execute(select(func.pg_advisory_xact_lock(_DDL_LOCK_KEY)))
-        metadata.create_all(conn)
+        tables.create_all(conn)
         conn.commit()
 
 

@@ -59,16 +59,32 @@ from pleo.models import ACTIONABLE_ITEM_STATUSES
 log = logging.getLogger(__name__)
 
 _FLUSH_DUE_MS = 600_000
+# What a results record holds beyond the update sent to Pleo (see _RECORD, _STAMP_REPORTED).
+_AUDIT_FIELDS = ("recordedAt", "erpAttempts", "reportedAt")
 
 # KEYS[1] results, KEYS[2] outbox, KEYS[3] counters; ARGV[1] entry, ARGV[2] update JSON,
-# ARGV[3] counter to bump ("successful" or "failed"), ARGV[4] ttl ms.
+# ARGV[3] counter to bump ("successful" or "failed"), ARGV[4] ttl ms, ARGV[5] the outcome JSON
+# kept in results (the update and when it was recorded).
 # Keeps the entry's first outcome only; returns the outbox size, or 0 if the entry had one already.
 _RECORD = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[5]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 return redis.call('HLEN', KEYS[2])
+"""
+
+# KEYS[1] results; ARGV[1] epoch seconds, ARGV[2..] entries whose update Pleo accepted.
+# Adds "reportedAt" to each one's kept outcome (a JSON object), once: the outcome stays the first.
+_STAMP_REPORTED = """
+for i = 2, #ARGV do
+  local kept = redis.call('HGET', KEYS[1], ARGV[i])
+  if kept and not string.find(kept, '"reportedAt"', 1, true) then
+    local stamped = string.sub(kept, 1, -2) .. ',"reportedAt":' .. ARGV[1] .. '}'
+    redis.call('HSET', KEYS[1], ARGV[i], stamped)
+  end
+end
+return 0
 """
 
 
@@ -139,6 +155,7 @@ class Reporter:
         self._max_attempts = max_attempts
         self._clock = clock
         self._record = client.register_script(_RECORD)
+        self._stamp_reported = client.register_script(_STAMP_REPORTED)
         self._activity = PleoActivity(client, dedup_ttl=dedup_ttl)
         self._finished = FinishedInPleo(
             client, pleo, self._activity, dedup_ttl=dedup_ttl, recheck=expiry_recheck, clock=clock
@@ -147,14 +164,29 @@ class Reporter:
     # -- results -----------------------------------------------------------------------------
 
     def outcome(self, job_id: str, entry_id: str) -> Mapping[str, Any] | None:
-        """The entry's recorded outcome, if it has one."""
+        """The entry's recorded outcome (the update for Pleo), if it has one."""
         raw = self._redis(lambda: self._r.hget(results_key(job_id), entry_id))
-        return None if raw is None else dict(json.loads(raw))
+        if raw is None:
+            return None
+        kept = dict(json.loads(raw))
+        for name in _AUDIT_FIELDS:
+            kept.pop(name, None)
+        return kept
 
-    def record(self, job_id: str, update: Mapping[str, Any]) -> int:
-        """Keep an entry's first outcome and queue it for write-back; 0 if it had one already."""
+    def record(self, job_id: str, update: Mapping[str, Any], *, attempt: int = 1) -> int:
+        """Keep an entry's first outcome and queue it for write-back; 0 if it had one already.
+
+        ``attempt``: how many times a worker has taken the entry's message, this one included.
+        """
         keys = [results_key(job_id), outbox_key(job_id), items_key(job_id)]
-        args = [update["accountingEntryId"], json.dumps(update), update["status"], self._ttl_ms]
+        # The outcome's time and tries ride in its results record (the audit manifest reads
+        # them), never in the update sent to Pleo; epoch seconds and no "1 try" keep it small.
+        audit: dict[str, int] = {"recordedAt": int(self._clock())}
+        if attempt > 1:
+            audit["erpAttempts"] = attempt
+        kept = json.dumps({**update, **audit})
+        entry, status = update["accountingEntryId"], update["status"]
+        args = [entry, json.dumps(update), status, self._ttl_ms, kept]
         return int(self._redis(lambda: self._record(keys=keys, args=args)))
 
     def final_event(self, job_id: str) -> str | None:
@@ -360,6 +392,8 @@ class Reporter:
                 if accepted:
                     pipe.sadd(reported_key(job_id), *accepted)
                     pipe.hincrby(items, "reported", len(accepted))
+                    stamp: list[str | int] = [int(self._clock()), *accepted]
+                    self._stamp_reported(keys=[results_key(job_id)], args=stamp, client=pipe)
                 if dropped:
                     pipe.hincrby(items, "report_dropped", len(dropped))
                 pipe.pexpire(reported_key(job_id), self._ttl_ms)

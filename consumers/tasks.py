@@ -136,7 +136,13 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
     job_id = entry.job_id
     try:
         reporter = _reporter()
-        outcome = process_item(entry, erp=_erp(), reporter=reporter, payloads=_payloads())
+        outcome = process_item(
+            entry,
+            erp=_erp(),
+            reporter=reporter,
+            payloads=_payloads(),
+            attempt=self.request.retries + 1,
+        )
     except ERPUnavailable as down:
         _breaker().failed(down)
         return _erp_down(self, job_id, down)

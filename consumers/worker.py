@@ -36,9 +36,17 @@ class ItemOutcome:
 
 
 def process_item(
-    entry: Entry, *, erp: ERPAdapter, reporter: Reporter, payloads: PayloadCache
+    entry: Entry,
+    *,
+    erp: ERPAdapter,
+    reporter: Reporter,
+    payloads: PayloadCache,
+    attempt: int = 1,
 ) -> ItemOutcome:
-    """Post ``entry`` to the ERP unless done before, and record its outcome for Pleo."""
+    """Post ``entry`` to the ERP unless done before, and record its outcome for Pleo.
+
+    ``attempt`` (1 for a message's first try) is kept with the outcome for the audit manifest.
+    """
     job_id, entry_id = entry.job_id, entry.accounting_entry_id
     final = reporter.final_event(job_id)
     if final is not None:
@@ -69,7 +77,7 @@ def process_item(
         log.info("item_rejected job_id=%s entry=%s type=%s", job_id, entry_id, rejected.reason_type)
         update = failure_update(entry_id, rejected.reason_type, rejected.reason)
     reporter.erp_reachable(job_id)
-    waiting = reporter.record(job_id, update)
+    waiting = reporter.record(job_id, update, attempt=attempt)
     if not waiting:
         return ItemOutcome("duplicate")
     _count_outcome(update)

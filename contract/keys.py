@@ -20,7 +20,10 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
                 ``retry_at`` (a task retry's due time), ``resumed``/``resumed_at`` (supervisor)
 
     ERP workers (``consumers/reporting.py``)
-    :results    hash entry -> JSON outcome (successful + external ref, or failed + reason);
+    :results    hash entry -> JSON outcome (successful + external ref, or failed + reason),
+                with, beside the update's fields, for the audit manifest (``consumers/audit.py``):
+                ``recordedAt`` (epoch seconds), ``erpAttempts`` (the worker's tries of its
+                message, when more than one) and, once Pleo accepted the update, ``reportedAt``;
                 HSETNX, so the first outcome of an entry is the only one
     :outbox     hash entry -> JSON update waiting for ``PUT /v3/export-jobs/{id}/items``
     :sending    set of entries in the PUT under way (cleared with its answer; left by a killed

@@ -112,6 +112,9 @@ class Settings:
     # The Sentinel master's name (``sentinel monitor <name> ...``): required when REDIS_URL or
     # CELERY_BROKER_URL is a sentinel:// URL, for the ledger's client and the broker alike.
     redis_sentinel_master: str | None = None
+    # Where each finished job's audit manifest is kept (consumers/audit_sinks.py): "erp" (tables
+    # beside the ERP journal, in ERP_DATABASE_URL) or "file:///folder" (one JSON file per job).
+    audit_sink: str = "erp"
 
     def __repr__(self) -> str:
         shown = []
@@ -206,6 +209,7 @@ class Settings:
             metrics_port=_number(env, "PLEO_METRICS_PORT", d.metrics_port, int, low=0, high=65535),
             redis_ephemeral=_flag(env, "PLEO_REDIS_EPHEMERAL", d.redis_ephemeral),
             redis_sentinel_master=_sentinel_master(env, redis_url, broker_url),
+            audit_sink=_audit_sink(env, "PLEO_AUDIT_SINK", d.audit_sink),
         )
 
 
@@ -276,6 +280,28 @@ def _url(
     ):
         raise BadInput(f"{name} names no host: {seen}.")
     return raw
+
+
+def _audit_sink(env: Mapping[str, str], name: str, default: str) -> str:
+    """The setting ``name``: ``erp``, or a ``file:///folder`` URL with an absolute path."""
+    raw = (env.get(name) or "").strip() or default
+    if raw == "erp":
+        return raw
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        parts = None
+    if (
+        parts is not None
+        and parts.scheme == "file"
+        and parts.netloc in {"", "localhost"}
+        and parts.path.startswith("/")
+        and parts.path != "/"
+        and not parts.query
+        and not parts.fragment
+    ):
+        return raw
+    raise BadInput(f"{name} must be 'erp' or a file:///folder URL, not {shown(raw)}.")
 
 
 def _broker_schemes() -> frozenset[str]:

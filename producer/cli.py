@@ -62,13 +62,13 @@ def _json_failure(job_id: object) -> Callable[[str, int, str], None]:
     return report
 
 
-def _out(text: str) -> None:
+def _out(text: str, *, nl: bool = True) -> None:
     """Print a line of the command's output; a reader that went away (``| head``) is no error.
 
     The rest of the output is dropped and the command ends with its own exit status.
     """
     try:
-        click.echo(text)
+        click.echo(text, nl=nl)
     except BrokenPipeError:
         # Point stdout at /dev/null so that nothing (the final flush included) writes to the pipe.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -382,6 +382,43 @@ def _listening(what: str) -> Callable[[str], None]:
         click.echo(f"pleo-export: the {what} listens at {url}", err=True)
 
     return say
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV: a header line, a row per entry.")
+@guarded
+def report(job_id: str, as_json: bool, as_csv: bool) -> None:
+    """Print JOB_ID's audit manifest from the audit sink (never from Redis), for reconciling.
+
+    Exit 3 when the sink holds no manifest of the job, 4 when the sink cannot be reached.
+    """
+    from consumers.audit_sinks import open_sink
+    from contract.manifest import ManifestNotFound
+    from producer.report import csv_text, table_text
+
+    if as_json and as_csv:
+        raise BadInput("Choose one of --json and --csv.")
+    settings = load_settings()
+    job_id = validate_job_id(job_id)
+    sink = open_sink(settings)
+    try:
+        manifest = sink.read(job_id)
+    finally:
+        sink.close()
+    if manifest is None:
+        raise ManifestNotFound(
+            f"No audit manifest of job {job_id} is in {sink.where} (it is written once the job "
+            "has its final event).",
+            job_id=job_id,
+        )
+    if as_json:
+        _out(json.dumps(manifest.as_dict(), sort_keys=True))
+    elif as_csv:
+        _out(csv_text(manifest), nl=False)
+    else:
+        _out(table_text(manifest))
 
 
 @main.command()

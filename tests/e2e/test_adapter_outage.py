@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import redis
 
+from consumers.audit import write_manifest
+from consumers.audit_sql import SqlManifestSink
 from consumers.erp_sql import SqlJournal
 from contract.celery_app import make_app
 from contract.names import ITEMS_QUEUE
@@ -151,3 +153,28 @@ def test_database_unreachable_mid_run(
         assert_posted_and_reported_once(sim_state, job_id, direct)
         view = job_status(rdb, job_id)
         assert (view["successful"], view["failed"], view["awaiting_outcome"]) == (600, 0, 0)
+        assert_manifest_counts_the_retries(rdb, job_id, direct, worker_log(tmp_path))
+
+
+def assert_manifest_counts_the_retries(
+    rdb: redis.Redis, job_id: str, journal: Settings, log: str
+) -> None:
+    """The job's audit manifest, kept in the journal's PostgreSQL: the journal's ids, and every
+    retry the outage caused counted in the tries of the entry it delayed."""
+    with SqlManifestSink(journal.erp_database_url) as sink:
+        try:
+            write_manifest(rdb, job_id, journal)
+            manifest = sink.read(job_id)
+        finally:
+            sink.drop_tables()
+    assert manifest is not None
+    with SqlJournal(journal.erp_database_url) as booked:
+        ids = {row["accounting_entry_id"]: row["external_id"] for row in booked.journal()}
+    assert {e.accounting_entry_id: e.external_id for e in manifest.entries} == ids
+    assert [e.sequence for e in manifest.entries] == list(range(len(ids)))
+    retries = sum(
+        log.count(f"{event} job_id={job_id}")
+        for event in ("erp_unreachable", "item_retry", "item_retry_unexpected")
+    )
+    assert retries >= 1
+    assert sum((e.erp_attempts or 0) - 1 for e in manifest.entries) == retries
