@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from contract.errors import LeaseHeld, TransientUpstreamError
 from contract.keys import lease_keys, payloads_key
@@ -45,7 +46,7 @@ class PayloadCache:
     ) -> None:
         self._r = client
         self._pleo = pleo
-        self._leases = Leases(client, ttl=lease_ttl)
+        self._leases = Leases(client, ttl=lease_ttl, fence_ttl=dedup_ttl)
         self._ttl_ms = dedup_ttl * 1000
         self._wait = wait
         self._sleep = sleep
@@ -88,11 +89,18 @@ class PayloadCache:
         for page in self._pleo.iter_export_items(job_id):
             mapping = {i.accounting_entry_id: json.dumps(i.payload) for i in page.items}
             if mapping:
-                self._call(lambda m=mapping: self._r.hset(key, mapping=m))  # type: ignore[misc]
+                self._call(lambda m=mapping: self._store(key, m))  # type: ignore[misc]
             count += len(page.items)
-        self._call(lambda: self._r.hset(key, _COMPLETE, "1"))
-        self._call(lambda: self._r.pexpire(key, self._ttl_ms))
+        self._call(lambda: self._store(key, {_COMPLETE: "1"}))
         log.info("payloads_cached job_id=%s items=%d", job_id, count)
+
+    def _store(self, key: str, mapping: Mapping[str, str]) -> None:
+        """Write payloads with the key's expiry: a reader that dies mid-way leaves none forever."""
+        with self._r.pipeline(transaction=True) as pipe:
+            fields: dict[FieldT, EncodableT] = dict(mapping.items())
+            pipe.hset(key, mapping=fields)
+            pipe.pexpire(key, self._ttl_ms)
+            pipe.execute()
 
     @staticmethod
     def _call(fn: Callable[[], Any]) -> Any:

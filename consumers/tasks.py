@@ -22,6 +22,7 @@ from celery import Task
 
 from consumers.adapter_check import guard_worker_start
 from consumers.breaker import Breaker
+from consumers.closing import ClosingStep
 from consumers.erp import Entry, ERPUnavailable
 from consumers.erp_sql import SqlJournal
 from consumers.payloads import PayloadCache
@@ -58,6 +59,8 @@ app.steps["worker"].add(RepairWatchdog)
 app.steps["worker"].add(SupervisorStep)
 # ... and serves GET /metrics from its main process when PLEO_METRICS_PORT is set.
 app.steps["worker"].add(MetricsStep)
+# ... and closes finished jobs: their records get the retention expiry (consumers/closing.py).
+app.steps["worker"].add(ClosingStep)
 
 _TRANSIENT = (TransientUpstreamError, BrokerUnavailable)
 

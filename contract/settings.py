@@ -97,6 +97,11 @@ class Settings:
     dead_run_after: float = 15.0
     # Workers' GET /metrics (contract/metrics_endpoint.py) listens on this port; 0: no endpoint.
     metrics_port: int = 0
+    # Retention (consumers/closing.py): seconds a closed job's ids, outcomes and counts stay in
+    # Redis after its final event (0: deleted once closed), and how often the ERP workers close
+    # finished jobs (one worker of the fleet at a time).
+    retention: int = 7 * 24 * 3600
+    close_interval: float = 10.0
 
     def __repr__(self) -> str:
         shown = []
@@ -189,6 +194,8 @@ class Settings:
             ),
             dead_run_after=_number(env, "PLEO_DEAD_RUN_AFTER", d.dead_run_after, float, low=1),
             metrics_port=_number(env, "PLEO_METRICS_PORT", d.metrics_port, int, low=0, high=65535),
+            retention=_number(env, "PLEO_RETENTION", d.retention, int, low=0),
+            close_interval=_number(env, "PLEO_CLOSE_INTERVAL", d.close_interval, float, low=0.1),
         )
 
 
