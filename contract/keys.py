@@ -79,7 +79,8 @@ them too). Global keys are refreshed by every write; kombu's keys are kombu's (s
     {prefix}unacked     hash delivery tag -> [message, exchange, routing key] of each delivered,
                         unacked message (prefetched, running, or waiting out a retry countdown)
     {prefix}unacked_index  sorted set delivery tag -> when it was delivered (epoch seconds)
-    _kombu.binding.{exchange}  set of the exchange's bindings (routing table, a few bytes)
+    _kombu.binding.{exchange}, _kombu.binding_permanent.{exchange}  sets of the exchange's
+                        bindings (kombu's routing table, a few bytes each)
     ({prefix} is the ``global_keyprefix`` transport option, empty by default)
     None of them has an expiry and we set none: the queue and ``unacked`` hold only messages
     not yet acked (Redis deletes a list, hash or sorted set once it is empty), and a binding set

@@ -18,9 +18,10 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
-from celery.signals import worker_shutting_down
+from celery.signals import worker_init, worker_shutting_down
 from celery.worker import state as worker_state
 
+from contract import log_filters
 from contract.celery_app import make_app, retry_when_broker_answers
 from contract.errors import (
     BadInput,
@@ -54,6 +55,8 @@ settings = app.settings
 app.steps["worker"].add(SupervisorStep)
 # ... and serves GET /metrics from its main process when PLEO_METRICS_PORT is set.
 app.steps["worker"].add(MetricsStep)
+# No task's raw arguments (export data) in the pool's DEBUG lines (contract/log_filters.py).
+worker_init.connect(log_filters.install, weak=False)
 
 # Progress events go out at most this often: Flower shows the latest, a flood helps no one.
 PROGRESS_EVERY = 0.5
