@@ -17,6 +17,7 @@ from contract.errors import LeaseLost
 from contract.keys import (
     ACTIVE_JOBS_KEY,
     CLOSING_KEY,
+    KombuKeys,
     dropped_keys,
     fence_key,
     job_keys,
@@ -154,11 +155,19 @@ def test_purge_refuses_a_busy_job_then_force_removes_its_messages_and_records(
     assert "--force" in refused.stderr
     assert {key: rdb.type(key) for key in rdb.scan_iter()} == before
 
+    # One message taken by a worker, as kombu's Redis transport records it (BRPOP, then unacked).
+    taken = rdb.rpop(ITEMS_QUEUE)
+    assert taken is not None
+    tag = json.loads(taken)["properties"]["delivery_tag"]
+    kombu = KombuKeys()
+    rdb.hset(kombu.unacked, tag, json.dumps([json.loads(taken), "", ITEMS_QUEUE]))
+    rdb.zadd(kombu.unacked_index, {tag: 1.0})
     forced = cli_in_process("purge", busy, "--force", "--json")
     assert forced.exit_code == 0, forced.stderr
     summary = json.loads(forced.stdout)
-    assert summary["queued_messages"] == 30
-    assert summary["unacked_messages"] == 0
+    assert summary["queued_messages"] == 29
+    assert summary["unacked_messages"] == 1
+    assert rdb.exists(kombu.unacked, kombu.unacked_index) == 0
     assert summary["keys"] >= 4  # progress, marks, placed, fence at least
     assert [k for k in rdb.scan_iter() if busy.encode() in k] == []
     assert [m for m in rdb.lrange(ITEMS_QUEUE, 0, -1) if busy.encode() in m] == []
