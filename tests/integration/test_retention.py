@@ -4,14 +4,22 @@ and retried item messages that keep their short reprs."""
 from __future__ import annotations
 
 import json
+import random
+import sqlite3
+import traceback
 import uuid
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from celery.exceptions import Retry
+from sqlalchemy.exc import IntegrityError
 
 from consumers.closing import Closer
+from consumers.erp import Entry
+from consumers.erp_sql import SqlJournal
 from contract.celery_app import make_app
 from contract.errors import LeaseLost
 from contract.keys import (
@@ -35,6 +43,7 @@ from contract.names import ITEMS_QUEUE
 from contract.settings import Settings
 from contract.wire import short_repr
 from devtools.simulator import JobSpec, SimState
+from devtools.simulator.payloads import export_item
 from pleo.final_event import record_final
 from producer.components import produce
 
@@ -220,3 +229,29 @@ def test_a_retried_item_message_keeps_its_short_kwargsrepr(
     assert headers["kwargsrepr"] == short_repr(kwargs)
     assert headers["argsrepr"] == "()"
     assert b"Cafe Norden" not in message.replace(b"\\", b"")
+
+
+def test_a_journal_error_carries_no_payload_value(tmp_path: Path) -> None:
+    """A database error while booking (logged with its traceback) names no bound value."""
+    path = tmp_path / "journal.sqlite3"
+    entry_id = str(uuid.uuid4())
+    rng = random.Random(3)
+    booked = datetime(2026, 3, 1, tzinfo=UTC)
+    payload = export_item(
+        rng, entry_id, str(uuid.uuid4()), booked, with_account=True, vendor_based=False
+    )
+    payload["note"] = "Dinner with Ada at Cafe Norden"
+    with SqlJournal(f"sqlite:///{path}") as journal:
+        assert journal.find(entry_id) is None  # the tables exist now
+        with sqlite3.connect(path) as raw:
+            raw.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON journal_entries "
+                "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+            )
+        entry = Entry(entry_id, str(uuid.uuid4()), None, 0, payload["date"], payload)
+        with pytest.raises(IntegrityError) as caught:
+            journal.post(entry)
+    shown = "".join(traceback.format_exception(caught.value))
+    assert "refused by a trigger" in shown
+    assert "parameters hidden" in shown
+    assert "Cafe Norden" not in shown
