@@ -61,8 +61,9 @@ them too). Global keys are refreshed by every write; kombu's keys are kombu's (s
     pleo-export:repair-sweep   the repair sweep's lease, with pleo-export:repair-sweep-fence
     pleo-export:repair-swept-at  set (PX = the sweep interval) by each sweep: the next is due
                                when it is gone
-    (``active-jobs``, ``closing`` and the fleet's fencing counters live ``dedup_ttl`` from their
-    last write: an idle fleet's index empties itself)
+    (``active-jobs`` and ``closing`` live ``dedup_ttl`` from their last write, the fleet's fencing
+    counters 30 days (``dedup_ttl`` or ``lease.FENCE_TTL``) from their last acquisition or
+    renewal: an idle fleet's keys go by themselves)
 
     Retention (``pleo/final_event.py``, ``consumers/closing.py``)
     pleo-export:closing        sorted set job id -> when its final event was recorded: jobs whose
@@ -74,7 +75,8 @@ them too). Global keys are refreshed by every write; kombu's keys are kombu's (s
     pleo-export:webhook:{webhook-id}   a delivery already taken (24 h): Pleo's retries are no-ops
 
     kombu's Redis transport (``KombuKeys``; the broker's own, read by the repair sweep and the
-    supervisor, never written but through kombu, except a re-sent message's LPUSH)
+    supervisor, never written but through kombu, except a re-sent message's LPUSH and
+    ``pleo-export purge --force`` removing a purged job's messages)
     {prefix}{queue}     the queue: a list, LPUSHed, BRPOPed from the right
     {prefix}unacked     hash delivery tag -> [message, exchange, routing key] of each delivered,
                         unacked message (prefetched, running, or waiting out a retry countdown)
