@@ -20,8 +20,9 @@ from sqlalchemy.exc import IntegrityError
 from consumers.closing import Closer
 from consumers.erp import Entry
 from consumers.erp_sql import SqlJournal
+from consumers.payloads import PayloadCache
 from contract.celery_app import make_app
-from contract.errors import LeaseLost
+from contract.errors import LeaseLost, TransientUpstreamError
 from contract.keys import (
     ACTIVE_JOBS_KEY,
     CLOSING_KEY,
@@ -44,6 +45,7 @@ from contract.settings import Settings
 from contract.wire import short_repr
 from devtools.simulator import JobSpec, SimState
 from devtools.simulator.payloads import export_item
+from pleo.client import PleoClient, make_http_client
 from pleo.final_event import record_final
 from producer.components import produce
 
@@ -255,3 +257,17 @@ def test_a_journal_error_carries_no_payload_value(tmp_path: Path) -> None:
     assert "refused by a trigger" in shown
     assert "parameters hidden" in shown
     assert "Cafe Norden" not in shown
+
+
+def test_a_payload_reader_writes_nothing_once_the_job_has_its_final_event(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """A data layer read racing the final event leaves no export item behind; the item retries."""
+    job_id = sim_state.add_job(JobSpec(items=30, status="in_progress"))
+    entry_id = sim_state.export_items(job_id)[0]["accountingEntryId"]
+    record_final(rdb, job_id, "failed", ttl_ms=DEDUP_MS)
+    with make_http_client(settings) as http:
+        cache = PayloadCache(rdb, PleoClient(http, settings), dedup_ttl=3600)
+        with pytest.raises(TransientUpstreamError, match="finished while its data layer"):
+            cache.get(job_id, entry_id)
+    assert rdb.exists(payloads_key(job_id)) == 0
