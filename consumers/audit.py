@@ -148,6 +148,25 @@ def write_manifest(
     return header
 
 
+def manifest_before_retention(client: redis.Redis, settings: Settings) -> Callable[[str], None]:
+    """The closing step's ``before_retention``: write the job's manifest before Redis forgets it.
+
+    A sink or Redis out of reach raises, so the job waits with its records intact and the next
+    closing step tries again. A manifest that can never be written (the records lost entries, a
+    purge say) is logged as an error and closing goes on: waiting could not bring them back.
+    """
+
+    def write(job_id: str) -> None:
+        try:
+            write_manifest(client, job_id, settings)
+        except (JobNotFinished, RecordsIncomplete) as exc:
+            log.error(  # noqa: TRY400 - the sentence is the whole story
+                "audit_manifest_impossible job_id=%s reason=%s", job_id, exc.message
+            )
+
+    return write
+
+
 def _entry(records: JobRecords, entry_id: str) -> ManifestEntry:
     sequence, _total, _status, booked_at = json.loads(records.placed[entry_id])
     raw = records.results.get(entry_id)

@@ -308,9 +308,15 @@ def journal_engine(url: URL) -> Engine:
 
 
 def _engine(url: URL, connect_args: dict[str, Any]) -> Engine:
-    """An engine for ``url``; a dialect or driver this machine lacks raises BadInput."""
+    """An engine for ``url``; a dialect or driver this machine lacks raises BadInput.
+
+    ``hide_parameters``: a database error's message names the statement, never the values bound
+    to it (the entry's payload), so no traceback of one puts export data in a log.
+    """
     try:
-        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        return create_engine(
+            url, pool_pre_ping=True, connect_args=connect_args, hide_parameters=True
+        )
     except NoSuchModuleError:
         raise BadInput(
             f"ERP_DATABASE_URL names the database kind {url.drivername!r}, which SQLAlchemy has "

@@ -154,7 +154,8 @@ class Repairer:
 
     def repair(self, job_id: str) -> RepairResult:
         """Re-publish the job's lost messages, write waiting results back, complete it if due."""
-        self._call(lambda: self._r.set(repaired_key(job_id), repr(self._clock())))
+        stamp, ttl_ms = repr(self._clock()), self._reporter.ttl_ms
+        self._call(lambda: self._r.set(repaired_key(job_id), stamp, px=ttl_ms))
         missing = self._missing(job_id)
         lost = missing - self._still_held(job_id, missing)
         republished = self._republish(job_id, lost) if lost else ()
@@ -288,7 +289,15 @@ class Repairer:
             encoder.close()
             metrics.messages_republished.inc(len(sent))
         if sent:
-            self._call(lambda: self._r.hincrby(items_key(job_id), "republished", len(sent)))
+            items, ttl_ms = items_key(job_id), self._reporter.ttl_ms
+
+            def count() -> None:
+                with self._r.pipeline(transaction=True) as pipe:
+                    pipe.hincrby(items, "republished", len(sent))
+                    pipe.pexpire(items, ttl_ms)
+                    pipe.execute()
+
+            self._call(count)
         return tuple(sent)
 
     def _placements(

@@ -161,6 +161,11 @@ class Reporter:
             client, pleo, self._activity, dedup_ttl=dedup_ttl, recheck=expiry_recheck, clock=clock
         )
 
+    @property
+    def ttl_ms(self) -> int:
+        """How long the job's records live while it runs, in milliseconds (``PLEO_DEDUP_TTL``)."""
+        return self._ttl_ms
+
     # -- results -----------------------------------------------------------------------------
 
     def outcome(self, job_id: str, entry_id: str) -> Mapping[str, Any] | None:
@@ -397,6 +402,7 @@ class Reporter:
                 if dropped:
                     pipe.hincrby(items, "report_dropped", len(dropped))
                 pipe.pexpire(reported_key(job_id), self._ttl_ms)
+                pipe.pexpire(items, self._ttl_ms)
                 pipe.execute()
 
         self._redis(write)

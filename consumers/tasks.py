@@ -20,15 +20,18 @@ from typing import Any
 import httpx
 import redis
 from celery import Task
+from celery.signals import worker_init
 
 from consumers.adapter_check import guard_worker_start
 from consumers.breaker import Breaker
+from consumers.closing import ClosingStep
 from consumers.erp import Entry, ERPUnavailable
 from consumers.erp_sql import SqlJournal
 from consumers.payloads import PayloadCache
 from consumers.reporting import Reporter
 from consumers.watchdog import RepairWatchdog
 from consumers.worker import process_item
+from contract import log_filters
 from contract.celery_app import make_app, retry_when_broker_answers
 from contract.errors import (
     BrokerUnavailable,
@@ -44,6 +47,7 @@ from contract.redis_check import guard_worker_start as guard_redis_at_start
 from contract.retrying import task_countdown
 from contract.store import ledger_client
 from contract.supervision import SupervisorStep
+from contract.wire import short_repr
 from pleo.client import MAX_UPDATE_ITEMS, PleoClient, make_http_client
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,10 @@ app.steps["worker"].add(RepairWatchdog)
 app.steps["worker"].add(SupervisorStep)
 # ... and serves GET /metrics from its main process when PLEO_METRICS_PORT is set.
 app.steps["worker"].add(MetricsStep)
+# ... and closes finished jobs: their records get the retention expiry (consumers/closing.py).
+app.steps["worker"].add(ClosingStep)
+# No task's raw arguments (export data) in the pool's DEBUG lines (contract/log_filters.py).
+worker_init.connect(log_filters.install, weak=False)
 
 _TRANSIENT = (TransientUpstreamError, BrokerUnavailable)
 
@@ -160,7 +168,7 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
             type(exc).__name__,
             countdown,
         )
-        raise retry_when_broker_answers(self, exc, countdown) from exc
+        raise retry_item(self, exc, countdown) from exc
     except Exception as exc:
         # A bug, a driver or a grant gone wrong is the worker's failure, not the entry's: keep the
         # message (a retry, never an ack into nothing) and never report the entry failed for it.
@@ -174,12 +182,26 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
             countdown,
             exc_info=True,
         )
-        raise retry_when_broker_answers(self, exc, countdown) from exc
+        raise retry_item(self, exc, countdown) from exc
     if outcome.status == "successful":
         _breaker().succeeded()
     if outcome.waiting:
         _write_back(reporter, job_id, outcome.waiting)
     return {"job_id": job_id, "entry": entry.accounting_entry_id, "status": outcome.status}
+
+
+def retry_item(task: Task, exc: Exception, countdown: float) -> Exception:
+    """Retry the item message with its short reprs (``contract.wire.short_repr``).
+
+    Celery builds a retried message's ``kwargsrepr`` from the kwargs themselves (1 KB of them),
+    which would carry the export item's first fields into its headers, task events (Flower) and
+    every log line that shows them.
+    """
+    return retry_when_broker_answers(task, exc, countdown, **_reprs(task))
+
+
+def _reprs(task: Task) -> dict[str, str]:
+    return {"argsrepr": "()", "kwargsrepr": short_repr(task.request.kwargs or {})}
 
 
 def _write_back(reporter: Reporter, job_id: str, waiting: int) -> None:
@@ -243,7 +265,7 @@ def _erp_down(task: Task, job_id: str, down: ERPUnavailable) -> dict[str, Any]:
     if outage < settings().erp_unreachable_limit:
         countdown = task_countdown(task.request.retries, settings().erp_retry_delay)
         log.warning("erp_unreachable job_id=%s for=%.0fs countdown=%.1f", job_id, outage, countdown)
-        raise task.retry(exc=down, countdown=countdown) from down
+        raise task.retry(exc=down, countdown=countdown, **_reprs(task)) from down
     reason = f"The accounting system could not be reached for {outage:.0f} seconds."
     log.error("erp_unreachable_giving_up job_id=%s for=%.0fs", job_id, outage)
     reporter.send_final(

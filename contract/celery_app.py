@@ -86,7 +86,9 @@ def redis_transport_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def retry_when_broker_answers(task: Task, exc: Exception, countdown: float) -> Exception:
+def retry_when_broker_answers(
+    task: Task, exc: Exception, countdown: float, **options: Any
+) -> Exception:
     """``task.retry``, sent over a fresh connection once the broker answers again.
 
     A task that failed because Redis restarted sends its retry while Redis may still be down.
@@ -94,13 +96,16 @@ def retry_when_broker_answers(task: Task, exc: Exception, countdown: float) -> E
     gives up within a second; it then rejects the message without requeue, so the work waits for
     the visibility timeout (an hour) or is lost. A new connection that waits for the broker sends
     the retry as soon as it can; if the broker stays away, Task.retry's reject is the last resort.
+    ``options`` go to the retried message (e.g. ``argsrepr``/``kwargsrepr``).
     """
     try:
         with task.app.connection_for_write() as conn:
             conn.ensure_connection(**BROKER_WAIT)
-            return task.retry(exc=exc, countdown=countdown, producer=conn.Producer())  # type: ignore[no-any-return]
+            return task.retry(  # type: ignore[no-any-return]
+                exc=exc, countdown=countdown, producer=conn.Producer(), **options
+            )
     except OperationalError:
-        return task.retry(exc=exc, countdown=countdown)  # type: ignore[no-any-return]
+        return task.retry(exc=exc, countdown=countdown, **options)  # type: ignore[no-any-return]
 
 
 class ExportCelery(Celery):  # type: ignore[misc]

@@ -4,8 +4,13 @@ No other module spells a key: each one calls the function here, so a key read by
 written by the other cannot drift apart.
 
 All keys are per job, so an operator finds a job's state with ``SCAN MATCH pleo-export:job:<id>:*``.
-Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); everything else lives
-``dedup_ttl`` (30 days by default, longer than any export job), refreshed on every write.
+Lifetimes: every key of ours has one; none lives forever. A lease lives ``lease_ttl`` (seconds,
+renewed by a heartbeat) and its fencing counter ``dedup_ttl`` from its last acquisition or renewal
+(never less than the lease); everything else lives ``dedup_ttl`` (30 days by default, longer than
+any export job), refreshed on every write, until the job is closed (``consumers/closing.py``):
+its final event deletes ``:payloads`` at once, and closing then deletes ``DROPPED_AT_CLOSE`` and
+gives ``RETAINED`` (and the fencing counters) ``PLEO_RETENTION`` (7 days by default; 0 deletes
+them too). Global keys are refreshed by every write; kombu's keys are kombu's (see below).
 
     Producer (``contract/ledger.py``)
     :lease      "{fence}:{run_id}": who runs the job now
@@ -59,18 +64,32 @@ Lifetimes: the lease lives ``lease_ttl`` (seconds, renewed by a heartbeat); ever
     pleo-export:repair-sweep   the repair sweep's lease, with pleo-export:repair-sweep-fence
     pleo-export:repair-swept-at  set (PX = the sweep interval) by each sweep: the next is due
                                when it is gone
+    (``active-jobs`` and ``closing`` live ``dedup_ttl`` from their last write, the fleet's fencing
+    counters 30 days (``dedup_ttl`` or ``lease.FENCE_TTL``) from their last acquisition or
+    renewal: an idle fleet's keys go by themselves)
+
+    Retention (``pleo/final_event.py``, ``consumers/closing.py``)
+    pleo-export:closing        sorted set job id -> when its final event was recorded: jobs whose
+                               records still wait for ``before_retention`` and their expiry
+    pleo-export:closer         the closing step's lease, with pleo-export:closer-fence
 
     Triggers (``producer/triggers.py``, ``producer/webhook.py``)
     :trigger    the producer task id of the latest trigger (PX = trigger window, 60 s)
     pleo-export:webhook:{webhook-id}   a delivery already taken (24 h): Pleo's retries are no-ops
 
     kombu's Redis transport (``KombuKeys``; the broker's own, read by the repair sweep and the
-    supervisor, never written but through kombu, except a re-sent message's LPUSH)
+    supervisor, never written but through kombu, except a re-sent message's LPUSH and
+    ``pleo-export purge --force`` removing a purged job's messages)
     {prefix}{queue}     the queue: a list, LPUSHed, BRPOPed from the right
     {prefix}unacked     hash delivery tag -> [message, exchange, routing key] of each delivered,
                         unacked message (prefetched, running, or waiting out a retry countdown)
     {prefix}unacked_index  sorted set delivery tag -> when it was delivered (epoch seconds)
+    _kombu.binding.{exchange}, _kombu.binding_permanent.{exchange}  sets of the exchange's
+                        bindings (kombu's routing table, a few bytes each)
     ({prefix} is the ``global_keyprefix`` transport option, empty by default)
+    None of them has an expiry and we set none: the queue and ``unacked`` hold only messages
+    not yet acked (Redis deletes a list, hash or sorted set once it is empty), and a binding set
+    expiring would make kombu drop messages sent through its exchange.
 """
 
 from __future__ import annotations
@@ -84,6 +103,8 @@ REPAIR_SWEEP_KEY = f"{PREFIX}:repair-sweep"
 REPAIR_SWEPT_KEY = f"{PREFIX}:repair-swept-at"
 ACTIVE_JOBS_KEY = f"{PREFIX}:active-jobs"
 SUPERVISOR_KEY = f"{PREFIX}:supervisor"
+CLOSING_KEY = f"{PREFIX}:closing"
+CLOSER_KEY = f"{PREFIX}:closer"
 _WEBHOOK_PREFIX = f"{PREFIX}:webhook:"
 
 
@@ -151,6 +172,49 @@ payloads_key = _per_job("payloads", "Key of the job's export items read by a wor
 repaired_key = _per_job("repaired-at", "Key of when the repair sweep last examined the job.")
 # Both sides' (pleo/activity.py).
 pleo_action_key = _per_job("pleo-action-at", "Key of when we last acted on the job in Pleo.")
+
+# Retention (consumers/closing.py). What a closed job keeps for PLEO_RETENTION: ids, outcomes,
+# counts and its final event (which makes a late redelivery of its messages a no-op).
+RETAINED = ("progress", "marks", "results", "items", "final")
+# What closing deletes: export items (``payloads``, already gone with the final event), where
+# each message was placed, the write-back's working state and the stamps only a live job needs.
+DROPPED_AT_CLOSE = (
+    "payloads",
+    "placed",
+    "outbox",
+    "sending",
+    "sending-at",
+    "attempts",
+    "reported",
+    "flush-due",
+    "flushed-at",
+    "erp-down",
+    "repaired-at",
+    "trigger",
+    "pleo-action-at",
+)
+# The job's leases: each keeps its own PX; its fencing counter is kept while the lease lives.
+LEASES = ("lease", "flush", "payloads-lock")
+
+
+def retained_keys(job_id: str) -> list[str]:
+    """The keys a closed job keeps for the retention period (``RETAINED``)."""
+    return [job_key(job_id, name) for name in RETAINED]
+
+
+def dropped_keys(job_id: str) -> list[str]:
+    """The keys closing deletes (``DROPPED_AT_CLOSE``)."""
+    return [job_key(job_id, name) for name in DROPPED_AT_CLOSE]
+
+
+def lease_pairs(job_id: str) -> list[str]:
+    """The job's (lease, fencing counter) keys, flattened: lease, fence, lease, fence, ..."""
+    return [key for lease in LEASES for key in lease_keys(job_id, lease)]
+
+
+def job_keys(job_id: str) -> list[str]:
+    """Every key the job can have (kombu's messages aside): what ``pleo-export purge`` deletes."""
+    return retained_keys(job_id) + dropped_keys(job_id) + lease_pairs(job_id)
 
 
 @dataclass(frozen=True, slots=True)

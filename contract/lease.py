@@ -3,7 +3,12 @@
 A lease is one Redis key whose value names its holder (``{fence}:{run id}|{holder JSON}``); the
 holder renews it every third of its TTL, and every write made under it (``ledger.py``'s scripts)
 first checks that the value is still the holder's, so a holder that lost it can write nothing.
-Each acquisition INCRs a fencing counter: tokens only grow.
+Each acquisition INCRs a fencing counter: tokens only grow while it lives. The counter expires
+(``fence_ttl`` after the last acquisition or renewal, never sooner than the lease), so a live
+lease never outlives its counter; one that expired starts again at 1. Correctness never rests on
+the number: every write compares the whole token, whose run id is a fresh uuid4 per acquisition,
+so a restarted counter cannot make an old holder's token match. The number is for logs and
+``status`` (how many runs a job had).
 
 How a second run decides, given a lease it finds held:
 
@@ -40,7 +45,7 @@ from contract.errors import BrokerUnavailable, LeaseHeld, cause
 log = logging.getLogger(__name__)
 
 # KEYS[1] lease, KEYS[2] fence; ARGV[1] run id and holder, ARGV[2] ttl ms, ARGV[3] the value a
-# caller found dead and takes over ("" for none).
+# caller found dead and takes over ("" for none), ARGV[4] the fence's ttl ms.
 # Returns {fence} when the lease is now ours, else {0, value held, the moment it lapses in ms of
 # Redis's own clock}: a later moment on a later look means the holder renewed it. (Redis's clock,
 # not ours: our reading of "now + remaining" would move with every reply's latency.)
@@ -52,13 +57,16 @@ if held and held ~= ARGV[3] then
   return {0, held, lapses}
 end
 local fence = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('SET', KEYS[1], fence .. ':' .. ARGV[1], 'PX', ARGV[2])
 return {fence}
 """
 
-# KEYS[1] lease; ARGV[1] token, ARGV[2] ttl ms. Returns 1 if still ours (and extended), else 0.
+# KEYS[1] lease, KEYS[2] fence; ARGV[1] token, ARGV[2] ttl ms, ARGV[3] the fence's ttl ms.
+# Returns 1 if still ours (and extended, its fence with it), else 0.
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
@@ -73,6 +81,8 @@ return 0
 # A renewal shows as a lapse moment later than the one seen before (Redis's clock: exact to 1 ms).
 _RENEWAL_SLACK = 0.005
 _POLL = 0.1
+# How long a fencing counter outlives its lease's last acquisition or renewal, by default.
+FENCE_TTL = 30 * 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +183,13 @@ class Leases:
         client: redis.Redis,
         *,
         ttl: float,
+        fence_ttl: float = FENCE_TTL,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._r = client
         self._ttl_ms = int(ttl * 1000)
+        self._fence_ttl_ms = max(self._ttl_ms, int(fence_ttl * 1000))
         self._sleep = sleep
         self._clock = clock
         self._acquire = client.register_script(_ACQUIRE)
@@ -207,7 +219,7 @@ class Leases:
         alive = False
         takeover = ""
         while True:
-            args: list[str | int] = [run_id, self._ttl_ms, takeover]
+            args: list[str | int] = [run_id, self._ttl_ms, takeover, self._fence_ttl_ms]
             reply = self._call(partial(self._acquire, keys=[key, fence_key], args=args))
             if int(reply[0]):
                 fence = int(reply[0])
@@ -238,9 +250,9 @@ class Leases:
 
     def renew(self, lease: Lease) -> bool:
         """Extend the lease; False means it lapsed and may belong to another run now."""
-        return bool(
-            self._call(lambda: self._renew(keys=[lease.key], args=[lease.token, self._ttl_ms]))
-        )
+        keys = [lease.key, lease.fence_key]
+        args: list[str | int] = [lease.token, self._ttl_ms, self._fence_ttl_ms]
+        return bool(self._call(lambda: self._renew(keys=keys, args=args)))
 
     def release(self, lease: Lease) -> None:
         """Give the lease back, if it is still ours."""

@@ -89,7 +89,7 @@ class Ledger:
     ) -> None:
         self._r = client
         self._ttl_ms = dedup_ttl * 1000
-        self._leases = Leases(client, ttl=lease_ttl, sleep=sleep, clock=clock)
+        self._leases = Leases(client, ttl=lease_ttl, fence_ttl=dedup_ttl, sleep=sleep, clock=clock)
         self._reserve = client.register_script(_RESERVE)
         self._publish = client.register_script(_PUBLISH)
 
@@ -229,13 +229,17 @@ class Ledger:
             pipe.pexpire(progress_key(job_id), self._ttl_ms)
             # A raw send_task trigger never passed through triggers.enqueue: index it here too.
             pipe.zadd(ACTIVE_JOBS_KEY, {job_id: time.time()}, nx=True)
+            pipe.pexpire(ACTIVE_JOBS_KEY, self._ttl_ms)
             pipe.execute()
 
     def record(self, job_id: str, **fields: str | int | float) -> None:
         """Set progress fields (state, counters, job status...) and stamp the update time."""
         mapping: dict[FieldT, EncodableT] = {"updated_at": now_iso()}
         mapping.update(fields.items())
-        self._call_plain(lambda: self._r.hset(progress_key(job_id), mapping=mapping))
+        with self._pipeline() as pipe:
+            pipe.hset(progress_key(job_id), mapping=mapping)
+            pipe.pexpire(progress_key(job_id), self._ttl_ms)
+            pipe.execute()
 
     def progress(self, job_id: str) -> dict[str, str]:
         """The job's progress record, empty when no run was ever recorded."""

@@ -115,6 +115,11 @@ class Settings:
     # Where each finished job's audit manifest is kept (consumers/audit_sinks.py): "erp" (tables
     # beside the ERP journal, in ERP_DATABASE_URL) or "file:///folder" (one JSON file per job).
     audit_sink: str = "erp"
+    # Retention (consumers/closing.py): seconds a closed job's ids, outcomes and counts stay in
+    # Redis after its final event (0: deleted once closed), and how often the ERP workers close
+    # finished jobs (one worker of the fleet at a time).
+    retention: int = 7 * 24 * 3600
+    close_interval: float = 10.0
 
     def __repr__(self) -> str:
         shown = []
@@ -210,6 +215,8 @@ class Settings:
             redis_ephemeral=_flag(env, "PLEO_REDIS_EPHEMERAL", d.redis_ephemeral),
             redis_sentinel_master=_sentinel_master(env, redis_url, broker_url),
             audit_sink=_audit_sink(env, "PLEO_AUDIT_SINK", d.audit_sink),
+            retention=_number(env, "PLEO_RETENTION", d.retention, int, low=0),
+            close_interval=_number(env, "PLEO_CLOSE_INTERVAL", d.close_interval, float, low=0.1),
         )
 
 

@@ -208,11 +208,15 @@ class Supervisor:
 
     def _near_expiry(self, view: JobView, left: float, verdict: Verdict, now: float) -> None:
         expires_at = datetime.fromtimestamp(now + left, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self._call(
-            lambda: self._r.hset(
-                progress_key(view.job_id), mapping={"near_expiry": 1, "expires_at": expires_at}
-            )
-        )
+        progress = progress_key(view.job_id)
+
+        def mark() -> None:
+            with self._r.pipeline(transaction=True) as pipe:
+                pipe.hset(progress, mapping={"near_expiry": 1, "expires_at": expires_at})
+                pipe.pexpire(progress, self._ttl_ms)
+                pipe.execute()
+
+        self._call(mark)
         if now - self._warned.get(view.job_id, 0.0) >= _EXPIRY_WARN_EVERY:
             self._warned[view.job_id] = now
             log.warning(

@@ -4,7 +4,10 @@ Both sides end jobs: the ERP workers when every entry is reported, the producer 
 for good after the claim. Either way ``:final`` is taken with ``SET NX`` ("sending", for at most
 two minutes while the call is under way) before the event is posted, and holds the event's name
 once Pleo accepted it; a 422 means Pleo had finished the job already. A job with its final event
-leaves the index of active jobs.
+leaves the index of active jobs, and, in the same transaction, its copy of the export items
+(``:payloads``) is deleted and it joins ``pleo-export:closing``: the ERP workers' closing step
+(``consumers/closing.py``) then gives its records their retention expiry. A crash between the two
+loses nothing: the job waits in that set until a closing step has done it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from contract.errors import (
     TransientUpstreamError,
     Unprocessable,
 )
-from contract.keys import ACTIVE_JOBS_KEY, final_key, items_key
+from contract.keys import ACTIVE_JOBS_KEY, CLOSING_KEY, final_key, items_key, payloads_key
 from contract.store import now_iso, redis_call
 from pleo.activity import PleoActivity
 from pleo.client import PleoClient
@@ -84,7 +87,11 @@ def send_final(
 
 
 def record_final(client: redis.Redis, job_id: str, event: str, *, ttl_ms: int) -> None:
-    """Record the job's final event (or that Pleo had finished it) and drop it from active jobs."""
+    """Record the job's final event (or that Pleo had finished it) and drop it from active jobs.
+
+    The export items we hold for it go at once; the job waits in ``pleo-export:closing`` for its
+    retention expiry.
+    """
 
     def write() -> None:
         with client.pipeline(transaction=True) as pipe:
@@ -93,7 +100,11 @@ def record_final(client: redis.Redis, job_id: str, event: str, *, ttl_ms: int) -
                 items_key(job_id),
                 mapping={"final_event": event, "final_event_at": now_iso()},
             )
+            pipe.pexpire(items_key(job_id), ttl_ms)
             pipe.zrem(ACTIVE_JOBS_KEY, job_id)
+            pipe.delete(payloads_key(job_id))
+            pipe.zadd(CLOSING_KEY, {job_id: time.time()}, nx=True)
+            pipe.pexpire(CLOSING_KEY, ttl_ms)
             pipe.execute()
 
     _redis(write)

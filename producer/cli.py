@@ -422,6 +422,42 @@ def report(job_id: str, as_json: bool, as_csv: bool) -> None:
 
 
 @main.command()
+@click.argument("job_id")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Purge a busy job too (active, running, waiting to be closed, or with messages queued): "
+    "its queued and unacked messages are deleted as well.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@guarded
+def purge(job_id: str, force: bool, as_json: bool) -> None:
+    """Remove JOB_ID's data from Redis now (Pleo and the ERP keep theirs)."""
+    from contract.celery_app import redis_transport_options
+    from contract.keys import KombuKeys
+    from contract.names import ITEMS_QUEUE
+    from contract.store import ledger_client
+    from producer.purge import purge_job
+
+    settings = load_settings()
+    job_id = validate_job_id(job_id)
+    kombu = KombuKeys.of(redis_transport_options(settings) if settings.uses_redis_broker else {})
+    queues = (ITEMS_QUEUE, PRODUCER_QUEUE) if settings.uses_redis_broker else ()
+    client = ledger_client(settings)
+    try:
+        purged = purge_job(client, job_id, kombu=kombu, queues=queues, force=force)
+    finally:
+        client.close()
+    if as_json:
+        _out(json.dumps(purged.as_dict(), sort_keys=True))
+        return
+    _out(
+        f"purged export job {job_id}: {purged.keys} keys, {purged.queued} queued and "
+        f"{purged.unacked} unacked messages"
+    )
+
+
+@main.command()
 @click.option(
     "--items",
     default=3000,

@@ -18,9 +18,10 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
-from celery.signals import worker_shutting_down
+from celery.signals import worker_init, worker_shutting_down
 from celery.worker import state as worker_state
 
+from contract import log_filters
 from contract.celery_app import make_app, retry_when_broker_answers
 from contract.errors import (
     BadInput,
@@ -57,6 +58,8 @@ app.steps["worker"].add(SupervisorStep)
 app.steps["worker"].add(MetricsStep)
 # A producer worker takes no task on a Redis that would lose its records (redis_check.py).
 guard_worker_start(app, settings)
+# No task's raw arguments (export data) in the pool's DEBUG lines (contract/log_filters.py).
+worker_init.connect(log_filters.install, weak=False)
 
 # Progress events go out at most this often: Flower shows the latest, a flood helps no one.
 PROGRESS_EVERY = 0.5

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 # as the job's latest request; a deduplicated trigger does not push that stamp on).
 _CLAIM = """
 redis.call('ZADD', KEYS[2], 'NX', ARGV[4], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
 local held = redis.call('GET', KEYS[1])
 if held then return held end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])

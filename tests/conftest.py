@@ -336,6 +336,7 @@ def start_worker(
         *,
         concurrency: int = 1,
         settings_: Settings | None = None,
+        loglevel: str = "INFO",
         **env: str,
     ) -> subprocess.Popen[bytes]:
         log_path = tmp_path / f"worker-{len(procs)}.log"
@@ -355,7 +356,7 @@ def start_worker(
                     "--without-mingle",
                     "--without-gossip",
                     "-l",
-                    "INFO",
+                    loglevel,
                 ],
                 # A node name of its own (``CELERY_WORKER_HOSTNAME`` sets it): two workers both
                 # called celery@host share one pidbox queue, which RabbitMQ refuses the second.
