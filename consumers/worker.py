@@ -36,9 +36,17 @@ class ItemOutcome:
 
 
 def process_item(
-    entry: Entry, *, erp: ERPAdapter, reporter: Reporter, payloads: PayloadCache
+    entry: Entry,
+    *,
+    erp: ERPAdapter,
+    reporter: Reporter,
+    payloads: PayloadCache,
+    waited: float | None = None,
 ) -> ItemOutcome:
-    """Post ``entry`` to the ERP unless done before, and record its outcome for Pleo."""
+    """Post ``entry`` to the ERP unless done before, and record its outcome for Pleo.
+
+    ``waited``: how long its message waited in the queue (schema 2), shown in the booking's log.
+    """
     job_id, entry_id = entry.job_id, entry.accounting_entry_id
     final = reporter.final_event(job_id)
     if final is not None:
@@ -58,11 +66,12 @@ def process_item(
         # the ERP already has, so no separate ``find`` round trip is needed here.
         ref = _post(erp, entry)
         log.info(
-            "item_booked job_id=%s entry=%s external_id=%s sequence=%d",
+            "item_booked job_id=%s entry=%s external_id=%s sequence=%d waited=%s",
             job_id,
             entry_id,
             ref.external_id,
             entry.sequence,
+            "-" if waited is None else f"{waited:.3f}",
         )
         update = success_update(entry_id, ref.external_id, ref.external_url, ref.exported_at)
     except EntryRejected as rejected:

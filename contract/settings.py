@@ -11,6 +11,7 @@ from typing import Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from contract.errors import BadInput, shown
+from contract.message import READS
 
 Ordering = Literal["booked_at", "entry_id"]
 
@@ -97,6 +98,11 @@ class Settings:
     dead_run_after: float = 15.0
     # Workers' GET /metrics (contract/metrics_endpoint.py) listens on this port; 0: no endpoint.
     metrics_port: int = 0
+    # Item message schemas (contract/schemas.py): what producers and the repair sweep write
+    # (None: auto, the newest every live ERP worker reads), and what an ERP worker reads (both
+    # by default; "1" plays a worker from before schema 2, for upgrade rehearsals).
+    message_schema: int | None = None
+    reads_schemas: frozenset[int] = READS
 
     def __repr__(self) -> str:
         shown = []
@@ -189,7 +195,32 @@ class Settings:
             ),
             dead_run_after=_number(env, "PLEO_DEAD_RUN_AFTER", d.dead_run_after, float, low=1),
             metrics_port=_number(env, "PLEO_METRICS_PORT", d.metrics_port, int, low=0, high=65535),
+            message_schema=_message_schema(env),
+            reads_schemas=_schemas_read(env),
         )
+
+
+def _message_schema(env: Mapping[str, str]) -> int | None:
+    """``PLEO_MESSAGE_SCHEMA``: ``auto`` (None) or a schema number this code writes."""
+    raw = (env.get("PLEO_MESSAGE_SCHEMA") or "auto").strip()
+    if raw == "auto":
+        return None
+    if raw not in {str(n) for n in READS}:
+        choices = ", ".join(f"'{n}'" for n in sorted(READS))
+        raise BadInput(f"PLEO_MESSAGE_SCHEMA must be 'auto', {choices}, not {shown(raw)}.")
+    return int(raw)
+
+
+def _schemas_read(env: Mapping[str, str]) -> frozenset[int]:
+    """``ERP_MESSAGE_SCHEMAS``: the comma-separated schemas an ERP worker reads (default all)."""
+    raw = (env.get("ERP_MESSAGE_SCHEMAS") or "").strip()
+    if not raw:
+        return READS
+    parts = {part.strip() for part in raw.split(",")}
+    if not parts <= {str(n) for n in READS}:
+        listed = " and ".join(str(n) for n in sorted(READS))
+        raise BadInput(f"ERP_MESSAGE_SCHEMAS must list schemas {listed}, not {shown(raw)}.")
+    return frozenset(int(part) for part in parts)
 
 
 N = TypeVar("N", int, float)

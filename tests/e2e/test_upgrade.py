@@ -1,0 +1,99 @@
+"""A rolling upgrade of the ERP workers in the middle of a job: every entry once, nothing parked.
+
+The "old" workers are this code with ``ERP_MESSAGE_SCHEMAS=1``: they read and announce schema 1
+only and park schema 2, as a worker from before schema 2 would refuse it (the README's Upgrades
+section calls this the upgrade rehearsal). A real earlier build would only differ in acking such a
+message away instead of parking it, which is what the producer's choice must never let happen.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from typing import Any
+
+import pytest
+import redis
+
+from contract.celery_app import make_app
+from contract.keys import DEAD_LETTER_KEY, results_key
+from contract.names import ITEMS_QUEUE
+from contract.schemas import SchemaChoice, readers
+from contract.settings import Settings
+from devtools.simulator import JobSpec, SimState
+from producer.components import produce
+from producer.status import job_status
+from tests.conftest import wait_for
+from tests.support.local import journal_ids, worker_log
+
+pytestmark = [pytest.mark.integration, pytest.mark.worker]
+
+
+def warm_shutdown(worker: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as a deployment stops a worker, and wait for it to finish what it holds."""
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=30)
+
+
+def finished(state: SimState, job_id: str) -> bool:
+    return state.jobs[job_id].status in {"completed", "completed_with_errors", "failed"}
+
+
+def test_workers_upgraded_one_by_one_mid_job_finish_every_job_exactly_once(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any, tmp_path: Any
+) -> None:
+    """Old workers replaced one by one mid-job: schema 1 while any old one lives, then 2; once."""
+    app = make_app(settings)
+    choice = SchemaChoice(rdb, app)
+    old_a = start_worker("consumers", ITEMS_QUEUE, ERP_MESSAGE_SCHEMAS="1")
+    old_b = start_worker("consumers", ITEMS_QUEUE, ERP_MESSAGE_SCHEMAS="1")
+    wait_for(lambda: len(readers(rdb)) == 2, timeout=30, what="both old workers to announce")
+
+    # Job 1 is published to the old fleet, and its first worker is upgraded while it runs.
+    first = sim_state.add_job(JobSpec(items=600, item_statuses={"pending": 1.0}))
+    produce(first, settings=settings, app=app)
+    assert job_status(rdb, first)["message_schema"] == 1
+    wait_for(lambda: rdb.hlen(results_key(first)) >= 20, timeout=30, what="job 1 to be under way")
+    warm_shutdown(old_a)
+    new_a = start_worker("consumers", ITEMS_QUEUE)
+    wait_for(lambda: len(readers(rdb)) == 2, timeout=30, what="the first new worker to announce")
+    assert rdb.hlen(results_key(first)) < 600, "job 1 ended before the upgrade began"
+
+    # Mid-rollout (one old, one new): still schema 1, which both read.
+    second = sim_state.add_job(JobSpec(items=100, item_statuses={"pending": 1.0}))
+    produce(second, settings=settings, app=app)
+    assert job_status(rdb, second)["message_schema"] == 1
+
+    warm_shutdown(old_b)
+    start_worker("consumers", ITEMS_QUEUE)
+    wait_for(
+        lambda: (r := readers(rdb)) and len(r) == 2 and all(s == {1, 2} for s in r.values()),
+        timeout=30,
+        what="the fleet to be all new",
+    )
+    assert choice.choose() == 2
+    third = sim_state.add_job(JobSpec(items=100, item_statuses={"pending": 1.0}))
+    produce(third, settings=settings, app=app)
+    assert job_status(rdb, third)["message_schema"] == 2
+
+    jobs = (first, second, third)
+    wait_for(lambda: all(finished(sim_state, j) for j in jobs), timeout=60, what="every job")
+    posted = journal_ids(settings)
+    # The simulator's seeded jobs share entry ids, so the journal holds their union, each once.
+    every = {i.accounting_entry_id for job_id in jobs for i in sim_state.items(job_id)}
+    assert len(posted) == len(set(posted))
+    assert set(posted) == every
+    for job_id in jobs:
+        planned = {i.accounting_entry_id for i in sim_state.items(job_id)}
+        updates = sim_state.update_counts(job_id)
+        assert set(updates) == planned
+        assert set(updates.values()) == {1}
+        finals = [e.event for e in sim_state.events(job_id) if e.accepted and e.event != "started"]
+        assert finals == ["completed"]
+        assert job_status(rdb, job_id)["parked"] == 0
+    assert rdb.hlen(DEAD_LETTER_KEY) == 0
+    # Schema 2's reason to exist: the new workers timed job 3's messages in the queue.
+    logs = worker_log(tmp_path, 2) + worker_log(tmp_path, 3)
+    assert re.search(rf"item_booked job_id={third} .* waited=[0-9]+\.[0-9]{{3}}", logs)
+    assert new_a.poll() is None
