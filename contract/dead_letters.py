@@ -32,6 +32,7 @@ import redis
 from celery import Celery
 
 from contract.errors import BadInput
+from contract.ids import is_uuid
 from contract.keys import DEAD_LETTER_KEY, dead_letter_field
 from contract.store import redis_call
 from contract.wire import MessageEncoder, celery_message
@@ -74,7 +75,8 @@ def park(
 ) -> bool:
     """Keep a message this worker cannot read; False if it was already parked (a redelivery)."""
     job = kwargs.get("job_id")
-    job_id = job.lower() if isinstance(job, str) and len(job) <= 64 else NO_JOB
+    # Only a real job id names the field: a hostile one stays inside the record's kwargs.
+    job_id = job.lower() if isinstance(job, str) and is_uuid(job) else NO_JOB
     field = dead_letter_field(job_id, task_id)
     record = json.dumps(
         {
