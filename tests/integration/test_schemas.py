@@ -15,10 +15,18 @@ import redis
 
 from contract.celery_app import make_app
 from contract.dead_letters import park, parked_count, requeue
-from contract.keys import DEAD_LETTER_KEY
+from contract.keys import DEAD_LETTER_KEY, schema_reader_key
 from contract.message import ItemMessage
 from contract.names import ITEMS_QUEUE
-from contract.schemas import SchemaChoice, announce, pick, readers, withdraw
+from contract.schemas import (
+    ANNOUNCE_EVERY,
+    ANNOUNCED_FOR,
+    SchemaChoice,
+    announce,
+    pick,
+    readers,
+    withdraw,
+)
 from contract.settings import Settings
 from contract.wire import task_id_for
 from devtools.simulator import JobSpec, SimState
@@ -50,6 +58,10 @@ def test_an_unannounced_consumer_keeps_schema_1(
     app = make_app(settings)
     announce(rdb, "new@host", {1, 2})
     assert readers(rdb) == {"new@host": frozenset({1, 2})}
+    # At the defaults a killed worker stops counting 15 s after its last announcement (renewed
+    # every 5 s: three missed renewals), the same constants the workers run with.
+    assert ANNOUNCED_FOR == 3 * ANNOUNCE_EVERY == 15.0
+    assert 14_000 < rdb.pttl(schema_reader_key("new@host")) <= 15_000
     assert SchemaChoice(rdb, app).choose() == 2
     start_worker("tests.support.recording_app", ITEMS_QUEUE)
     wait_for(
@@ -115,7 +127,12 @@ def finished(state: SimState, job_id: str) -> bool:
 def test_a_job_whose_messages_were_parked_finishes_exactly_once(
     settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any, tmp_path: Any
 ) -> None:
-    """Schema 2 met by an old worker: parked, re-sent as 1 by the sweep, requeued once later."""
+    """Schema 2 met by an old worker: parked, re-sent as 1 by the sweep, requeued once later.
+
+    The stall is 2 s here. At the defaults a parked entry is re-sent as a lost message is: within
+    ERP_REPAIR_STALL (60 s) + ERP_REPAIR_INTERVAL (20 s) + one sweep, the bound (< 2 min) that
+    tests/chaos/test_worker_kill.py measures with the default settings.
+    """
     quick = with_settings(settings, repair_stall=2.0, repair_interval=1.0, message_schema=2)
     job_id = sim_state.add_job(JobSpec(items=5, item_statuses={"pending": 1.0}))
     # No worker is live, so PLEO_MESSAGE_SCHEMA=2 writes schema 2.
@@ -153,3 +170,14 @@ def test_a_job_whose_messages_were_parked_finishes_exactly_once(
     finals = [e.event for e in sim_state.events(job_id) if e.accepted and e.event != "started"]
     assert finals == ["completed"]
     assert job_status(rdb, job_id)["parked"] == 0
+
+
+def test_requeue_refuses_a_broker_it_cannot_move_messages_to_atomically(
+    settings: Settings,
+) -> None:
+    """With RabbitMQ as broker requeue-parked says why it cannot, exit 2, and moves nothing."""
+    rabbit = with_settings(settings, broker_url="amqp://guest:guest@127.0.0.1:5672//")
+    answer = invoke(rabbit, "requeue-parked")
+    assert answer.exit_code == 2
+    assert "requeue-parked needs the Redis broker" in answer.output
+    assert answer.output.count("\n") == 1
