@@ -5,18 +5,21 @@ Each ERP worker's main process announces the schemas it reads (``announce``, eve
 messages are written (a producer run, a repair sweep's re-send), ``SchemaChoice.choose`` reads the
 announcements and picks:
 
-- ``PLEO_MESSAGE_SCHEMA=auto`` (the default): the newest schema every live worker reads. With no
-  announcement at all, schema 1: whatever worker comes later reads it.
-- ``PLEO_MESSAGE_SCHEMA=N``: schema N, unless a live worker cannot read it; then the newest one
-  every live worker reads, with a warning (``message_schema_lowered``). Writing what everyone
-  reads is the safe side: nothing is parked, no job waits for an operator, and a pre-schema-2
-  worker (which acks away what it cannot read) never meets schema 2.
+- ``PLEO_MESSAGE_SCHEMA=auto`` (the default): the oldest schema every live worker reads. Workers
+  read N and N-1, so during a rollout (and after it, until told otherwise) that is the previous
+  schema, which old and new workers both read; it moves on by itself only once no live worker
+  reads the older one any more. With no announcement at all, the oldest schema this code writes.
+- ``PLEO_MESSAGE_SCHEMA=N``: schema N (the operator's word that the rollout is done), unless a live
+  worker cannot read it; then the newest one every live worker reads, with a warning
+  (``message_schema_lowered``). Writing what everyone reads is the safe side: nothing is parked,
+  no job waits for an operator, and a worker from before schema 2 (which acks away what it cannot
+  read) never meets schema 2.
 
 Workers from before announcements existed never announce: "no announcement" means "reads schema 1
 only". Such a worker is seen only through Celery's remote control (``inspect().active_queues()``,
 one broadcast of ``INSPECT_TIMEOUT`` seconds): a consumer of the items queue that has not announced
-keeps the choice at schema 1. The broadcast is made only when the announcements alone would allow a
-newer schema, so a fleet that reads schema 1 only, or none at all, costs one SCAN.
+counts as reading schema 1 only. The broadcast is made only when the announcements alone would
+give a schema such a worker cannot read, so ``auto`` in this release never pays for it.
 """
 
 from __future__ import annotations
@@ -82,14 +85,12 @@ def readers(client: redis.Redis) -> dict[str, frozenset[int]]:
 def pick(wanted: int | None, reads: Mapping[str, Collection[int]]) -> int:
     """The schema to write when the live workers read ``reads`` (``wanted`` None: auto)."""
     common = set(READS).intersection(*reads.values()) if reads else set(READS)
-    if not reads and wanted is None:
-        return min(READS)
     if not common:
         # No schema every worker reads (a fleet split across two upgrades): each message is
         # parked by the workers that cannot read it and read by the others; none is lost.
         return wanted or min(READS)
     if wanted is None:
-        return max(common)
+        return min(common)
     return max((n for n in common if n <= wanted), default=min(common))
 
 
@@ -105,7 +106,7 @@ class SchemaChoice:
     def choose(self) -> int:
         """The schema to write now: ``pick`` over the announcements and unannounced consumers."""
         reads: dict[str, Collection[int]] = dict(readers(self.client))
-        if pick(None, reads) > min(READS):
+        if pick(self.wanted, reads) not in UNANNOUNCED:
             # Only a newer schema is at risk from workers that never announce: look for them.
             found = self._consumers()
             for worker in [UNCOUNTED] if found is None else found:

@@ -99,7 +99,7 @@ class Settings:
     # Workers' GET /metrics (contract/metrics_endpoint.py) listens on this port; 0: no endpoint.
     metrics_port: int = 0
     # Item message schemas (contract/schemas.py): what producers and the repair sweep write
-    # (None: auto, the newest every live ERP worker reads), and what an ERP worker reads (both
+    # (None: auto, the oldest every live ERP worker reads), and what an ERP worker reads (both
     # by default; "1" plays a worker from before schema 2, for upgrade rehearsals).
     message_schema: int | None = None
     reads_schemas: frozenset[int] = READS

@@ -24,10 +24,13 @@ from contract.settings import Settings
 from devtools.simulator import JobSpec, SimState
 from producer.components import produce
 from producer.status import job_status
-from tests.conftest import wait_for
+from tests.conftest import wait_for, with_settings
 from tests.support.local import journal_ids, worker_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
+# Job 1's size: enough that the first upgrade (a warm shutdown, then a new worker's start, ~6 s)
+# happens while the remaining old worker still has job 1's messages to take (~60 a second).
+ITEMS = 1000
 
 
 def warm_shutdown(worker: subprocess.Popen[bytes]) -> None:
@@ -43,26 +46,26 @@ def finished(state: SimState, job_id: str) -> bool:
 def test_workers_upgraded_one_by_one_mid_job_finish_every_job_exactly_once(
     settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any, tmp_path: Any
 ) -> None:
-    """Old workers replaced one by one mid-job: schema 1 while any old one lives, then 2; once."""
+    """Old workers replaced one by one mid-job, then schema 2 switched on: every entry once."""
     app = make_app(settings)
-    choice = SchemaChoice(rdb, app)
     old_a = start_worker("consumers", ITEMS_QUEUE, ERP_MESSAGE_SCHEMAS="1")
     old_b = start_worker("consumers", ITEMS_QUEUE, ERP_MESSAGE_SCHEMAS="1")
     wait_for(lambda: len(readers(rdb)) == 2, timeout=30, what="both old workers to announce")
 
     # Job 1 is published to the old fleet, and its first worker is upgraded while it runs.
-    first = sim_state.add_job(JobSpec(items=600, item_statuses={"pending": 1.0}))
+    first = sim_state.add_job(JobSpec(items=ITEMS, item_statuses={"pending": 1.0}))
     produce(first, settings=settings, app=app)
     assert job_status(rdb, first)["message_schema"] == 1
     wait_for(lambda: rdb.hlen(results_key(first)) >= 20, timeout=30, what="job 1 to be under way")
     warm_shutdown(old_a)
+    assert rdb.hlen(results_key(first)) < ITEMS, "job 1 ended before the upgrade began"
     new_a = start_worker("consumers", ITEMS_QUEUE)
     wait_for(lambda: len(readers(rdb)) == 2, timeout=30, what="the first new worker to announce")
-    assert rdb.hlen(results_key(first)) < 600, "job 1 ended before the upgrade began"
 
-    # Mid-rollout (one old, one new): still schema 1, which both read.
+    # Mid-rollout (one old, one new): schema 1, which both read, even if told 2 too early.
     second = sim_state.add_job(JobSpec(items=100, item_statuses={"pending": 1.0}))
-    produce(second, settings=settings, app=app)
+    early = with_settings(settings, message_schema=2)
+    produce(second, settings=early, app=app)
     assert job_status(rdb, second)["message_schema"] == 1
 
     warm_shutdown(old_b)
@@ -72,9 +75,10 @@ def test_workers_upgraded_one_by_one_mid_job_finish_every_job_exactly_once(
         timeout=30,
         what="the fleet to be all new",
     )
-    assert choice.choose() == 2
+    # The rollout is done: auto still writes the oldest schema all read, until told otherwise.
+    assert SchemaChoice(rdb, app).choose() == 1
     third = sim_state.add_job(JobSpec(items=100, item_statuses={"pending": 1.0}))
-    produce(third, settings=settings, app=app)
+    produce(third, settings=with_settings(settings, message_schema=2), app=app)
     assert job_status(rdb, third)["message_schema"] == 2
 
     jobs = (first, second, third)
@@ -94,6 +98,9 @@ def test_workers_upgraded_one_by_one_mid_job_finish_every_job_exactly_once(
         assert job_status(rdb, job_id)["parked"] == 0
     assert rdb.hlen(DEAD_LETTER_KEY) == 0
     # Schema 2's reason to exist: the new workers timed job 3's messages in the queue.
+    # The first new worker took over job 1's schema-1 messages in the middle of it...
+    assert f"item_booked job_id={first} " in worker_log(tmp_path, 2)
+    # ... and job 3's schema-2 messages were timed in the queue (schema 2's reason to exist).
     logs = worker_log(tmp_path, 2) + worker_log(tmp_path, 3)
     assert re.search(rf"item_booked job_id={third} .* waited=[0-9]+\.[0-9]{{3}}", logs)
     assert new_a.poll() is None

@@ -42,19 +42,23 @@ JOB = "0b9f6c1e-2a5d-4f0e-8c3b-7d1e2f3a4b5c"
 
 
 def test_the_choice_is_what_every_live_worker_reads() -> None:
-    """``pick``: auto takes the newest all read (1 with nobody live); a number is lowered."""
+    """``pick``: auto takes the oldest all read; a number, unless someone cannot read it."""
     assert pick(None, {}) == 1
     assert pick(2, {}) == 2
-    assert pick(None, {"a": {1, 2}, "b": {1, 2}}) == 2
+    assert pick(None, {"a": {1, 2}, "b": {1, 2}}) == 1
     assert pick(None, {"a": {1, 2}, "b": {1}}) == 1
-    assert pick(2, {"a": {1}}) == 1
+    # Once no live worker reads the older schema, auto moves on by itself.
+    assert pick(None, {"a": {2}, "b": {1, 2}}) == 2
+    assert pick(2, {"a": {1, 2}, "b": {1, 2}}) == 2
+    assert pick(2, {"a": {1}, "b": {1, 2}}) == 1
     assert pick(1, {"a": {1, 2}}) == 1
+    assert pick(2, {"a": {1}, "b": {2}}) == 2
 
 
 def test_an_unannounced_consumer_keeps_schema_1(
     settings: Settings, rdb: redis.Redis, start_worker: Any
 ) -> None:
-    """A consumer of the items queue that never announces (a stock worker) holds the choice at 1."""
+    """A consumer of the items queue that never announces (a stock worker) keeps schema 2 away."""
     app = make_app(settings)
     announce(rdb, "new@host", {1, 2})
     assert readers(rdb) == {"new@host": frozenset({1, 2})}
@@ -62,17 +66,17 @@ def test_an_unannounced_consumer_keeps_schema_1(
     # every 5 s: three missed renewals), the same constants the workers run with.
     assert ANNOUNCED_FOR == 3 * ANNOUNCE_EVERY == 15.0
     assert 14_000 < rdb.pttl(schema_reader_key("new@host")) <= 15_000
-    assert SchemaChoice(rdb, app).choose() == 2
+    assert SchemaChoice(rdb, app).choose() == 1
+    assert SchemaChoice(rdb, app, wanted=2).choose() == 2
     start_worker("tests.support.recording_app", ITEMS_QUEUE)
     wait_for(
-        lambda: SchemaChoice(rdb, app).choose() == 1,
+        lambda: SchemaChoice(rdb, app, wanted=2).choose() == 1,
         timeout=30,
         what="the stock worker to answer remote control",
     )
-    assert SchemaChoice(rdb, app, wanted=2).choose() == 1
     withdraw(rdb, "new@host")
     assert readers(rdb) == {}
-    assert SchemaChoice(rdb, app).choose() == 1
+    assert SchemaChoice(rdb, app, wanted=2).choose() == 1
 
 
 def kwargs_of(entry: int) -> dict[str, Any]:
