@@ -1,9 +1,11 @@
 """Announces, from every ERP worker's main process, the item message schemas it reads.
 
-A Celery worker bootstep (like ``consumers/watchdog.py``'s) puts the announcement on the worker's
-own timer: at start, then every ``ANNOUNCE_EVERY`` seconds, each one living ``ANNOUNCED_FOR``
-(``contract/schemas.py``). A warm shutdown withdraws it at once; a killed worker's lapses. What it
-reads is ``ERP_MESSAGE_SCHEMAS`` (default every schema this code reads: N and N-1).
+A bootstep of the worker's consumer (it starts once the worker takes tasks and stops first when it
+stops taking them) puts the announcement on the worker's own timer, in its main process: at start,
+then every ``ANNOUNCE_EVERY`` seconds, each one living ``ANNOUNCED_FOR`` (``contract/schemas.py``).
+A warm shutdown withdraws it as its first step, before the pool winds down (which can take 30 s);
+a killed worker's lapses. What it reads is ``ERP_MESSAGE_SCHEMAS`` (default every schema this code
+reads: N and N-1).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ log = logging.getLogger(__name__)
 
 
 class SchemaAnnouncer(bootsteps.StartStopStep):  # type: ignore[misc]
-    """Worker bootstep: the schema announcement on the worker's timer."""
+    """Consumer bootstep: the schema announcement on the worker's timer, while it takes tasks."""
 
-    requires = ("celery.worker.components:Timer",)
+    requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)

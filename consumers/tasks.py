@@ -62,8 +62,9 @@ app.steps["worker"].add(RepairWatchdog)
 app.steps["worker"].add(SupervisorStep)
 # ... and serves GET /metrics from its main process when PLEO_METRICS_PORT is set.
 app.steps["worker"].add(MetricsStep)
-# ... and announces the message schemas it reads, so producers write one it can read.
-app.steps["worker"].add(SchemaAnnouncer)
+# ... and, while it takes tasks, announces the message schemas it reads, so producers write one it
+# can read.
+app.steps["consumer"].add(SchemaAnnouncer)
 
 _TRANSIENT = (TransientUpstreamError, BrokerUnavailable)
 

@@ -9,8 +9,6 @@ message away instead of parking it, which is what the producer's choice must nev
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
 from typing import Any
 
 import pytest
@@ -25,7 +23,7 @@ from devtools.simulator import JobSpec, SimState
 from producer.components import produce
 from producer.status import job_status
 from tests.conftest import wait_for, with_settings
-from tests.support.local import journal_ids, worker_log
+from tests.support.local import journal_ids, stop_as_deployed, worker_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
 # Job 1's size: enough that the first upgrade (a warm shutdown, then a new worker's start, ~6 s)
@@ -33,10 +31,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.worker]
 ITEMS = 1000
 
 
-def warm_shutdown(worker: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, as a deployment stops a worker, and wait for it to finish what it holds."""
-    worker.send_signal(signal.SIGTERM)
-    worker.wait(timeout=30)
+def announced(rdb: redis.Redis, index: int) -> frozenset[int] | None:
+    """What the ``index``-th worker the fixture started announces it reads, if it does."""
+    mine = [reads for name, reads in readers(rdb).items() if name.startswith(f"worker{index}.")]
+    return mine[0] if mine else None
 
 
 def finished(state: SimState, job_id: str) -> bool:
@@ -50,17 +48,21 @@ def test_workers_upgraded_one_by_one_mid_job_finish_every_job_exactly_once(
     app = make_app(settings)
     old_a = start_worker("consumers", ITEMS_QUEUE, ERP_MESSAGE_SCHEMAS="1")
     old_b = start_worker("consumers", ITEMS_QUEUE, ERP_MESSAGE_SCHEMAS="1")
-    wait_for(lambda: len(readers(rdb)) == 2, timeout=30, what="both old workers to announce")
+    wait_for(
+        lambda: announced(rdb, 0) == announced(rdb, 1) == {1},
+        timeout=30,
+        what="both old workers to announce",
+    )
 
     # Job 1 is published to the old fleet, and its first worker is upgraded while it runs.
     first = sim_state.add_job(JobSpec(items=ITEMS, item_statuses={"pending": 1.0}))
     produce(first, settings=settings, app=app)
     assert job_status(rdb, first)["message_schema"] == 1
     wait_for(lambda: rdb.hlen(results_key(first)) >= 20, timeout=30, what="job 1 to be under way")
-    warm_shutdown(old_a)
+    stop_as_deployed(old_a)
     assert rdb.hlen(results_key(first)) < ITEMS, "job 1 ended before the upgrade began"
     new_a = start_worker("consumers", ITEMS_QUEUE)
-    wait_for(lambda: len(readers(rdb)) == 2, timeout=30, what="the first new worker to announce")
+    wait_for(lambda: announced(rdb, 2) == {1, 2}, timeout=30, what="the first new worker")
 
     # Mid-rollout (one old, one new): schema 1, which both read, even if told 2 too early.
     second = sim_state.add_job(JobSpec(items=100, item_statuses={"pending": 1.0}))
@@ -68,7 +70,7 @@ def test_workers_upgraded_one_by_one_mid_job_finish_every_job_exactly_once(
     produce(second, settings=early, app=app)
     assert job_status(rdb, second)["message_schema"] == 1
 
-    warm_shutdown(old_b)
+    stop_as_deployed(old_b)
     start_worker("consumers", ITEMS_QUEUE)
     wait_for(
         lambda: (r := readers(rdb)) and len(r) == 2 and all(s == {1, 2} for s in r.values()),

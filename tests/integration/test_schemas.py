@@ -6,7 +6,6 @@ Real Redis, real ``celery worker`` processes, the simulator over HTTP.
 from __future__ import annotations
 
 import json
-import signal
 import threading
 from typing import Any
 
@@ -34,7 +33,7 @@ from producer.components import produce
 from producer.status import job_status
 from tests.conftest import wait_for, with_settings
 from tests.support.cli import invoke
-from tests.support.local import journal_ids, worker_log
+from tests.support.local import journal_ids, stop_as_deployed, worker_log
 from tests.support.queues import redis_queue
 
 pytestmark = [pytest.mark.integration]
@@ -156,8 +155,7 @@ def test_a_job_whose_messages_were_parked_finishes_exactly_once(
     assert record["kwargs"]["schema"] == 2
 
     # Upgraded: a new worker, and the parked messages put back once, found already booked.
-    old.send_signal(signal.SIGTERM)
-    old.wait(timeout=30)
+    stop_as_deployed(old)
     start_worker("consumers", ITEMS_QUEUE, settings_=quick)
     answer = invoke(quick, "requeue-parked", "--job", job_id, "--json")
     assert answer.exit_code == 0, answer.output
