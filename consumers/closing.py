@@ -31,6 +31,7 @@ import redis
 from celery import bootsteps
 
 from contract.celery_app import app_settings
+from contract.dead_letters import forget as forget_parked
 from contract.errors import LeaseHeld, PleoExportError
 from contract.keys import (
     CLOSER_KEY,
@@ -127,6 +128,8 @@ class Closer:
         keys = [CLOSING_KEY, *dropped, *kept, *lease_pairs(job_id)]
         args: list[str | int] = [job_id, self._retention_ms, len(dropped), len(kept)]
         deleted, expiring = self._call(lambda: self._close(keys=keys, args=args))
+        # Parked copies of its messages carry export items and can help no one now.
+        deleted += forget_parked(self._r, job_id)
         log.info(
             "job_closed job_id=%s deleted=%d kept=%d retention=%ds",
             job_id,

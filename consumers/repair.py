@@ -13,8 +13,9 @@ watched instead of closed:
 - a missing entry whose message is neither on the items queue nor in kombu's ``unacked`` hash
   (which also holds what live workers prefetched and the countdowns of retries) was lost: its
   message is built again from the placement the producer recorded when it first published the
-  entry and its payload from the data layer (same task id and schema-1 arguments; no re-plan) and
-  pushed onto the queue;
+  entry and its payload from the data layer (same task id and arguments; no re-plan), in a schema
+  every live worker reads (``contract/schemas.py``), and pushed onto the queue. An entry whose
+  message a worker parked (``contract/dead_letters.py``) is one of these: its job finishes;
 - waiting results are written back and the job completed if it can be.
 
 Re-sending a message that was not really lost (one caught inside another live worker's BRPOP
@@ -101,6 +102,7 @@ class Repairer:
         held_for: float | None = None,
         ordering: Ordering,
         clock: Callable[[], float] = time.time,
+        choose_schema: Callable[[], int] | None = None,
     ) -> None:
         self._r = client
         self._pleo = pleo
@@ -114,6 +116,8 @@ class Repairer:
         self._held_for = max(stall, RETRY_CAP + 60) if held_for is None else held_for
         self._ordering = ordering
         self._clock = clock
+        # The schema of re-sent messages (contract.schemas.SchemaChoice.choose); None: schema 1.
+        self._choose_schema = choose_schema
         kombu = KombuKeys.of(app.conf.broker_transport_options)
         self._unacked = kombu.unacked
         self._unacked_index = kombu.unacked_index
@@ -252,11 +256,12 @@ class Repairer:
         )
         dates = {e: item.date for e, item in payloads.items()}
         placed = self._placements(job_id, lost, current, dates)
+        schema = 1 if self._choose_schema is None else self._choose_schema()
         messages = sorted(
             (
                 ItemMessage.rebuilt(
                     job_id, company_id, e, placed[e], getattr(payloads.get(e), "payload", None)
-                )
+                ).written_as(schema)
                 for e in lost
             ),
             key=lambda m: (m.sequence, m.accounting_entry_id),
@@ -280,10 +285,11 @@ class Repairer:
                 self._call(lambda q=queue_key, b=body: self._r.lpush(q, b))  # type: ignore[misc]
                 sent.append(entry_id)
                 log.warning(
-                    "message_republished job_id=%s entry=%s sequence=%d",
+                    "message_republished job_id=%s entry=%s sequence=%d schema=%d",
                     job_id,
                     entry_id,
                     message.sequence,
+                    message.schema,
                 )
         finally:
             encoder.close()

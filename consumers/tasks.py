@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import Any
 
 import httpx
@@ -29,10 +30,12 @@ from consumers.erp import Entry, ERPUnavailable
 from consumers.erp_sql import SqlJournal
 from consumers.payloads import PayloadCache
 from consumers.reporting import Reporter
+from consumers.schema_step import SchemaAnnouncer
 from consumers.watchdog import RepairWatchdog
 from consumers.worker import process_item
-from contract import log_filters
+from contract import log_filters, metrics
 from contract.celery_app import make_app, retry_when_broker_answers
+from contract.dead_letters import park
 from contract.errors import (
     BrokerUnavailable,
     PermanentUpstreamError,
@@ -68,6 +71,9 @@ app.steps["worker"].add(MetricsStep)
 app.steps["worker"].add(ClosingStep)
 # No task's raw arguments (export data) in the pool's DEBUG lines (contract/log_filters.py).
 worker_init.connect(log_filters.install, weak=False)
+# ... and, while it takes tasks, announces the message schemas it reads, so producers write one it
+# can read.
+app.steps["consumer"].add(SchemaAnnouncer)
 
 _TRANSIENT = (TransientUpstreamError, BrokerUnavailable)
 
@@ -134,13 +140,13 @@ def _payloads() -> PayloadCache:
 def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
     """Post one entry to the ERP exactly once and queue its result for Pleo."""
     try:
-        entry = Entry.from_message(ItemMessage.parse(kwargs))
+        message = ItemMessage.parse(kwargs, reads=settings().reads_schemas)
     except MessageRejected as rejected:
-        # A malformed message can never succeed: log it and end here (no retry loop).
-        log.error(  # noqa: TRY400 - the reason is the whole story; a traceback adds nothing
-            "message_rejected task_id=%s reason=%s", self.request.id, rejected
-        )
-        return {"status": "rejected", "reason": str(rejected)}
+        return _park(self, kwargs, rejected)
+    waited = message.waited(time.time())
+    if waited is not None:
+        metrics.message_queue_wait.observe(waited)
+    entry = Entry.from_message(message)
     job_id = entry.job_id
     try:
         reporter = _reporter()
@@ -150,6 +156,7 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
             reporter=reporter,
             payloads=_payloads(),
             attempt=self.request.retries + 1,
+            waited=waited,
         )
     except ERPUnavailable as down:
         _breaker().failed(down)
@@ -202,6 +209,32 @@ def retry_item(task: Task, exc: Exception, countdown: float) -> Exception:
 
 def _reprs(task: Task) -> dict[str, str]:
     return {"argsrepr": "()", "kwargsrepr": short_repr(task.request.kwargs or {})}
+
+
+def _park(task: Task, kwargs: dict[str, Any], rejected: MessageRejected) -> dict[str, Any]:
+    """Keep a message this worker cannot read (contract/dead_letters.py), then ack it.
+
+    Never acked before it is parked: with Redis unreachable the message is retried instead.
+    """
+    worker = task.request.hostname or "unknown"
+    try:
+        new = park(
+            _redis(),
+            kwargs,
+            reason=str(rejected),
+            task_id=task.request.id,
+            worker=worker,
+            ttl=settings().dedup_ttl,
+        )
+    except BrokerUnavailable as exc:
+        countdown = task_countdown(task.request.retries, settings().erp_retry_delay)
+        log.warning("park_retry task_id=%s countdown=%.1f", task.request.id, countdown)
+        raise retry_item(task, exc, countdown) from exc
+    if new:
+        metrics.messages_parked.inc()
+    # The reason names the schema or the field, never a payload's value (contract/message.py).
+    log.error("message_parked task_id=%s worker=%s reason=%s", task.request.id, worker, rejected)
+    return {"status": "parked", "reason": str(rejected)}
 
 
 def _write_back(reporter: Reporter, job_id: str, waiting: int) -> None:

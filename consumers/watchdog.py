@@ -29,6 +29,7 @@ from consumers.reporting import Reporter
 from contract.celery_app import app_settings
 from contract.errors import PleoExportError
 from contract.ledger import Ledger
+from contract.schemas import SchemaChoice
 from contract.settings import Settings
 from contract.store import ledger_client
 from pleo.client import PleoClient, make_http_client
@@ -85,6 +86,7 @@ def _repairer(
         stall=repair.stall,
         held_for=repair.held_for,
         ordering=settings.ordering,
+        choose_schema=SchemaChoice(client, app, settings.message_schema).choose,
     )
 
 

@@ -42,10 +42,12 @@ def process_item(
     reporter: Reporter,
     payloads: PayloadCache,
     attempt: int = 1,
+    waited: float | None = None,
 ) -> ItemOutcome:
     """Post ``entry`` to the ERP unless done before, and record its outcome for Pleo.
 
-    ``attempt`` (1 for a message's first try) is kept with the outcome for the audit manifest.
+    ``attempt`` (1 for a message's first try) is kept with the outcome for the audit manifest;
+    ``waited``: how long its message waited in the queue (schema 2), shown in the booking's log.
     """
     job_id, entry_id = entry.job_id, entry.accounting_entry_id
     final = reporter.final_event(job_id)
@@ -66,11 +68,12 @@ def process_item(
         # the ERP already has, so no separate ``find`` round trip is needed here.
         ref = _post(erp, entry)
         log.info(
-            "item_booked job_id=%s entry=%s external_id=%s sequence=%d",
+            "item_booked job_id=%s entry=%s external_id=%s sequence=%d waited=%s",
             job_id,
             entry_id,
             ref.external_id,
             entry.sequence,
+            "-" if waited is None else f"{waited:.3f}",
         )
         update = success_update(entry_id, ref.external_id, ref.external_url, ref.exported_at)
     except EntryRejected as rejected:

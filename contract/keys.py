@@ -73,6 +73,17 @@ them too). Global keys are refreshed by every write; kombu's keys are kombu's (s
                                records still wait for ``before_retention`` and their expiry
     pleo-export:closer         the closing step's lease, with pleo-export:closer-fence
 
+    Message schemas (``contract/schemas.py``, ``contract/dead_letters.py``)
+    pleo-export:schema-reader:{worker}  JSON ``{"reads": [1, 2], "at": epoch seconds}``: the
+                               schemas ERP worker ``{worker}`` (its Celery node name) reads, set
+                               by its main process every 5 s with PX 15 s, deleted at its warm
+                               shutdown; the producer writes a schema every live reader reads
+    pleo-export:dead-letter    hash ``{job_id}:{task_id}`` -> JSON of an item message a worker
+                               could not read (``kwargs`` as received, ``reason``, ``task_id``,
+                               ``job_id``, ``parked_at``, ``worker``), HSETNX so a redelivery
+                               parks it once; expiry ``dedup_ttl``, refreshed on every park;
+                               ``pleo-export requeue-parked`` moves each back onto the queue
+
     Triggers (``producer/triggers.py``, ``producer/webhook.py``)
     :trigger    the producer task id of the latest trigger (PX = trigger window, 60 s)
     pleo-export:webhook:{webhook-id}   a delivery already taken (24 h): Pleo's retries are no-ops
@@ -105,6 +116,8 @@ ACTIVE_JOBS_KEY = f"{PREFIX}:active-jobs"
 SUPERVISOR_KEY = f"{PREFIX}:supervisor"
 CLOSING_KEY = f"{PREFIX}:closing"
 CLOSER_KEY = f"{PREFIX}:closer"
+DEAD_LETTER_KEY = f"{PREFIX}:dead-letter"
+_SCHEMA_READER_PREFIX = f"{PREFIX}:schema-reader:"
 _WEBHOOK_PREFIX = f"{PREFIX}:webhook:"
 
 
@@ -127,6 +140,22 @@ def job_id_of(key: str | bytes) -> str:
 def webhook_delivery_key(webhook_id: str) -> str:
     """Key of an accepted webhook delivery, by its ``webhook-id`` header."""
     return f"{_WEBHOOK_PREFIX}{webhook_id}"
+
+
+def schema_reader_key(worker: str) -> str:
+    """Key of the schemas ERP worker ``worker`` announced it reads; ``*``: a pattern."""
+    return f"{_SCHEMA_READER_PREFIX}{worker}"
+
+
+def schema_reader_of(key: str | bytes) -> str:
+    """The worker named in a ``schema_reader_key`` (its inverse)."""
+    text = key.decode() if isinstance(key, bytes) else key
+    return text.removeprefix(_SCHEMA_READER_PREFIX)
+
+
+def dead_letter_field(job_id: str, task_id: str) -> str:
+    """The field of a parked message in ``DEAD_LETTER_KEY``; ``*`` as task id: a job's pattern."""
+    return f"{job_id}:{task_id}"
 
 
 def lease_keys(job_id: str, name: str) -> tuple[str, str]:

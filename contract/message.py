@@ -1,28 +1,39 @@
-"""The item message: the keyword arguments of ``consumers.export_item``, schema 1.
+"""The item message: the keyword arguments of ``consumers.export_item``, schemas 1 and 2.
 
 One typed definition, used by the producer to encode (``ItemMessage.to_kwargs``) and by the ERP
 workers to parse (``ItemMessage.parse``), so the two cannot drift apart. The fields and their
 meaning are the public contract in ARCHITECTURE.md; how the kwargs travel (Celery's envelope,
 kombu's Redis layout) is ``contract/wire.py``.
+
+Schemas only ever add fields (``ADDED_IN``): schema 2 is schema 1 plus ``published_at``, when the
+producer (or the repair sweep) wrote the message, which the worker turns into the time the message
+waited in the queue. A worker reads schema N and N-1 (``READS``); which one a producer writes is
+``contract/schemas.py``'s choice, so a rolling upgrade never hands a worker a schema it cannot read.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime
 from typing import Any, Final
 
+from contract.errors import shown
 from contract.ids import is_uuid
 
-SCHEMA: Final = 1
+# The newest schema this code writes and reads, and every schema it reads (N and N-1).
+SCHEMA: Final = 2
+READS: Final = frozenset({1, 2})
+# The schema each field after schema 1's first appeared in; a schema's fields are those up to it.
+ADDED_IN: Final = {"published_at": 2}
 
 # Pleo item statuses an entry can have when it is planned: the only ones worth a message.
 STATUSES_AT_FETCH: Final = frozenset({"pending", "in_progress"})
 
 
 class MessageRejected(ValueError):
-    """A message that can never be processed (unknown schema, malformed): dropped, not retried."""
+    """A message this worker cannot process (unknown schema, malformed): parked, never dropped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +48,9 @@ class ItemMessage:
     status_at_fetch: str
     booked_at: str | None
     export_item: Mapping[str, Any] | None
-    schema: int = SCHEMA
+    schema: int = 1
+    # Schema 2: when the message was written, UTC ISO-8601 with milliseconds (``stamp``).
+    published_at: str | None = None
 
     def placement(self) -> str:
         """Where the message sits in its job's plan (``placement``), as recorded at publish."""
@@ -65,21 +78,32 @@ class ItemMessage:
             export_item=export_item,
         )
 
+    def written_as(self, schema: int, published_at: str | None = None) -> ItemMessage:
+        """This message in ``schema``, stamped ``published_at`` (default now) where it has one."""
+        if schema not in READS:
+            raise ValueError(f"unknown message schema {schema!r}")
+        if schema < ADDED_IN["published_at"]:
+            return replace(self, schema=schema, published_at=None)
+        return replace(self, schema=schema, published_at=published_at or stamp())
+
     def to_kwargs(self) -> dict[str, Any]:
         """The message's keyword arguments, in the order ARCHITECTURE.md lists them."""
-        kwargs = {"schema": self.schema}
-        kwargs.update({name: getattr(self, name) for name in FIELDS if name != "schema"})
-        return kwargs
+        return {name: getattr(self, name) for name in fields_of(self.schema)}
 
     @classmethod
-    def parse(cls, kwargs: Mapping[str, Any]) -> ItemMessage:
-        """The message ``kwargs`` describe (ids lower-cased), or MessageRejected saying why not."""
+    def parse(cls, kwargs: Mapping[str, Any], reads: Collection[int] = READS) -> ItemMessage:
+        """The message ``kwargs`` describe (ids lower-cased), or MessageRejected saying why not.
+
+        ``reads`` narrows the schemas accepted (``ERP_MESSAGE_SCHEMAS``: an upgrade rehearsal's
+        "old" worker reads schema 1 only).
+        """
         schema = kwargs.get("schema")
-        if schema != SCHEMA:
+        if isinstance(schema, bool) or schema not in READS or schema not in reads:
+            readable = " and ".join(str(n) for n in sorted(reads))
             raise MessageRejected(
-                f"unknown message schema {schema!r}; this worker reads schema {SCHEMA}"
+                f"unknown message schema {shown(schema)}; this worker reads schema {readable}"
             )
-        missing = [key for key in FIELDS if key not in kwargs]
+        missing = [key for key in fields_of(schema) if key not in kwargs]
         if missing:
             raise MessageRejected(f"message lacks {', '.join(missing)}")
         for key in ("job_id", "accounting_entry_id"):
@@ -104,6 +128,9 @@ class ItemMessage:
             and export_item.get("accountingEntryId") != kwargs["accounting_entry_id"]
         ):
             raise MessageRejected("export_item belongs to another accounting entry")
+        published_at = kwargs.get("published_at") if schema >= ADDED_IN["published_at"] else None
+        if schema >= ADDED_IN["published_at"] and _instant(published_at) is None:
+            raise MessageRejected("published_at must be an ISO-8601 UTC time")
         return cls(
             job_id=kwargs["job_id"].lower(),
             company_id=company_id,
@@ -113,14 +140,33 @@ class ItemMessage:
             status_at_fetch=status,
             booked_at=booked_at,
             export_item=export_item,
+            schema=schema,
+            published_at=published_at,
         )
 
+    def waited(self, now: float) -> float | None:
+        """Seconds from ``published_at`` to ``now`` (epoch seconds), or None in schema 1."""
+        instant = _instant(self.published_at)
+        return None if instant is None else max(0.0, now - instant)
 
-# The keyword arguments of schema 1, in the contract's order.
+
+# Every keyword argument of the newest schema, in the contract's order: ``schema`` first, then the
+# dataclass's fields as declared (each schema's additions after the last's).
 FIELDS: Final = (
     "schema",
     *(f.name for f in fields(ItemMessage) if f.name != "schema"),
 )
+
+
+def fields_of(schema: int) -> tuple[str, ...]:
+    """The keyword arguments of ``schema``, in the contract's order."""
+    return tuple(name for name in FIELDS if ADDED_IN.get(name, 1) <= schema)
+
+
+def stamp(now: datetime | None = None) -> str:
+    """``published_at`` for ``now`` (default the current time): ``2026-01-02T03:04:05.678Z``."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def placement(sequence: int, total: int, status_at_fetch: str, booked_at: str | None) -> str:
@@ -130,6 +176,17 @@ def placement(sequence: int, total: int, status_at_fetch: str, booked_at: str | 
     repair sweep rebuilds a lost message exactly, with no re-plan.
     """
     return json.dumps([sequence, total, status_at_fetch, booked_at], separators=(",", ":"))
+
+
+def _instant(value: object) -> float | None:
+    """Epoch seconds of an ISO-8601 time with a UTC offset, or None for anything else."""
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return None if moment.tzinfo is None else moment.timestamp()
 
 
 def _count(value: object) -> bool:

@@ -85,6 +85,15 @@ messages_republished = Counter(
     "pleo_export_messages_republished_total",
     "Item messages the repair sweep re-sent (lost by the Redis transport).",
 )
+message_queue_wait = Histogram(
+    "pleo_export_message_queue_wait_seconds",
+    "How long item messages waited between their write and a worker taking them (schema 2).",
+    buckets=(0.05, 0.25, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
+)
+messages_parked = Counter(
+    "pleo_export_messages_parked_total",
+    "Item messages a worker could not read and parked (contract/dead_letters.py).",
+)
 erp_calls = Counter("pleo_export_erp_calls_total", "Calls to the ERP adapter's post.")
 erp_errors = Counter(
     "pleo_export_erp_errors_total",

@@ -11,6 +11,7 @@ from typing import Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from contract.errors import BadInput, shown
+from contract.message import READS
 
 Ordering = Literal["booked_at", "entry_id"]
 
@@ -120,6 +121,11 @@ class Settings:
     # finished jobs (one worker of the fleet at a time).
     retention: int = 7 * 24 * 3600
     close_interval: float = 10.0
+    # Item message schemas (contract/schemas.py): what producers and the repair sweep write
+    # (None: auto, the oldest every live ERP worker reads), and what an ERP worker reads (both
+    # by default; "1" plays a worker from before schema 2, for upgrade rehearsals).
+    message_schema: int | None = None
+    reads_schemas: frozenset[int] = READS
 
     def __repr__(self) -> str:
         shown = []
@@ -217,7 +223,32 @@ class Settings:
             audit_sink=_audit_sink(env, "PLEO_AUDIT_SINK", d.audit_sink),
             retention=_number(env, "PLEO_RETENTION", d.retention, int, low=0),
             close_interval=_number(env, "PLEO_CLOSE_INTERVAL", d.close_interval, float, low=0.1),
+            message_schema=_message_schema(env),
+            reads_schemas=_schemas_read(env),
         )
+
+
+def _message_schema(env: Mapping[str, str]) -> int | None:
+    """``PLEO_MESSAGE_SCHEMA``: ``auto`` (None) or a schema number this code writes."""
+    raw = (env.get("PLEO_MESSAGE_SCHEMA") or "auto").strip()
+    if raw == "auto":
+        return None
+    if raw not in {str(n) for n in READS}:
+        choices = ", ".join(f"'{n}'" for n in sorted(READS))
+        raise BadInput(f"PLEO_MESSAGE_SCHEMA must be 'auto', {choices}, not {shown(raw)}.")
+    return int(raw)
+
+
+def _schemas_read(env: Mapping[str, str]) -> frozenset[int]:
+    """``ERP_MESSAGE_SCHEMAS``: the comma-separated schemas an ERP worker reads (default all)."""
+    raw = (env.get("ERP_MESSAGE_SCHEMAS") or "").strip()
+    if not raw:
+        return READS
+    parts = {part.strip() for part in raw.split(",")}
+    if not parts <= {str(n) for n in READS}:
+        listed = " and ".join(str(n) for n in sorted(READS))
+        raise BadInput(f"ERP_MESSAGE_SCHEMAS must list schemas {listed}, not {shown(raw)}.")
+    return frozenset(int(part) for part in parts)
 
 
 N = TypeVar("N", int, float)

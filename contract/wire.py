@@ -54,6 +54,7 @@ def celery_message(app: Celery, task_id: str, kwargs: dict[str, Any]) -> Any:
 
 def short_repr(kwargs: Mapping[str, Any]) -> str:
     """What Flower shows for an item message: the ids and position, not the payload."""
+    # ``get``: a parked message put back (contract/dead_letters.py) may lack any of them.
     shown = {k: kwargs.get(k) for k in ("job_id", "accounting_entry_id", "sequence", "total")}
     return repr(shown)
 

@@ -384,6 +384,32 @@ def _listening(what: str) -> Callable[[str], None]:
     return say
 
 
+@main.command(name="requeue-parked")
+@click.option("--job", "job_id", default=None, help="Only this job's parked messages.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@guarded
+def requeue_parked(job_id: str | None, as_json: bool) -> None:
+    """Put the item messages workers parked (unknown schema) back on the queue, each once."""
+    from contract.celery_app import make_app
+    from contract.dead_letters import requeue
+    from contract.store import redis_client
+
+    settings = load_settings()
+    job_id = None if job_id is None else validate_job_id(job_id)
+    moved = requeue(
+        redis_client(settings.ledger_url),
+        make_app(settings),
+        settings.broker_url,
+        redis_broker=settings.uses_redis_broker,
+        job_id=job_id,
+    )
+    if as_json:
+        _out(json.dumps({"job_id": job_id, "requeued": moved}, sort_keys=True))
+        return
+    scope = f"of job {job_id} " if job_id else ""
+    _out(f"requeued {moved} parked messages {scope}onto the items queue")
+
+
 @main.command()
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
@@ -452,8 +478,8 @@ def purge(job_id: str, force: bool, as_json: bool) -> None:
         _out(json.dumps(purged.as_dict(), sort_keys=True))
         return
     _out(
-        f"purged export job {job_id}: {purged.keys} keys, {purged.queued} queued and "
-        f"{purged.unacked} unacked messages"
+        f"purged export job {job_id}: {purged.keys} keys, {purged.queued} queued, "
+        f"{purged.unacked} unacked and {purged.parked} parked messages"
     )
 
 

@@ -11,6 +11,7 @@ from celery import Celery
 
 from contract.errors import PleoExportError
 from contract.ledger import Ledger
+from contract.schemas import SchemaChoice
 from contract.settings import Settings
 from contract.states import JobState
 from contract.store import ledger_client, now_iso
@@ -45,15 +46,14 @@ def open_components(settings: Settings, app: Celery) -> Iterator[Components]:
     client = ledger_client(settings)
     ledger = make_ledger(settings, client)
     activity = PleoActivity(client, dedup_ttl=settings.dedup_ttl)
-    publisher: Publisher
-    if settings.uses_redis_broker:
-        publisher = RedisPublisher(
-            app, ledger, settings.broker_url, batch_size=settings.publish_batch
-        )
-    else:
-        publisher = KombuPublisher(
-            app, ledger, settings.broker_url, batch_size=settings.publish_batch
-        )
+    kind = RedisPublisher if settings.uses_redis_broker else KombuPublisher
+    publisher: Publisher = kind(
+        app,
+        ledger,
+        settings.broker_url,
+        batch_size=settings.publish_batch,
+        choose_schema=SchemaChoice(client, app, settings.message_schema).choose,
+    )
     with make_http_client(settings) as http:
         yield Components(
             client=PleoClient(http, settings),

@@ -12,6 +12,9 @@ Two paths, chosen by the broker URL:
 
 Messages go to the default exchange with the queue name as routing key, as Celery itself does for
 direct queues: they land in the queue even before any worker has declared its bindings.
+
+Each publish pass writes one schema, chosen as it starts (``contract/schemas.py``: one every live
+ERP worker reads) and recorded in the job's progress as ``message_schema``.
 """
 
 from __future__ import annotations
@@ -89,11 +92,28 @@ class _BatchPublisher:
 
     _IN_FLIGHT = 1
 
-    def __init__(self, app: Celery, ledger: Ledger, broker_url: str, *, batch_size: int) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        ledger: Ledger,
+        broker_url: str,
+        *,
+        batch_size: int,
+        choose_schema: Callable[[], int] | None = None,
+    ) -> None:
         self._app = app
         self._ledger = ledger
         self._broker_url = broker_url
         self._batch_size = batch_size
+        # Which schema this pass writes (contract.schemas.SchemaChoice.choose); None: schema 1.
+        self._choose_schema = choose_schema
+
+    def _schema(self, job_id: str) -> int:
+        """The schema of this pass's messages, chosen now and recorded in the job's progress."""
+        schema = 1 if self._choose_schema is None else self._choose_schema()
+        self._ledger.record(job_id, message_schema=schema)
+        log.info("message_schema_chosen job_id=%s schema=%d", job_id, schema)
+        return schema
 
     def publish(
         self,
@@ -147,7 +167,14 @@ class RedisPublisher(_BatchPublisher):
     ) -> Iterator[BatchSender]:
         encoder = MessageEncoder(self._app, self._broker_url)
         try:
-            template = MessageTemplate(self._app, encoder, lease.job_id, company_id, total)
+            template = MessageTemplate(
+                self._app,
+                encoder,
+                lease.job_id,
+                company_id,
+                total,
+                schema=self._schema(lease.job_id),
+            )
         finally:
             encoder.close()
 
@@ -172,6 +199,7 @@ class KombuPublisher(_BatchPublisher):
     def _session(
         self, lease: Lease, company_id: str | None, total: int, payloads: PayloadSource
     ) -> Iterator[BatchSender]:
+        schema = self._schema(lease.job_id)
         connection = Connection(self._broker_url, transport_options={"confirm_publish": True})
 
         try:
@@ -185,8 +213,10 @@ class KombuPublisher(_BatchPublisher):
                     sent = [i for i in batch if i.accounting_entry_id in todo]
                     placed = {}
                     for item in sent:
-                        full = _with_payload(item, payloads).message(
-                            lease.job_id, company_id, total
+                        full = (
+                            _with_payload(item, payloads)
+                            .message(lease.job_id, company_id, total)
+                            .written_as(schema)
                         )
                         message = celery_message(
                             self._app,

@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 
+from contract.dead_letters import forget as forget_parked
 from contract.errors import BadInput
 from contract.keys import ACTIVE_JOBS_KEY, CLOSING_KEY, KombuKeys, job_keys, lease_key
 from contract.lease import is_live
@@ -38,6 +39,7 @@ class Purged:
     keys: int
     queued: int
     unacked: int
+    parked: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """As ``purge --json`` prints it."""
@@ -46,6 +48,7 @@ class Purged:
             "keys": self.keys,
             "queued_messages": self.queued,
             "unacked_messages": self.unacked,
+            "parked_messages": self.parked,
         }
 
 
@@ -85,7 +88,8 @@ def purge_job(
         return replies[-3], removed_queued, removed_unacked
 
     keys, removed_queued, removed_unacked = _call(remove)
-    return Purged(job_id, keys, removed_queued, removed_unacked)
+    # Parked copies of its messages (contract/dead_letters.py) carry its export items too.
+    return Purged(job_id, keys, removed_queued, removed_unacked, forget_parked(client, job_id))
 
 
 def _why_busy(client: redis.Redis, job_id: str, *, messages: int) -> str:

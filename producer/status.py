@@ -7,6 +7,7 @@ from typing import Any
 
 import redis
 
+from contract.dead_letters import parked_count
 from contract.errors import BrokerUnavailable, cause
 from contract.keys import items_key, lease_key, marks_key, outbox_key, progress_key
 from contract.lease import is_live
@@ -56,6 +57,8 @@ def job_status(client: redis.Redis, job_id: str) -> dict[str, Any]:
     # business); not a count of running workers.
     view["awaiting_outcome"] = max(0, published - counts["successful"] - counts["failed"])
     view["waiting_report"] = int(waiting)
+    # Messages of the job a worker could not read, kept for ``requeue-parked`` (an upgrade's).
+    view["parked"] = parked_count(client, job_id)
     view["final_event"] = final = workers.get("final_event")
     view["final_event_at"] = workers.get("final_event_at")
     view.update({name: workers[name] for name in _PLEO_FINISH if name in workers})

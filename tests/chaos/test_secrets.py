@@ -524,7 +524,7 @@ def test_raw_tasks_with_hostile_job_ids_touch_nothing(
     producer_text = producer_log.read_text(errors="replace")
     erp_text = erp_log.read_text(errors="replace")
     assert producer_text.count("is not a UUID") >= len(RAW_HOSTILE_IDS)
-    assert erp_text.count("message_rejected") == len(RAW_HOSTILE_IDS)
+    assert erp_text.count("message_parked") == len(RAW_HOSTILE_IDS)
     client = redis.Redis.from_url(capture.settings.ledger_url)
     try:
         keys = list(client.scan_iter(count=1000))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from tests.support.recording_app import RECEIVED_KEY
 pytestmark = pytest.mark.integration
 JOB = "0b9f6c1e-2a5d-4f0e-8c3b-7d1e2f3a4b5c"
 ENTRY = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+PUBLISHED_AT = "2026-01-02T03:04:05.678Z"
 
 
 def comparable(raw: bytes | str) -> dict[str, Any]:
@@ -112,37 +115,40 @@ def kombu_encoder(settings: Settings) -> Iterator[tuple[Celery, MessageEncoder]]
         st.none() | st.dictionaries(st.text(), JSON, max_size=6),
     ),
     company_id=st.none() | st.uuids().map(str),
+    schema=st.sampled_from([1, 2]),
 )
 def test_template_writes_the_bytes_kombu_writes(
-    kombu_encoder: tuple[Celery, MessageEncoder], item: PlannedItem, company_id: str | None
+    kombu_encoder: tuple[Celery, MessageEncoder],
+    item: PlannedItem,
+    company_id: str | None,
+    schema: int,
 ) -> None:
-    """For any entry and payload, the template's bytes are kombu's bytes, delivery tag aside."""
+    """For any entry, payload and schema, the template's bytes are kombu's, delivery tag aside."""
     # The app and the encoder are configuration, the same for every job: building them once,
     # not once per example, leaves each example its own template and its own kombu message.
     app, encoder = kombu_encoder
     total = item.sequence + 1
-    template = MessageTemplate(app, encoder, JOB, company_id, total)
+    template = MessageTemplate(app, encoder, JOB, company_id, total, schema=schema)
     task_id = task_id_for(JOB, item.accounting_entry_id)
-    _key, reference = encoder.encode(
-        celery_message(app, task_id, item.message(JOB, company_id, total).to_kwargs())
-    )
+    message = item.message(JOB, company_id, total).written_as(schema, PUBLISHED_AT)
+    _key, reference = encoder.encode(celery_message(app, task_id, message.to_kwargs()))
     tag = json.loads(reference)["properties"]["delivery_tag"]
     payload = None if item.export_item is None else dumps(item.export_item)
     # The template takes the payload as spooled JSON text, never from the item itself.
     bare = PlannedItem(
         item.accounting_entry_id, item.sequence, item.status_at_fetch, item.booked_at
     )
-    ours = template.render(bare, payload, tag)
+    ours = template.render(bare, payload, tag, PUBLISHED_AT)
     assert ours == reference.encode()
     assert template.queue_key == ITEMS_QUEUE
 
 
-def job_template(settings: Settings, *, total: int) -> MessageTemplate:
+def job_template(settings: Settings, *, total: int, schema: int = 1) -> MessageTemplate:
     """The message template of job ``JOB`` (no company) with ``total`` planned entries."""
     app = make_app(settings)
     encoder = MessageEncoder(app, settings.broker_url)
     try:
-        return MessageTemplate(app, encoder, JOB, None, total)
+        return MessageTemplate(app, encoder, JOB, None, total, schema=schema)
     finally:
         encoder.close()
 
@@ -162,10 +168,30 @@ def test_batch_delivery_tags_are_fresh_uuid4s(settings: Settings) -> None:
         assert rebuilt == item.message(JOB, None, 1000)
 
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "item-message-schema-1.txt"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
 
-def test_the_message_bytes_are_the_pinned_layout(settings: Settings) -> None:
+def test_a_batch_is_stamped_when_it_is_written(settings: Settings) -> None:
+    """Schema 2's ``published_at`` is the batch's write time: every message of it, parseable."""
+    template = job_template(settings, total=3, schema=2)
+    items = [PlannedItem(task_id_for(JOB, str(n)), n, "pending", None) for n in range(3)]
+    before = time.time()
+    rendered = template.render_batch(items, lambda _item: None)
+    after = time.time()
+    messages = [
+        ItemMessage.parse(json.loads(base64.b64decode(json.loads(raw)["body"]))[1])
+        for _entry, raw, _placed in rendered
+    ]
+    assert {m.schema for m in messages} == {2}
+    assert len({m.published_at for m in messages}) == 1
+    # Written between before and after (the stamp keeps milliseconds, cut, not rounded).
+    waited = messages[0].waited(after)
+    assert waited is not None
+    assert 0 <= waited <= after - before + 0.001
+
+
+@pytest.mark.parametrize("schema", [1, 2])
+def test_the_message_bytes_are_the_pinned_layout(settings: Settings, schema: int) -> None:
     """The template's bytes for a fixed entry are exactly the recorded ones (kombu 5.7, Celery 5.7).
 
     The template relies on kombu's and Celery's envelope beyond their public API (key order, the
@@ -173,13 +199,14 @@ def test_the_message_bytes_are_the_pinned_layout(settings: Settings) -> None:
     loudly, before a worker ever reads a message it was not built for: check the template, then
     re-record this file and move the pins in pyproject.toml.
     """
-    template = job_template(settings, total=2)
+    template = job_template(settings, total=2, schema=schema)
     item = PlannedItem("0f0e0d0c-0b0a-4909-8807-060504030201", 1, "pending", "2026-01-02")
-    raw = template.render(item, '{"a": 1}', "00000000-0000-4000-8000-000000000000")
+    raw = template.render(item, '{"a": 1}', "00000000-0000-4000-8000-000000000000", PUBLISHED_AT)
     envelope = json.loads(raw)
     # Only these two differ by process: Celery's origin (host and pid) and its reply-to oid.
     expected = (
-        GOLDEN.read_text()
+        (GOLDEN / f"item-message-schema-{schema}.txt")
+        .read_text()
         .strip()
         .replace("{origin}", envelope["headers"]["origin"])
         .replace("{reply_to}", envelope["properties"]["reply_to"])

@@ -22,6 +22,7 @@ from consumers.erp import Entry
 from consumers.erp_sql import SqlJournal
 from consumers.payloads import PayloadCache
 from contract.celery_app import make_app
+from contract.dead_letters import park, parked
 from contract.errors import LeaseLost, TransientUpstreamError
 from contract.keys import (
     ACTIVE_JOBS_KEY,
@@ -48,6 +49,7 @@ from devtools.simulator.payloads import export_item
 from pleo.client import PleoClient, make_http_client
 from pleo.final_event import record_final
 from producer.components import produce
+from producer.purge import purge_job
 
 pytestmark = pytest.mark.integration
 DEDUP_MS = 3600 * 1000
@@ -130,6 +132,22 @@ def test_retention_zero_deletes_records_but_keeps_a_live_lease_fence(rdb: redis.
     assert [key for key in dropped_keys(job_id) if rdb.exists(key)] == []
 
 
+def test_closing_and_purge_delete_the_jobs_parked_messages(rdb: redis.Redis) -> None:
+    """A parked message carries its export item: it goes when its job is closed, or purged."""
+    closed, purged, other = (str(uuid.uuid4()) for _ in range(3))
+    finished_job(rdb, closed)
+    for job_id in (closed, purged, other):
+        kwargs = {"schema": 9, "job_id": job_id, "export_item": {"note": "a supplier's name"}}
+        for task in ("t1", "t2"):
+            park(rdb, kwargs, reason="schema 9", task_id=task, worker="w", ttl=3600)
+    assert Closer(rdb, retention=600, leases=Leases(rdb, ttl=5)).step() == [closed]
+    assert [p.job_id for p in parked(rdb, closed)] == []
+    gone = purge_job(rdb, purged, kombu=KombuKeys(), queues=(), force=False)
+    assert gone.parked == 2
+    assert [p.job_id for p in parked(rdb, purged)] == []
+    assert sorted(p.task_id for p in parked(rdb, other)) == ["t1", "t2"]
+
+
 def test_fencing_counters_expire_and_a_restarted_counter_still_fences(rdb: redis.Redis) -> None:
     """A fence that expired restarts at 1, and the old holder still writes nothing."""
     ledger = Ledger(rdb, lease_ttl=1.0, dedup_ttl=3600)
@@ -193,7 +211,7 @@ def test_purge_refuses_a_busy_job_then_force_removes_its_messages_and_records(
     assert done.exit_code == 0, done.stderr
     assert (
         done.stdout.strip()
-        == f"purged export job {closed}: 6 keys, 0 queued and 0 unacked messages"
+        == f"purged export job {closed}: 6 keys, 0 queued, 0 unacked and 0 parked messages"
     )
     assert present(rdb, closed) == {}
     assert cli_in_process("purge", "42; DROP").exit_code == 2

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from contract.message import FIELDS, ItemMessage, MessageRejected
+from contract.message import FIELDS, ItemMessage, MessageRejected, fields_of, stamp
 
 JOB = "0b9f6c1e-2a5d-4f0e-8c3b-7d1e2f3a4b5c"
 ENTRY = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
@@ -45,8 +46,12 @@ def test_payload_may_be_absent() -> None:
 @pytest.mark.parametrize(
     ("changes", "words"),
     [
-        ({"schema": 2}, "schema"),
+        ({"schema": 3}, "schema"),
         ({"schema": None}, "schema"),
+        ({"schema": True}, "schema"),
+        ({"schema": 2}, "published_at"),
+        ({"schema": 2, "published_at": "yesterday"}, "published_at"),
+        ({"schema": 2, "published_at": "2026-01-01T00:00:00"}, "published_at"),
         ({"job_id": "x"}, "job_id"),
         ({"accounting_entry_id": 7}, "accounting_entry_id"),
         ({"company_id": "acme"}, "company_id"),
@@ -79,12 +84,35 @@ def test_the_one_definition_encodes_what_it_parses() -> None:
     kwargs = message(company_id="1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f")
     parsed = ItemMessage.parse(kwargs)
     assert parsed.to_kwargs() == kwargs
-    assert list(parsed.to_kwargs()) == list(FIELDS)
+    assert list(parsed.to_kwargs()) == list(fields_of(1))
+    newer = message(schema=2, published_at="2026-01-02T03:04:05.678Z")
+    parsed = ItemMessage.parse(newer)
+    assert parsed.to_kwargs() == newer
+    assert list(parsed.to_kwargs()) == list(FIELDS) == [*fields_of(1), "published_at"]
 
 
-def message_table(architecture: Path) -> list[str]:
-    """The keys listed in an ARCHITECTURE.md's schema-1 item message table, in order."""
-    section = architecture.read_text().split("### The item message", 1)[1].splitlines()[1:]
+def test_schema_2_is_schema_1_plus_when_it_was_written() -> None:
+    """Schema 2 adds ``published_at``; the worker gets the queue wait from it, schema 1 none."""
+    one = ItemMessage.parse(message())
+    two = one.written_as(2, "2026-01-02T03:04:05.678Z")
+    assert two.to_kwargs() == {**one.to_kwargs(), "schema": 2, "published_at": two.published_at}
+    assert two.waited(1767323045.678 + 2.5) == pytest.approx(2.5)
+    assert one.waited(1767323045.678) is None
+    assert two.written_as(1) == one
+    assert stamp(datetime(2026, 1, 2, 3, 4, 5, 678900, tzinfo=UTC)) == "2026-01-02T03:04:05.678Z"
+
+
+def test_a_worker_can_be_narrowed_to_the_old_schema() -> None:
+    """``reads`` narrows what a worker accepts: an upgrade rehearsal's old worker refuses 2."""
+    newer = message(schema=2, published_at="2026-01-02T03:04:05.678Z")
+    with pytest.raises(MessageRejected, match=r"reads schema 1$"):
+        ItemMessage.parse(newer, reads={1})
+    assert ItemMessage.parse(message(), reads={1}).schema == 1
+
+
+def message_table(document: Path, heading: str = "### The item message") -> list[str]:
+    """The keys listed in the item message table under ``heading`` of ``document``, in order."""
+    section = document.read_text().split(heading, 1)[1].splitlines()[1:]
     rows = []
     for line in section:
         if not line.startswith("|"):
@@ -96,13 +124,14 @@ def message_table(architecture: Path) -> list[str]:
 
 
 def test_the_fields_are_the_contracts_table() -> None:
-    """The kwargs are exactly the rows of ARCHITECTURE.md's schema-1 table, in its order.
+    """Schema 1's kwargs are ARCHITECTURE.md's table, schema 2's the README's, in their order.
 
     The repository's ARCHITECTURE.md, and the team's shared contract beside the checkout where
     there is one.
     """
     root = Path(__file__).resolve().parents[2]
-    assert message_table(root / "ARCHITECTURE.md") == list(FIELDS)
+    assert message_table(root / "ARCHITECTURE.md") == list(fields_of(1))
     shared = root.parent / "shared" / "ARCHITECTURE.md"
     if shared.exists():
-        assert message_table(shared) == list(FIELDS)
+        assert message_table(shared) == list(fields_of(1))
+    assert message_table(root / "README.md", "### Schema 2") == list(fields_of(2))

@@ -25,7 +25,9 @@ def test_every_per_job_key_is_either_retained_dropped_or_a_lease() -> None:
     ]
     made = {fn(JOB) for fn in functions} | {keys.lease_key(JOB)}
     made |= {key for lease in keys.LEASES for key in keys.lease_keys(JOB, lease)}
-    assert made - {keys.webhook_delivery_key(JOB)} == set(keys.job_keys(JOB))
+    assert made - {keys.webhook_delivery_key(JOB), keys.schema_reader_key(JOB)} == set(
+        keys.job_keys(JOB)
+    )
     assert not set(keys.RETAINED) & set(keys.DROPPED_AT_CLOSE)
     assert "payloads" in keys.DROPPED_AT_CLOSE
 

@@ -35,6 +35,18 @@ from contract.settings import MAX_PAGE_SIZE, Settings
         ({"PLEO_API_URL": "http://[::1"}, "PLEO_API_URL is not a valid URL (Invalid IPv6 URL)"),
         ({"PLEO_API_URL": "ftp://pleo"}, "PLEO_API_URL must be an http(s) URL"),
         ({"PLEO_API_URL": "https://"}, "PLEO_API_URL names no host: 'https://'."),
+        (
+            {"PLEO_MESSAGE_SCHEMA": "3"},
+            "PLEO_MESSAGE_SCHEMA must be 'auto', '1', '2', not '3'.",
+        ),
+        (
+            {"ERP_MESSAGE_SCHEMAS": "1,3"},
+            "ERP_MESSAGE_SCHEMAS must list schemas 1 and 2, not '1,3'.",
+        ),
+        (
+            {"ERP_MESSAGE_SCHEMAS": ","},
+            "ERP_MESSAGE_SCHEMAS must list schemas 1 and 2, not ','.",
+        ),
     ],
 )
 def test_a_setting_that_cannot_mean_anything_is_refused(env: dict[str, str], words: str) -> None:
@@ -80,6 +92,10 @@ def test_ordinary_values_still_pass() -> None:
         0.5,
     )
     assert Settings.from_env({"CELERY_BROKER_URL": "sqs://"}).broker_url == "sqs://"
+    schemas = Settings.from_env({"PLEO_MESSAGE_SCHEMA": " 2 ", "ERP_MESSAGE_SCHEMAS": "1"})
+    assert (schemas.message_schema, schemas.reads_schemas) == (2, frozenset({1}))
+    defaults = Settings.from_env({})
+    assert (defaults.message_schema, defaults.reads_schemas) == (None, frozenset({1, 2}))
 
 
 def test_the_enqueue_api_token_is_read_and_never_shown() -> None:
