@@ -19,7 +19,7 @@ from celery import bootsteps
 from contract.celery_app import app_settings
 from contract.errors import PleoExportError
 from contract.schemas import ANNOUNCE_EVERY, announce, withdraw
-from contract.store import redis_client
+from contract.store import ledger_client
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class SchemaAnnouncer(bootsteps.StartStopStep):  # type: ignore[misc]
     def start(self, parent: Any) -> None:
         """Announce now, then every ``ANNOUNCE_EVERY`` seconds."""
         settings = app_settings(parent.app)
-        self._client = client = redis_client(settings.ledger_url)
+        self._client = client = ledger_client(settings)
         self._worker = worker = parent.hostname or socket.gethostname()
         reads = settings.reads_schemas
 

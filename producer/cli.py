@@ -392,12 +392,12 @@ def requeue_parked(job_id: str | None, as_json: bool) -> None:
     """Put the item messages workers parked (unknown schema) back on the queue, each once."""
     from contract.celery_app import make_app
     from contract.dead_letters import requeue
-    from contract.store import redis_client
+    from contract.store import ledger_client
 
     settings = load_settings()
     job_id = None if job_id is None else validate_job_id(job_id)
     moved = requeue(
-        redis_client(settings.ledger_url),
+        ledger_client(settings),
         make_app(settings),
         settings.broker_url,
         redis_broker=settings.uses_redis_broker,

@@ -147,3 +147,16 @@ def test_no_module_but_the_key_layout_spells_a_redis_key() -> None:
         if spelled.search(line)
     ]
     assert found == []
+
+
+def test_the_ledgers_redis_is_opened_one_way() -> None:
+    """``ledger_client(settings)``, never ``redis_client(settings.ledger_url)``: only the former
+    knows the Sentinel master (a worker step that skipped it crashed on a sentinel:// URL)."""
+    callers = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for package in ("contract", "consumers", "producer", "pleo", "devtools")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"redis_client\([^)]*ledger_url", line) and path.name != "store.py"
+    ]
+    assert callers == []
