@@ -21,11 +21,13 @@ watched instead of closed:
 Re-sending a message that was not really lost (one caught inside another live worker's BRPOP
 window at that very instant) is harmless: a worker posts and reports an entry at most once. The
 stall time therefore only needs to exceed the quiet spells of a healthy job. A message left in
-``unacked`` for longer than the stall time counts as lost too (see ``_stored_messages``).
+``unacked`` a minute (or the stall time, if longer) past its delivery, or past its ETA for a retry
+waiting out its countdown, counts as lost too (see ``_stored_messages``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -59,7 +61,6 @@ from contract.lease import Leases
 from contract.ledger import PUBLISHED
 from contract.message import ItemMessage, placement
 from contract.names import ITEMS_QUEUE
-from contract.retrying import RETRY_CAP
 from contract.settings import Ordering
 from contract.states import JobState
 from contract.store import redis_call
@@ -73,6 +74,9 @@ log = logging.getLogger(__name__)
 # before it is base64, which holds no quotes).
 _TASK_ID = re.compile(rb'"id": "([0-9a-fA-F-]{36})"')
 _SCAN_CHUNK = 1000
+# An item takes seconds: an unacked message a minute past its delivery (or its retry's ETA) is a
+# delivery whose restore failed, re-sent by the sweep instead of the visibility timeout's hour.
+HELD_FOR = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +115,9 @@ class Repairer:
         self._app = app
         self._broker_url = broker_url
         self._stall = stall
-        # How long a delivered, unacked message still counts as in a live worker's hands: longer
-        # than any retry's countdown, during which a live worker holds the message unacked.
-        self._held_for = max(stall, RETRY_CAP + 60) if held_for is None else held_for
+        # How long a delivered, unacked message still counts as in a live worker's hands, from its
+        # delivery or, for a retry waiting out its countdown, from its ETA (``_in_hands``).
+        self._held_for = max(stall, HELD_FOR) if held_for is None else held_for
         self._ordering = ordering
         self._clock = clock
         # The schema of re-sent messages (contract.schemas.SchemaChoice.choose); None: schema 1.
@@ -211,19 +215,35 @@ class Repairer:
                 held.add(entry)
         return held
 
+    def _in_hands(self, raw: bytes, delivered: float, now: float) -> bool:
+        """Whether an unacked message is still a live worker's: delivered (or, for a retry, due)
+        less than ``held_for`` ago. A retry's countdown (up to ``RETRY_CAP``) is spent unacked in
+        the worker that took it, so it counts from the ETA Celery wrote in the message's headers."""
+        since = delivered
+        try:
+            eta = json.loads(raw)[0]["headers"].get("eta")
+            if eta:
+                since = max(since, datetime.fromisoformat(eta).timestamp())
+        except (ValueError, TypeError, KeyError, IndexError):
+            pass  # not a message of ours as we know it: judged by its delivery alone
+        return now - since < self._held_for
+
     def _stored_messages(self) -> Iterator[bytes]:
         """Every message kombu holds: unacked (delivered, not acked) first, then the queue.
 
-        An unacked message delivered longer ago than ``held_for`` (the stall time or the longest
-        retry countdown and a minute, whichever is longer, unless set) does not count: an item
-        takes seconds, so it is a delivery whose restore failed (kombu puts a worker's prefetched
-        messages back when its connection drops, and that fails while Redis is down), and it
-        would otherwise wait out the visibility timeout, an hour by default. Re-sending it is safe.
+        An unacked message delivered longer ago than ``held_for`` (a minute or the stall time,
+        whichever is longer, unless set), or for a retry whose countdown ended longer ago than
+        that, does not count: an item takes seconds, so it is a delivery whose restore failed
+        (kombu puts a worker's prefetched messages back when its connection drops, and that fails
+        while Redis is down), and it would otherwise wait out the visibility timeout, an hour by
+        default. Re-sending it is safe: the ERP post and the outcome are once per entry.
         """
-        since = self._clock() - self._held_for
-        recent = set(self._call(lambda: self._r.zrangebyscore(self._unacked_index, since, "+inf")))
+        now = self._clock()
+        delivered = dict(
+            self._call(lambda: self._r.zrange(self._unacked_index, 0, -1, withscores=True))
+        )
         for tag, raw in self._call(lambda: self._r.hscan_iter(self._unacked, count=_SCAN_CHUNK)):
-            if tag in recent:
+            if tag in delivered and self._in_hands(raw, delivered[tag], now):
                 yield raw
         length = int(self._call(lambda: self._r.llen(self._queue)))
         for start in range(0, length, _SCAN_CHUNK):

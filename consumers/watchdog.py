@@ -45,7 +45,8 @@ class RepairSettings:
 
     stall: float = DEFAULT_STALL
     interval: float = DEFAULT_STALL / 3
-    # How long an unacked message counts as held by a live worker; None: the stall time.
+    # How long an unacked message counts as held by a live worker, from its delivery or its
+    # retry's ETA; None: a minute or the stall time, whichever is longer (consumers/repair.py).
     held_for: float | None = None
 
     @classmethod

@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.worker]
 # The sweep looks for lost messages once a job has been quiet this long. Shorter than the default
 # (60 s) so that a repair does not wait a minute: test_liveness.py proves the re-send at the
 # default stall and interval (by arithmetic, and for real under ``make chaos``). A message a
-# killed worker held stays in kombu's ``unacked`` and counts as held (``held_for``, 6 min), so a
-# short stall never re-sends it; the visibility timeout (5 s here) brings it back.
+# killed worker held stays in kombu's ``unacked`` and counts as held for a minute after its
+# delivery (``held_for``); the visibility timeout (5 s here) brings it back first.
 STALL = 2.0
 REPAIR_ENV = {"ERP_REPAIR_STALL": str(STALL), "ERP_REPAIR_INTERVAL": "0.5"}
 
@@ -164,6 +165,38 @@ def test_unacked_message_older_than_held_for_is_sent_again(
         result = repairer.repair(job_id)
 
     assert result.republished == (stranded.kwargs["accounting_entry_id"],)
+
+
+def test_a_retry_waiting_out_its_countdown_is_held_until_its_eta(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """At the default ``held_for`` (a minute), counted from a retry's ETA, not its delivery.
+
+    Delivered 4 minutes ago, both: the one whose countdown ends in a minute is a live worker's;
+    the one with no countdown, or whose ETA passed over a minute ago, was stranded (its restore
+    failed while Redis was down) and is re-sent, well before the visibility timeout's hour.
+    """
+    job_id = sim_state.add_job(JobSpec(items=50, item_statuses={"pending": 1.0}))
+    produce(job_id, settings=settings, app=make_app(settings))
+    now = time.time()
+    due = {"waiting": now + 60, "plain": None, "overdue": now - 61}
+    taken = {name: take_like_a_dying_worker(rdb, position) for position, name in enumerate(due)}
+    for name, message in taken.items():
+        envelope = dict(message.envelope)
+        eta = due[name]
+        envelope["headers"] = dict(
+            envelope["headers"],
+            eta=None if eta is None else (datetime.fromtimestamp(eta, UTC).isoformat()),
+        )
+        rdb.hset("unacked", name, json.dumps([envelope, "", ITEMS_QUEUE]))
+        rdb.zadd("unacked_index", {name: now - 240})
+
+    assert RepairSettings().held_for is None  # the default: HELD_FOR, a minute
+    with open_repairer(settings, RepairSettings(stall=0.0), make_app(settings)) as repairer:
+        result = repairer.repair(job_id)
+
+    stranded = {taken[name].kwargs["accounting_entry_id"] for name in ("plain", "overdue")}
+    assert set(result.republished) == stranded
 
 
 def test_message_lost_in_the_brpop_window_is_repaired(
