@@ -231,6 +231,10 @@ class Reporter:
         The flusher holds the job's ``flush`` lease (heartbeat, short TTL), so a worker killed
         mid-flush frees the write-back within seconds.
         """
+        if self.final_event(job_id) is not None:
+            # The job is over (and may be closed already, its working state gone): Pleo takes no
+            # more updates of it, and a late flush task must not write that state again.
+            return FlushResult()
         try:
             with self._ledger.held(job_id, wait=0, name="flush") as lease:
                 stamp = flushed_key(job_id)

@@ -9,9 +9,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from consumers.reporting import Reporter, failure_update, success_update
+from consumers.reporting import FlushResult, Reporter, failure_update, success_update
 from contract.keys import (
+    flushed_key,
     items_key,
+    lease_keys,
     marks_key,
     outbox_key,
     progress_key,
@@ -22,6 +24,7 @@ from contract.ledger import Ledger
 from contract.settings import Settings
 from devtools.simulator import FaultRule, JobSpec, SimState
 from pleo.client import PleoClient, make_http_client
+from pleo.final_event import record_final
 
 pytestmark = pytest.mark.integration
 
@@ -198,3 +201,18 @@ def test_flusher_killed_around_its_put_reports_each_item_once(
     assert rdb.hget(items_key(job_id), "reported") == b"150"
     # Applied: the staged PUT of 100, then the flush's 50. Not applied: the flush sends both.
     assert sorted(c.items or 0 for c in sim_state.calls if c.method == "PUT") == [50, 100]
+
+
+def test_a_flush_after_the_final_event_writes_nothing_back_and_no_state(
+    reporter: Reporter, rdb: redis.Redis, sim_state: SimState
+) -> None:
+    """A late flush task (scheduled before the final event) finds the job over: no PUT, and
+    none of the working state closing deleted (``:flushed-at``, the flush lease) comes back."""
+    job_id, entries = started_job(sim_state, 3)
+    published(rdb, job_id, entries)
+    reporter.record(job_id, success_update(entries[0], "JE-1", None, "2026-01-01T00:00:00Z"))
+    record_final(rdb, job_id, "completed", ttl_ms=3_600_000)
+
+    assert reporter.flush(job_id) == FlushResult()
+    assert rdb.exists(flushed_key(job_id), *lease_keys(job_id, "flush")) == 0
+    assert sim_state.update_counts(job_id) == {}
