@@ -7,20 +7,25 @@ its own Redis database, before and after.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import redis
 from rich.console import Console
 from rich.table import Table
 
+from contract.settings import Settings
 from devtools.simulator.payloads import export_item, seeded_uuid
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/12"
 TOKEN = "bench-token"
+# The checkout, put on a started worker's PYTHONPATH.
+ROOT = Path(__file__).resolve().parent.parent
 _EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 
 
@@ -72,3 +77,19 @@ def sample_export_items(count: int, company_id: str, seed: int = 0) -> list[dict
 def rate(count: int, seconds: float) -> str:
     """A rate for the table: whole units per second."""
     return f"{count / seconds:,.0f}" if seconds > 0 else "-"
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The environment of an ERP worker a benchmark starts against ``settings``' simulator."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLEO_", "CELERY_", "ERP_"))}
+    env.update(
+        PLEO_API_URL=settings.api_url,
+        PLEO_API_TOKEN=TOKEN,
+        REDIS_URL=settings.redis_url,
+        ERP_DATABASE_URL=settings.erp_database_url,
+        PLEO_REPORT_INTERVAL="0.5",
+        # A benchmark's Redis is a throwaway (it is flushed): no persistence asked of it.
+        PLEO_REDIS_EPHEMERAL="1",
+        PYTHONPATH=str(ROOT),
+    )
+    return env

@@ -9,7 +9,6 @@ The Redis database given is emptied before each run and at the end.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -19,30 +18,13 @@ from pathlib import Path
 
 import redis
 
-from bench.common import DEFAULT_REDIS, TOKEN, own_redis, print_table, rate
+from bench.common import DEFAULT_REDIS, ROOT, TOKEN, own_redis, print_table, rate, worker_env
 from consumers.erp_sql import SqlJournal
 from contract.celery_app import make_app
 from contract.names import ITEMS_QUEUE
 from contract.settings import Settings
 from devtools.simulator import JobSpec, SimState, start_in_thread
 from producer.components import produce
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def worker_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLEO_", "CELERY_", "ERP_"))}
-    env.update(
-        PLEO_API_URL=settings.api_url,
-        PLEO_API_TOKEN=TOKEN,
-        REDIS_URL=settings.redis_url,
-        ERP_DATABASE_URL=settings.erp_database_url,
-        PLEO_REPORT_INTERVAL="0.5",
-        # A benchmark's Redis is a throwaway (it is flushed): no persistence asked of it.
-        PLEO_REDIS_EPHEMERAL="1",
-        PYTHONPATH=str(ROOT),
-    )
-    return env
 
 
 def one_run(base: Settings, items: int, workers: int, workdir: Path) -> tuple[float, int]:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import redis
 
-from bench.common import DEFAULT_REDIS, TOKEN, own_redis, print_table
+from bench.common import DEFAULT_REDIS, ROOT, TOKEN, own_redis, print_table, worker_env
 from consumers.closing import Closer
 from contract.celery_app import make_app
 from contract.keys import payloads_key
@@ -35,7 +35,6 @@ from contract.settings import Ordering, Settings
 from devtools.simulator import JobSpec, SimState, start_in_thread
 from producer.components import produce
 
-ROOT = Path(__file__).resolve().parent.parent
 _JOB_PREFIX = "pleo-export:job:"
 
 
@@ -52,17 +51,8 @@ def sizes(client: redis.Redis) -> Counter[str]:
 
 def worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     """One ERP worker process that will not close the job on its own (closing is measured here)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLEO_", "CELERY_", "ERP_"))}
-    env.update(
-        PLEO_API_URL=settings.api_url,
-        PLEO_API_TOKEN=TOKEN,
-        REDIS_URL=settings.redis_url,
-        ERP_DATABASE_URL=settings.erp_database_url,
-        PLEO_ORDERING=settings.ordering,
-        PLEO_REPORT_INTERVAL="0.5",
-        PLEO_CLOSE_INTERVAL="3600",
-        PYTHONPATH=str(ROOT),
-    )
+    env = worker_env(settings)
+    env.update(PLEO_ORDERING=settings.ordering, PLEO_CLOSE_INTERVAL="3600")
     argv = ["celery", "-A", "consumers", "worker", "-Q", ITEMS_QUEUE, "-c", "2", "-l", "WARNING"]
     with log_path.open("wb") as log:
         return subprocess.Popen(
