@@ -30,6 +30,7 @@ from typing import Any
 import redis
 
 from consumers.finished import FinishedInPleo
+from consumers.results import AUDIT_FIELDS, RECORD, STAMP_REPORTED
 from contract import metrics
 from contract.errors import LeaseHeld, PleoExportError, Unprocessable
 from contract.keys import (
@@ -59,33 +60,6 @@ from pleo.models import ACTIONABLE_ITEM_STATUSES
 log = logging.getLogger(__name__)
 
 _FLUSH_DUE_MS = 600_000
-# What a results record holds beyond the update sent to Pleo (see _RECORD, _STAMP_REPORTED).
-_AUDIT_FIELDS = ("recordedAt", "erpAttempts", "reportedAt")
-
-# KEYS[1] results, KEYS[2] outbox, KEYS[3] counters; ARGV[1] entry, ARGV[2] update JSON,
-# ARGV[3] counter to bump ("successful" or "failed"), ARGV[4] ttl ms, ARGV[5] the outcome JSON
-# kept in results (the update and when it was recorded).
-# Keeps the entry's first outcome only; returns the outbox size, or 0 if the entry had one already.
-_RECORD = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[5]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
-return redis.call('HLEN', KEYS[2])
-"""
-
-# KEYS[1] results; ARGV[1] epoch seconds, ARGV[2..] entries whose update Pleo accepted.
-# Adds "reportedAt" to each one's kept outcome (a JSON object), once: the outcome stays the first.
-_STAMP_REPORTED = """
-for i = 2, #ARGV do
-  local kept = redis.call('HGET', KEYS[1], ARGV[i])
-  if kept and not string.find(kept, '"reportedAt"', 1, true) then
-    local stamped = string.sub(kept, 1, -2) .. ',"reportedAt":' .. ARGV[1] .. '}'
-    redis.call('HSET', KEYS[1], ARGV[i], stamped)
-  end
-end
-return 0
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,31 +71,6 @@ class FlushResult:
     refused: int = 0
     dropped: int = 0
     locked: bool = False
-
-
-def success_update(
-    entry_id: str, external_id: str, external_url: str | None, at: str
-) -> dict[str, Any]:
-    """The ``UpdateExportJobItemV3`` of an entry the ERP booked."""
-    update: dict[str, Any] = {
-        "accountingEntryId": entry_id,
-        "status": "successful",
-        "externalId": external_id,
-        "exportedAt": at,
-    }
-    if external_url is not None:
-        update["externalUrl"] = external_url
-    return update
-
-
-def failure_update(entry_id: str, reason_type: str, reason: str) -> dict[str, Any]:
-    """The ``UpdateExportJobItemV3`` of an entry the ERP refused."""
-    return {
-        "accountingEntryId": entry_id,
-        "status": "failed",
-        "failureReasonType": reason_type,
-        "failureReason": reason,
-    }
 
 
 class Reporter:
@@ -154,8 +103,8 @@ class Reporter:
         self._ttl_ms = dedup_ttl * 1000
         self._max_attempts = max_attempts
         self._clock = clock
-        self._record = client.register_script(_RECORD)
-        self._stamp_reported = client.register_script(_STAMP_REPORTED)
+        self._record = client.register_script(RECORD)
+        self._stamp_reported = client.register_script(STAMP_REPORTED)
         self._activity = PleoActivity(client, dedup_ttl=dedup_ttl)
         self._finished = FinishedInPleo(
             client, pleo, self._activity, dedup_ttl=dedup_ttl, recheck=expiry_recheck, clock=clock
@@ -174,7 +123,7 @@ class Reporter:
         if raw is None:
             return None
         kept = dict(json.loads(raw))
-        for name in _AUDIT_FIELDS:
+        for name in AUDIT_FIELDS:
             kept.pop(name, None)
         return kept
 

@@ -20,7 +20,8 @@ from typing import Any
 from consumers.erp import Entry, EntryRejected, ERPAdapter, ERPUnavailable, ExternalRef
 from consumers.payloads import PayloadCache
 from consumers.posting import validate_entry
-from consumers.reporting import Reporter, failure_update, success_update
+from consumers.reporting import Reporter
+from consumers.results import failure_update, success_update
 from contract import metrics
 from pleo.models import ITEM_FAILURE_REASON_TYPES
 

@@ -14,9 +14,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -24,9 +23,6 @@ from contract.errors import BadInput, LeaseHeld, PleoExportError
 from contract.ids import is_uuid, validate_job_id, validate_uuid
 from contract.names import PRODUCER_QUEUE
 from contract.settings import Settings
-
-if TYPE_CHECKING:  # the run's parts load only for the commands that run one: a fast --help
-    from producer.runner import Observer, RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +141,7 @@ def run(job_id: str, as_json: bool) -> None:
     from producer.components import produce
     from producer.gc_tuning import relaxed_cyclic_gc
     from producer.interrupt import interruptible
+    from producer.run_display import progress_bars, summary_text
     from producer.runner import RunSummary
 
     settings = load_checked_settings()
@@ -154,12 +151,12 @@ def run(job_id: str, as_json: bool) -> None:
         with (
             interruptible(),
             relaxed_cyclic_gc(),
-            _progress(enabled=not as_json and sys.stderr.isatty()) as observer,
+            progress_bars(enabled=not as_json and sys.stderr.isatty()) as observer,
         ):
             summary = produce(job_id, settings=settings, app=app, observer=observer)
     except LeaseHeld as exc:
         summary = RunSummary(job_id=job_id, status="locked", reason=exc.message)
-    _print_summary(summary, as_json=as_json)
+    _out(summary_text(summary, as_json=as_json))
 
 
 @main.command()
@@ -459,21 +456,9 @@ def report(job_id: str, as_json: bool, as_csv: bool) -> None:
 @guarded
 def purge(job_id: str, force: bool, as_json: bool) -> None:
     """Remove JOB_ID's data from Redis now (Pleo and the ERP keep theirs)."""
-    from contract.celery_app import redis_transport_options
-    from contract.keys import KombuKeys
-    from contract.names import ITEMS_QUEUE
-    from contract.store import ledger_client
-    from producer.purge import purge_job
+    from producer.purge import purge as purge_from_redis
 
-    settings = load_settings()
-    job_id = validate_job_id(job_id)
-    kombu = KombuKeys.of(redis_transport_options(settings) if settings.uses_redis_broker else {})
-    queues = (ITEMS_QUEUE, PRODUCER_QUEUE) if settings.uses_redis_broker else ()
-    client = ledger_client(settings)
-    try:
-        purged = purge_job(client, job_id, kombu=kombu, queues=queues, force=force)
-    finally:
-        client.close()
+    purged = purge_from_redis(load_settings(), validate_job_id(job_id), force=force)
     if as_json:
         _out(json.dumps(purged.as_dict(), sort_keys=True))
         return
@@ -498,71 +483,6 @@ def demo(items: int, no_input: bool) -> None:
     from devtools.demo import run_demo
 
     run_demo(items=items, interactive=not no_input)
-
-
-def _print_summary(summary: RunSummary, *, as_json: bool) -> None:
-    data = summary.as_dict()
-    if as_json:
-        _out(json.dumps(data, sort_keys=True))
-        return
-    already = f"{summary.already_enqueued} were already queued"
-    if summary.already_enqueued and not summary.enqueued:
-        # Every entry was published before: by an earlier run of this job id, maybe days ago
-        # (marks live PLEO_DEDUP_TTL), which is what a simulator restarted with its seed gives.
-        already += " by an earlier run of this job"
-    headline = {
-        "enqueued": f"enqueued {summary.enqueued} new messages ({already}) "
-        f"of {summary.planned} planned",
-        "nothing_to_do": "nothing to do: no pending or in_progress items",
-        "skipped": f"nothing to do: {summary.reason}",
-        "locked": f"{summary.reason or 'a live run holds this job'}",
-    }.get(summary.status, summary.status)
-    _out(f"job {summary.job_id}: {headline}")
-    for key in (
-        "job_status",
-        "recovery",
-        "pages",
-        "items_seen",
-        "duplicates",
-        "not_actionable",
-        "missing_export_items",
-        "seconds",
-    ):
-        _out(f"{key:>22}: {data[key]}")
-
-
-@contextmanager
-def _progress(*, enabled: bool) -> Iterator[Observer | None]:
-    if not enabled:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
-
-    from producer.runner import Observer
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    ) as bars:
-        # One bar per layer read (entry_id ordering reads one), each with the total Pleo's pages
-        # give; a total that the items outgrow is the bar's no longer.
-        names = {"control": "job items read", "data": "export items read"}
-        layers: dict[str, TaskID] = {}
-        items = bars.add_task("items enqueued", total=None)
-
-        def on_layer(layer: str, seen: int, total: int | None) -> None:
-            if layer not in layers:
-                layers[layer] = bars.add_task(names[layer], total=None)
-            bars.update(layers[layer], completed=seen, total=max(total, seen) if total else None)
-
-        def on_publish(done: int, total: int) -> None:
-            bars.update(items, completed=done, total=total)
-
-        yield Observer(on_layer=on_layer, on_publish=on_publish)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,16 +17,20 @@ of its entries may finish that entry and record its outcome again, under the usu
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
+from contract.celery_app import redis_transport_options
 from contract.dead_letters import forget as forget_parked
 from contract.errors import BadInput
 from contract.keys import ACTIVE_JOBS_KEY, CLOSING_KEY, KombuKeys, job_keys, lease_key
 from contract.lease import is_live
-from contract.store import redis_call
+from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE
+from contract.settings import Settings
+from contract.store import ledger_client, redis_call
 
 _CHUNK = 1000
 
@@ -50,6 +54,14 @@ class Purged:
             "unacked_messages": self.unacked,
             "parked_messages": self.parked,
         }
+
+
+def purge(settings: Settings, job_id: str, *, force: bool = False) -> Purged:
+    """``purge_job`` on the ledger's Redis, with the broker's queues when the broker is Redis."""
+    kombu = KombuKeys.of(redis_transport_options(settings) if settings.uses_redis_broker else {})
+    queues = (ITEMS_QUEUE, PRODUCER_QUEUE) if settings.uses_redis_broker else ()
+    with closing(ledger_client(settings)) as client:
+        return purge_job(client, job_id, kombu=kombu, queues=queues, force=force)
 
 
 def purge_job(

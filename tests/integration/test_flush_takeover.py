@@ -13,7 +13,8 @@ import time
 
 import redis
 
-from consumers.reporting import Reporter, success_update
+from consumers.reporting import Reporter
+from consumers.results import success_update
 from contract.keys import outbox_key, sending_at_key, sending_key
 from contract.ledger import Ledger
 from contract.settings import Settings

@@ -19,7 +19,8 @@ import redis
 from consumers.erp import Entry
 from consumers.erp_sql import SqlJournal
 from consumers.payloads import PayloadCache
-from consumers.reporting import Reporter, success_update
+from consumers.reporting import Reporter
+from consumers.results import success_update
 from consumers.worker import process_item
 from contract.celery_app import make_app
 from contract.keys import items_key, pleo_action_key, progress_key

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from consumers.reporting import FlushResult, Reporter, failure_update, success_update
+from consumers.reporting import FlushResult, Reporter
+from consumers.results import failure_update, success_update
 from contract.keys import (
     flushed_key,
     items_key,
