@@ -22,11 +22,12 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from celery import Celery
 from celery.signals import worker_init
 
+from consumers.adapters import close_adapter
 from consumers.erp import ERPAdapter, ERPUnavailable
 from contract.errors import PleoExportError
 from contract.retrying import BreakerPolicy
@@ -41,19 +42,12 @@ WAIT_POLICY = BreakerPolicy(threshold=1)
 _URL_CREDENTIALS = re.compile(r"(//[^/\s:@]*:)[^@\s]*@")
 
 
-class ClosableAdapter(ERPAdapter, Protocol):
-    """An adapter the check can let go of: the pool's processes build their own."""
-
-    def close(self) -> None:
-        """Release the adapter's connections."""
-
-
 class AdapterBroken(PleoExportError):
     """The adapter can never work as configured; the worker must not start."""
 
 
 def wait_for_adapter(
-    build: Callable[[], ClosableAdapter],
+    build: Callable[[], ERPAdapter],
     *,
     policy: BreakerPolicy = WAIT_POLICY,
     sleep: Callable[[float], None] = time.sleep,
@@ -71,7 +65,8 @@ def wait_for_adapter(
             try:
                 adapter.find(PROBE_ENTRY)
             finally:
-                adapter.close()
+                # Let go of it: the pool's processes build their own.
+                close_adapter(adapter)
             return attempt
         except ERPUnavailable as down:
             pause = policy.pause(attempt, jitter())
@@ -93,7 +88,7 @@ def wait_for_adapter(
             ) from exc
 
 
-def guard_worker_start(app: Celery, build: Callable[[], ClosableAdapter]) -> None:
+def guard_worker_start(app: Celery, build: Callable[[], ERPAdapter]) -> None:
     """Make every worker of ``app`` wait for its adapter before consuming, or refuse to start."""
 
     def on_worker_init(sender: Any = None, **_: Any) -> None:

@@ -54,6 +54,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from consumers.erp import Entry, ERPUnavailable, ExternalRef
 from consumers.posting import Posting, to_posting
 from contract.errors import BadInput
+from contract.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -396,3 +397,8 @@ def _insert(conn: Connection, entry: Entry, posting: Posting, posted_at: str) ->
         ],
     )
     return external_id
+
+
+def from_settings(settings: Settings) -> SqlJournal:
+    """The SQL journal ``ERP_DATABASE_URL`` names (the default ``ERP_ADAPTER``)."""
+    return SqlJournal(settings.erp_database_url, url_template=settings.erp_url_template)

@@ -24,10 +24,10 @@ from celery import Task
 from celery.signals import worker_init
 
 from consumers.adapter_check import guard_worker_start
+from consumers.adapters import build_adapter
 from consumers.breaker import Breaker
 from consumers.closing import ClosingStep
-from consumers.erp import Entry, ERPUnavailable
-from consumers.erp_sql import SqlJournal
+from consumers.erp import Entry, ERPAdapter, ERPUnavailable
 from consumers.payloads import PayloadCache
 from consumers.reporting import Reporter
 from consumers.schema_step import SchemaAnnouncer
@@ -89,12 +89,12 @@ def _pleo() -> PleoClient:
     return PleoClient(http, settings())
 
 
-def _new_erp() -> SqlJournal:
-    return SqlJournal(settings().erp_database_url, url_template=settings().erp_url_template)
+def _new_erp() -> ERPAdapter:
+    return build_adapter(settings())
 
 
 @functools.cache
-def _erp() -> SqlJournal:
+def _erp() -> ERPAdapter:
     return _new_erp()
 
 

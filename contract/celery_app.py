@@ -14,10 +14,12 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import click
 from celery import Celery, Task
 from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
 
+from contract.errors import BadInput
 from contract.names import ITEMS_QUEUE, POLL_TASK, PRODUCER_QUEUE, PRODUCER_TASK
 from contract.retrying import BROKER_WAIT
 from contract.settings import Settings
@@ -132,6 +134,14 @@ class ExportCelery(Celery):  # type: ignore[misc]
         self._settings = settings
 
 
+class SettingRefused(BadInput, click.ClickException):  # type: ignore[misc]  # both keep .message
+    """A bad setting met while Celery reads its configuration (a worker starting, say).
+
+    Still a BadInput to our code; to Celery's command line (click) an error it shows as one line,
+    ``Error: <sentence>``, exiting 2, where any other exception would bury it under a traceback.
+    """
+
+
 class _CeleryConfig(Mapping[str, Any]):
     """``celery_config`` of the app's settings, computed when Celery first reads its config."""
 
@@ -141,7 +151,11 @@ class _CeleryConfig(Mapping[str, Any]):
 
     def _built(self) -> dict[str, Any]:
         if self._config is None:
-            self._config = celery_config(self._settings())
+            try:
+                settings = self._settings()
+            except BadInput as bad:
+                raise SettingRefused(bad.message) from None
+            self._config = celery_config(settings)
         return self._config
 
     def __getitem__(self, key: str) -> Any:

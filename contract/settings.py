@@ -66,6 +66,8 @@ class Settings:
     # The bearer token callers of the HTTP enqueue API send (``pleo-export api`` needs one).
     enqueue_api_token: str | None = None
     erp_database_url: str = "sqlite:///erp-journal.sqlite3"
+    # The ERP adapter: ``package.module:callable`` taking Settings (consumers/adapters.py).
+    erp_adapter: str = "consumers.erp_sql:from_settings"
     ordering: Ordering = "booked_at"
     # HTTP: per-request timeout, and the retry layer's limits (one layer, in the client).
     http_timeout: float = 10.0
@@ -183,6 +185,7 @@ class Settings:
             webhook_secret=env.get("PLEO_WEBHOOK_SECRET") or None,
             enqueue_api_token=env.get("PLEO_ENQUEUE_API_TOKEN") or None,
             erp_database_url=env.get("ERP_DATABASE_URL") or d.erp_database_url,
+            erp_adapter=_factory_path(env, "ERP_ADAPTER", d.erp_adapter),
             ordering=ordering,  # type: ignore[arg-type]  # checked just above
             http_timeout=_number(env, "PLEO_HTTP_TIMEOUT", d.http_timeout, float, low=0.1),
             retry_budget=_number(env, "PLEO_RETRY_BUDGET", d.retry_budget, float, low=0),
@@ -226,6 +229,19 @@ class Settings:
             message_schema=_message_schema(env),
             reads_schemas=_schemas_read(env),
         )
+
+
+_FACTORY_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _factory_path(env: Mapping[str, str], name: str, default: str) -> str:
+    """The setting ``name``: a ``package.module:callable`` path (only its shape is checked here)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not _FACTORY_PATH.fullmatch(raw):
+        raise BadInput(f"{name} must be package.module:callable, not {shown(raw)}.")
+    return raw
 
 
 def _message_schema(env: Mapping[str, str]) -> int | None:
