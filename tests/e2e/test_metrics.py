@@ -144,8 +144,14 @@ def test_metrics_add_up_to_the_run_across_a_killed_pool_process(
     )
 
     # The ERP workers: each entry's one outcome counted once, across the killed process too.
-    assert consumer.value("pleo_export_entries_posted_total") == statuses["successful"]
-    assert consumer.value("pleo_export_entries_failed_total") == statuses["failed"]
+    # An outcome is counted just after it is recorded: the killed process may have died between
+    # the two, and the entry's redelivery finds the outcome and counts nothing. So each of these
+    # counts what happened, less at most the one entry the victim was on (never more: none twice).
+    posted = consumer.value("pleo_export_entries_posted_total")
+    failed = consumer.value("pleo_export_entries_failed_total")
+    assert statuses["successful"] - 1 <= posted <= statuses["successful"]
+    assert statuses["failed"] - 1 <= failed <= statuses["failed"]
+    assert ITEMS - 1 <= posted + failed <= ITEMS
     assert consumer.value("pleo_export_entries_failed_total", failure_reason_type="other") == 0
     assert consumer.value("pleo_export_entries_reported_total") == ITEMS
     assert consumer.value("pleo_export_final_events_total") == 1
