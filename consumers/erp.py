@@ -5,6 +5,8 @@
         ├── EntryRejected       the ERP refuses this entry for good: report the item failed, with
         │                       one of Pleo's item failure reason types and an actionable sentence
         └── ERPUnavailable      the ERP cannot be reached now: retry the item later
+            └── ERPRateLimited  the ERP said "too many" (429): the whole connection waits
+                                ``retry_after`` seconds (or the budget's own backoff)
 
 Pleo's pre-export checks of an entry, and the journal lines they give, are
 ``consumers/posting.py``; the reference adapter, ``SqlJournal``, is ``consumers/erp_sql.py``.
@@ -12,7 +14,8 @@ Pleo's pre-export checks of an entry, and the journal lines they give, are
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,12 +26,24 @@ from pleo.models import ItemFailureReason
 __all__ = [
     "ERPAdapter",
     "ERPError",
+    "ERPLimits",
+    "ERPRateLimited",
     "ERPUnavailable",
     "Entry",
     "EntryRejected",
     "ExternalRef",
     "ItemFailureReason",
+    "idempotency_key",
 ]
+
+# Namespace of the idempotency keys sent to ERPs: a key is a function of the entry alone, never of
+# the job, so a replay from any job, worker or crash carries the key of the first post.
+IDEMPOTENCY_NAMESPACE = uuid.UUID("0b6f4a52-94c7-5b8e-a3d1-7e2c9f6a1d40")
+
+
+def idempotency_key(accounting_entry_id: str) -> str:
+    """The key every post of this entry carries (a UUID derived from its accountingEntryId)."""
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, accounting_entry_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +102,46 @@ class ERPUnavailable(ERPError):
     exit_code = 4
 
 
+class ERPRateLimited(ERPUnavailable):
+    """The ERP refused the call for its rate or concurrency limit (HTTP 429, say).
+
+    ``retry_after`` is the ERP's own ``Retry-After`` in seconds, None if it gave none; every
+    worker of the connection waits it out, not only the one that was refused.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[type[ERPRateLimited], tuple[str, float | None]]:
+        return type(self), (str(self), self.retry_after)
+
+
+@dataclass(frozen=True, slots=True)
+class ERPLimits:
+    """What an ERP connection can take, as its adapter declares it (settings may override each).
+
+    ``calls`` per ``period`` seconds (None: no rate limit) with bursts of up to ``burst`` calls
+    (default: ``calls``); ``concurrency``: calls in flight at once across every worker (None: no
+    limit); ``batch_size``: entries per call (1: the ERP has no batch endpoint, and the adapter
+    needs no ``post_batch``); ``idempotency_key``: the ERP honours the key of ``idempotency_key()``
+    (replays within its key window return the first answer); ``ordered``: entries must be posted
+    in the plan's ``sequence`` order (vouchers numbered by date).
+    """
+
+    calls: int | None = None
+    period: float = 1.0
+    burst: int | None = None
+    concurrency: int | None = None
+    batch_size: int = 1
+    idempotency_key: bool = False
+    ordered: bool = False
+
+
+# What an adapter that declares nothing can take: unlimited, one entry a call, unordered.
+UNLIMITED = ERPLimits()
+
+
 class ERPAdapter(Protocol):
     """What the worker needs from an ERP: look an entry up, and post it at most once."""
 
@@ -95,3 +150,18 @@ class ERPAdapter(Protocol):
 
     def post(self, entry: Entry) -> ExternalRef:
         """Post ``entry``; posting one already there returns the existing reference, not a copy."""
+
+
+class BatchingAdapter(ERPAdapter, Protocol):
+    """An adapter whose ERP books several entries in one call (``limits.batch_size`` > 1).
+
+    ``post_batch`` returns one outcome per entry, in the order given: its ``ExternalRef``, or the
+    ``EntryRejected`` that refuses it alone. It raises (``ERPUnavailable``, ``ERPRateLimited``)
+    only when the call as a whole failed; entries the ERP had already booked must then come back
+    as their existing refs on the retry (idempotent by key, or looked up), never as copies.
+    """
+
+    limits: ERPLimits
+
+    def post_batch(self, entries: Sequence[Entry]) -> list[ExternalRef | EntryRejected]:
+        """Post ``entries`` in one call; one outcome each, in order."""
