@@ -128,6 +128,21 @@ class Settings:
     # by default; "1" plays a worker from before schema 2, for upgrade rehearsals).
     message_schema: int | None = None
     reads_schemas: frozenset[int] = READS
+    # ERP governance (consumers/budget.py, consumers/poster.py): the connection's name (budgets,
+    # pauses and posting slots are keyed by it and by company), and overrides of what the adapter
+    # declares it can take (consumers.erp.ERPLimits; None: as declared).
+    erp_connection: str = "default"
+    erp_calls: int | None = None
+    erp_period: float | None = None
+    erp_burst: int | None = None
+    erp_concurrency: int | None = None
+    erp_batch_size: int | None = None
+    erp_ordered: bool | None = None
+    # How long the ERP keeps an idempotency key: a post retried after this looks the entry up
+    # first. And how long an ordered job waits for the message of its next entry before its
+    # poster reads that entry from the job's plan itself.
+    erp_key_window: float = 24 * 3600.0
+    erp_order_wait: float = 30.0
 
     def __repr__(self) -> str:
         shown = []
@@ -228,6 +243,15 @@ class Settings:
             close_interval=_number(env, "PLEO_CLOSE_INTERVAL", d.close_interval, float, low=0.1),
             message_schema=_message_schema(env),
             reads_schemas=_schemas_read(env),
+            erp_connection=_connection_name(env),
+            erp_calls=_optional(env, "ERP_CALLS", int, low=1),
+            erp_period=_optional(env, "ERP_PERIOD", float, low=0.001),
+            erp_burst=_optional(env, "ERP_BURST", int, low=1),
+            erp_concurrency=_optional(env, "ERP_CONCURRENCY", int, low=1, high=1000),
+            erp_batch_size=_optional(env, "ERP_BATCH_SIZE", int, low=1, high=10_000),
+            erp_ordered=_optional_flag(env, "ERP_ORDERED"),
+            erp_key_window=_number(env, "ERP_KEY_WINDOW", d.erp_key_window, float, low=0),
+            erp_order_wait=_number(env, "ERP_ORDER_WAIT", d.erp_order_wait, float, low=0.1),
         )
 
 
@@ -289,6 +313,38 @@ def _number(
     if high is not None and value > high:
         raise BadInput(f"{name} must be at most {high}, not {shown(raw)}.")
     return value
+
+
+def _optional(
+    env: Mapping[str, str], name: str, kind: type[N], *, low: N, high: N | None = None
+) -> N | None:
+    """The setting ``name`` as ``_number`` reads it, or None when it is not set."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    return _number(env, name, low, kind, low=low, high=high)
+
+
+def _optional_flag(env: Mapping[str, str], name: str) -> bool | None:
+    """The setting ``name`` as ``_flag`` reads it, or None when it is not set."""
+    raw = env.get(name)
+    return None if raw is None or raw.strip() == "" else _flag(env, name, False)
+
+
+_CONNECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _connection_name(env: Mapping[str, str]) -> str:
+    """ERP_CONNECTION: a short name (letters, digits, ``_.-``) that goes into Redis keys."""
+    raw = (env.get("ERP_CONNECTION") or "").strip()
+    if not raw:
+        return "default"
+    if not _CONNECTION.fullmatch(raw):
+        raise BadInput(
+            "ERP_CONNECTION must be up to 64 letters, digits, '_', '.' or '-' (it names the "
+            f"connection's keys in Redis), not {shown(raw)}."
+        )
+    return raw
 
 
 def _url(
