@@ -16,7 +16,9 @@ from contract.message import READS
 Ordering = Literal["booked_at", "entry_id"]
 
 
-_SECRET_FIELDS = frozenset({"api_token", "api_key", "webhook_secret", "enqueue_api_token"})
+_SECRET_FIELDS = frozenset(
+    {"api_token", "api_key", "webhook_secret", "enqueue_api_token", "erp_http_auth"}
+)
 _URL_FIELDS = frozenset({"redis_url", "broker_url", "erp_database_url"})
 _USERINFO = re.compile(r"(//[^/@:]*:)[^/@]*@")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -128,6 +130,17 @@ class Settings:
     # by default; "1" plays a worker from before schema 2, for upgrade rehearsals).
     message_schema: int | None = None
     reads_schemas: frozenset[int] = READS
+    # The HTTP journal (ERP_ADAPTER=consumers.erp_http:from_settings): the ERP's base URL, the
+    # auth header's value and name, the idempotency header's name, the ERP's names for the body's
+    # fields (a JSON object, checked by the adapter), the per-call timeout, and the entries its
+    # batch endpoint takes per call (0 or 1: it has none).
+    erp_http_url: str | None = None
+    erp_http_auth: str | None = None
+    erp_http_auth_header: str = "Authorization"
+    erp_http_idempotency_header: str = "Idempotency-Key"
+    erp_http_fields: str | None = None
+    erp_http_timeout: float = 10.0
+    erp_http_batch: int = 0
 
     def __repr__(self) -> str:
         shown = []
@@ -228,6 +241,17 @@ class Settings:
             close_interval=_number(env, "PLEO_CLOSE_INTERVAL", d.close_interval, float, low=0.1),
             message_schema=_message_schema(env),
             reads_schemas=_schemas_read(env),
+            erp_http_url=_optional_url(env, "ERP_HTTP_URL"),
+            erp_http_auth=env.get("ERP_HTTP_AUTH") or None,
+            erp_http_auth_header=_header_name(env, "ERP_HTTP_AUTH_HEADER", d.erp_http_auth_header),
+            erp_http_idempotency_header=_header_name(
+                env, "ERP_HTTP_IDEMPOTENCY_HEADER", d.erp_http_idempotency_header
+            ),
+            erp_http_fields=(env.get("ERP_HTTP_FIELDS") or "").strip() or None,
+            erp_http_timeout=_number(env, "ERP_HTTP_TIMEOUT", d.erp_http_timeout, float, low=0.1),
+            erp_http_batch=_number(
+                env, "ERP_HTTP_BATCH", d.erp_http_batch, int, low=0, high=10_000
+            ),
         )
 
 
@@ -390,3 +414,21 @@ def _sentinel_master(env: Mapping[str, str], redis_url: str, broker_url: str) ->
             "master the Sentinels monitor (the <name> of their 'sentinel monitor <name> ...')."
         )
     return master
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _optional_url(env: Mapping[str, str], name: str) -> str | None:
+    """The setting ``name``: an http(s) URL without a trailing slash, or None when unset."""
+    if not (env.get(name) or "").strip():
+        return None
+    return _url(env, name, "", ("http", "https"), "http(s)").rstrip("/")
+
+
+def _header_name(env: Mapping[str, str], name: str, default: str) -> str:
+    """The setting ``name``: an HTTP header name (a token, RFC 9110)."""
+    raw = (env.get(name) or "").strip() or default
+    if not _HEADER_NAME.fullmatch(raw):
+        raise BadInput(f"{name} must be an HTTP header name, not {shown(raw)}.")
+    return raw
