@@ -19,7 +19,7 @@ Ordering = Literal["booked_at", "entry_id"]
 _SECRET_FIELDS = frozenset(
     {"api_token", "api_key", "webhook_secret", "enqueue_api_token", "erp_http_auth"}
 )
-_URL_FIELDS = frozenset({"redis_url", "broker_url", "erp_database_url"})
+_URL_FIELDS = frozenset({"redis_url", "broker_url", "erp_database_url", "erp_http_url"})
 _USERINFO = re.compile(r"(//[^/@:]*:)[^/@]*@")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -148,7 +148,7 @@ class Settings:
             value = getattr(self, f.name)
             if f.name in _SECRET_FIELDS and value is not None:
                 value = "***"
-            elif f.name in _URL_FIELDS:
+            elif f.name in _URL_FIELDS and value is not None:
                 value = redact_url(value)
             shown.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(shown)})"

@@ -89,6 +89,7 @@ class ErpSimState:
         self._statuses: Counter[int] = Counter()
         self._rate_limited = 0
         self._replays = 0
+        self._faults: Counter[str] = Counter()
         self._rng = random.Random(self._config.seed)
 
     @property
@@ -156,11 +157,14 @@ class ErpSimState:
         """The fault this admitted call suffers, if any (one seeded draw per call)."""
         with self._lock:
             draw, config = self._rng.random(), self._config
+            fault: Fault | None = None
             if draw < config.fail_rate:
-                return "fail"
-            if draw < config.fail_rate + config.timeout_rate:
-                return "timeout"
-            return None
+                fault = "fail"
+            elif draw < config.fail_rate + config.timeout_rate:
+                fault = "timeout"
+            if fault is not None:
+                self._faults[fault] += 1
+            return fault
 
     def retry_after_header(self, seconds: float) -> str:
         """``Retry-After`` for a wait of ``seconds``: whole seconds rounded up, or fractional."""
@@ -221,4 +225,5 @@ class ErpSimState:
                 "entriesBooked": len(self._booked),
                 "duplicateBookings": sum(n - 1 for n in self._booked.values()),
                 "replays": self._replays,
+                "faults": dict(self._faults),
             }
