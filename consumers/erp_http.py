@@ -16,8 +16,9 @@ never sent): ``accountingEntryId``, ``date`` (the entry's booked_at), ``currency
 ``accountName``, ``lineAmount``, ``netAmount``, ``taxAmount``, ``taxCode``. ``ERP_HTTP_FIELDS``
 (a JSON object) renames any of these fields, and the lookup's parameter, for an ERP that calls them
 otherwise. Every answer maps to the protocol as ``consumers/erp_http_answers.py`` draws it.
-``ERP_HTTP_AUTH`` is sent as the value of ``ERP_HTTP_AUTH_HEADER``; it is in no repr, log line
-or message.
+``ERP_HTTP_AUTH`` is sent as the value of ``ERP_HTTP_AUTH_HEADER`` (without it, a
+``user:password@`` in ``ERP_HTTP_URL`` is sent as Basic auth); neither is in any repr, log line
+(httpx logs each request's URL, from which the user info is taken out) or message.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
@@ -109,9 +111,12 @@ class HttpJournal:
         self._idempotency_header = idempotency_header
         self._timeout = timeout
         self.limits = ERPLimits(batch_size=max(batch_size, 1), idempotency_key=True)
+        base, userinfo = _without_userinfo(url)
         headers = {} if auth is None else {auth_header: auth}
+        # A user:password@ in the URL is sent as Basic auth, never in the URL httpx logs.
+        basic = httpx.BasicAuth(*userinfo) if userinfo is not None and auth is None else None
         self._client = httpx.Client(
-            base_url=url, headers=headers, timeout=timeout, transport=transport
+            base_url=base, headers=headers, auth=basic, timeout=timeout, transport=transport
         )
 
     def __repr__(self) -> str:
@@ -226,6 +231,16 @@ class HttpJournal:
             name("type"): posting.entry_type,
             name("lines"): lines,
         }
+
+
+def _without_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without its ``user:password@``, and that (user, password) if it had one."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.netloc.rpartition("@")[2]
+    userinfo = (unquote(parts.username or ""), unquote(parts.password or ""))
+    return urlunsplit(parts._replace(netloc=host)), userinfo
 
 
 def from_settings(settings: Settings) -> HttpJournal:

@@ -6,7 +6,9 @@ takes the lock and reads hand back copies. Window arithmetic uses the injected m
 
 The rate limit is a sliding window: a call is admitted while fewer than ``calls`` calls were
 admitted in the last ``period`` seconds; a refused call does not count. Its ``Retry-After`` is
-the time until the oldest call in the window leaves it.
+the time until the oldest call in the window leaves it. A call over the concurrency cap is told
+to retry after ``latency`` seconds (at least 0.05; a whole second unless fractional), about
+when one in flight ends.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ directly.
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Callable
@@ -306,6 +308,29 @@ def test_settings_that_cannot_work_are_refused_in_one_sentence(
     assert message.startswith(sentence), message
     assert message.endswith(".")
     assert ". " not in message
+
+
+def test_a_password_in_the_url_is_basic_auth_and_never_logged(
+    journals: Journals, caplog: pytest.LogCaptureFixture
+) -> None:
+    """user:password@ in ERP_HTTP_URL goes in an Authorization: Basic header, not in the URL
+    the request is sent to, which httpx logs."""
+    seen: list[httpx.Request] = []
+
+    def erp(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"data": []})
+
+    caplog.set_level(logging.INFO, logger="httpx")
+    journal = journals("http://clerk:pw-hidden@erp.example/api", transport=httpx.MockTransport(erp))
+    assert journal.find("x") is None
+    (request,) = seen
+    assert str(request.url) == "http://erp.example/api/journal/entries?accountingEntryId=x"
+    basic = base64.b64encode(b"clerk:pw-hidden").decode()
+    assert request.headers["Authorization"] == f"Basic {basic}"
+    assert "erp.example/api/journal/entries" in caplog.text
+    assert "pw-hidden" not in caplog.text
+    assert "pw-hidden" not in repr(journal)
 
 
 def test_no_secret_in_any_repr_or_message(erp_sim: ErpSims) -> None:
