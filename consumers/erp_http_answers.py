@@ -5,7 +5,9 @@
                              fractional allowed, or an HTTP-date), None when absent or unreadable
     401, 403                 ``ERPUnavailable``: the credentials were refused (retried, never
                              reported as the entry's fault; fix ERP_HTTP_AUTH)
-    404, 405, 413, 5xx       ``ERPUnavailable``: no such endpoint, a batch too large, the ERP down
+    404, 405, 408, 409,      ``ERPUnavailable``: no such endpoint, a timeout, the key in use by
+    413, 425, 5xx            a call still running (a replay racing the first post), a batch
+                             too large, the ERP down
     other 4xx                ``EntryRejected`` with the body's reason type when it is one of
                              Pleo's item failure reason types, else the default,
                              ``accounting_system_validation_failure`` (the ERP refused the
@@ -33,7 +35,7 @@ from pleo.models import ITEM_FAILURE_REASON_TYPES, ItemFailureReason
 # What a refusal is reported as when the ERP names no reason type Pleo knows.
 DEFAULT_REASON: Final[ItemFailureReason] = "accounting_system_validation_failure"
 # Statuses that say "this call cannot work now", not "this entry is wrong".
-_UNAVAILABLE: Final = frozenset({404, 405, 408, 413})
+_UNAVAILABLE: Final = frozenset({404, 405, 408, 409, 413, 425})
 _REASON_LIMIT: Final = 300
 
 

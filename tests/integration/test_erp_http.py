@@ -162,6 +162,21 @@ def test_a_422_is_entry_rejected_with_the_erps_reason(erp_sim: ErpSims, journals
     assert sim.state.stats()["calls"] == {"post": 1}
 
 
+@pytest.mark.parametrize("status", [404, 409, 413])
+def test_statuses_that_say_not_now_are_retried_not_rejected(
+    status: int, journals: Journals
+) -> None:
+    """A missing endpoint, a key still in use by a running call, a batch too large: the entry is
+    not at fault, so ERPUnavailable (retried), however the ERP words it."""
+
+    def erp(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json={"reasonType": "account_unknown", "reason": "no"})
+
+    journal = journals("http://erp.example", transport=httpx.MockTransport(erp))
+    with pytest.raises(ERPUnavailable, match=f"answered HTTP {status}"):
+        journal.post(entries(1)[0])
+
+
 def test_another_erps_error_shape_maps_to_a_reason_type_or_the_default() -> None:
     """The reason is read from a nested error object too; a code Pleo does not know becomes
     accounting_system_validation_failure."""
