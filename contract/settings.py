@@ -16,8 +16,10 @@ from contract.message import READS
 Ordering = Literal["booked_at", "entry_id"]
 
 
-_SECRET_FIELDS = frozenset({"api_token", "api_key", "webhook_secret", "enqueue_api_token"})
-_URL_FIELDS = frozenset({"redis_url", "broker_url", "erp_database_url"})
+_SECRET_FIELDS = frozenset(
+    {"api_token", "api_key", "webhook_secret", "enqueue_api_token", "erp_http_auth"}
+)
+_URL_FIELDS = frozenset({"redis_url", "broker_url", "erp_database_url", "erp_http_url"})
 _USERINFO = re.compile(r"(//[^/@:]*:)[^/@]*@")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -143,6 +145,17 @@ class Settings:
     # poster reads that entry from the job's plan itself.
     erp_key_window: float = 24 * 3600.0
     erp_order_wait: float = 30.0
+    # The HTTP journal (ERP_ADAPTER=consumers.erp_http:from_settings): the ERP's base URL, the
+    # auth header's value and name, the idempotency header's name, the ERP's names for the body's
+    # fields (a JSON object, checked by the adapter), the per-call timeout, and the entries its
+    # batch endpoint takes per call (0 or 1: it has none).
+    erp_http_url: str | None = None
+    erp_http_auth: str | None = None
+    erp_http_auth_header: str = "Authorization"
+    erp_http_idempotency_header: str = "Idempotency-Key"
+    erp_http_fields: str | None = None
+    erp_http_timeout: float = 10.0
+    erp_http_batch: int = 0
 
     def __repr__(self) -> str:
         shown = []
@@ -150,7 +163,7 @@ class Settings:
             value = getattr(self, f.name)
             if f.name in _SECRET_FIELDS and value is not None:
                 value = "***"
-            elif f.name in _URL_FIELDS:
+            elif f.name in _URL_FIELDS and value is not None:
                 value = redact_url(value)
             shown.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(shown)})"
@@ -252,6 +265,17 @@ class Settings:
             erp_ordered=_optional_flag(env, "ERP_ORDERED"),
             erp_key_window=_number(env, "ERP_KEY_WINDOW", d.erp_key_window, float, low=0),
             erp_order_wait=_number(env, "ERP_ORDER_WAIT", d.erp_order_wait, float, low=0.1),
+            erp_http_url=_optional_url(env, "ERP_HTTP_URL"),
+            erp_http_auth=env.get("ERP_HTTP_AUTH") or None,
+            erp_http_auth_header=_header_name(env, "ERP_HTTP_AUTH_HEADER", d.erp_http_auth_header),
+            erp_http_idempotency_header=_header_name(
+                env, "ERP_HTTP_IDEMPOTENCY_HEADER", d.erp_http_idempotency_header
+            ),
+            erp_http_fields=(env.get("ERP_HTTP_FIELDS") or "").strip() or None,
+            erp_http_timeout=_number(env, "ERP_HTTP_TIMEOUT", d.erp_http_timeout, float, low=0.1),
+            erp_http_batch=_number(
+                env, "ERP_HTTP_BATCH", d.erp_http_batch, int, low=0, high=10_000
+            ),
         )
 
 
@@ -446,3 +470,21 @@ def _sentinel_master(env: Mapping[str, str], redis_url: str, broker_url: str) ->
             "master the Sentinels monitor (the <name> of their 'sentinel monitor <name> ...')."
         )
     return master
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _optional_url(env: Mapping[str, str], name: str) -> str | None:
+    """The setting ``name``: an http(s) URL without a trailing slash, or None when unset."""
+    if not (env.get(name) or "").strip():
+        return None
+    return _url(env, name, "", ("http", "https"), "http(s)").rstrip("/")
+
+
+def _header_name(env: Mapping[str, str], name: str, default: str) -> str:
+    """The setting ``name``: an HTTP header name (a token, RFC 9110)."""
+    raw = (env.get(name) or "").strip() or default
+    if not _HEADER_NAME.fullmatch(raw):
+        raise BadInput(f"{name} must be an HTTP header name, not {shown(raw)}.")
+    return raw
