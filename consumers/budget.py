@@ -116,8 +116,13 @@ class Budget:
         if limits.calls is None:
             self._rate, self._burst = 0.0, 1
         else:
-            self._rate = limits.calls / (limits.period * 1000)
-            self._burst = limits.burst or limits.calls
+            # Any ``period`` of the bucket's life holds at most burst + rate * period calls: the
+            # rate is what is left of ``calls`` after the burst, so no window of ``period``
+            # seconds (the ERP's own count, a sliding window at worst) ever sees more than
+            # ``calls``. The default burst of 1 keeps all but one call of each period.
+            self._burst = limits.burst or 1
+            spare = limits.calls - self._burst if limits.calls > self._burst else limits.calls
+            self._rate = spare / (limits.period * 1000)
 
     @property
     def leases(self) -> Leases:
@@ -168,6 +173,22 @@ class Budget:
             left / 1000,
         )
         return left / 1000
+
+    def failed(self, company_id: str | None) -> int:
+        """Count a failed ERP call in a row (for the pause's backoff); returns how many now."""
+        key = self.key(company_id, "failures")
+
+        def bump() -> int:
+            with self._r.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.pexpire(key, 3_600_000)
+                return int(pipe.execute()[0])
+
+        return int(self._call(bump))
+
+    def succeeded(self, company_id: str | None) -> None:
+        """An ERP call answered: the failures in a row start again from none."""
+        self._call(lambda: self._r.delete(self.key(company_id, "failures")))
 
     @staticmethod
     def _call(fn: Callable[[], Any]) -> Any:

@@ -90,6 +90,8 @@ class PosterSettings:
     unreachable_limit: float
     retry_delay: float
     dedup_ttl: int
+    # The longest one drain lasts (a third of the Redis broker's visibility timeout, at most 60 s).
+    max_drain: float = 60.0
 
 
 class _Leave(Exception):
@@ -110,6 +112,7 @@ class Poster:
         payloads: PayloadCache,
         settings: PosterSettings,
         write_back: Callable[[str, int], None],
+        kick: Callable[[str | None], None],
         who: str,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -123,18 +126,28 @@ class Poster:
         self._payloads = payloads
         self._settings = settings
         self._write_back = write_back
+        self._kick = kick
         self._who = who
         self._clock = clock
         self._sleep = sleep
         # The entries of the batch under way that were sent to the ERP (this claim's tries).
         self._sent: set[str] = set()
         self._waited: dict[str, float | None] = {}
+        # Whether this poster saw a call fail since the last answer (then an answer resets the
+        # connection's failures in a row); True at first: another poster's may be counted.
+        self._failing = True
 
     # -- the slot ---------------------------------------------------------------------------
 
     def drain(self, company_id: str | None) -> int:
-        """Post what is staged for ``company_id`` while a slot is free; returns entries recorded."""
+        """Post what is staged for ``company_id`` while a slot is free; returns entries recorded.
+
+        A drain lasts at most ``max_drain`` seconds: the task running it holds its own message
+        unacked meanwhile, which on the Redis broker must be acked well within the visibility
+        timeout. A poster whose time is up hands on to the next (``kick``).
+        """
         recorded = looks = 0
+        ends = self._clock() + self._settings.max_drain
         while looks <= _LOOKS_AGAIN:
             # Paused (a 429, the ERP down): the slot holders sleep through it, or the kick timer
             # sends a poster once it is over; a newcomer would only add a call that fails.
@@ -148,18 +161,21 @@ class Poster:
             with self._budget.leases.kept(slot):
                 self._ready.take_over(slot, company_id)
                 self._ready.recover(company_id)
-                done, left = self._serve(slot, company_id)
+                done, left = self._serve(slot, company_id, ends)
             recorded += done
+            if left == "time":
+                self._kick(company_id)
+                return recorded
             # Given back: look once more for entries staged while the slot was ours.
             if left or not self._ready.jobs(company_id) or self._budget.paused_for(company_id):
                 return recorded
             looks = 0 if done else looks + 1
         return recorded
 
-    def _serve(self, slot: Lease, company_id: str | None) -> tuple[int, bool]:
+    def _serve(self, slot: Lease, company_id: str | None, ends: float) -> tuple[int, str | None]:
         """Post job by job, a batch each in turn, until a pass claims nothing or we must leave.
 
-        Returns (entries recorded, whether the poster left early).
+        Returns (entries recorded, why the poster left early: "time", "wait", or None).
         """
         recorded = 0
         try:
@@ -167,12 +183,14 @@ class Poster:
                 progress = 0
                 for job_id in self._ready.jobs(company_id):
                     progress += self._serve_job(slot, company_id, job_id)
+                    if self._clock() >= ends:
+                        return recorded + progress, "time"
                 recorded += progress
                 if not progress:
-                    return recorded, False
+                    return recorded, None
         except _Leave as why:
             log.info("poster_left company=%s why=%s", company_id or "-", why)
-            return recorded, True
+            return recorded, "wait"
 
     # -- one job ----------------------------------------------------------------------------
 
@@ -375,8 +393,9 @@ class Poster:
                 self._sent.update(ids)
             metrics.erp_calls.inc()
             try:
-                return call()
+                answer = call()
             except EntryRejected:
+                self._answered(company_id)
                 raise
             except ERPRateLimited as limited:
                 metrics.erp_rate_limited.inc()
@@ -390,6 +409,7 @@ class Poster:
                     raise _Leave(f"the ERP answered 429 (retry after {paused:.1f} s)") from None
             except ERPUnavailable as down:
                 metrics.erp_errors.labels("unavailable").inc()
+                self._failing = True
                 self._erp_down(company_id, job_id, down, len(ids))
                 raise _Leave(f"the ERP is unreachable: {down}") from down
             except Exception:
@@ -397,8 +417,19 @@ class Poster:
                 # A bug, a driver or a grant gone wrong is the worker's failure, not the
                 # entries': they go back, and the connection waits before anyone tries again.
                 log.exception("erp_call_failed job_id=%s", job_id)
-                self._budget.pause(company_id, self._settings.retry_delay)
+                self._failing = True
+                in_a_row = self._budget.failed(company_id)
+                self._budget.pause(
+                    company_id, task_countdown(in_a_row - 1, self._settings.retry_delay)
+                )
                 raise _Leave("the ERP call failed unexpectedly") from None
+            self._answered(company_id)
+            return answer
+
+    def _answered(self, company_id: str | None) -> None:
+        if self._failing:
+            self._budget.succeeded(company_id)
+            self._failing = False
 
     def _await_token(self, company_id: str | None, job_id: str) -> None:
         while True:
@@ -420,8 +451,8 @@ class Poster:
             log.error("erp_unreachable_giving_up job_id=%s for=%.0fs", job_id, outage)
             self._fail(company_id, job_id, reason, "accounting_system_unreachable")
             return
-        tries = max(0, int(outage // max(self._settings.retry_delay, 0.001)))
-        self._budget.pause(company_id, task_countdown(tries, self._settings.retry_delay))
+        in_a_row = self._budget.failed(company_id)
+        self._budget.pause(company_id, task_countdown(in_a_row - 1, self._settings.retry_delay))
         log.warning(
             "erp_unreachable job_id=%s for=%.0fs entries=%d error=%s", job_id, outage, entries, down
         )

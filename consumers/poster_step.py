@@ -34,7 +34,7 @@ KICK_INTERVAL = 2.0
 KICK_TTL_MS = 10_000
 
 
-def _claim_kick(client: redis.Redis, key: str) -> bool:
+def claim_kick(client: redis.Redis, key: str) -> bool:
     """Whether this timer may send the company's kick (none pending)."""
     return bool(redis_call(lambda: client.set(key, "1", nx=True, px=KICK_TTL_MS), "a kick"))
 
@@ -75,7 +75,7 @@ class PosterKick(bootsteps.StartStopStep):  # type: ignore[misc]
                         continue
                     if not ready.jobs(company):
                         continue
-                    if _claim_kick(client, budget.key(company, "kick")):
+                    if claim_kick(client, budget.key(company, "kick")):
                         app.send_task(POST_TASK, args=[company], queue=ITEMS_QUEUE)
                         log.info("poster_kicked company=%s", company or "-")
             except PleoExportError as exc:

@@ -33,7 +33,7 @@ from consumers.closing import ClosingStep
 from consumers.erp import Entry, ERPAdapter, ERPLimits, ERPUnavailable
 from consumers.payloads import PayloadCache
 from consumers.poster import Poster, PosterSettings
-from consumers.poster_step import PosterKick
+from consumers.poster_step import PosterKick, claim_kick
 from consumers.ready import ReadyEntries
 from consumers.reporting import Reporter
 from consumers.schema_step import SchemaAnnouncer
@@ -152,8 +152,10 @@ def _poster() -> Poster:
             unreachable_limit=s.erp_unreachable_limit,
             retry_delay=s.erp_retry_delay,
             dedup_ttl=s.dedup_ttl,
+            max_drain=min(60.0, s.visibility_timeout / 3),
         ),
         write_back=lambda job_id, waiting: _write_back(_reporter(), job_id, waiting),
+        kick=_kick,
         who=f"pid {os.getpid()}",
     )
 
@@ -274,6 +276,12 @@ def _stage(task: Task, message: ItemMessage) -> dict[str, Any]:
     recorded = _post_staged(message.company_id)
     status = "staged" if staged else "duplicate"
     return {"job_id": job_id, "entry": entry_id, "status": status, "recorded": recorded}
+
+
+def _kick(company_id: str | None) -> None:
+    """Send a poster for ``company_id`` unless one is pending (consumers/poster_step.py)."""
+    if claim_kick(_redis(), _budget().key(company_id, "kick")):
+        post_entries.apply_async(args=[company_id])
 
 
 def _post_staged(company_id: str | None) -> int:
