@@ -41,7 +41,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -52,10 +51,9 @@ from consumers.erp import (
     EntryRejected,
     ERPAdapter,
     ERPLimits,
-    ERPRateLimited,
-    ERPUnavailable,
     ExternalRef,
 )
+from consumers.erp_calls import BudgetedCalls, Leave, PosterSettings
 from consumers.payloads import PayloadCache
 from consumers.posting import validate_entry
 from consumers.ready import Claimed, ReadyEntries
@@ -67,35 +65,12 @@ from contract.errors import Unprocessable
 from contract.keys import lease_keys, order_gap_key, placed_key
 from contract.lease import Lease
 from contract.message import ItemMessage
-from contract.retrying import task_countdown
 from contract.store import redis_call
 
 log = logging.getLogger(__name__)
 
-# The longest a slot holder sleeps for the next call before giving its claim back and leaving.
-MAX_WAIT = 5.0
-# A job is failed for the ERP's rate limit only when the wait would outlast its expiresIn by
-# this much less than what is left: the final event must reach Pleo before the job expires.
-EXPIRY_MARGIN = 60.0
 # Passes over the jobs without a claim, after giving the slot back, before a poster leaves.
 _LOOKS_AGAIN = 2
-
-
-@dataclass(frozen=True, slots=True)
-class PosterSettings:
-    """The settings a poster reads (``contract/settings.py``)."""
-
-    key_window: float
-    order_wait: float
-    unreachable_limit: float
-    retry_delay: float
-    dedup_ttl: int
-    # The longest one drain lasts (a third of the Redis broker's visibility timeout, at most 60 s).
-    max_drain: float = 60.0
-
-
-class _Leave(Exception):
-    """The slot holder stops posting now (a long wait, the ERP down, a lost slot)."""
 
 
 class Poster:
@@ -129,13 +104,12 @@ class Poster:
         self._kick = kick
         self._who = who
         self._clock = clock
-        self._sleep = sleep
         # The entries of the batch under way that were sent to the ERP (this claim's tries).
         self._sent: set[str] = set()
         self._waited: dict[str, float | None] = {}
-        # Whether this poster saw a call fail since the last answer (then an answer resets the
-        # connection's failures in a row); True at first: another poster's may be counted.
-        self._failing = True
+        self._calls = BudgetedCalls(
+            budget, ready, reporter, settings, on_sent=self._sent.update, clock=clock, sleep=sleep
+        )
 
     # -- the slot ---------------------------------------------------------------------------
 
@@ -188,7 +162,7 @@ class Poster:
                 recorded += progress
                 if not progress:
                     return recorded, None
-        except _Leave as why:
+        except Leave as why:
             log.info("poster_left company=%s why=%s", company_id or "-", why)
             return recorded, "wait"
 
@@ -215,17 +189,17 @@ class Poster:
             slot, company_id, job_id, self._limits.batch_size, ordered=ordered
         )
         if claim.lost_slot:
-            raise _Leave("the posting slot's lease lapsed")
+            raise Leave("the posting slot's lease lapsed")
         if claim.waiting_for_gap and not claim.entries:
             self._mind_gap(company_id, job_id, claim.next_sequence)
         if not claim.entries:
             return 0
         outcomes: dict[str, dict[str, Any]] = {}
-        leave: _Leave | None = None
-        self._sent = set()
+        leave: Leave | None = None
+        self._sent.clear()
         try:
             self._post(company_id, job_id, claim.entries, outcomes)
-        except _Leave as why:
+        except Leave as why:
             leave = why
         except Unprocessable:
             # Pleo refused to read the job (a payload read): it finished it; nothing can report.
@@ -282,7 +256,7 @@ class Poster:
         claimed: tuple[Claimed, ...],
         outcomes: dict[str, dict[str, Any]],
     ) -> None:
-        """Fill ``outcomes`` for the claimed entries; raises _Leave when the poster must stop."""
+        """Fill ``outcomes`` for the claimed entries; raises Leave when the poster must stop."""
         to_post: list[Entry] = []
         # Since the message was written (schema 2): its queue time and its time staged.
         now = self._clock()
@@ -311,14 +285,14 @@ class Poster:
             self._post_one(company_id, job_id, entry, outcomes)
 
     def _find(self, company_id: str | None, job_id: str, entry_id: str) -> ExternalRef | None:
-        return self._call(company_id, job_id, lambda: self._erp.find(entry_id))  # type: ignore[no-any-return]
+        return self._calls.call(company_id, job_id, lambda: self._erp.find(entry_id))  # type: ignore[no-any-return]
 
     def _post_one(
         self, company_id: str | None, job_id: str, entry: Entry, outcomes: dict[str, Any]
     ) -> None:
         entry_id = entry.accounting_entry_id
         try:
-            ref = self._call(company_id, job_id, lambda: self._erp.post(entry), sends=[entry])
+            ref = self._calls.call(company_id, job_id, lambda: self._erp.post(entry), sends=[entry])
         except EntryRejected as rejected:
             metrics.erp_errors.labels("rejected").inc()
             outcomes[entry_id] = failure_update(entry_id, rejected.reason_type, rejected.reason)
@@ -334,11 +308,9 @@ class Poster:
             for entry in entries:
                 self._post_one(company_id, job_id, entry, outcomes)
             return
-        answers = self._call(company_id, job_id, lambda: post_batch(entries), sends=entries)
+        answers = self._calls.call(company_id, job_id, lambda: post_batch(entries), sends=entries)
         if len(answers) != len(entries):
-            raise _Leave(
-                f"the adapter's post_batch gave {len(answers)} outcomes for {len(entries)}"
-            )
+            raise Leave(f"the adapter's post_batch gave {len(answers)} outcomes for {len(entries)}")
         self._reporter.erp_reachable(job_id)
         for entry, answer in zip(entries, answers, strict=True):
             entry_id = entry.accounting_entry_id
@@ -370,119 +342,6 @@ class Poster:
         if not self._limits.idempotency_key:
             return True
         return self._clock() - claimed.first_try >= self._settings.key_window
-
-    def _call(
-        self,
-        company_id: str | None,
-        job_id: str,
-        call: Callable[[], Any],
-        *,
-        sends: list[Entry] | None = None,
-    ) -> Any:
-        """One ERP call within the budget; ERP trouble pauses the connection (and may leave).
-
-        A 429 pauses every worker's calls; a pause short enough is slept through here (the claim
-        kept) and the call made again, with the same idempotency key.
-        """
-        ids = [entry.accounting_entry_id for entry in sends or ()]
-        while True:
-            self._await_token(company_id, job_id)
-            if ids:
-                # Counted before the call: a post that times out may still have booked.
-                self._ready.tried(job_id, ids)
-                self._sent.update(ids)
-            metrics.erp_calls.inc()
-            try:
-                answer = call()
-            except EntryRejected:
-                self._answered(company_id)
-                raise
-            except ERPRateLimited as limited:
-                metrics.erp_rate_limited.inc()
-                metrics.erp_errors.labels("unavailable").inc()
-                wait = limited.retry_after
-                paused = self._budget.pause(
-                    company_id, wait if wait is not None else self._settings.retry_delay
-                )
-                if paused > MAX_WAIT:
-                    self._mind_deadline(company_id, job_id, paused)
-                    raise _Leave(f"the ERP answered 429 (retry after {paused:.1f} s)") from None
-            except ERPUnavailable as down:
-                metrics.erp_errors.labels("unavailable").inc()
-                self._failing = True
-                self._erp_down(company_id, job_id, down, len(ids))
-                raise _Leave(f"the ERP is unreachable: {down}") from down
-            except Exception:
-                metrics.erp_errors.labels("unexpected").inc()
-                # A bug, a driver or a grant gone wrong is the worker's failure, not the
-                # entries': they go back, and the connection waits before anyone tries again.
-                log.exception("erp_call_failed job_id=%s", job_id)
-                self._failing = True
-                in_a_row = self._budget.failed(company_id)
-                self._budget.pause(
-                    company_id, task_countdown(in_a_row - 1, self._settings.retry_delay)
-                )
-                raise _Leave("the ERP call failed unexpectedly") from None
-            self._answered(company_id)
-            return answer
-
-    def _answered(self, company_id: str | None) -> None:
-        if self._failing:
-            self._budget.succeeded(company_id)
-            self._failing = False
-
-    def _await_token(self, company_id: str | None, job_id: str) -> None:
-        while True:
-            wait = self._budget.wait_for_call(company_id)
-            if wait <= 0:
-                return
-            if wait > MAX_WAIT:
-                self._mind_deadline(company_id, job_id, wait)
-                raise _Leave(f"the next call is due in {wait:.1f} s")
-            metrics.erp_quota_wait.inc(wait)
-            self._sleep(wait)
-
-    def _erp_down(
-        self, company_id: str | None, job_id: str, down: ERPUnavailable, entries: int
-    ) -> None:
-        outage = self._reporter.erp_down_for(job_id)
-        if outage >= self._settings.unreachable_limit:
-            reason = f"The accounting system could not be reached for {outage:.0f} seconds."
-            log.error("erp_unreachable_giving_up job_id=%s for=%.0fs", job_id, outage)
-            self._fail(company_id, job_id, reason, "accounting_system_unreachable")
-            return
-        in_a_row = self._budget.failed(company_id)
-        self._budget.pause(company_id, task_countdown(in_a_row - 1, self._settings.retry_delay))
-        log.warning(
-            "erp_unreachable job_id=%s for=%.0fs entries=%d error=%s", job_id, outage, entries, down
-        )
-
-    # -- time: Pleo's expiry, gaps in the order -----------------------------------------------
-
-    def _mind_deadline(self, company_id: str | None, job_id: str, wait: float) -> None:
-        """Fail the job for the ERP's rate limit when waiting would outlast its expiresIn."""
-        expiry = self._reporter.expiry(job_id)
-        if expiry is None:
-            return
-        left = expiry.acted_at + expiry.expires_in - self._clock()
-        if wait < left - EXPIRY_MARGIN:
-            return
-        reason = (
-            f"The accounting system's rate limit holds its calls for {wait:.0f} seconds, longer "
-            f"than the {max(0.0, left):.0f} seconds left before Pleo would expire this job; the "
-            "entries not yet posted can be exported again once its limit allows."
-        )
-        log.error("erp_rate_limit_outlasts_job job_id=%s wait=%.0f left=%.0f", job_id, wait, left)
-        self._fail(company_id, job_id, reason, "accounting_system_rate_limit")
-
-    def _fail(self, company_id: str | None, job_id: str, reason: str, reason_type: str) -> None:
-        """Write back what was posted, then fail the job; its staged entries are dropped."""
-        if self._reporter.pending(job_id):
-            self._reporter.flush(job_id)
-        self._reporter.send_final(
-            job_id, "failed", failure_reason=reason, failure_reason_type=reason_type
-        )
-        self._ready.drop_job(company_id, job_id)
 
     def _mind_gap(self, company_id: str | None, job_id: str, sequence: int) -> None:
         """Ordered: stage the entry at ``sequence`` from the plan once its message is late."""

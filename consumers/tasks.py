@@ -31,8 +31,9 @@ from consumers.breaker import Breaker
 from consumers.budget import Budget, governed, limits_for
 from consumers.closing import ClosingStep
 from consumers.erp import Entry, ERPAdapter, ERPLimits, ERPUnavailable
+from consumers.erp_calls import PosterSettings
 from consumers.payloads import PayloadCache
-from consumers.poster import Poster, PosterSettings
+from consumers.poster import Poster
 from consumers.poster_step import PosterKick, claim_kick
 from consumers.ready import ReadyEntries
 from consumers.reporting import Reporter

@@ -33,7 +33,7 @@ from devtools.processes import signal_group
 from devtools.simulator import JobSpec, SimState
 from producer.components import produce
 from producer.status import job_status
-from tests.conftest import wait_for, with_settings
+from tests.conftest import wait_for
 from tests.support.local import worker_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
@@ -105,6 +105,7 @@ def sampling_outside(rdb: redis.Redis) -> Iterator[list[int]]:
 
 @pytest.mark.timeout(240)
 def test_four_workers_keep_the_erps_limits_and_survive_kills(
+    *,
     settings: Settings,
     sim_state: SimState,
     rdb: redis.Redis,
@@ -149,6 +150,7 @@ def test_four_workers_keep_the_erps_limits_and_survive_kills(
 
 @pytest.mark.timeout(120)
 def test_a_retry_after_longer_than_the_visibility_timeout_delivers_nothing_twice(
+    *,
     settings: Settings,
     sim_state: SimState,
     rdb: redis.Redis,
@@ -166,12 +168,14 @@ def test_a_retry_after_longer_than_the_visibility_timeout_delivers_nothing_twice
     assert settings.visibility_timeout == 5
     erp = erp_sim(calls=CALLS, period=1.0, concurrency=CONCURRENCY)
     job_id = sim_state.add_job(JobSpec(items=300, item_statuses={"pending": 1.0}))
-    produce(job_id, settings=settings, app=make_app(settings))
-    httpx.post(f"{erp.url}/_sim/pause", json={"retry_after": 8, "seconds": 8}, timeout=5)
-    paused_at = time.monotonic()
     with sampling_outside(rdb) as samples:
         for _ in range(2):
             start_worker("consumers", ITEMS_QUEUE, **erp_env(erp))
+        for i in range(2):
+            wait_for(lambda i=i: " ready." in worker_log(tmp_path, i), timeout=30, what="ready")
+        httpx.post(f"{erp.url}/_sim/pause", json={"retry_after": 8, "seconds": 8}, timeout=5)
+        paused_at = time.monotonic()
+        produce(job_id, settings=settings, app=make_app(settings))
         status = wait_for(
             lambda: finished(sim_state, job_id),
             timeout=90,
@@ -195,6 +199,7 @@ def test_a_retry_after_longer_than_the_visibility_timeout_delivers_nothing_twice
 
 @pytest.mark.timeout(180)
 def test_ordered_mode_books_in_plan_order_through_kills(
+    *,
     settings: Settings,
     sim_state: SimState,
     rdb: redis.Redis,
@@ -226,6 +231,7 @@ def test_ordered_mode_books_in_plan_order_through_kills(
 
 @pytest.mark.timeout(120)
 def test_batches_with_partial_failures_and_lost_answers_book_each_entry_once(
+    *,
     settings: Settings,
     sim_state: SimState,
     rdb: redis.Redis,
@@ -277,6 +283,7 @@ def test_batches_with_partial_failures_and_lost_answers_book_each_entry_once(
 
 @pytest.mark.timeout(120)
 def test_a_replay_after_the_erps_key_window_looks_the_entry_up_instead(
+    *,
     settings: Settings,
     sim_state: SimState,
     rdb: redis.Redis,
@@ -308,6 +315,7 @@ def test_a_replay_after_the_erps_key_window_looks_the_entry_up_instead(
 
 @pytest.mark.timeout(120)
 def test_a_rate_limit_that_outlasts_the_job_fails_it_after_reporting_what_was_booked(
+    *,
     settings: Settings,
     sim_state: SimState,
     rdb: redis.Redis,
