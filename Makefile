@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.publish $(BENCH_ARGS)
 	$(BIN)/python -m bench.run_job $(BENCH_ARGS)
 	$(BIN)/python -m bench.e2e $(BENCH_ARGS)
+	$(BIN)/python -m bench.erp_limit $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -51,8 +51,22 @@ class PosterSettings:
     max_drain: float = 60.0
 
 
+def drain_limit(visibility_timeout: float) -> float:
+    """How long one drain may last: a third of the Redis broker's visibility timeout, at most a
+    minute, so the task running it is acked long before its message could be delivered again."""
+    return min(60.0, visibility_timeout / 3)
+
+
 class Leave(Exception):
-    """The slot holder stops posting now (a long wait, the ERP down, a lost slot)."""
+    """The slot holder stops posting now (a long wait, the ERP down, a lost slot).
+
+    ``pause``: the connection's pause it left for, when short enough (at most ``MAX_WAIT``) for
+    the poster to sleep it out and go on with the next claim, its slot kept.
+    """
+
+    def __init__(self, why: str, *, pause: float | None = None) -> None:
+        super().__init__(why)
+        self.pause = pause if pause is not None and pause <= MAX_WAIT else None
 
 
 class BudgetedCalls:
@@ -119,8 +133,8 @@ class BudgetedCalls:
             except ERPUnavailable as down:
                 metrics.erp_errors.labels("unavailable").inc()
                 self._failing = True
-                self._erp_down(company_id, job_id, down, len(ids))
-                raise Leave(f"the ERP is unreachable: {down}") from down
+                pause = self._erp_down(company_id, job_id, down, len(ids))
+                raise Leave(f"the ERP is unreachable: {down}", pause=pause) from down
             except Exception:
                 metrics.erp_errors.labels("unexpected").inc()
                 # A bug, a driver or a grant gone wrong is the worker's failure, not the
@@ -128,10 +142,10 @@ class BudgetedCalls:
                 log.exception("erp_call_failed job_id=%s", job_id)
                 self._failing = True
                 in_a_row = self._budget.failed(company_id)
-                self._budget.pause(
+                paused = self._budget.pause(
                     company_id, task_countdown(in_a_row - 1, self._settings.retry_delay)
                 )
-                raise Leave("the ERP call failed unexpectedly") from None
+                raise Leave("the ERP call failed unexpectedly", pause=paused) from None
             self._answered(company_id)
             return answer
 
@@ -153,18 +167,23 @@ class BudgetedCalls:
 
     def _erp_down(
         self, company_id: str | None, job_id: str, down: ERPUnavailable, entries: int
-    ) -> None:
+    ) -> float | None:
+        """Pause the connection (backing off), or fail the job after the outage limit; returns
+        the pause, None when the job was failed."""
         outage = self._reporter.erp_down_for(job_id)
         if outage >= self._settings.unreachable_limit:
             reason = f"The accounting system could not be reached for {outage:.0f} seconds."
             log.error("erp_unreachable_giving_up job_id=%s for=%.0fs", job_id, outage)
             self.fail(company_id, job_id, reason, "accounting_system_unreachable")
-            return
+            return None
         in_a_row = self._budget.failed(company_id)
-        self._budget.pause(company_id, task_countdown(in_a_row - 1, self._settings.retry_delay))
+        paused = self._budget.pause(
+            company_id, task_countdown(in_a_row - 1, self._settings.retry_delay)
+        )
         log.warning(
             "erp_unreachable job_id=%s for=%.0fs entries=%d error=%s", job_id, outage, entries, down
         )
+        return paused
 
     def mind_deadline(self, company_id: str | None, job_id: str, wait: float) -> None:
         """Fail the job for the ERP's rate limit when waiting would outlast its expiresIn."""

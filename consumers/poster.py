@@ -107,6 +107,7 @@ class Poster:
         # The entries of the batch under way that were sent to the ERP (this claim's tries).
         self._sent: set[str] = set()
         self._waited: dict[str, float | None] = {}
+        self._sleep = sleep
         self._calls = BudgetedCalls(
             budget, ready, reporter, settings, on_sent=self._sent.update, clock=clock, sleep=sleep
         )
@@ -152,19 +153,27 @@ class Poster:
         Returns (entries recorded, why the poster left early: "time", "wait", or None).
         """
         recorded = 0
-        try:
-            while True:
-                progress = 0
+        while True:
+            progress = 0
+            try:
                 for job_id in self._ready.jobs(company_id):
                     progress += self._serve_job(slot, company_id, job_id)
                     if self._clock() >= ends:
                         return recorded + progress, "time"
+            except Leave as why:
                 recorded += progress
-                if not progress:
-                    return recorded, None
-        except Leave as why:
-            log.info("poster_left company=%s why=%s", company_id or "-", why)
-            return recorded, "wait"
+                if why.pause is None or self._clock() + why.pause >= ends:
+                    log.info("poster_left company=%s why=%s", company_id or "-", why)
+                    return recorded, "wait"
+                # A short pause (an outage's first backoff, say): slept out, slot kept.
+                log.info(
+                    "poster_paused company=%s why=%s for=%.1fs", company_id or "-", why, why.pause
+                )
+                self._sleep(why.pause)
+                continue
+            recorded += progress
+            if not progress:
+                return recorded, None
 
     # -- one job ----------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from consumers.breaker import Breaker
 from consumers.budget import Budget, governed, limits_for
 from consumers.closing import ClosingStep
 from consumers.erp import Entry, ERPAdapter, ERPLimits, ERPUnavailable
-from consumers.erp_calls import PosterSettings
+from consumers.erp_calls import PosterSettings, drain_limit
 from consumers.payloads import PayloadCache
 from consumers.poster import Poster
 from consumers.poster_step import PosterKick, claim_kick
@@ -153,7 +153,7 @@ def _poster() -> Poster:
             unreachable_limit=s.erp_unreachable_limit,
             retry_delay=s.erp_retry_delay,
             dedup_ttl=s.dedup_ttl,
-            max_drain=min(60.0, s.visibility_timeout / 3),
+            max_drain=drain_limit(s.visibility_timeout),
         ),
         write_back=lambda job_id, waiting: _write_back(_reporter(), job_id, waiting),
         kick=_kick,

@@ -256,7 +256,7 @@ def test_batches_with_partial_failures_and_lost_answers_book_each_entry_once(
         unknown_accounts=frozenset({unknown}),
         timeout_rate=0.3,
         timeout_books=True,
-        hang=3.0,
+        hang=1.5,
         seed=3,
     )
     for _ in range(2):
@@ -294,12 +294,20 @@ def test_a_replay_after_the_erps_key_window_looks_the_entry_up_instead(
     """The ERP forgets keys after 0.2 s; answers are lost after booking: each retried entry is
     looked up by its accountingEntryId and found, never booked a second time."""
     erp = erp_sim(
-        calls=None, key_window=0.2, timeout_rate=0.3, timeout_books=True, hang=2.0, seed=9
+        calls=None, key_window=0.2, timeout_rate=0.3, timeout_books=True, hang=1.5, seed=9
     )
-    job_id = sim_state.add_job(JobSpec(items=40, item_statuses={"pending": 1.0}))
+    job_id = sim_state.add_job(JobSpec(items=25, item_statuses={"pending": 1.0}))
     produce(job_id, settings=settings, app=make_app(settings))
     start_worker(
-        "consumers", ITEMS_QUEUE, **erp_env(erp, ERP_KEY_WINDOW="0.2", ERP_HTTP_TIMEOUT="1")
+        "consumers",
+        ITEMS_QUEUE,
+        **erp_env(
+            erp,
+            ERP_KEY_WINDOW="0.2",
+            ERP_HTTP_TIMEOUT="1",
+            # A drain of 10 s (a third of it), not the 5 s timeout's 1.7 s: fewer hand-overs.
+            PLEO_VISIBILITY_TIMEOUT="30",
+        ),
     )
     status = wait_for(
         lambda: finished(sim_state, job_id),

@@ -13,6 +13,7 @@ import redis
 
 from consumers.budget import DEFAULT_SLOTS, Budget, governed, limits_for
 from consumers.erp import UNLIMITED, ERPLimits
+from consumers.erp_calls import MAX_WAIT, drain_limit
 from consumers.erp_sql import SqlJournal
 from consumers.ready import ReadyEntries
 from contract.keys import next_sequence_key, ready_items_key, results_key
@@ -95,14 +96,15 @@ def test_four_processes_together_send_what_the_limit_allows(
     rdb: redis.Redis, redis_url: str
 ) -> None:
     """Four processes sharing one 40-a-second budget for 2 s take what one would, plus burst."""
-    out: multiprocessing.Queue[int] = multiprocessing.Queue()
-    spenders = [
-        multiprocessing.Process(target=_spend, args=(redis_url, 2.0, out)) for _ in range(4)
-    ]
+    # Spawned, not forked: the test process has threads (pytest-xdist's) a fork could catch
+    # holding a lock.
+    spawn = multiprocessing.get_context("spawn")
+    out: multiprocessing.Queue[int] = spawn.Queue()
+    spenders = [spawn.Process(target=_spend, args=(redis_url, 2.0, out)) for _ in range(4)]
     started = time.monotonic()
     for p in spenders:
         p.start()
-    taken = [out.get(timeout=30) for _ in spenders]
+    taken = [out.get(timeout=120) for _ in spenders]
     elapsed = time.monotonic() - started
     for p in spenders:
         p.join(10)
@@ -137,9 +139,9 @@ def test_slots_are_leases_and_a_killed_holders_slot_comes_back(
 ) -> None:
     """Two slots: a third taker gets none; a SIGKILLed holder's slot is free at once here."""
     shared = budget(rdb, concurrency=2)
-    holder = multiprocessing.Process(target=_hold_slot, args=(redis_url,))
+    holder = multiprocessing.get_context("spawn").Process(target=_hold_slot, args=(redis_url,))
     holder.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while shared.held_slots(COMPANY) < 1:
         assert time.monotonic() < deadline, "the other process took no slot"
         time.sleep(0.02)
@@ -229,3 +231,17 @@ def test_ordered_claims_start_at_the_next_sequence_and_stop_at_a_gap(rdb: redis.
     last = ready.claim(slot, COMPANY, JOB, 10, ordered=True)
     assert [c.message.sequence for c in last.entries] == [4]
     assert rdb.get(next_sequence_key(JOB)) == b"4"
+
+
+def test_at_the_defaults_a_poster_acks_its_message_long_before_a_redelivery() -> None:
+    """The e2e tests shorten the visibility timeout to 5 s; at the defaults (3,600 s) a drain
+    lasts at most 60 s, plus one batch's ERP call (the HTTP adapter's 10 s timeout) and a token's
+    wait (MAX_WAIT, 5 s): 75 s, a twentieth of the time before kombu would deliver it again."""
+    defaults = Settings()
+    assert defaults.visibility_timeout == 3600
+    longest = drain_limit(defaults.visibility_timeout) + defaults.erp_http_timeout + MAX_WAIT
+    assert longest == 75.0
+    assert longest < defaults.visibility_timeout / 20
+    # ... and with the tests' 5 s: a drain of 5/3 s, still under the timeout with its call.
+    assert drain_limit(5) + 2 + MAX_WAIT > 5  # why the e2e tests give the adapter 2 s
+    assert drain_limit(5) < 5
