@@ -28,6 +28,8 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 # Pleo documents no maximum for ``limit``; a page this large is already 25 MB of export items.
 MAX_PAGE_SIZE = 10_000
+# PLEO_RABBITMQ_QUEUE_TYPE's choices (contract/celery_app.py declares the queues with it).
+QUEUE_TYPES = ("classic", "quorum")
 
 
 def redact_url(url: str) -> str:
@@ -128,6 +130,9 @@ class Settings:
     # by default; "1" plays a worker from before schema 2, for upgrade rehearsals).
     message_schema: int | None = None
     reads_schemas: frozenset[int] = READS
+    # RabbitMQ: the type the two queues are declared with ("classic", or "quorum": replicated,
+    # the production choice; a queue's type is fixed when it is first declared).
+    rabbitmq_queue_type: str = "classic"
 
     def __repr__(self) -> str:
         shown = []
@@ -228,6 +233,7 @@ class Settings:
             close_interval=_number(env, "PLEO_CLOSE_INTERVAL", d.close_interval, float, low=0.1),
             message_schema=_message_schema(env),
             reads_schemas=_schemas_read(env),
+            rabbitmq_queue_type=_queue_type(env),
         )
 
 
@@ -253,6 +259,14 @@ def _message_schema(env: Mapping[str, str]) -> int | None:
         choices = ", ".join(f"'{n}'" for n in sorted(READS))
         raise BadInput(f"PLEO_MESSAGE_SCHEMA must be 'auto', {choices}, not {shown(raw)}.")
     return int(raw)
+
+
+def _queue_type(env: Mapping[str, str]) -> str:
+    """``PLEO_RABBITMQ_QUEUE_TYPE``: ``classic`` (default) or ``quorum``."""
+    raw = (env.get("PLEO_RABBITMQ_QUEUE_TYPE") or "classic").strip()
+    if raw not in QUEUE_TYPES:
+        raise BadInput(f"PLEO_RABBITMQ_QUEUE_TYPE must be 'classic' or 'quorum', not {shown(raw)}.")
+    return raw
 
 
 def _schemas_read(env: Mapping[str, str]) -> frozenset[int]:
