@@ -62,8 +62,8 @@ class Confirms:
                 continue
         if self._refused:
             raise BrokerUnavailable(
-                f"RabbitMQ refused {self._refused} message(s) (basic.nack); the batches not yet "
-                "marked stay reserved and the next run sends them again."
+                f"RabbitMQ refused a publish (basic.nack) after confirming {self._floor}; the "
+                "batches not yet marked stay reserved and the next run sends them again."
             )
 
     def _on_ack(self, tag: int, multiple: bool) -> None:
