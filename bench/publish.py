@@ -12,8 +12,11 @@ other in one run:
 (c) ceiling: raw ``LPUSH`` of byte strings as long as (a)'s messages, pipelined 1,000 at a time.
 
 After each, the queue is checked to hold every message (and (a)'s and (b)'s decode as Celery
-task messages with the right ids and kwargs), so no contender wins by skipping work.
-Usage: ``python -m bench.publish [-n 100000] [--baseline-items 10000] [--quick] [--profile]``.
+task messages with the right ids and kwargs), so no contender wins by skipping work. A second
+table does the same on RabbitMQ with publisher confirms (``bench/rabbit.py``: ours against raw
+confirmed publishes, median of 3), when anything listens at ``--rabbitmq``.
+Usage: ``python -m bench.publish [-n 100000] [--baseline-items 10000] [--quick] [--profile]
+[--rabbitmq URL] [--rabbit-items 20000]``.
 """
 
 from __future__ import annotations

@@ -279,16 +279,19 @@ class KombuPublisher(_BatchPublisher):
             ) from exc
 
     def _declare(self, channel: Any) -> None:
-        """Declare the items queue as the app's settings have it; a queue of another type is
-        refused by RabbitMQ (PRECONDITION_FAILED), which is a setting to fix, not an outage."""
+        """Declare the items queue as the app's settings have it (classic or quorum).
+
+        RabbitMQ refuses an existing queue of the other type (PRECONDITION_FAILED): a setting to
+        fix, not an outage, so BadInput (exit 2).
+        """
         try:
             self._app.amqp.queues[ITEMS_QUEUE](channel).declare()
         except PreconditionFailed as exc:
             wanted = app_settings(self._app).rabbitmq_queue_type
             raise BadInput(
                 f"RabbitMQ refused to declare {ITEMS_QUEUE} as a {wanted} queue "
-                f"(PLEO_RABBITMQ_QUEUE_TYPE): {cause(exc)}. A queue keeps the type it was "
-                "created with; see the README's RabbitMQ notes to move to quorum queues."
+                "(PLEO_RABBITMQ_QUEUE_TYPE), as a queue keeps the type it was created with (the "
+                f"README's RabbitMQ notes say how to move): {cause(exc)}"
             ) from exc
 
 

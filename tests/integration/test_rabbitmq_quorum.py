@@ -101,6 +101,7 @@ def test_quorum_over_an_existing_classic_queue_is_refused_in_one_sentence(
     with pytest.raises(BadInput) as refused:
         produce(other, settings=quorum, app=make_app(quorum))
 
+    assert refused.value.exit_code == 2
     assert "PLEO_RABBITMQ_QUEUE_TYPE" in refused.value.message
     assert "quorum" in refused.value.message
     assert rdb.hlen(marks_key(other)) == 0
