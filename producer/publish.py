@@ -22,6 +22,8 @@ ERP worker reads) and recorded in the job's progress as ``message_schema``.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -32,7 +34,7 @@ from typing import Any, Protocol
 
 from amqp.exceptions import PreconditionFailed
 from celery import Celery
-from kombu import Connection
+from kombu import Connection, Producer
 from kombu.exceptions import OperationalError
 from kombu.utils.json import dumps
 
@@ -43,7 +45,7 @@ from contract.lease import Lease
 from contract.ledger import Ledger
 from contract.message import placement, stamp
 from contract.names import ITEMS_QUEUE
-from contract.wire import AmqpEncoder, MessageEncoder, task_id_for
+from contract.wire import AmqpEncoder, MessageEncoder, celery_message, send_message, task_id_for
 from producer.amqp_template import AmqpTemplate
 from producer.confirms import Confirms
 from producer.plan import PlannedItem
@@ -215,6 +217,8 @@ class KombuPublisher(_BatchPublisher):
     order, once every one of its publishes is acknowledged. A ``basic.nack``, a channel the
     broker closed or no acknowledgement within ``_CONFIRM_TIMEOUT`` seconds ends the pass with
     BrokerUnavailable: the batches not yet marked stay reserved, and the rerun sends them again.
+    A kombu transport other than py-amqp (no publisher confirms: SQS, memory, ...) sends each
+    message through kombu itself and marks its batch once sent.
     """
 
     _IN_FLIGHT = 4
@@ -230,44 +234,12 @@ class KombuPublisher(_BatchPublisher):
             with connection:
                 channel = connection.default_channel
                 self._declare(channel)
-                encoder = AmqpEncoder(self._app, connection)
-                try:
-                    template = AmqpTemplate(
-                        self._app, encoder, lease.job_id, company_id, total, schema=schema
-                    )
-                finally:
-                    encoder.close()
-                confirms = Confirms(connection, channel, timeout=self._CONFIRM_TIMEOUT)
-                publish = channel.basic_publish
-                exchange, routing_key = template.exchange, template.routing_key
-
-                def send(batch: Sequence[PlannedItem]) -> Landing:
-                    todo = set(self._ledger.reserve(lease, [i.accounting_entry_id for i in batch]))
-                    sent = [i for i in batch if i.accounting_entry_id in todo]
-                    published_at = stamp()
-                    placed = {}
-                    for item in sent:
-                        entry = item.accounting_entry_id
-                        message = template.render(
-                            item,
-                            task_id_for(lease.job_id, entry),
-                            _payload_json(item, payloads),
-                            published_at,
-                        )
-                        publish(message, exchange=exchange, routing_key=routing_key)
-                        placed[entry] = placement(
-                            item.sequence, total, item.status_at_fetch, item.booked_at
-                        )
-                    last = confirms.published(len(sent))
-
-                    def land() -> int:
-                        confirms.wait(last)
-                        self._ledger.confirm(lease.job_id, placed, already=len(batch) - len(sent))
-                        return len(sent)
-
-                    return _Deferred(land)
-
-                yield send
+                job = _Job(lease, company_id, total, payloads, schema)
+                if connection.transport.driver_name == "py-amqp":
+                    yield self._windowed(job, connection, channel)
+                else:
+                    # A transport without publisher confirms (kombu's SQS, memory, ...).
+                    yield self._one_by_one(job, channel)
         except (
             OperationalError,
             *connection.connection_errors,
@@ -277,6 +249,78 @@ class KombuPublisher(_BatchPublisher):
             raise BrokerUnavailable(
                 f"The broker refused or dropped the publish: {cause(exc)}."
             ) from exc
+
+    def _windowed(self, job: _Job, connection: Connection, channel: Any) -> BatchSender:
+        """RabbitMQ: publish each batch at once, land it when all of it is confirmed."""
+        job_id = job.lease.job_id
+        encoder = AmqpEncoder(self._app, connection)
+        try:
+            template = AmqpTemplate(
+                self._app, encoder, job_id, job.company_id, job.total, schema=job.schema
+            )
+        finally:
+            encoder.close()
+        confirms = Confirms(connection, channel, timeout=self._CONFIRM_TIMEOUT)
+        publish = channel.basic_publish
+        exchange, routing_key = template.exchange, template.routing_key
+
+        def send(batch: Sequence[PlannedItem]) -> Landing:
+            sent = self._reserve(job, batch)
+            published_at = stamp()
+            placed = {}
+            for item in sent:
+                entry = item.accounting_entry_id
+                message = template.render(
+                    item,
+                    task_id_for(job_id, entry),
+                    _payload_json(item, job.payloads),
+                    published_at,
+                )
+                publish(message, exchange=exchange, routing_key=routing_key)
+                placed[entry] = placement(
+                    item.sequence, job.total, item.status_at_fetch, item.booked_at
+                )
+            last = confirms.published(len(sent))
+
+            def land() -> int:
+                confirms.wait(last)
+                self._ledger.confirm(job_id, placed, already=len(batch) - len(sent))
+                return len(sent)
+
+            return _Deferred(land)
+
+        return send
+
+    def _one_by_one(self, job: _Job, channel: Any) -> BatchSender:
+        """Any other kombu transport: each message through kombu, the batch marked once sent."""
+        producer = Producer(channel, auto_declare=False)
+        job_id = job.lease.job_id
+
+        def send(batch: Sequence[PlannedItem]) -> Landing:
+            sent = self._reserve(job, batch)
+            placed = {}
+            for item in sent:
+                full = (
+                    _with_payload(item, job.payloads)
+                    .message(job_id, job.company_id, job.total)
+                    .written_as(job.schema)
+                )
+                message = celery_message(
+                    self._app, task_id_for(job_id, item.accounting_entry_id), full.to_kwargs()
+                )
+                send_message(self._app, producer, message)
+                placed[item.accounting_entry_id] = full.placement()
+            self._ledger.confirm(job_id, placed, already=len(batch) - len(sent))
+            landed: Future[int] = Future()
+            landed.set_result(len(sent))
+            return landed
+
+        return send
+
+    def _reserve(self, job: _Job, batch: Sequence[PlannedItem]) -> list[PlannedItem]:
+        """Reserve ``batch`` in the ledger; the items to send (all but those already marked)."""
+        todo = set(self._ledger.reserve(job.lease, [i.accounting_entry_id for i in batch]))
+        return [i for i in batch if i.accounting_entry_id in todo]
 
     def _declare(self, channel: Any) -> None:
         """Declare the items queue as the app's settings have it (classic or quorum).
@@ -293,6 +337,17 @@ class KombuPublisher(_BatchPublisher):
                 "(PLEO_RABBITMQ_QUEUE_TYPE), as a queue keeps the type it was created with (the "
                 f"README's RabbitMQ notes say how to move): {cause(exc)}"
             ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What one publish pass sends: under which lease, for which company, how many, which schema."""
+
+    lease: Lease
+    company_id: str | None
+    total: int
+    payloads: PayloadSource
+    schema: int
 
 
 class _Deferred:
@@ -314,3 +369,10 @@ def _payload_json(item: PlannedItem, payloads: PayloadSource) -> str | None:
     if item.export_item is not None:
         return str(dumps(item.export_item))
     return payloads(item.accounting_entry_id)
+
+
+def _with_payload(item: PlannedItem, payloads: PayloadSource) -> PlannedItem:
+    if item.export_item is not None:
+        return item
+    text = payloads(item.accounting_entry_id)
+    return item if text is None else dataclasses.replace(item, export_item=json.loads(text))

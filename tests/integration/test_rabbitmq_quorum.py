@@ -18,7 +18,7 @@ import redis
 from contract.celery_app import make_app
 from contract.errors import BadInput
 from contract.keys import marks_key
-from contract.names import ITEMS_QUEUE
+from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE
 from contract.settings import Settings
 from devtools.simulator import JobSpec, SimState
 from producer.components import produce
@@ -81,6 +81,8 @@ def test_a_run_and_an_erp_worker_work_on_quorum_queues(
     assert sorted(journal_ids(quorum)) == sorted(plan)
     assert set(sim_state.update_counts(job_id).values()) == {1}
     wait_for(lambda: depth(vhost_url) == 0, timeout=60, what="every message acknowledged")
+    # The worker declared both queues (the producer's too) before Celery bound them for delays.
+    assert queue_types(vhost_url)[PRODUCER_QUEUE] == "quorum"
     log = worker_log(tmp_path)
     assert "Global QoS is disabled" in log
     assert "Direct exchanges are not supported" not in log
