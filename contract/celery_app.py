@@ -144,7 +144,15 @@ class ExportCelery(Celery):  # type: ignore[misc]
         settings = self.settings()
         return settings.rabbitmq_queue_type == "quorum" and not settings.uses_redis_broker
 
-    def send_task(self, *args: Any, countdown: float | None = None, **kwargs: Any) -> Any:
+    def send_task(
+        self,
+        name: str,
+        args: Any = None,
+        kwargs: Any = None,
+        countdown: float | None = None,
+        *rest: Any,
+        **options: Any,
+    ) -> Any:
         """Celery's ``send_task``; on quorum queues a countdown is at least one second.
 
         Celery schedules countdowns there with RabbitMQ's native delayed delivery, in whole
@@ -152,7 +160,7 @@ class ExportCelery(Celery):  # type: ignore[misc]
         """
         if countdown is not None and 0 < countdown < 1 and self._quorum():
             countdown = 1.0
-        return super().send_task(*args, countdown=countdown, **kwargs)
+        return super().send_task(name, args, kwargs, countdown, *rest, **options)
 
     def _declare_quorum_queues(self, sender: Any = None, instance: Any = None, **_: Any) -> None:
         """Before a worker of this app consumes, declare every queue of ``task_queues``.
