@@ -6,7 +6,7 @@ fills in only those: in the body the entry id, sequence, status, date, payload J
 spooled) and schema 2's ``published_at``; in the headers the task id (``id``, ``root_id``) and
 ``kwargsrepr``; in the properties ``correlation_id``. Every other header and property is the
 reference's, so a message equals what ``send_task`` would publish for the same entry
-(``tests/integration/test_run_rabbitmq.py`` compares them), at a fraction of the cost.
+(``tests/integration/test_amqp_messages.py`` compares them), at a fraction of the cost.
 """
 
 from __future__ import annotations
