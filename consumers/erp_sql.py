@@ -16,7 +16,7 @@ import logging
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,7 +51,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from consumers.erp import Entry, ERPUnavailable, ExternalRef
+from consumers.erp import Entry, EntryRejected, ERPLimits, ERPUnavailable, ExternalRef
 from consumers.posting import Posting, to_posting
 from contract.errors import BadInput
 from contract.settings import Settings
@@ -66,6 +66,8 @@ SQLITE_BUSY_SECONDS = 30.0
 PG_CONNECT_TIMEOUT_SECONDS = 10
 # PostgreSQL advisory lock held while creating the tables (any constant that is ours alone).
 _DDL_LOCK_KEY = 0x504C454F_45525001
+# Entries posted in one transaction (``post_batch``).
+BATCH_SIZE = 500
 # Errors that mean "the database is not there now", as opposed to a bug or a constraint.
 UNREACHABLE = (OperationalError, InterfaceError, PoolTimeout)
 
@@ -150,7 +152,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class SqlJournal:
-    """The reference ERPAdapter: posts each entry and its lines to two SQL tables, once."""
+    """The reference ERPAdapter: posts each entry and its lines to two SQL tables, once.
+
+    It declares what a database takes: no rate or concurrency limit, batches of ``BATCH_SIZE``
+    entries in one transaction, idempotent by key (the UNIQUE accountingEntryId never forgets).
+    """
+
+    limits = ERPLimits(batch_size=BATCH_SIZE, idempotency_key=True)
 
     def __init__(self, url: str, *, url_template: str | None = None) -> None:
         self._url = engine_url(url)
@@ -228,6 +236,50 @@ class SqlJournal:
             len(posting.lines),
         )
         return ExternalRef(external_id, self._link(external_id), posted_at)
+
+    def post_batch(self, entries: Sequence[Entry]) -> list[ExternalRef | EntryRejected]:
+        """Post ``entries`` in one transaction; one outcome each, in order.
+
+        Entries already in the journal come back as their first refs; an entry the checks refuse
+        is its own ``EntryRejected`` and the rest are posted. If another worker posts one of them
+        at the same moment (the UNIQUE constraint), the transaction is rolled back and each is
+        posted alone, which settles every race as ``post`` does.
+        """
+        ids = [entry.accounting_entry_id for entry in entries]
+        query = select(
+            journal_entries.c.accounting_entry_id,
+            journal_entries.c.external_id,
+            journal_entries.c.posted_at,
+        ).where(journal_entries.c.accounting_entry_id.in_(ids))
+        outcomes: list[ExternalRef | EntryRejected] = []
+        posted_at = _utc_now()
+        try:
+            with self._reachable(), self._ready_engine().begin() as conn:
+                known = {row.accounting_entry_id: row for row in conn.execute(query)}
+                for entry in entries:
+                    row = known.get(entry.accounting_entry_id)
+                    if row is not None:
+                        link = self._link(row.external_id)
+                        outcomes.append(ExternalRef(row.external_id, link, row.posted_at))
+                        continue
+                    try:
+                        posting = to_posting(entry)
+                    except EntryRejected as rejected:
+                        outcomes.append(rejected)
+                        continue
+                    external_id = _insert(conn, entry, posting, posted_at)
+                    outcomes.append(ExternalRef(external_id, self._link(external_id), posted_at))
+        except IntegrityError:
+            log.info("erp_batch_raced entries=%d (posted one by one)", len(entries))
+            return [self._post_or_rejected(entry) for entry in entries]
+        log.info("erp_batch_posted entries=%d", len(entries))
+        return outcomes
+
+    def _post_or_rejected(self, entry: Entry) -> ExternalRef | EntryRejected:
+        try:
+            return self.post(entry)
+        except EntryRejected as rejected:
+            return rejected
 
     def entries_count(self) -> int:
         """How many entries the journal holds."""

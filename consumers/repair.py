@@ -54,6 +54,7 @@ from contract.keys import (
     marks_key,
     placed_key,
     progress_key,
+    ready_items_key,
     repaired_key,
     results_key,
 )
@@ -196,13 +197,15 @@ class Repairer:
         return not moments or now - max(moments) >= self._stall
 
     def _missing(self, job_id: str) -> set[str]:
-        """Entries marked published that have no recorded outcome."""
+        """Entries marked published that have no recorded outcome and are not staged."""
         with self._r.pipeline(transaction=True) as pipe:
             pipe.hgetall(marks_key(job_id))
             pipe.hkeys(results_key(job_id))
-            marks, done = self._call(pipe.execute)
+            pipe.hkeys(ready_items_key(job_id))
+            marks, done, staged = self._call(pipe.execute)
         published = {k.decode() for k, v in marks.items() if v.decode() == PUBLISHED}
-        return published - {k.decode() for k in done}
+        # A staged entry (a governed connection's, consumers/ready.py) is in a poster's hands.
+        return published - {k.decode() for k in done} - {k.decode() for k in staged}
 
     def _still_held(self, job_id: str, entries: set[str]) -> set[str]:
         """Those of ``entries`` whose message kombu still holds, on the queue or unacked."""

@@ -52,7 +52,7 @@ from contract.lease import Lease
 from contract.ledger import Ledger
 from contract.states import PUBLISHED
 from contract.store import redis_call
-from pleo.activity import PleoActivity
+from pleo.activity import Expiry, PleoActivity
 from pleo.client import MAX_UPDATE_ITEMS, PleoClient
 from pleo.final_event import FINAL_EVENTS, record_final, send_final
 from pleo.models import ACTIONABLE_ITEM_STATUSES
@@ -425,6 +425,10 @@ class Reporter:
             return False
         self._finish(job_id, "already_finished")
         return True
+
+    def expiry(self, job_id: str) -> Expiry | None:
+        """The job's expiresIn and our last action on it, if both are recorded."""
+        return self._activity.expiry(job_id)
 
     # -- ERP availability --------------------------------------------------------------------
 

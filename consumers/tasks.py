@@ -13,8 +13,10 @@ retries the message, and a process that fails entry after entry pauses (``consum
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import time
 from typing import Any
 
@@ -26,9 +28,14 @@ from celery.signals import worker_init
 from consumers.adapter_check import guard_worker_start
 from consumers.adapters import build_adapter
 from consumers.breaker import Breaker
+from consumers.budget import Budget, governed, limits_for
 from consumers.closing import ClosingStep
-from consumers.erp import Entry, ERPAdapter, ERPUnavailable
+from consumers.erp import Entry, ERPAdapter, ERPLimits, ERPUnavailable
+from consumers.erp_calls import PosterSettings
 from consumers.payloads import PayloadCache
+from consumers.poster import Poster
+from consumers.poster_step import PosterKick, claim_kick
+from consumers.ready import ReadyEntries
 from consumers.reporting import Reporter
 from consumers.schema_step import SchemaAnnouncer
 from consumers.watchdog import RepairWatchdog
@@ -42,10 +49,11 @@ from contract.errors import (
     TransientUpstreamError,
     Unprocessable,
 )
+from contract.keys import erp_key
 from contract.ledger import Ledger
 from contract.message import ItemMessage, MessageRejected
 from contract.metrics_endpoint import MetricsStep
-from contract.names import ITEM_TASK, ITEMS_QUEUE
+from contract.names import ITEM_TASK, ITEMS_QUEUE, POST_TASK
 from contract.redis_check import guard_worker_start as guard_redis_at_start
 from contract.retrying import task_countdown
 from contract.store import ledger_client
@@ -60,13 +68,19 @@ FLUSH_TASK = "consumers.flush_reports"
 # Configured from the environment when first used, not now (contract/celery_app.py).
 app = make_app(main="consumers")
 settings = app.settings
-app.conf.task_routes = {ITEM_TASK: {"queue": ITEMS_QUEUE}, FLUSH_TASK: {"queue": ITEMS_QUEUE}}
+app.conf.task_routes = {
+    ITEM_TASK: {"queue": ITEMS_QUEUE},
+    FLUSH_TASK: {"queue": ITEMS_QUEUE},
+    POST_TASK: {"queue": ITEMS_QUEUE},
+}
 # Every ERP worker also sweeps for messages the Redis transport lost (see consumers/repair.py).
 app.steps["worker"].add(RepairWatchdog)
 # ... and supervises the active jobs' producer runs, one worker of the fleet at a time.
 app.steps["worker"].add(SupervisorStep)
 # ... and serves GET /metrics from its main process when PLEO_METRICS_PORT is set.
 app.steps["worker"].add(MetricsStep)
+# ... and, on an ERP connection with limits, sends a poster where staged entries wait unposted.
+app.steps["worker"].add(PosterKick)
 # ... and closes finished jobs: their records get the retention expiry (consumers/closing.py).
 app.steps["worker"].add(ClosingStep)
 # No task's raw arguments (export data) in the pool's DEBUG lines (contract/log_filters.py).
@@ -102,6 +116,49 @@ def _erp() -> ERPAdapter:
 # records refuses the worker (contract/redis_check.py); the pool's processes build their own ERP.
 guard_redis_at_start(app, settings)
 guard_worker_start(app, _new_erp)
+
+
+@functools.cache
+def _limits() -> ERPLimits:
+    return limits_for(_erp(), settings())
+
+
+@functools.cache
+def _budget() -> Budget:
+    return Budget(
+        _redis(), _limits(), connection=settings().erp_connection, lease_ttl=settings().lease_ttl
+    )
+
+
+@functools.cache
+def _ready() -> ReadyEntries:
+    return ReadyEntries(
+        _redis(), _budget(), dedup_ttl=settings().dedup_ttl, reads=settings().reads_schemas
+    )
+
+
+@functools.cache
+def _poster() -> Poster:
+    s = settings()
+    return Poster(
+        _redis(),
+        erp=_erp(),
+        budget=_budget(),
+        ready=_ready(),
+        reporter=_reporter(),
+        payloads=_payloads(),
+        settings=PosterSettings(
+            key_window=s.erp_key_window,
+            order_wait=s.erp_order_wait,
+            unreachable_limit=s.erp_unreachable_limit,
+            retry_delay=s.erp_retry_delay,
+            dedup_ttl=s.dedup_ttl,
+            max_drain=min(60.0, s.visibility_timeout / 3),
+        ),
+        write_back=lambda job_id, waiting: _write_back(_reporter(), job_id, waiting),
+        kick=_kick,
+        who=f"pid {os.getpid()}",
+    )
 
 
 @functools.cache
@@ -146,6 +203,8 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
     waited = message.waited(time.time())
     if waited is not None:
         metrics.message_queue_wait.observe(waited)
+    if governed(_limits()):
+        return _stage(self, message)
     entry = Entry.from_message(message)
     job_id = entry.job_id
     try:
@@ -195,6 +254,55 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
     if outcome.waiting:
         _write_back(reporter, job_id, outcome.waiting)
     return {"job_id": job_id, "entry": entry.accounting_entry_id, "status": outcome.status}
+
+
+def _stage(task: Task, message: ItemMessage) -> dict[str, Any]:
+    """A governed connection: stage the entry (the message is then done with), then post.
+
+    The message is acked once its entry is staged (``consumers/ready.py``), whatever the ERP's
+    budget says; posting is the slot holders' work (``consumers/poster.py``), and this worker
+    becomes one if a slot is free. Nothing that goes wrong while posting retries the message:
+    its entry is staged, and a poster (this one, another, or one the kick timer sends) posts it.
+    """
+    job_id, entry_id = message.job_id, message.accounting_entry_id
+    try:
+        staged = _ready().stage(message)
+    except BrokerUnavailable as exc:
+        countdown = task_countdown(task.request.retries, settings().erp_retry_delay)
+        log.warning("stage_retry job_id=%s entry=%s countdown=%.1f", job_id, entry_id, countdown)
+        raise retry_item(task, exc, countdown) from exc
+    if staged < 0:
+        log.info("item_skipped_job_finished job_id=%s entry=%s", job_id, entry_id)
+        return {"job_id": job_id, "entry": entry_id, "status": "job_finished"}
+    recorded = _post_staged(message.company_id)
+    status = "staged" if staged else "duplicate"
+    return {"job_id": job_id, "entry": entry_id, "status": status, "recorded": recorded}
+
+
+def _kick(company_id: str | None) -> None:
+    """Send a poster for ``company_id`` unless one is pending (consumers/poster_step.py)."""
+    if claim_kick(_redis(), _budget().key(company_id, "kick")):
+        post_entries.apply_async(args=[company_id])
+
+
+def _post_staged(company_id: str | None) -> int:
+    """Post staged entries while a slot is free; trouble is logged, the entries stay staged."""
+    try:
+        return _poster().drain(company_id)
+    except _TRANSIENT as exc:
+        log.warning("poster_stopped company=%s error=%s", company_id or "-", type(exc).__name__)
+    except Exception:
+        log.exception("poster_crashed company=%s", company_id or "-")
+    return 0
+
+
+@app.task(name=POST_TASK, bind=True, acks_late=True, max_retries=None)
+def post_entries(self: Task, company_id: str | None) -> dict[str, Any]:
+    """Post a governed connection's staged entries for ``company_id`` (sent by the kick timer)."""
+    key = erp_key(settings().erp_connection, company_id, "kick")
+    with contextlib.suppress(redis.RedisError):  # else the kick lapses by itself
+        _redis().delete(key)
+    return {"company_id": company_id, "recorded": _post_staged(company_id)}
 
 
 def retry_item(task: Task, exc: Exception, countdown: float) -> Exception:

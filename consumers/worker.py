@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +85,7 @@ def process_item(
     waiting = reporter.record(job_id, update, attempt=attempt)
     if not waiting:
         return ItemOutcome("duplicate")
-    _count_outcome(update)
+    count_outcome(update)
     return ItemOutcome(update["status"], waiting)
 
 
@@ -104,7 +105,7 @@ def _post(erp: ERPAdapter, entry: Entry) -> ExternalRef:
         raise
 
 
-def _count_outcome(update: dict[str, Any]) -> None:
+def count_outcome(update: Mapping[str, Any]) -> None:
     """Count an entry's first (and only) outcome."""
     if update["status"] == "successful":
         metrics.entries_posted.inc()

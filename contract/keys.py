@@ -119,11 +119,39 @@ CLOSER_KEY = f"{PREFIX}:closer"
 DEAD_LETTER_KEY = f"{PREFIX}:dead-letter"
 _SCHEMA_READER_PREFIX = f"{PREFIX}:schema-reader:"
 _WEBHOOK_PREFIX = f"{PREFIX}:webhook:"
+_ERP_PREFIX = f"{PREFIX}:erp:"
 
 
 def fence_of(lease_key: str) -> str:
     """The fencing counter beside a lease key that has no job (the supervisor's, a sweep's)."""
     return f"{lease_key}-fence"
+
+
+def erp_key(connection: str, company_id: str | None, name: str) -> str:
+    """The key ``name`` of an ERP connection's budget for one company (``-``: none given).
+
+    ``name``: ``bucket``, ``paused``, ``jobs``, ``kick``, ``slot:{i}`` (a lease, with
+    ``slot:{i}-fence``) or ``slot:{i}:claimed``; ``*`` as company: a pattern.
+    """
+    return f"{_ERP_PREFIX}{connection}:{company_id or '-'}:{name}"
+
+
+def erp_claims_key(slot_key: str) -> str:
+    """The key of what the holder of the posting slot ``slot_key`` claimed."""
+    return f"{slot_key}:claimed"
+
+
+def job_keys_prefix() -> str:
+    """What every job key starts with (``job_key(job_id, name)`` is it + ``{job_id}:{name}``);
+    for scripts that name the keys of jobs they find in a list."""
+    return job_key("", "")[:-1]
+
+
+def erp_company_of(key: str | bytes, connection: str) -> str | None:
+    """The company of an ``erp_key`` of ``connection`` (None for ``-``)."""
+    text = key.decode() if isinstance(key, bytes) else key
+    company = text[len(f"{_ERP_PREFIX}{connection}:") :].split(":", 1)[0]
+    return None if company == "-" else company
 
 
 def job_key(job_id: str, name: str) -> str:
@@ -159,10 +187,10 @@ def dead_letter_field(job_id: str, task_id: str) -> str:
 
 
 def lease_keys(job_id: str, name: str) -> tuple[str, str]:
-    """The (lease, fencing counter) keys of the job's lease: lease, flush or payloads-lock."""
+    """The (lease, fencing counter) keys of the job's lease: lease, flush, payloads-lock, poster."""
     if name == "lease":
         return lease_key(job_id), fence_key(job_id)
-    if name not in {"flush", "payloads-lock"}:
+    if name not in {"flush", "payloads-lock", "poster"}:
         raise ValueError(f"unknown lease {name!r}")
     return job_key(job_id, name), job_key(job_id, f"{name}-fence")
 
@@ -199,6 +227,13 @@ final_key = _per_job("final", "Key of the job's final event.")
 erp_down_key = _per_job("erp-down", "Key of when the ERP was first found unreachable.")
 payloads_key = _per_job("payloads", "Key of the job's export items read by a worker.")
 repaired_key = _per_job("repaired-at", "Key of when the repair sweep last examined the job.")
+# The ERP workers' posting of governed connections (consumers/ready.py, consumers/poster.py).
+ready_key = _per_job("ready", "Key of the entries whose message arrived, waiting to be posted.")
+ready_items_key = _per_job("ready-items", "Key of those entries' messages, until recorded.")
+erp_tries_key = _per_job("erp-tries", "Key of how often each entry was taken for posting.")
+erp_first_try_key = _per_job("erp-first-try", "Key of when each entry was first posted.")
+next_sequence_key = _per_job("next-seq", "Key of the ordered job's next sequence to post.")
+order_gap_key = _per_job("order-gap", "Key of the sequence an ordered job waits for, and since.")
 # Both sides' (pleo/activity.py).
 pleo_action_key = _per_job("pleo-action-at", "Key of when we last acted on the job in Pleo.")
 
@@ -221,9 +256,15 @@ DROPPED_AT_CLOSE = (
     "repaired-at",
     "trigger",
     "pleo-action-at",
+    "ready",
+    "ready-items",
+    "erp-tries",
+    "erp-first-try",
+    "next-seq",
+    "order-gap",
 )
 # The job's leases: each keeps its own PX; its fencing counter is kept while the lease lives.
-LEASES = ("lease", "flush", "payloads-lock")
+LEASES = ("lease", "flush", "payloads-lock", "poster")
 
 
 def retained_keys(job_id: str) -> list[str]:

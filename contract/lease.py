@@ -264,6 +264,20 @@ class Leases:
     ) -> Iterator[Lease]:
         """Hold a lease for a block, renewed by a heartbeat thread, released at the end."""
         lease = self.acquire(key, fence_key, who=who, wait=wait, patient=patient, job_id=job_id)
+        with self.kept(lease):
+            yield lease
+
+    def try_acquire(self, key: str, fence_key: str, *, who: str) -> Lease | None:
+        """The lease at ``key`` if it is free (or its holder died here), else None at once."""
+        try:
+            return self.acquire(key, fence_key, who=who, wait=0, patient=False)
+        except LeaseHeld:
+            return None
+
+    @contextmanager
+    def kept(self, lease: Lease) -> Iterator[Lease]:
+        """Renew a lease already acquired by a heartbeat thread for a block, then release it."""
+        key = lease.key
         stop = threading.Event()
         beat = threading.Thread(
             target=self._heartbeat, args=(lease, stop), name=f"lease-{key}", daemon=True

@@ -100,8 +100,14 @@ erp_errors = Counter(
     "ERP post calls that booked nothing, by kind (rejected, unavailable, unexpected).",
     ["kind"],
 )
-# The ERP's rate limit and call budget (a later issue) are counted here, beside erp_calls:
-# pleo_export_erp_rate_limited_total, pleo_export_erp_budget_remaining (a scrape-time gauge).
+erp_rate_limited = Counter(
+    "pleo_export_erp_rate_limited_total",
+    "ERP calls refused for the ERP's rate or concurrency limit (429); each pauses the connection.",
+)
+erp_quota_wait = Counter(
+    "pleo_export_erp_quota_wait_seconds_total",
+    "Seconds ERP workers slept waiting for the shared budget's next call (consumers/budget.py).",
+)
 
 COUNTERS: Final = (
     producer_runs,
@@ -119,6 +125,8 @@ COUNTERS: Final = (
     messages_republished,
     erp_calls,
     erp_errors,
+    erp_rate_limited,
+    erp_quota_wait,
 )
 HISTOGRAMS: Final = (producer_run_duration,)
 

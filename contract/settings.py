@@ -16,8 +16,10 @@ from contract.message import READS
 Ordering = Literal["booked_at", "entry_id"]
 
 
-_SECRET_FIELDS = frozenset({"api_token", "api_key", "webhook_secret", "enqueue_api_token"})
-_URL_FIELDS = frozenset({"redis_url", "broker_url", "erp_database_url"})
+_SECRET_FIELDS = frozenset(
+    {"api_token", "api_key", "webhook_secret", "enqueue_api_token", "erp_http_auth"}
+)
+_URL_FIELDS = frozenset({"redis_url", "broker_url", "erp_database_url", "erp_http_url"})
 _USERINFO = re.compile(r"(//[^/@:]*:)[^/@]*@")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -130,6 +132,32 @@ class Settings:
     # by default; "1" plays a worker from before schema 2, for upgrade rehearsals).
     message_schema: int | None = None
     reads_schemas: frozenset[int] = READS
+    # ERP governance (consumers/budget.py, consumers/poster.py): the connection's name (budgets,
+    # pauses and posting slots are keyed by it and by company), and overrides of what the adapter
+    # declares it can take (consumers.erp.ERPLimits; None: as declared).
+    erp_connection: str = "default"
+    erp_calls: int | None = None
+    erp_period: float | None = None
+    erp_burst: int | None = None
+    erp_concurrency: int | None = None
+    erp_batch_size: int | None = None
+    erp_ordered: bool | None = None
+    # How long the ERP keeps an idempotency key: a post retried after this looks the entry up
+    # first. And how long an ordered job waits for the message of its next entry before its
+    # poster reads that entry from the job's plan itself.
+    erp_key_window: float = 24 * 3600.0
+    erp_order_wait: float = 30.0
+    # The HTTP journal (ERP_ADAPTER=consumers.erp_http:from_settings): the ERP's base URL, the
+    # auth header's value and name, the idempotency header's name, the ERP's names for the body's
+    # fields (a JSON object, checked by the adapter), the per-call timeout, and the entries its
+    # batch endpoint takes per call (0 or 1: it has none).
+    erp_http_url: str | None = None
+    erp_http_auth: str | None = None
+    erp_http_auth_header: str = "Authorization"
+    erp_http_idempotency_header: str = "Idempotency-Key"
+    erp_http_fields: str | None = None
+    erp_http_timeout: float = 10.0
+    erp_http_batch: int = 0
     # RabbitMQ: the type the two queues are declared with ("classic", or "quorum": replicated,
     # the production choice; a queue's type is fixed when it is first declared).
     rabbitmq_queue_type: str = "classic"
@@ -140,7 +168,7 @@ class Settings:
             value = getattr(self, f.name)
             if f.name in _SECRET_FIELDS and value is not None:
                 value = "***"
-            elif f.name in _URL_FIELDS:
+            elif f.name in _URL_FIELDS and value is not None:
                 value = redact_url(value)
             shown.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(shown)})"
@@ -233,6 +261,26 @@ class Settings:
             close_interval=_number(env, "PLEO_CLOSE_INTERVAL", d.close_interval, float, low=0.1),
             message_schema=_message_schema(env),
             reads_schemas=_schemas_read(env),
+            erp_connection=_connection_name(env),
+            erp_calls=_optional(env, "ERP_CALLS", int, low=1),
+            erp_period=_optional(env, "ERP_PERIOD", float, low=0.001),
+            erp_burst=_optional(env, "ERP_BURST", int, low=1),
+            erp_concurrency=_optional(env, "ERP_CONCURRENCY", int, low=1, high=1000),
+            erp_batch_size=_optional(env, "ERP_BATCH_SIZE", int, low=1, high=10_000),
+            erp_ordered=_optional_flag(env, "ERP_ORDERED"),
+            erp_key_window=_number(env, "ERP_KEY_WINDOW", d.erp_key_window, float, low=0),
+            erp_order_wait=_number(env, "ERP_ORDER_WAIT", d.erp_order_wait, float, low=0.1),
+            erp_http_url=_optional_url(env, "ERP_HTTP_URL"),
+            erp_http_auth=env.get("ERP_HTTP_AUTH") or None,
+            erp_http_auth_header=_header_name(env, "ERP_HTTP_AUTH_HEADER", d.erp_http_auth_header),
+            erp_http_idempotency_header=_header_name(
+                env, "ERP_HTTP_IDEMPOTENCY_HEADER", d.erp_http_idempotency_header
+            ),
+            erp_http_fields=(env.get("ERP_HTTP_FIELDS") or "").strip() or None,
+            erp_http_timeout=_number(env, "ERP_HTTP_TIMEOUT", d.erp_http_timeout, float, low=0.1),
+            erp_http_batch=_number(
+                env, "ERP_HTTP_BATCH", d.erp_http_batch, int, low=0, high=10_000
+            ),
             rabbitmq_queue_type=_queue_type(env),
         )
 
@@ -303,6 +351,38 @@ def _number(
     if high is not None and value > high:
         raise BadInput(f"{name} must be at most {high}, not {shown(raw)}.")
     return value
+
+
+def _optional(
+    env: Mapping[str, str], name: str, kind: type[N], *, low: N, high: N | None = None
+) -> N | None:
+    """The setting ``name`` as ``_number`` reads it, or None when it is not set."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    return _number(env, name, low, kind, low=low, high=high)
+
+
+def _optional_flag(env: Mapping[str, str], name: str) -> bool | None:
+    """The setting ``name`` as ``_flag`` reads it, or None when it is not set."""
+    raw = env.get(name)
+    return None if raw is None or raw.strip() == "" else _flag(env, name, False)
+
+
+_CONNECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _connection_name(env: Mapping[str, str]) -> str:
+    """ERP_CONNECTION: a short name (letters, digits, ``_.-``) that goes into Redis keys."""
+    raw = (env.get("ERP_CONNECTION") or "").strip()
+    if not raw:
+        return "default"
+    if not _CONNECTION.fullmatch(raw):
+        raise BadInput(
+            "ERP_CONNECTION must be up to 64 letters, digits, '_', '.' or '-' (it names the "
+            f"connection's keys in Redis), not {shown(raw)}."
+        )
+    return raw
 
 
 def _url(
@@ -404,3 +484,21 @@ def _sentinel_master(env: Mapping[str, str], redis_url: str, broker_url: str) ->
             "master the Sentinels monitor (the <name> of their 'sentinel monitor <name> ...')."
         )
     return master
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _optional_url(env: Mapping[str, str], name: str) -> str | None:
+    """The setting ``name``: an http(s) URL without a trailing slash, or None when unset."""
+    if not (env.get(name) or "").strip():
+        return None
+    return _url(env, name, "", ("http", "https"), "http(s)").rstrip("/")
+
+
+def _header_name(env: Mapping[str, str], name: str, default: str) -> str:
+    """The setting ``name``: an HTTP header name (a token, RFC 9110)."""
+    raw = (env.get(name) or "").strip() or default
+    if not _HEADER_NAME.fullmatch(raw):
+        raise BadInput(f"{name} must be an HTTP header name, not {shown(raw)}.")
+    return raw

@@ -9,6 +9,10 @@ The demo uses Redis db ``DEMO_DB`` of whichever server it uses and empties it fi
 run starts clean), but only a database that is empty or that an earlier demo marked as its own: one
 holding other keys is left alone and the demo runs on an embedded Redis instead. It never touches
 the database that ``REDIS_URL`` names.
+
+With ``erp="http"`` (``pleo-export demo --erp http``) the ERP worker posts through the HTTP adapter
+(``consumers/erp_http.py``) to the ERP simulator (``devtools/erp_simulator/``), started beside the
+Pleo simulator, instead of writing the SQLite journal; the summary counts its bookings.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -43,6 +47,8 @@ from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE
 from contract.settings import Settings, redact_url
 from contract.store import ledger_client, redis_client
 from devtools.deliveries import deliver
+from devtools.erp_simulator import ErpSimState
+from devtools.erp_simulator import start_in_thread as start_erp
 from devtools.processes import stop_group
 from devtools.simulator import JobSpec, SimState, start_in_thread
 from producer.serving import bind, server_config, url_of
@@ -79,6 +85,8 @@ class DemoSummary:
     max_batch: int
     seconds: float
     journal_path: Path
+    # Where the entries went: the SQLite journal's path, or the ERP simulator's URL.
+    erp: str = ""
 
     @property
     def items_per_second(self) -> float:
@@ -87,9 +95,16 @@ class DemoSummary:
 
 
 def run_demo(
-    *, items: int = 3000, interactive: bool = True, console: Console | None = None
+    *,
+    items: int = 3000,
+    interactive: bool = True,
+    console: Console | None = None,
+    erp: Literal["sql", "http"] = "sql",
 ) -> DemoSummary:
-    """Run the whole pipeline once on a sample job of ``items`` entries and summarise it."""
+    """Run the whole pipeline once on a sample job of ``items`` entries and summarise it.
+
+    ``erp``: post to the SQLite journal (``sql``) or to the ERP simulator over HTTP (``http``).
+    """
     out = console or Console()
     workdir = Path.cwd() / WORKDIR_NAME
     workdir.mkdir(exist_ok=True)
@@ -118,6 +133,15 @@ def run_demo(
             # The demo's Redis (embedded, or a database it empties) is a throwaway by design.
             redis_ephemeral=True,
         )
+        erp_state = None
+        if erp == "http":
+            erp_state = ErpSimState()
+            erp_sim = start_erp(erp_state, host="127.0.0.1", port=0)
+            stack.callback(erp_sim.stop)
+            out.print(f"ERP simulator: {erp_sim.url} (the workers post over HTTP)")
+            settings = dataclasses.replace(
+                settings, erp_adapter="consumers.erp_http:from_settings", erp_http_url=erp_sim.url
+            )
         receiver = stack.enter_context(_receiver(settings))
         out.print(f"Webhook receiver: {receiver}/webhooks/pleo")
         workers = [
@@ -139,6 +163,7 @@ def run_demo(
             seconds=seconds,
             settings=settings,
             journal_path=journal_path,
+            erp_state=erp_state,
         )
         _print_summary(out, summary, workdir)
         if interactive and sys.stdin.isatty():
@@ -272,6 +297,8 @@ def _worker(
         REDIS_URL=settings.redis_url,
         CELERY_BROKER_URL=settings.broker_url,
         ERP_DATABASE_URL=settings.erp_database_url,
+        ERP_ADAPTER=settings.erp_adapter,
+        ERP_HTTP_URL=settings.erp_http_url or "",
         PLEO_PAGE_SIZE=str(settings.page_size),
         PLEO_REPORT_INTERVAL=str(settings.report_interval),
         PLEO_VISIBILITY_TIMEOUT=str(settings.visibility_timeout),
@@ -356,13 +383,17 @@ def _summarise(
     seconds: float,
     settings: Settings,
     journal_path: Path,
+    erp_state: ErpSimState | None = None,
 ) -> DemoSummary:
     """Collect the run's numbers from the simulator, the status view and the ERP journal."""
-    journal = SqlJournal(settings.erp_database_url)
-    try:
-        posted = journal.entries_count()
-    finally:
-        journal.close()
+    if erp_state is not None:
+        posted, erp = erp_state.stats()["entriesBooked"], settings.erp_http_url or ""
+    else:
+        journal = SqlJournal(settings.erp_database_url)
+        try:
+            posted, erp = journal.entries_count(), str(journal_path)
+        finally:
+            journal.close()
     puts = [call for call in state.calls if call.method == "PUT"]
     return DemoSummary(
         job_id=job_id,
@@ -376,6 +407,7 @@ def _summarise(
         max_batch=max((call.items or 0 for call in puts), default=0),
         seconds=seconds,
         journal_path=journal_path,
+        erp=erp,
     )
 
 
@@ -396,5 +428,8 @@ def _print_summary(out: Console, summary: DemoSummary, workdir: Path) -> None:
     for name, value in rows:
         table.add_row(name, value)
     out.print(table)
-    out.print(f"ERP journal: {summary.journal_path}")
+    if summary.erp == str(summary.journal_path):
+        out.print(f"ERP journal: {summary.journal_path}")
+    else:
+        out.print(f"ERP simulator: {summary.erp} (its bookings: GET {summary.erp}/_sim/bookings)")
     out.print(f"Worker logs: {workdir / 'producer-worker.log'}, {workdir / 'consumers-worker.log'}")

@@ -23,6 +23,7 @@ from contract.errors import BadInput, LeaseHeld, PleoExportError
 from contract.ids import is_uuid, validate_job_id, validate_uuid
 from contract.names import PRODUCER_QUEUE
 from contract.settings import Settings
+from producer.erp_sim_command import simulate_erp_command
 
 log = logging.getLogger(__name__)
 
@@ -477,13 +478,19 @@ def purge(job_id: str, force: bool, as_json: bool) -> None:
     help="Entries in the sample export job.",
 )
 @click.option("--no-input", is_flag=True, help="Never wait for Enter at the end.")
+@click.option("--erp", type=click.Choice(["sql", "http"]), default="sql", show_default=True)
 @guarded
-def demo(items: int, no_input: bool) -> None:
-    """Run the whole pipeline on this machine: simulator, Redis, webhook, workers, summary."""
+def demo(items: int, no_input: bool, erp: str) -> None:
+    """Run the whole pipeline on this machine: simulator, Redis, webhook, workers, summary.
+
+    --erp http posts to the ERP simulator through the HTTP adapter instead of a SQLite journal.
+    """
     from devtools.demo import run_demo
 
-    run_demo(items=items, interactive=not no_input)
+    run_demo(items=items, interactive=not no_input, erp="http" if erp == "http" else "sql")
 
+
+main.add_command(simulate_erp_command(guarded))
 
 if __name__ == "__main__":  # pragma: no cover
     main()

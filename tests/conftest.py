@@ -395,3 +395,14 @@ def with_settings(base: Settings, **changes: Any) -> Settings:
 
 
 __all__ = ["ITEMS_QUEUE", "PRODUCER_QUEUE", "need_service", "wait_for", "with_settings"]
+
+
+@pytest.fixture
+def erp_sim(background_stops: BackgroundStops) -> Iterator[Any]:
+    """Start ERP simulators: ``erp_sim(calls=5, period=1.0, ...)`` (``ErpSimConfig`` fields)
+    returns one serving on a free loopback port; every one is stopped after the test."""
+    from tests.support.erp_sim import ErpSims
+
+    sims = ErpSims()
+    yield sims
+    sims.stop_all(background_stops.stop)

@@ -2,7 +2,8 @@
 
 A worker whose adapter cannot be built refuses to start; one whose database does not answer yet
 waits, consuming nothing; an error the task does not know (here a read-only replica refusing the
-INSERT) retries the message and never reports the entry failed.
+INSERT) retries the message (or, on a governed connection, keeps its entry staged) and never
+reports the entry failed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 import redis
 
 from contract.celery_app import make_app
-from contract.keys import results_key
+from contract.keys import ready_items_key, results_key
 from contract.names import ITEMS_QUEUE
 from contract.settings import Settings
 from devtools.processes import stop_group
@@ -107,13 +108,14 @@ def test_worker_waits_for_its_database_before_taking_a_message(
 def test_unexpected_adapter_error_is_retried_never_acked(
     settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any, tmp_path: Path
 ) -> None:
-    """A read-only replica refuses each INSERT: messages kept, none failed, the worker pauses."""
+    """Posting message by message (ERP_BATCH_SIZE=1: nothing governed), a read-only replica
+    refuses each INSERT: messages kept, none failed, the worker pauses."""
     job_id = sim_state.add_job(JobSpec(items=10, item_statuses={"pending": 1.0}))
     with empty_journal() as pg_url:
         produce(job_id, settings=settings, app=make_app(settings))
         planned = {q.task_id for q in redis_queue(rdb)}
         replica = with_settings(settings, erp_database_url=read_only(pg_url))
-        worker = start_worker("consumers", ITEMS_QUEUE, settings_=replica)
+        worker = start_worker("consumers", ITEMS_QUEUE, settings_=replica, ERP_BATCH_SIZE="1")
         wait_for(
             lambda: "erp_adapter_failing error=InternalError consecutive=3" in worker_log(tmp_path),
             timeout=30,
@@ -128,3 +130,44 @@ def test_unexpected_adapter_error_is_retried_never_acked(
         assert sim_state.update_counts(job_id) == {}
         assert not {i.status for i in sim_state.items(job_id)} & {"successful", "failed"}
         assert journal_ids(with_settings(settings, erp_database_url=pg_url)) == []
+
+
+def test_unexpected_adapter_error_on_a_governed_connection_keeps_every_entry_staged(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any, tmp_path: Path
+) -> None:
+    """The SQL journal's batches (a governed connection): each message is acked once its entry
+    is staged; the replica refuses each batch, the connection pauses, no entry is failed or lost,
+    and a healthy worker later posts them all."""
+    job_id = sim_state.add_job(JobSpec(items=10, item_statuses={"pending": 1.0}))
+    with empty_journal() as pg_url:
+        produce(job_id, settings=settings, app=make_app(settings))
+        replica = with_settings(settings, erp_database_url=read_only(pg_url))
+        worker = start_worker("consumers", ITEMS_QUEUE, settings_=replica)
+        wait_for(
+            lambda: (
+                worker_log(tmp_path).count("erp_call_failed") >= 3
+                and rdb.hlen(ready_items_key(job_id)) == 10
+            ),
+            timeout=30,
+            what="every entry staged, and three failed batches (a poster after each pause)",
+            explain=lambda: worker_log(tmp_path)[-2000:],
+        )
+        stop_group(worker, grace=15)
+        assert held_task_ids(rdb) == set()
+        assert rdb.hlen(ready_items_key(job_id)) == 10
+        assert rdb.hlen(results_key(job_id)) == 0
+        assert sim_state.update_counts(job_id) == {}
+        healthy = with_settings(settings, erp_database_url=pg_url)
+        start_worker("consumers", ITEMS_QUEUE, settings_=healthy)
+        wait_for(
+            lambda: sim_state.jobs[job_id].status == "completed",
+            timeout=30,
+            what="the healthy worker to post the staged entries",
+            explain=lambda: worker_log(tmp_path, 1)[-2000:],
+        )
+        assert sorted(journal_ids(healthy)) == sorted(
+            i.accounting_entry_id for i in sim_state.items(job_id)
+        )
+        assert sim_state.update_counts(job_id) == {
+            i.accounting_entry_id: 1 for i in sim_state.items(job_id)
+        }

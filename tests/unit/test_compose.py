@@ -33,7 +33,13 @@ SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 # App services run our image, built from this directory; the others run upstream images.
 APP_SERVICES = sorted(name for name, spec in SERVICES.items() if "build" in spec)
 # The listening ports ARCHITECTURE.md and the CLI defaults give each service.
-CONTRACT_PORTS = {"webhook": 8000, "api": 8001, "simulator": 8080, "flower": 5555}
+CONTRACT_PORTS = {
+    "webhook": 8000,
+    "api": 8001,
+    "simulator": 8080,
+    "erp-simulator": 8090,
+    "flower": 5555,
+}
 # Worker service -> (Celery app module, the contract's queue name).
 CONTRACT_WORKERS = {
     "producer-worker": ("producer", "pleo-export-producer"),
@@ -226,7 +232,7 @@ def test_redis_keeps_its_data_and_never_evicts() -> None:
 
 def test_app_services_share_one_image_and_the_env_file() -> None:
     """All app services build this directory into one image and read their settings from .env."""
-    assert set(APP_SERVICES) == {*CONTRACT_WORKERS, "webhook", "api", "simulator"}
+    assert set(APP_SERVICES) == {*CONTRACT_WORKERS, "webhook", "api", "simulator", "erp-simulator"}
     for service in APP_SERVICES:
         spec = SERVICES[service]
         assert spec["build"] == ".", service
@@ -300,11 +306,30 @@ def test_enqueue_api_is_opt_in_and_on_loopback() -> None:
     assert Settings.from_env(env_example()).enqueue_api_token is None
 
 
-def test_simulator_runs_only_in_the_local_profile() -> None:
-    """The simulator starts only with --profile local, and no other service depends on it."""
-    assert SERVICES["simulator"]["profiles"] == ["local"]
+@pytest.mark.parametrize("simulator", ["simulator", "erp-simulator"])
+def test_simulators_run_only_in_the_local_profile(simulator: str) -> None:
+    """Each simulator starts only with --profile local, and no other service depends on it."""
+    assert SERVICES[simulator]["profiles"] == ["local"]
     for service, spec in SERVICES.items():
-        assert "simulator" not in spec.get("depends_on", {}), service
+        assert simulator not in spec.get("depends_on", {}), service
+
+
+def test_the_erp_simulator_is_the_url_the_example_and_compose_name() -> None:
+    """The ERP_HTTP_URL that .env.example and the compose file suggest is the erp-simulator
+    service on its contract port, and with it the example's settings build the HTTP adapter."""
+    from consumers.erp_http import from_settings
+
+    url = f"http://erp-simulator:{CONTRACT_PORTS['erp-simulator']}"
+    assert f"ERP_HTTP_URL={url}" in (ROOT / "docker-compose.yml").read_text()
+    assert f"{url} is the ERP simulator" in (ROOT / ".env.example").read_text()
+    assert argv("erp-simulator")[:2] == ["pleo-export", "simulate-erp"]
+    env = {**env_example(), "ERP_ADAPTER": "consumers.erp_http:from_settings", "ERP_HTTP_URL": url}
+    journal = from_settings(Settings.from_env(env))
+    try:
+        assert journal.limits.idempotency_key is True
+        assert journal.limits.batch_size == 1
+    finally:
+        journal.close()
 
 
 def test_dockerfile_installs_the_package_as_a_non_root_user() -> None:
