@@ -12,8 +12,11 @@ other in one run:
 (c) ceiling: raw ``LPUSH`` of byte strings as long as (a)'s messages, pipelined 1,000 at a time.
 
 After each, the queue is checked to hold every message (and (a)'s and (b)'s decode as Celery
-task messages with the right ids and kwargs), so no contender wins by skipping work.
-Usage: ``python -m bench.publish [-n 100000] [--baseline-items 10000] [--quick] [--profile]``.
+task messages with the right ids and kwargs), so no contender wins by skipping work. A second
+table does the same on RabbitMQ with publisher confirms (``bench/rabbit.py``: ours against raw
+confirmed publishes, median of 3), when anything listens at ``--rabbitmq``.
+Usage: ``python -m bench.publish [-n 100000] [--baseline-items 10000] [--quick] [--profile]
+[--rabbitmq URL] [--rabbit-items 20000]``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import redis
 from celery import Celery
 
 from bench.common import DEFAULT_REDIS, own_redis, print_table, rate, sample_export_items
+from bench.rabbit import DEFAULT_AMQP, RabbitOutcome, bench_rabbitmq, reachable
 from contract.celery_app import make_app
 from contract.ledger import Ledger
 from contract.names import ITEM_TASK, ITEMS_QUEUE
@@ -199,6 +203,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="20,000 messages, 2,000 for (b)")
     parser.add_argument("--redis", default=DEFAULT_REDIS, help="a Redis database to empty and use")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of (a)")
+    parser.add_argument(
+        "--rabbitmq",
+        default=DEFAULT_AMQP,
+        help="a RabbitMQ URL whose vhost's items queue may be emptied and used ('' to skip)",
+    )
+    parser.add_argument(
+        "--rabbit-items", type=int, default=20_000, help="messages per RabbitMQ run (r), (s)"
+    )
     args = parser.parse_args()
     count, baseline_count = (20_000, 2_000) if args.quick else (args.items, args.baseline_items)
     baseline_count = min(baseline_count, count)
@@ -223,6 +235,18 @@ def main() -> None:
         if client.llen(ITEMS_QUEUE) != count:
             raise SystemExit(f"(c): the queue holds {client.llen(ITEMS_QUEUE)}, not {count}")
         client.flushdb()
+        rabbit = (
+            bench_rabbitmq(
+                args.rabbitmq,
+                args.redis,
+                bare[: min(args.rabbit_items, count)],
+                spool.payload_json,
+                job_id=JOB_ID,
+                company_id=COMPANY_ID,
+            )
+            if args.rabbitmq and reachable(args.rabbitmq)
+            else None
+        )
         profile = (
             profile_ours(app, settings, bare[: min(count, 20_000)], spool.payload_json)
             if args.profile
@@ -247,9 +271,33 @@ def main() -> None:
             "Each queue was checked after its run: every message there once, (a) and (b) decoded.",
         ],
     )
+    if rabbit is not None:
+        print_rabbitmq(*rabbit)
+    else:
+        print(f"RabbitMQ: nothing listens at {args.rabbitmq or '(skipped)'}; no RabbitMQ rows.")
     if profile:
         print(f"cProfile of (a) on {min(count, 20_000):,} messages, by own time:")
         print(profile)
+
+
+def print_rabbitmq(ours: RabbitOutcome, ceiling: RabbitOutcome, mean_size: float) -> None:
+    """The RabbitMQ table: (r) and (s), median of three runs each."""
+    count = ours.items
+    rows = [
+        [o.name, f"{o.items:,}", f"{o.seconds:.2f}", rate(o.items, o.seconds)]
+        for o in (ours, ceiling)
+    ]
+    runs = ", ".join(f"{s:.2f}" for s in ours.runs)
+    print_table(
+        f"Publish to RabbitMQ with confirms: {count:,} messages, mean body {mean_size:,.0f} bytes",
+        ["contender", "messages", "seconds (median of 3)", "messages/s"],
+        rows,
+        [
+            f"r/s = {ceiling.seconds / ours.seconds:.0%}   (goal: r >= 10,000 messages/s)",
+            f"(r) runs: {runs} s",
+            "Each queue was read back after its run: (r) every entry once with its task id.",
+        ],
+    )
 
 
 if __name__ == "__main__":

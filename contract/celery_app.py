@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 from celery import Celery, Task
+from celery.signals import celeryd_after_setup
 from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
 
@@ -41,12 +42,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_send_sent_event": True,
         "worker_send_task_events": True,
-        # Each queue bound to its own direct exchange under its own name, as Celery's own
-        # automatic queues are (messages themselves go through the default exchange).
-        "task_queues": tuple(
-            Queue(name, Exchange(name, type="direct"), routing_key=name)
-            for name in (PRODUCER_QUEUE, ITEMS_QUEUE)
-        ),
+        "task_queues": task_queues(settings),
         "task_routes": {name: {"queue": PRODUCER_QUEUE} for name in (PRODUCER_TASK, POLL_TASK)},
         "task_default_queue": PRODUCER_QUEUE,
         "broker_connection_retry_on_startup": True,
@@ -63,6 +59,29 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         else {},
         "worker_hijack_root_logger": False,
     }
+
+
+def task_queues(settings: Settings) -> tuple[Queue, ...]:
+    """The two queues, each bound to an exchange of its own name.
+
+    Classic (the default): direct exchanges, as Celery's own automatic queues have (messages
+    themselves go through the default exchange). Quorum (``PLEO_RABBITMQ_QUEUE_TYPE=quorum``, on
+    RabbitMQ): ``x-queue-type: quorum`` queues, bound to topic exchanges, because Celery schedules
+    a retry's countdown on quorum queues with RabbitMQ's native delayed delivery, which routes
+    through the queue's exchange and cannot use a direct one (a worker would hold the message,
+    blocking its prefetch, until the countdown ends). Celery detects the quorum queues itself
+    (``worker_detect_quorum_queues``, on by default) and turns global QoS off for them.
+    """
+    quorum = settings.rabbitmq_queue_type == "quorum" and not settings.uses_redis_broker
+    return tuple(
+        Queue(
+            name,
+            Exchange(name, type="topic" if quorum else "direct"),
+            routing_key=name,
+            queue_arguments={"x-queue-type": "quorum"} if quorum else None,
+        )
+        for name in (PRODUCER_QUEUE, ITEMS_QUEUE)
+    )
 
 
 def redis_transport_options(settings: Settings) -> dict[str, Any]:
@@ -118,6 +137,44 @@ class ExportCelery(Celery):  # type: ignore[misc]
         self._settings = settings
         self._settings_lock = threading.Lock()
         self.config_from_object(_CeleryConfig(self.settings))
+        celeryd_after_setup.connect(self._declare_quorum_queues)
+
+    def _quorum(self) -> bool:
+        """True when this app's queues are RabbitMQ quorum queues (``task_queues``)."""
+        settings = self.settings()
+        return settings.rabbitmq_queue_type == "quorum" and not settings.uses_redis_broker
+
+    def send_task(
+        self,
+        name: str,
+        args: Any = None,
+        kwargs: Any = None,
+        countdown: float | None = None,
+        *rest: Any,
+        **options: Any,
+    ) -> Any:
+        """Celery's ``send_task``; on quorum queues a countdown is at least one second.
+
+        Celery schedules countdowns there with RabbitMQ's native delayed delivery, in whole
+        seconds: one below a second fails to send (kombu's ``calculate_routing_key``).
+        """
+        if countdown is not None and 0 < countdown < 1 and self._quorum():
+            countdown = 1.0
+        return super().send_task(name, args, kwargs, countdown, *rest, **options)
+
+    def _declare_quorum_queues(self, sender: Any = None, instance: Any = None, **_: Any) -> None:
+        """Before a worker of this app consumes, declare every queue of ``task_queues``.
+
+        On quorum queues Celery binds each of them to its native delayed delivery exchanges as
+        the worker starts, and gives up on all if one queue's exchange is missing (the
+        producer's, when only ERP workers ran so far on a new vhost).
+        """
+        if getattr(instance, "app", None) is not self or not self._quorum():
+            return
+        with self.connection_for_write() as conn:
+            conn.ensure_connection(**BROKER_WAIT)
+            for queue in self.amqp.queues.values():
+                queue(conn.default_channel).declare()
 
     def settings(self) -> Settings:
         """The settings this app runs with; read from the environment on first use if not given."""

@@ -30,6 +30,8 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 # Pleo documents no maximum for ``limit``; a page this large is already 25 MB of export items.
 MAX_PAGE_SIZE = 10_000
+# PLEO_RABBITMQ_QUEUE_TYPE's choices (contract/celery_app.py declares the queues with it).
+QUEUE_TYPES = ("classic", "quorum")
 
 
 def redact_url(url: str) -> str:
@@ -156,6 +158,9 @@ class Settings:
     erp_http_fields: str | None = None
     erp_http_timeout: float = 10.0
     erp_http_batch: int = 0
+    # RabbitMQ: the type the two queues are declared with ("classic", or "quorum": replicated,
+    # the production choice; a queue's type is fixed when it is first declared).
+    rabbitmq_queue_type: str = "classic"
 
     def __repr__(self) -> str:
         shown = []
@@ -276,6 +281,7 @@ class Settings:
             erp_http_batch=_number(
                 env, "ERP_HTTP_BATCH", d.erp_http_batch, int, low=0, high=10_000
             ),
+            rabbitmq_queue_type=_queue_type(env),
         )
 
 
@@ -301,6 +307,14 @@ def _message_schema(env: Mapping[str, str]) -> int | None:
         choices = ", ".join(f"'{n}'" for n in sorted(READS))
         raise BadInput(f"PLEO_MESSAGE_SCHEMA must be 'auto', {choices}, not {shown(raw)}.")
     return int(raw)
+
+
+def _queue_type(env: Mapping[str, str]) -> str:
+    """``PLEO_RABBITMQ_QUEUE_TYPE``: ``classic`` (default) or ``quorum``."""
+    raw = (env.get("PLEO_RABBITMQ_QUEUE_TYPE") or "classic").strip()
+    if raw not in QUEUE_TYPES:
+        raise BadInput(f"PLEO_RABBITMQ_QUEUE_TYPE must be 'classic' or 'quorum', not {shown(raw)}.")
+    return raw
 
 
 def _schemas_read(env: Mapping[str, str]) -> frozenset[int]:

@@ -6,6 +6,9 @@
   last step, ``_put``, hands back the string it would ``LPUSH`` instead of sending it. It is the
   reference (the producer's fast ``MessageTemplate`` must agree with it byte for byte) and what the
   repair sweep rebuilds a lost message with.
+- ``AmqpEncoder`` does the same for kombu's AMQP transport (RabbitMQ): the ``amqp.Message``,
+  exchange and routing key its channel would ``basic_publish``, kept instead of sent. It is the
+  reference the RabbitMQ path's ``producer/amqp_template.py`` must agree with.
 - The kombu keys these bytes live under are in ``contract/keys.py`` (``kombu_*``).
 """
 
@@ -17,6 +20,7 @@ from typing import Any
 
 from celery import Celery
 from kombu import Connection, Producer
+from kombu.transport import pyamqp as kombu_pyamqp
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
@@ -118,3 +122,39 @@ class MessageEncoder:
     def close(self) -> None:
         """Release the channel's Redis connection."""
         self._connection.release()
+
+
+class _CapturingAmqpChannel(kombu_pyamqp.Channel):  # type: ignore[misc]
+    """kombu's AMQP channel, stopped at its last step: the publish it would send is kept instead."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.captured: list[tuple[Any, str, str]] = []
+
+    def basic_publish(
+        self, msg: Any, exchange: str = "", routing_key: str = "", *args: Any, **kwargs: Any
+    ) -> None:
+        self.captured.append((msg, exchange, routing_key))
+
+
+class AmqpEncoder:
+    """Builds item messages with Celery and kombu: the (message, exchange, routing key) to publish.
+
+    Its channel lives on ``connection`` (a kombu AMQP connection, already connected) but never
+    sends a message: kombu's ``basic_publish`` is where it stops.
+    """
+
+    def __init__(self, app: Celery, connection: Connection) -> None:
+        self._app = app
+        self._channel = _CapturingAmqpChannel(connection.connection)
+        self._channel.open()
+        self._producer = Producer(self._channel, auto_declare=False)
+
+    def encode(self, message: Any) -> tuple[Any, str, str]:
+        """What kombu's AMQP transport would ``basic_publish`` for a Celery task message."""
+        send_message(self._app, self._producer, message)
+        return self._channel.captured.pop()
+
+    def close(self) -> None:
+        """Close the (idle) channel."""
+        self._channel.close()

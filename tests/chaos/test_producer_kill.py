@@ -53,12 +53,12 @@ REDIS_ITEMS = scale(6_000, 30_000)
 REDIS_PAGE_SIZE = REDIS_ITEMS // 30
 # The publish kills' batch sizes: each run draws one, so batch boundaries move between runs.
 REDIS_BATCHES = (20, 50, 100, 250)
-# RabbitMQ publishes with a confirm per message and the ERP books ~200 entries/s on this machine,
-# so that job is smaller: the kills cost the same, only the ERP's share of the minutes shrinks.
+# The ERP books ~200 entries/s on this machine, so the RabbitMQ job is smaller: the kills cost the
+# same, only the ERP's share of the minutes shrinks.
 RABBIT_ITEMS = scale(1_000, 10_000)
 # Kill points stay below this share of the plan, so a kill never races the run's last batch: the
 # last 25% of the Redis job are at least 6 batches (and up to 75), 150 ms and more at the
-# ~10,000 messages/s measured here (the RabbitMQ one, a confirm per message, longer): far more
+# ~10,000 messages/s measured here (RabbitMQ's about as fast): far more
 # than the 2 ms between probes and the time a SIGKILL takes to land. Each kill still asserts
 # that it landed mid-publish.
 KILL_BEFORE = 0.75

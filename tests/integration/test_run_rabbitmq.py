@@ -76,3 +76,32 @@ def test_rabbitmq_path_publishes_the_same_set_once(
         task_id_for(job_id, k["accounting_entry_id"]) for k in want
     ]
     assert set(rdb.hvals(marks_key(job_id))) == {b"p"}
+
+
+def test_a_broker_without_confirms_gets_every_entry_once_through_kombu(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """A non-AMQP kombu transport (here ``memory://``, in this process) takes the plain path.
+
+    Each message goes through kombu itself; the same kwargs, in the same order, as on Redis.
+    """
+    job_id = sim_state.add_job(JobSpec(items=60, missing_export_items=3))
+    on_redis = produce(job_id, settings=settings, app=make_app(settings))
+    want = [q.kwargs for q in redis_queue(rdb)]
+    rdb.flushdb()
+
+    memory = with_settings(settings, broker_url="memory://")
+    first = produce(job_id, settings=memory, app=make_app(memory))
+    second = produce(job_id, settings=memory, app=make_app(memory))
+    got = []
+    with Connection("memory://") as conn:
+        channel = conn.default_channel
+        while (message := channel.basic_get(ITEMS_QUEUE, no_ack=True)) is not None:
+            got.append((message.headers["id"], json.loads(message.body)[1]))
+
+    assert first.enqueued == on_redis.planned == len(want) == 60
+    assert (second.enqueued, second.already_enqueued) == (0, 60)
+    assert [kwargs for _, kwargs in got] == want
+    assert [task_id for task_id, _ in got] == [
+        task_id_for(job_id, k["accounting_entry_id"]) for k in want
+    ]

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from kombu import Connection
 
@@ -31,3 +37,41 @@ def depth(url: str, queue: str = ITEMS_QUEUE) -> int:
     with Connection(url) as conn:
         _name, messages, _consumers = conn.default_channel.queue_declare(queue, passive=True)
     return int(messages)
+
+
+@contextmanager
+def own_vhost(base_url: str, name: str) -> Iterator[str]:
+    """A RabbitMQ virtual host of the test's own (``rabbitmqctl``), deleted with all it holds.
+
+    Yields ``base_url`` pointing at it: queues declared there (of any type) leave the shared
+    default vhost and its classic items queue alone.
+    """
+    vhost = f"{name}-{os.getpid()}"
+    _rabbitmqctl("add_vhost", vhost)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        parts = urlsplit(base_url)
+        yield urlunsplit((parts.scheme, parts.netloc, f"/{vhost}", "", ""))
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+def queue_types(vhost_url: str) -> dict[str, str]:
+    """Each queue of the URL's vhost and its type (``classic``, ``quorum``), by ``rabbitmqctl``."""
+    vhost = urlsplit(vhost_url).path.lstrip("/") or "/"
+    out = _rabbitmqctl("list_queues", "-q", "--no-table-headers", "-p", vhost, "name", "type")
+    return dict(line.split("\t")[:2] for line in out.splitlines() if "\t" in line)
+
+
+def have_rabbitmqctl() -> bool:
+    """Whether this machine can create virtual hosts (``rabbitmqctl`` on PATH)."""
+    return shutil.which("rabbitmqctl") is not None
+
+
+def _rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(
+        ["rabbitmqctl", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout

@@ -43,3 +43,19 @@ def test_an_app_runs_with_the_settings_it_is_given() -> None:
     assert app.conf.broker_url == "redis://127.0.0.1:6379/13"
     with pytest.raises(RuntimeError, match="already configured"):
         app.use(Settings())
+
+
+def test_quorum_queues_are_declared_only_on_rabbitmq_and_only_when_asked() -> None:
+    """``PLEO_RABBITMQ_QUEUE_TYPE=quorum``: quorum queues on topic exchanges; else as before."""
+    amqp = "amqp://guest:guest@127.0.0.1:5672//"
+    quorum = make_app(Settings(broker_url=amqp, rabbitmq_queue_type="quorum")).conf.task_queues
+    assert {q.queue_arguments["x-queue-type"] for q in quorum} == {"quorum"}
+    assert {q.exchange.type for q in quorum} == {"topic"}
+    assert all(q.exchange.name == q.name == q.routing_key for q in quorum)
+    for classic in (
+        Settings(broker_url=amqp),
+        Settings(broker_url="redis://127.0.0.1:6379/13", rabbitmq_queue_type="quorum"),
+    ):
+        queues = make_app(classic).conf.task_queues
+        assert {q.queue_arguments for q in queues} == {None}
+        assert {q.exchange.type for q in queues} == {"direct"}

@@ -47,6 +47,10 @@ from contract.settings import MAX_PAGE_SIZE, Settings
             {"ERP_MESSAGE_SCHEMAS": ","},
             "ERP_MESSAGE_SCHEMAS must list schemas 1 and 2, not ','.",
         ),
+        (
+            {"PLEO_RABBITMQ_QUEUE_TYPE": "mirrored"},
+            "PLEO_RABBITMQ_QUEUE_TYPE must be 'classic' or 'quorum', not 'mirrored'.",
+        ),
     ],
 )
 def test_a_setting_that_cannot_mean_anything_is_refused(env: dict[str, str], words: str) -> None:
@@ -96,6 +100,10 @@ def test_ordinary_values_still_pass() -> None:
     assert (schemas.message_schema, schemas.reads_schemas) == (2, frozenset({1}))
     defaults = Settings.from_env({})
     assert (defaults.message_schema, defaults.reads_schemas) == (None, frozenset({1, 2}))
+    assert defaults.rabbitmq_queue_type == "classic"
+    assert Settings.from_env({"PLEO_RABBITMQ_QUEUE_TYPE": " quorum "}).rabbitmq_queue_type == (
+        "quorum"
+    )
 
 
 def test_the_enqueue_api_token_is_read_and_never_shown() -> None:
