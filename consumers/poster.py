@@ -378,7 +378,7 @@ class Poster:
             job_id,
             sequence,
             entry_id,
-            staged,
+            staged.status,
             now - float(seen[1]),
         )
 

@@ -48,18 +48,40 @@ from contract.store import redis_call
 
 # KEYS[1] ready, KEYS[2] ready-items, KEYS[3] results, KEYS[4] final, KEYS[5] jobs;
 # ARGV[1] entry, ARGV[2] sequence, ARGV[3] kwargs JSON, ARGV[4] job, ARGV[5] now, ARGV[6] ttl ms.
+# {status, entries staged and not claimed, entries staged or claimed, outcomes recorded}; status
 # 1: staged; 0: already staged, claimed or recorded; -1: the job has its final event.
 _STAGE = """
-if redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
-if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return 0 end
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[3]) == 0 then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[5], 'NX', ARGV[5], ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
-redis.call('PEXPIRE', KEYS[5], ARGV[6])
-return 1
+if redis.call('EXISTS', KEYS[4]) == 1 then return {-1, 0, 0, 0} end
+local status = 0
+local recorded = redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1
+if not recorded and redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[3]) == 1 then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+  redis.call('ZADD', KEYS[5], 'NX', ARGV[5], ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+  redis.call('PEXPIRE', KEYS[5], ARGV[6])
+  status = 1
+end
+local unclaimed, staged = redis.call('ZCARD', KEYS[1]), redis.call('HLEN', KEYS[2])
+return {status, unclaimed, staged, redis.call('HLEN', KEYS[3])}
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """What staging one message found: ``status`` (1 staged, 0 already, -1 job finished), and
+    the job's entries ``unclaimed``, ``staged`` (claimed ones too) and ``recorded``."""
+
+    status: int
+    unclaimed: int = 0
+    staged: int = 0
+    recorded: int = 0
+
+    def worth_posting(self, batch_size: int, total: int) -> bool:
+        """Whether a poster should start now: a full batch waits, or the job's last messages
+        are in (fewer would follow); else the next message, or the kick timer, starts one."""
+        return self.unclaimed >= batch_size or self.staged + self.recorded >= total
+
 
 # KEYS[1] slot lease, KEYS[2] slot claims, KEYS[3] ready, KEYS[4] ready-items, KEYS[5] results,
 # KEYS[6] erp-tries, KEYS[7] erp-first-try, KEYS[8] jobs, KEYS[9] next-seq;
@@ -186,8 +208,8 @@ class ReadyEntries:
         self._recover = client.register_script(_RECOVER)
         self._prefix = job_keys_prefix()
 
-    def stage(self, message: ItemMessage) -> int:
-        """Stage the message's entry: 1 staged, 0 already staged or done, -1 job finished."""
+    def stage(self, message: ItemMessage) -> Staged:
+        """Stage the message's entry (see ``Staged``)."""
         job, entry = message.job_id, message.accounting_entry_id
         keys = [
             ready_key(job),
@@ -204,7 +226,8 @@ class ReadyEntries:
             repr(self._clock()),
             self._ttl_ms,
         ]
-        return int(self._call(lambda: self._stage(keys=keys, args=args)))
+        reply = self._call(lambda: self._stage(keys=keys, args=args))
+        return Staged(*(int(v) for v in reply))
 
     def jobs(self, company_id: str | None) -> list[str]:
         """The company's jobs with staged entries, the longest waiting first."""

@@ -271,11 +271,14 @@ def _stage(task: Task, message: ItemMessage) -> dict[str, Any]:
         countdown = task_countdown(task.request.retries, settings().erp_retry_delay)
         log.warning("stage_retry job_id=%s entry=%s countdown=%.1f", job_id, entry_id, countdown)
         raise retry_item(task, exc, countdown) from exc
-    if staged < 0:
+    if staged.status < 0:
         log.info("item_skipped_job_finished job_id=%s entry=%s", job_id, entry_id)
         return {"job_id": job_id, "entry": entry_id, "status": "job_finished"}
-    recorded = _post_staged(message.company_id)
-    status = "staged" if staged else "duplicate"
+    # One entry staged at a time would post batches of one: wait for a batch's worth, or the
+    # job's last message (the kick timer posts what a lost message leaves short of a batch).
+    due = staged.worth_posting(_limits().batch_size, message.total)
+    recorded = _post_staged(message.company_id) if due else 0
+    status = "staged" if staged.status else "duplicate"
     return {"job_id": job_id, "entry": entry_id, "status": status, "recorded": recorded}
 
 

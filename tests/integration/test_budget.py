@@ -164,8 +164,12 @@ def test_staging_is_once_and_claims_go_back_when_their_slot_lapses(rdb: redis.Re
     shared = budget(rdb, concurrency=1, batch_size=3)
     ready = ReadyEntries(rdb, shared, dedup_ttl=3600, reads=frozenset({1, 2}))
     messages = [message(i) for i in range(5)]
-    assert [ready.stage(m) for m in messages] == [1] * 5
-    assert ready.stage(messages[2]) == 0
+    assert [ready.stage(m).status for m in messages] == [1] * 5
+    again = ready.stage(messages[2])
+    assert (again.status, again.unclaimed, again.staged, again.recorded) == (0, 5, 5, 0)
+    assert again.worth_posting(3, 100)
+    assert not again.worth_posting(6, 100)
+    assert again.worth_posting(6, 5)
     assert ready.jobs(COMPANY) == [JOB]
     slot = shared.take_slot(COMPANY, "test")
     assert slot is not None
@@ -175,7 +179,7 @@ def test_staging_is_once_and_claims_go_back_when_their_slot_lapses(rdb: redis.Re
     assert claim.entries[0].message == messages[0]
     ready.tried(JOB, [c.message.accounting_entry_id for c in claim.entries])
     # Claimed entries are still staged: a redelivered message stages nothing.
-    assert ready.stage(messages[0]) == 0
+    assert ready.stage(messages[0]).status == 0
     # The slot lapses (its holder died elsewhere): its claims go back on the next look.
     rdb.delete(slot.key)
     assert ready.recover(COMPANY) == 3
@@ -202,7 +206,7 @@ def test_staging_is_once_and_claims_go_back_when_their_slot_lapses(rdb: redis.Re
     ready.done(other, JOB, [m.accounting_entry_id for m in messages[:4]])
     assert rdb.hlen(ready_items_key(JOB)) == 1
     assert ready.jobs(COMPANY) == []
-    assert ready.stage(messages[0]) == 1  # not recorded in this test: a new stage is allowed
+    assert ready.stage(messages[0]).status == 1  # not recorded here: a new stage is allowed
 
 
 def test_ordered_claims_start_at_the_next_sequence_and_stop_at_a_gap(rdb: redis.Redis) -> None:
