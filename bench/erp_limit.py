@@ -10,6 +10,7 @@ clock runs from the first message taken off the queue to the job's final event. 
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from contract.names import ITEMS_QUEUE
 from contract.settings import Settings
 from devtools.erp_simulator import ErpSimConfig, ErpSimState
 from devtools.erp_simulator import start_in_thread as start_erp
+from devtools.processes import signal_group
 from devtools.simulator import JobSpec, SimState, start_in_thread
 from producer.components import produce
 
@@ -59,7 +61,14 @@ def one_run(
             command = [sys.executable, "-m", "celery", "-A", "consumers", "worker"]
             command += ["-Q", ITEMS_QUEUE, "-c", "1", "-n", f"bench{n}@%h", "-l", "WARNING"]
             procs.append(
-                subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                subprocess.Popen(
+                    command,
+                    env=env,
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             )
         queue = redis.Redis.from_url(settings.redis_url)
         while queue.llen(ITEMS_QUEUE) >= items:
@@ -74,7 +83,12 @@ def one_run(
         stats = erp.state.stats()
         booked = stats["entriesBooked"]
         if booked != items or stats["duplicateBookings"]:
-            raise SystemExit(f"booked {booked} of {items}, {stats['duplicateBookings']} twice")
+            events = [(e.event, e.failure_reason) for e in state.events(job_id)]
+            raise SystemExit(
+                f"booked {booked} of {items}, {stats['duplicateBookings']} twice; job "
+                f"{state.jobs[job_id].status}, events {events}; log tail: "
+                + (tmp / f"worker-{workers}-{batch}-0.log").read_text()[-3000:]
+            )
         posts = stats["calls"].get("post", 0) + stats["calls"].get("batch", 0)
         return {
             "seconds": seconds,
@@ -85,8 +99,9 @@ def one_run(
             "max_in_flight": stats["maxInFlight"],
         }
     finally:
+        # The figures are in: no warm shutdown to wait for.
         for proc in procs:
-            proc.terminate()
+            signal_group(proc, signal.SIGKILL)  # the worker and its pool
         for proc in procs:
             proc.wait(timeout=30)
         erp.stop()
@@ -111,6 +126,7 @@ def main() -> None:
             for workers in (1, 4):
                 items = args.calls * seconds * batch
                 got = one_run(base, args, items=items, workers=workers, batch=batch, tmp=Path(tmp))
+                print(f"{workers} process(es), batch {batch}: {got}", file=sys.stderr)
                 rows.append(
                     [
                         str(workers),

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -138,7 +139,13 @@ def _ready() -> ReadyEntries:
 
 
 @functools.cache
-def _poster() -> Poster:
+def _posters() -> tuple[tuple[Poster, threading.Lock], ...]:
+    """This process's posters: ``ERP_POSTER_THREADS`` of them, each with the lock it holds
+    while it drains (each holds one slot at a time)."""
+    return tuple((_new_poster(n), threading.Lock()) for n in range(settings().erp_poster_threads))
+
+
+def _new_poster(n: int) -> Poster:
     s = settings()
     return Poster(
         _redis(),
@@ -157,7 +164,7 @@ def _poster() -> Poster:
         ),
         write_back=lambda job_id, waiting: _write_back(_reporter(), job_id, waiting),
         kick=_kick,
-        who=f"pid {os.getpid()}",
+        who=f"pid {os.getpid()} poster {n}",
     )
 
 
@@ -260,9 +267,10 @@ def _stage(task: Task, message: ItemMessage) -> dict[str, Any]:
     """A governed connection: stage the entry (the message is then done with), then post.
 
     The message is acked once its entry is staged (``consumers/ready.py``), whatever the ERP's
-    budget says; posting is the slot holders' work (``consumers/poster.py``), and this worker
-    becomes one if a slot is free. Nothing that goes wrong while posting retries the message:
-    its entry is staged, and a poster (this one, another, or one the kick timer sends) posts it.
+    budget says; posting is the slot holders' work (``consumers/poster.py``), and this process
+    starts its idle posters in the background. Nothing that goes wrong while posting retries the
+    message: its entry is staged, and a poster (this process's, another's, or one the kick timer
+    sends) posts it.
     """
     job_id, entry_id = message.job_id, message.accounting_entry_id
     try:
@@ -277,9 +285,9 @@ def _stage(task: Task, message: ItemMessage) -> dict[str, Any]:
     # One entry staged at a time would post batches of one: wait for a batch's worth, or the
     # job's last message (the kick timer posts what a lost message leaves short of a batch).
     due = staged.worth_posting(_limits().batch_size, message.total)
-    recorded = _post_staged(message.company_id) if due else 0
+    posters = _post_staged(message.company_id) if due else 0
     status = "staged" if staged.status else "duplicate"
-    return {"job_id": job_id, "entry": entry_id, "status": status, "recorded": recorded}
+    return {"job_id": job_id, "entry": entry_id, "status": status, "posters_started": posters}
 
 
 def _kick(company_id: str | None) -> None:
@@ -289,13 +297,35 @@ def _kick(company_id: str | None) -> None:
 
 
 def _post_staged(company_id: str | None) -> int:
-    """Post staged entries while a slot is free; trouble is logged, the entries stay staged."""
+    """Start this process's idle posters on ``company_id``'s staged entries, in the background.
+
+    The task returns at once, so its message is acked and the next one staged while the posters
+    post: staging runs ahead of posting even in a single worker process, and batches fill. A
+    poster already at work is not started twice; one that finds nothing to claim stops. Returns
+    how many posters were started.
+    """
+    started = 0
+    for n, (poster, busy) in enumerate(_posters()):
+        if busy.acquire(blocking=False):
+            # A daemon: a pool process that exits (warm shutdown, max tasks) does not wait for
+            # it; what it had claimed goes back with its slot (consumers/ready.py).
+            threading.Thread(
+                target=_drain, args=(poster, busy, company_id), name=f"poster-{n}", daemon=True
+            ).start()
+            started += 1
+    return started
+
+
+def _drain(poster: Poster, busy: threading.Lock, company_id: str | None) -> int:
+    """One poster's drain; trouble is logged, the entries stay staged (the kick timer goes on)."""
     try:
-        return _poster().drain(company_id)
+        return poster.drain(company_id)
     except _TRANSIENT as exc:
         log.warning("poster_stopped company=%s error=%s", company_id or "-", type(exc).__name__)
     except Exception:
         log.exception("poster_crashed company=%s", company_id or "-")
+    finally:
+        busy.release()
     return 0
 
 
@@ -305,7 +335,7 @@ def post_entries(self: Task, company_id: str | None) -> dict[str, Any]:
     key = erp_key(settings().erp_connection, company_id, "kick")
     with contextlib.suppress(redis.RedisError):  # else the kick lapses by itself
         _redis().delete(key)
-    return {"company_id": company_id, "recorded": _post_staged(company_id)}
+    return {"company_id": company_id, "posters_started": _post_staged(company_id)}
 
 
 def retry_item(task: Task, exc: Exception, countdown: float) -> Exception:

@@ -147,6 +147,9 @@ class Settings:
     # poster reads that entry from the job's plan itself.
     erp_key_window: float = 24 * 3600.0
     erp_order_wait: float = 30.0
+    # Posters per ERP worker process, each a thread holding one posting slot at a time: calls
+    # in flight at once from one process (the connection's concurrency still caps the fleet's).
+    erp_poster_threads: int = 4
     # The HTTP journal (ERP_ADAPTER=consumers.erp_http:from_settings): the ERP's base URL, the
     # auth header's value and name, the idempotency header's name, the ERP's names for the body's
     # fields (a JSON object, checked by the adapter), the per-call timeout, and the entries its
@@ -270,6 +273,9 @@ class Settings:
             erp_ordered=_optional_flag(env, "ERP_ORDERED"),
             erp_key_window=_number(env, "ERP_KEY_WINDOW", d.erp_key_window, float, low=0),
             erp_order_wait=_number(env, "ERP_ORDER_WAIT", d.erp_order_wait, float, low=0.1),
+            erp_poster_threads=_number(
+                env, "ERP_POSTER_THREADS", d.erp_poster_threads, int, low=1, high=64
+            ),
             erp_http_url=_optional_url(env, "ERP_HTTP_URL"),
             erp_http_auth=env.get("ERP_HTTP_AUTH") or None,
             erp_http_auth_header=_header_name(env, "ERP_HTTP_AUTH_HEADER", d.erp_http_auth_header),
