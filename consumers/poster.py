@@ -1,10 +1,11 @@
 """Posting on a governed ERP connection: slot holders post staged entries within the budget.
 
-A worker that staged an entry (``consumers/ready.py``) tries to become a poster: it takes a free
-posting slot (``consumers/budget.py``), claims a batch of one job's staged entries, waits for the
-call's token, posts them (one ``post_batch`` call, or ``post``), records each entry's outcome
-(first outcome only, as ever), and goes on job by job until nothing is left to claim. Then it gives
-the slot back, and looks once more: an entry staged while it held the slot is never left behind.
+A worker process that staged entries (``consumers/ready.py``) starts its idle posters, background
+threads (``consumers/tasks.py``, ``ERP_POSTER_THREADS``). A poster takes a free posting slot
+(``consumers/budget.py``), claims a batch of one job's staged entries, waits for the call's
+token, posts them (one ``post_batch`` call, or ``post``), records each entry's outcome (first
+outcome only, as ever), and goes on job by job until nothing is left to claim. Then it gives the
+slot back, and looks once more: an entry staged while it held the slot is never left behind.
 
 How it waits, and why that is safe:
 - a message is acked once its entry is staged, so quota never holds one out of its queue: no
@@ -12,8 +13,8 @@ How it waits, and why that is safe:
   behind a sleeping task; what a slot holder has claimed (at most ``batch_size`` entries per slot)
   is in Redis, given back if it dies (its slot lease lapses) or gives up;
 - a slot holder sleeps for its token only up to ``MAX_WAIT`` seconds; past that (a long
-  ``Retry-After``, an empty daily bucket) it gives its claim back and leaves, and the kick timer
-  (``consumers/poster_step.py``) sends a poster again when the pause is over;
+  ``Retry-After``, an empty daily bucket) it gives its claim back and leaves, and the kick thread
+  (``consumers/poster_step.py``) starts a poster again when the pause is over;
 - a 429 pauses the connection for every worker (``Budget.pause``), and the entries of that call
   are posted again later with the same idempotency key;
 - if a post was tried before (a crash, a timeout) and the ERP may have forgotten its key (older
@@ -87,7 +88,6 @@ class Poster:
         payloads: PayloadCache,
         settings: PosterSettings,
         write_back: Callable[[str, int], None],
-        kick: Callable[[str | None], None],
         who: str,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -101,7 +101,6 @@ class Poster:
         self._payloads = payloads
         self._settings = settings
         self._write_back = write_back
-        self._kick = kick
         self._who = who
         self._clock = clock
         # The entries of the batch under way that were sent to the ERP (this claim's tries).
@@ -117,14 +116,14 @@ class Poster:
     def drain(self, company_id: str | None) -> int:
         """Post what is staged for ``company_id`` while a slot is free; returns entries recorded.
 
-        A drain lasts at most ``max_drain`` seconds: the task running it holds its own message
-        unacked meanwhile, which on the Redis broker must be acked well within the visibility
-        timeout. A poster whose time is up hands on to the next (``kick``).
+        A drain lasts at most ``max_drain`` seconds (a minute, or a third of the visibility
+        timeout, for a drain run inline by a task); a poster whose time is up leaves, and the
+        kick thread (``consumers/poster_step.py``) starts one again.
         """
         recorded = looks = 0
         ends = self._clock() + self._settings.max_drain
         while looks <= _LOOKS_AGAIN:
-            # Paused (a 429, the ERP down): the slot holders sleep through it, or the kick timer
+            # Paused (a 429, the ERP down): the slot holders sleep through it, or the kick thread
             # sends a poster once it is over; a newcomer would only add a call that fails.
             if self._budget.paused_for(company_id) > 0:
                 return recorded
@@ -139,8 +138,7 @@ class Poster:
                 done, left = self._serve(slot, company_id, ends)
             recorded += done
             if left == "time":
-                self._kick(company_id)
-                return recorded
+                return recorded  # the kick thread starts a poster again within seconds
             # Given back: look once more for entries staged while the slot was ours.
             if left or not self._ready.jobs(company_id) or self._budget.paused_for(company_id):
                 return recorded

@@ -79,7 +79,7 @@ class Staged:
 
     def worth_posting(self, batch_size: int, total: int) -> bool:
         """Whether a poster should start now: a full batch waits, or the job's last messages
-        are in (fewer would follow); else the next message, or the kick timer, starts one."""
+        are in (fewer would follow); else the next message, or the kick thread, starts one."""
         return self.unclaimed >= batch_size or self.staged + self.recorded >= total
 
 
@@ -340,10 +340,16 @@ class ReadyEntries:
         return {e.decode() for e in self._call(lambda: self._r.hkeys(ready_items_key(job_id)))}
 
     def companies(self) -> list[str | None]:
-        """The companies of this connection with staged entries (for the kick timer)."""
-        pattern = self._budget.key("*", "jobs")
-        keys = self._call(lambda: list(self._r.scan_iter(pattern, count=1000)))
-        return [erp_company_of(key, self._budget.connection) for key in keys]
+        """The companies of this connection with staged entries, unclaimed or claimed (for the
+        kick thread: claims of a slot whose holder died keep a company listed until recovered)."""
+        found: dict[str | None, None] = {}
+        for name in ("jobs", "slot:*:claimed"):
+            keys = self._scan(self._budget.key("*", name))
+            found.update(dict.fromkeys(erp_company_of(k, self._budget.connection) for k in keys))
+        return list(found)
+
+    def _scan(self, pattern: str) -> list[bytes]:
+        return list(self._call(lambda: list(self._r.scan_iter(pattern, count=1000))))
 
     @staticmethod
     def _call(fn: Callable[[], Any]) -> Any:

@@ -13,7 +13,6 @@ retries the message, and a process that fails entry after entry pauses (``consum
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -24,7 +23,7 @@ from typing import Any
 import httpx
 import redis
 from celery import Task
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_process_init
 
 from consumers.adapter_check import guard_worker_start
 from consumers.adapters import build_adapter
@@ -35,7 +34,7 @@ from consumers.erp import Entry, ERPAdapter, ERPLimits, ERPUnavailable
 from consumers.erp_calls import PosterSettings, drain_limit
 from consumers.payloads import PayloadCache
 from consumers.poster import Poster
-from consumers.poster_step import PosterKick, claim_kick
+from consumers.poster_step import Kicker
 from consumers.ready import ReadyEntries
 from consumers.reporting import Reporter
 from consumers.schema_step import SchemaAnnouncer
@@ -50,11 +49,10 @@ from contract.errors import (
     TransientUpstreamError,
     Unprocessable,
 )
-from contract.keys import erp_key
 from contract.ledger import Ledger
 from contract.message import ItemMessage, MessageRejected
 from contract.metrics_endpoint import MetricsStep
-from contract.names import ITEM_TASK, ITEMS_QUEUE, POST_TASK
+from contract.names import ITEM_TASK, ITEMS_QUEUE
 from contract.redis_check import guard_worker_start as guard_redis_at_start
 from contract.retrying import task_countdown
 from contract.store import ledger_client
@@ -72,7 +70,6 @@ settings = app.settings
 app.conf.task_routes = {
     ITEM_TASK: {"queue": ITEMS_QUEUE},
     FLUSH_TASK: {"queue": ITEMS_QUEUE},
-    POST_TASK: {"queue": ITEMS_QUEUE},
 }
 # Every ERP worker also sweeps for messages the Redis transport lost (see consumers/repair.py).
 app.steps["worker"].add(RepairWatchdog)
@@ -80,8 +77,6 @@ app.steps["worker"].add(RepairWatchdog)
 app.steps["worker"].add(SupervisorStep)
 # ... and serves GET /metrics from its main process when PLEO_METRICS_PORT is set.
 app.steps["worker"].add(MetricsStep)
-# ... and, on an ERP connection with limits, sends a poster where staged entries wait unposted.
-app.steps["worker"].add(PosterKick)
 # ... and closes finished jobs: their records get the retention expiry (consumers/closing.py).
 app.steps["worker"].add(ClosingStep)
 # No task's raw arguments (export data) in the pool's DEBUG lines (contract/log_filters.py).
@@ -163,7 +158,6 @@ def _new_poster(n: int) -> Poster:
             max_drain=drain_limit(s.visibility_timeout),
         ),
         write_back=lambda job_id, waiting: _write_back(_reporter(), job_id, waiting),
-        kick=_kick,
         who=f"pid {os.getpid()} poster {n}",
     )
 
@@ -269,7 +263,7 @@ def _stage(task: Task, message: ItemMessage) -> dict[str, Any]:
     The message is acked once its entry is staged (``consumers/ready.py``), whatever the ERP's
     budget says; posting is the slot holders' work (``consumers/poster.py``), and this process
     starts its idle posters in the background. Nothing that goes wrong while posting retries the
-    message: its entry is staged, and a poster (this process's, another's, or one the kick timer
+    message: its entry is staged, and a poster (this process's, another's, or one the kick thread
     sends) posts it.
     """
     job_id, entry_id = message.job_id, message.accounting_entry_id
@@ -283,17 +277,11 @@ def _stage(task: Task, message: ItemMessage) -> dict[str, Any]:
         log.info("item_skipped_job_finished job_id=%s entry=%s", job_id, entry_id)
         return {"job_id": job_id, "entry": entry_id, "status": "job_finished"}
     # One entry staged at a time would post batches of one: wait for a batch's worth, or the
-    # job's last message (the kick timer posts what a lost message leaves short of a batch).
+    # job's last message (the kick thread posts what a lost message leaves short of a batch).
     due = staged.worth_posting(_limits().batch_size, message.total)
     posters = _post_staged(message.company_id) if due else 0
     status = "staged" if staged.status else "duplicate"
     return {"job_id": job_id, "entry": entry_id, "status": status, "posters_started": posters}
-
-
-def _kick(company_id: str | None) -> None:
-    """Send a poster for ``company_id`` unless one is pending (consumers/poster_step.py)."""
-    if claim_kick(_redis(), _budget().key(company_id, "kick")):
-        post_entries.apply_async(args=[company_id])
 
 
 def _post_staged(company_id: str | None) -> int:
@@ -317,7 +305,7 @@ def _post_staged(company_id: str | None) -> int:
 
 
 def _drain(poster: Poster, busy: threading.Lock, company_id: str | None) -> int:
-    """One poster's drain; trouble is logged, the entries stay staged (the kick timer goes on)."""
+    """One poster's drain; trouble is logged, the entries stay staged (the kick thread goes on)."""
     try:
         return poster.drain(company_id)
     except _TRANSIENT as exc:
@@ -329,13 +317,16 @@ def _drain(poster: Poster, busy: threading.Lock, company_id: str | None) -> int:
     return 0
 
 
-@app.task(name=POST_TASK, bind=True, acks_late=True, max_retries=None)
-def post_entries(self: Task, company_id: str | None) -> dict[str, Any]:
-    """Post a governed connection's staged entries for ``company_id`` (sent by the kick timer)."""
-    key = erp_key(settings().erp_connection, company_id, "kick")
-    with contextlib.suppress(redis.RedisError):  # else the kick lapses by itself
-        _redis().delete(key)
-    return {"company_id": company_id, "posters_started": _post_staged(company_id)}
+@worker_process_init.connect(weak=False)
+def _start_kicker(**_: Any) -> None:
+    """Each pool process of a governed connection runs a kick thread (consumers/poster_step.py)."""
+    try:
+        if governed(_limits()):
+            Kicker(_ready(), _budget(), _post_staged).start()
+    except Exception:
+        # The adapter or Redis not there yet: the first message's posters start this process's
+        # posting anyway, and the other processes' kick threads look for what is left.
+        log.exception("poster_kick_not_started")
 
 
 def retry_item(task: Task, exc: Exception, countdown: float) -> Exception:

@@ -10,5 +10,3 @@ ITEMS_QUEUE = "pleo-export-items"
 PRODUCER_TASK = "producer.enqueue_export_job"
 POLL_TASK = "producer.poll_export_jobs"
 ITEM_TASK = "consumers.export_item"
-# The ERP workers' own: a poster for a governed ERP connection (consumers/poster_step.py).
-POST_TASK = "consumers.post_entries"

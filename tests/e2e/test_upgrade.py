@@ -37,6 +37,11 @@ def announced(rdb: redis.Redis, index: int) -> frozenset[int] | None:
     return mine[0] if mine else None
 
 
+# The fleet posts 200 entries a second, one at a time (a governed connection): job 1 takes about
+# 5 s, long enough to upgrade its workers while it runs.
+PACED = {"ERP_CALLS": "200", "ERP_BATCH_SIZE": "1"}
+
+
 def finished(state: SimState, job_id: str) -> bool:
     return state.jobs[job_id].status in {"completed", "completed_with_errors", "failed"}
 
@@ -46,8 +51,8 @@ def test_workers_upgraded_one_by_one_mid_job_finish_every_job_exactly_once(
 ) -> None:
     """Old workers replaced one by one mid-job, then schema 2 switched on: every entry once."""
     app = make_app(settings)
-    old_a = start_worker("consumers", ITEMS_QUEUE, ERP_MESSAGE_SCHEMAS="1")
-    old_b = start_worker("consumers", ITEMS_QUEUE, ERP_MESSAGE_SCHEMAS="1")
+    old_a = start_worker("consumers", ITEMS_QUEUE, ERP_MESSAGE_SCHEMAS="1", **PACED)
+    old_b = start_worker("consumers", ITEMS_QUEUE, ERP_MESSAGE_SCHEMAS="1", **PACED)
     wait_for(
         lambda: announced(rdb, 0) == announced(rdb, 1) == {1},
         timeout=30,
@@ -61,7 +66,7 @@ def test_workers_upgraded_one_by_one_mid_job_finish_every_job_exactly_once(
     wait_for(lambda: rdb.hlen(results_key(first)) >= 20, timeout=30, what="job 1 to be under way")
     stop_as_deployed(old_a)
     assert rdb.hlen(results_key(first)) < ITEMS, "job 1 ended before the upgrade began"
-    new_a = start_worker("consumers", ITEMS_QUEUE)
+    new_a = start_worker("consumers", ITEMS_QUEUE, **PACED)
     wait_for(lambda: announced(rdb, 2) == {1, 2}, timeout=30, what="the first new worker")
 
     # Mid-rollout (one old, one new): schema 1, which both read, even if told 2 too early.
@@ -71,7 +76,7 @@ def test_workers_upgraded_one_by_one_mid_job_finish_every_job_exactly_once(
     assert job_status(rdb, second)["message_schema"] == 1
 
     stop_as_deployed(old_b)
-    start_worker("consumers", ITEMS_QUEUE)
+    start_worker("consumers", ITEMS_QUEUE, **PACED)
     wait_for(
         lambda: (r := readers(rdb)) and len(r) == 2 and all(s == {1, 2} for s in r.values()),
         timeout=30,
