@@ -28,6 +28,8 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 # Pleo documents no maximum for ``limit``; a page this large is already 25 MB of export items.
 MAX_PAGE_SIZE = 10_000
+# Pages of one layer in flight at most: each is a connection and a page held in memory.
+MAX_CONCURRENCY = 32
 
 
 def redact_url(url: str) -> str:
@@ -128,6 +130,9 @@ class Settings:
     # by default; "1" plays a worker from before schema 2, for upgrade rehearsals).
     message_schema: int | None = None
     reads_schemas: frozenset[int] = READS
+    # Pages of one layer in flight at once (pleo/offset_walk.py): 1 is the cursor walk alone;
+    # more reads by ``offset`` and proves the pages complete, else falls back to the cursor walk.
+    page_concurrency: int = 4
 
     def __repr__(self) -> str:
         shown = []
@@ -228,6 +233,9 @@ class Settings:
             close_interval=_number(env, "PLEO_CLOSE_INTERVAL", d.close_interval, float, low=0.1),
             message_schema=_message_schema(env),
             reads_schemas=_schemas_read(env),
+            page_concurrency=_number(
+                env, "PLEO_PAGE_CONCURRENCY", d.page_concurrency, int, low=1, high=MAX_CONCURRENCY
+            ),
         )
 
 
