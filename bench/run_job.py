@@ -47,6 +47,7 @@ class Watch:
 
     states: dict[str, float] = field(default_factory=dict)
     vm_hwm_kib: int = 0
+    cpu_seconds: float = 0.0
 
 
 def producer_env(
@@ -134,7 +135,7 @@ def run_producer(
     watcher.join()
     if returncode != 0:
         raise SystemExit(f"the producer exited {returncode}: {err_path.read_text()[-2000:]}")
-    del usage
+    seen.cpu_seconds = usage.ru_utime + usage.ru_stime
     return json.loads(out_path.read_text()), wall, seen.vm_hwm_kib, seen
 
 
@@ -246,20 +247,23 @@ def paging_bench(args: argparse.Namespace, items: int) -> None:
     with own_redis(args.redis) as client, start_in_thread(state) as sim:
         for concurrency in concurrencies:
             env = producer_env(sim.url, args.redis, PAGING_PAGE_SIZE, concurrency)
-            walls, runs, fetches, publishes = [], [], [], []
+            walls, runs, fetches, publishes, cpus, sim_cpus = [], [], [], [], [], []
             for _ in range(args.repeat):
                 # Each run a fresh ledger: the job is then a recovery run that publishes it all.
                 client.flushdb()
+                sim_before = server_cpu_seconds()
                 with tempfile.TemporaryDirectory() as tmp:
-                    summary, wall, _, _ = run_producer(job_id, env, client, Path(tmp))
+                    summary, wall, _, seen = run_producer(job_id, env, client, Path(tmp))
+                cpus.append(seen.cpu_seconds)
+                sim_cpus.append(server_cpu_seconds() - sim_before)
                 if summary["enqueued"] != items or summary["paging_fallbacks"]:
                     raise SystemExit(f"unexpected run at concurrency {concurrency}: {summary}")
                 walls.append(wall)
                 runs.append(summary["seconds"])
                 fetches.append(summary["fetch_seconds"])
                 publishes.append(summary["publish_seconds"])
-            wall, run, fetch, publish = (
-                statistics.median(x) for x in (walls, runs, fetches, publishes)
+            wall, run, fetch, publish, cpu, sim_cpu = (
+                statistics.median(x) for x in (walls, runs, fetches, publishes, cpus, sim_cpus)
             )
             ideal = per_layer / concurrency * PAGING_LATENCY
             bound = 1.3 * ideal + publish
@@ -273,6 +277,7 @@ def paging_bench(args: argparse.Namespace, items: int) -> None:
                     f"{ideal:.2f} s",
                     f"{bound:.2f} s",
                     f"{wall / bound:.2f}x",
+                    f"{cpu:.1f} s / {sim_cpu:.1f} s",
                 ]
             )
     print_table(
@@ -287,12 +292,14 @@ def paging_bench(args: argparse.Namespace, items: int) -> None:
             "pages/layer / c x latency",
             "bound",
             "wall / bound",
+            "CPU: producer / simulator",
         ],
         rows,
         [
             f"{per_layer} pages per layer, both layers read side by side. Bound = 1.3 x "
             "(pages per layer / concurrency x latency) + publish (the issue's goal: wall / bound "
             "<= 1). Wall is the process's (interpreter start to exit); run is the summary's.",
+            "CPU: the producer process's user + sys; the simulator's server thread (of 2 cores).",
         ],
     )
 

@@ -46,6 +46,9 @@ T = TypeVar("T")
 # Sent with every offset request (explode=true: one query parameter per value).
 SORTING: Final = {"sorting_keys": ["accountingEntryId"], "sorting_order": ["ASC"]}
 
+# Pages waiting to be handed on, at most, per page in flight.
+WINDOW: Final = 2
+
 # fetch(offset, page_number) -> the checked page at that offset.
 Fetch = Callable[[int, int], Page[T]]
 
@@ -90,14 +93,19 @@ def _rest(
     offset: Callable[[int], int],
     concurrency: int,
 ) -> Iterator[Page[T]]:
-    """Pages 1..pages-1 fetched ``concurrency`` at a time, yielded in order."""
+    """Pages 1..pages-1 fetched ``concurrency`` at a time, yielded in order.
+
+    The window holds twice as many pages as are fetched at once: a page that comes back before
+    the one ahead of it frees its thread for the next request, rather than wait for the head of
+    the line to be handed on.
+    """
     pool = ThreadPoolExecutor(max_workers=min(concurrency, pages - 1), thread_name_prefix="pages")
     window: deque[Future[Page[T]]] = deque()
     queued = 1
 
     def top_up() -> None:
         nonlocal queued
-        while queued < pages and len(window) < concurrency:
+        while queued < pages and len(window) < WINDOW * concurrency:
             window.append(pool.submit(fetch, offset(queued), queued + 1))
             queued += 1
 
