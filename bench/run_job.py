@@ -269,7 +269,7 @@ def paging_bench(args: argparse.Namespace, items: int) -> None:
             bound = 1.3 * ideal + publish
             rows.append(
                 [
-                    f"{concurrency}" + (" (cursor walk)" if concurrency == 1 else ""),
+                    f"{concurrency}" + (" (cursor)" if concurrency == 1 else ""),
                     f"{wall:.2f} s",
                     f"{run:.2f} s",
                     f"{fetch:.2f} s",
@@ -277,29 +277,20 @@ def paging_bench(args: argparse.Namespace, items: int) -> None:
                     f"{ideal:.2f} s",
                     f"{bound:.2f} s",
                     f"{wall / bound:.2f}x",
-                    f"{cpu:.1f} s / {sim_cpu:.1f} s",
+                    f"{cpu:.1f} + {sim_cpu:.1f} s",
                 ]
             )
     print_table(
         f"pleo-export run, latency-bound: {items:,} items, page size {PAGING_PAGE_SIZE}, "
         f"{PAGING_LATENCY * 1000:.0f} ms/request, median of {args.repeat}",
-        [
-            "PLEO_PAGE_CONCURRENCY",
-            "wall",
-            "run",
-            "fetch",
-            "publish",
-            "pages/layer / c x latency",
-            "bound",
-            "wall / bound",
-            "CPU: producer / simulator",
-        ],
+        ["concurrency", "wall", "run", "fetch", "publish", "ideal", "bound", "wall/bound", "CPU"],
         rows,
         [
-            f"{per_layer} pages per layer, both layers read side by side. Bound = 1.3 x "
-            "(pages per layer / concurrency x latency) + publish (the issue's goal: wall / bound "
-            "<= 1). Wall is the process's (interpreter start to exit); run is the summary's.",
-            "CPU: the producer process's user + sys; the simulator's server thread (of 2 cores).",
+            f"{per_layer} pages per layer, both layers read side by side (PLEO_PAGE_CONCURRENCY "
+            "each). Ideal = pages per layer / concurrency x latency; bound = 1.3 x ideal + "
+            "publish (the issue's goal: wall / bound <= 1).",
+            "Wall is the process's (interpreter start to exit); run is the summary's `seconds`.",
+            "CPU: the producer process's user + sys, then the simulator's server thread (2 cores).",
         ],
     )
 

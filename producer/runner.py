@@ -409,7 +409,10 @@ class _PageCounter:
         self._summary.paging = how
 
     def restart(self, layer: str, reason: str) -> None:
-        """``layer``'s offset walk fell back: its items so far no longer count."""
+        """``layer``'s offset walk fell back: its items so far no longer count.
+
+        The one time a layer's count goes back (to 0): the layer is read again from its start.
+        """
         with self._lock:
             self._items[layer] = 0
             if layer == "control":

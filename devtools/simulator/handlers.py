@@ -260,7 +260,7 @@ def get_export_items(state: SimState, request: Request, body: bytes) -> Reply:
     sorting = parse_sorting(query, EXPORT_ITEM_KEYS)
     salt = listing_salt("export_items", job_id, sorting.label)
     page_request = parse_page_request(query, salt, state.max_page_size)
-    entries: Sequence[JsonObject] = state.export_items(job_id)
+    entries: Sequence[JsonObject] = state.export_listing(job_id)
     if sorting.keys:
         positions = state.sorted_positions(
             ("export_items", job_id, sorting.label),
