@@ -153,7 +153,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--concurrencies",
-        default=f"1,{Settings().page_concurrency},16",
+        default=f"1,{Settings().page_concurrency},8",
         help="with --paging: the PLEO_PAGE_CONCURRENCY values to compare",
     )
     parser.add_argument("--repeat", type=int, default=3, help="with --paging: runs per value")

@@ -4,8 +4,8 @@ At Pleo's default page size (100) and ~100 ms a request, a 100,000-entry job is 
 layer: 100 s one page after the other. Both item listings take ``offset`` with a stable sort and
 report ``pagination.total``, so once the first page gives the total every other page's offset is
 known and up to ``concurrency`` of them are fetched at once. Pages are still handed on strictly in
-order, and at most ``concurrency`` wait to be handed on, so memory holds a bounded window of pages
-whatever the job's size.
+order, and at most ``2 x concurrency`` pages (and never more than ``HELD_ENTRIES`` entries) are
+fetched ahead of the consumer, so memory holds a bounded window whatever the job's size.
 
 What the cursor walk gets from following Pleo's cursors, this walk must prove
 (``pleo.paging.offset_disagreement``): every page has the first page's ``total`` and exactly the
@@ -48,6 +48,11 @@ SORTING: Final = {"sorting_keys": ["accountingEntryId"], "sorting_order": ["ASC"
 
 # Pages waiting to be handed on, at most, per page in flight.
 WINDOW: Final = 2
+# Entries fetched ahead of the consumer, at most, whatever the page size: a decoded data-layer
+# page of 1,000 entries is tens of MB of Python objects, and the cursor walk holds two pages. So
+# pages of 100 get up to 10 in flight (8 ahead at the default concurrency of 4), pages of 1,000
+# one: large pages are CPU-bound anyway, and memory stays what the cursor walk's was.
+HELD_ENTRIES: Final = 1_000
 
 # fetch(offset, page_number) -> the checked page at that offset.
 Fetch = Callable[[int, int], Page[T]]
@@ -80,7 +85,10 @@ def offset_walk(
 
     yield accept(0, first)
     if shape.pages > 1:
-        yield from _rest(fetch, accept, shape.pages, shape.offset, concurrency)
+        window = max(1, min(WINDOW * concurrency, HELD_ENTRIES // shape.step))
+        yield from _rest(
+            fetch, accept, shape.pages, shape.offset, concurrency=concurrency, window_pages=window
+        )
     problem = offset_incomplete(shape, len(seen))
     if problem is not None:
         raise OffsetDisagreement(problem)
@@ -91,21 +99,24 @@ def _rest(
     accept: Callable[[int, Page[T]], Page[T]],
     pages: int,
     offset: Callable[[int], int],
+    *,
     concurrency: int,
+    window_pages: int,
 ) -> Iterator[Page[T]]:
-    """Pages 1..pages-1 fetched ``concurrency`` at a time, yielded in order.
+    """Pages 1..pages-1, ``concurrency`` in flight and ``window_pages`` fetched ahead, in order.
 
-    The window holds twice as many pages as are fetched at once: a page that comes back before
-    the one ahead of it frees its thread for the next request, rather than wait for the head of
-    the line to be handed on.
+    The window holds more pages than are fetched at once: a page that comes back before the one
+    ahead of it frees its thread for the next request, rather than wait for the head of the line
+    to be handed on.
     """
-    pool = ThreadPoolExecutor(max_workers=min(concurrency, pages - 1), thread_name_prefix="pages")
+    workers = min(concurrency, window_pages, pages - 1)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pages")
     window: deque[Future[Page[T]]] = deque()
     queued = 1
 
     def top_up() -> None:
         nonlocal queued
-        while queued < pages and len(window) < WINDOW * concurrency:
+        while queued < pages and len(window) < window_pages:
             window.append(pool.submit(fetch, offset(queued), queued + 1))
             queued += 1
 

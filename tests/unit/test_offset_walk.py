@@ -108,14 +108,16 @@ def cursor_start(after: str) -> int:
     return int(after[1:].translate(str.maketrans("ABCDEFGHIJ", "0123456789")))
 
 
-def client_for(listing: Listing, concurrency: int = 3) -> PleoClient:
-    settings = conf(page_concurrency=concurrency)
+def client_for(listing: Listing, concurrency: int = 3, page_size: int = 3) -> PleoClient:
+    settings = conf(page_concurrency=concurrency, page_size=page_size)
     return PleoClient(make_http_client(settings, transport=httpx.MockTransport(listing)), settings)
 
 
-def walk(listing: Listing, concurrency: int = 3) -> tuple[list[Page[JobItem]], list[str]]:
+def walk(
+    listing: Listing, concurrency: int = 3, page_size: int = 3
+) -> tuple[list[Page[JobItem]], list[str]]:
     """Every page the client yields, and each restart's reason."""
-    client = client_for(listing, concurrency)
+    client = client_for(listing, concurrency, page_size)
     restarts: list[str] = []
     pages = list(client.iter_job_items(JOB, concurrency=concurrency, on_restart=restarts.append))
     return pages, restarts
@@ -141,6 +143,14 @@ def test_at_most_concurrency_requests_are_in_flight() -> None:
     pages, _ = walk(listing, concurrency=3)
     assert len(pages) == 20
     assert 2 <= listing.peak <= 3
+
+
+def test_large_pages_are_fetched_ahead_only_as_far_as_memory_allows() -> None:
+    """Pages of 600 at concurrency 3: 1,000 entries ahead at most, so one request at a time."""
+    listing = Listing(3000, delay=0.02)
+    pages, _ = walk(listing, concurrency=3, page_size=600)
+    assert ids_of(pages) == sorted(listing.ids)
+    assert listing.peak == 1
 
 
 def test_concurrency_one_is_the_cursor_walk() -> None:
