@@ -49,6 +49,7 @@ BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m bench.publish $(BENCH_ARGS)
 	$(BIN)/python -m bench.run_job $(BENCH_ARGS)
+	$(BIN)/python -m bench.run_job --paging $(BENCH_ARGS)
 	$(BIN)/python -m bench.e2e $(BENCH_ARGS)
 	$(BIN)/python -m bench.erp_limit $(BENCH_ARGS)
 

@@ -7,7 +7,12 @@ latency; both the sum of the two layers and their max, which is the ideal when t
 the control and data layers concurrently), fetch and publish times, the ratio of wall time to
 ideal fetch + publish, the producer's peak RSS (VmHWM from
 ``/proc``), and the simulator's own CPU time per page (its server thread's CPU clock).
-Usage: ``python -m bench.run_job [-n 100000] [--latency 0.02] [--quick]``.
+Usage: ``python -m bench.run_job [-n 100000] [--latency 0.02] [--concurrency N] [--quick]``.
+
+``--paging`` measures the latency-bound case instead (Pleo's default page size, 100, at 100 ms a
+request): the same job run ``--repeat`` times at each ``PLEO_PAGE_CONCURRENCY`` of
+``--concurrencies`` (1, the cursor walk; the default; a higher one), the median of each figure,
+beside the bound the issue sets: 1.3 x (pages per layer / concurrency x latency) + publish.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -28,6 +34,7 @@ import redis
 
 from bench.common import TOKEN, own_redis, print_table
 from contract.keys import progress_key
+from contract.settings import Settings
 from devtools.simulator import JobSpec, SimState, start_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,9 +47,12 @@ class Watch:
 
     states: dict[str, float] = field(default_factory=dict)
     vm_hwm_kib: int = 0
+    cpu_seconds: float = 0.0
 
 
-def producer_env(api_url: str, redis_url: str, page_size: int) -> dict[str, str]:
+def producer_env(
+    api_url: str, redis_url: str, page_size: int, concurrency: int | None = None
+) -> dict[str, str]:
     """The producer's environment: this simulator, this Redis as ledger and broker."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLEO_", "CELERY_", "ERP_"))}
     env.update(
@@ -55,6 +65,8 @@ def producer_env(api_url: str, redis_url: str, page_size: int) -> dict[str, str]
         PLEO_REDIS_EPHEMERAL="1",
         PYTHONPATH=str(ROOT),
     )
+    if concurrency is not None:
+        env["PLEO_PAGE_CONCURRENCY"] = str(concurrency)
     return env
 
 
@@ -123,7 +135,7 @@ def run_producer(
     watcher.join()
     if returncode != 0:
         raise SystemExit(f"the producer exited {returncode}: {err_path.read_text()[-2000:]}")
-    del usage
+    seen.cpu_seconds = usage.ru_utime + usage.ru_stime
     return json.loads(out_path.read_text()), wall, seen.vm_hwm_kib, seen
 
 
@@ -135,8 +147,21 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.02, help="simulator seconds/request")
     parser.add_argument("--quick", action="store_true", help="a 20,000-item job")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/13", help="a db to empty")
+    parser.add_argument("--concurrency", type=int, help="PLEO_PAGE_CONCURRENCY (default: its own)")
+    parser.add_argument(
+        "--paging", action="store_true", help="page size 100, 100 ms: concurrencies side by side"
+    )
+    parser.add_argument(
+        "--concurrencies",
+        default=f"1,{Settings().page_concurrency},8",
+        help="with --paging: the PLEO_PAGE_CONCURRENCY values to compare",
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="with --paging: runs per value")
     args = parser.parse_args()
     items = 20_000 if args.quick else args.items
+    if args.paging:
+        paging_bench(args, items)
+        return
 
     state = SimState(token=TOKEN, max_page_size=args.page_size, latency=args.latency)
     job_id = state.add_job(JobSpec(items=items))
@@ -146,7 +171,7 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
     ):
         cpu_before = server_cpu_seconds()
-        env = producer_env(sim.url, args.redis, args.page_size)
+        env = producer_env(sim.url, args.redis, args.page_size, args.concurrency)
         summary, wall, peak_kib, seen = run_producer(job_id, env, client, Path(tmp))
         sim_cpu = server_cpu_seconds() - cpu_before
         queued = client.llen("pleo-export-items")
@@ -204,6 +229,68 @@ def main() -> None:
             f" (from the order of the simulator's answers); ideal fetch used: "
             f"{'max' if overlap else 'sum'}. Expected {expected_pages} pages per layer.",
             f"Fetch and publish times {source}. {queued:,} messages were queued, as planned.",
+        ],
+    )
+
+
+PAGING_PAGE_SIZE = 100
+PAGING_LATENCY = 0.1
+
+
+def paging_bench(args: argparse.Namespace, items: int) -> None:
+    """The latency-bound run at each concurrency, ``args.repeat`` times: medians, and the bound."""
+    concurrencies = [int(value) for value in args.concurrencies.split(",")]
+    state = SimState(token=TOKEN, max_page_size=PAGING_PAGE_SIZE, latency=PAGING_LATENCY)
+    job_id = state.add_job(JobSpec(items=items))
+    per_layer = math.ceil(items / PAGING_PAGE_SIZE)
+    rows = []
+    with own_redis(args.redis) as client, start_in_thread(state) as sim:
+        for concurrency in concurrencies:
+            env = producer_env(sim.url, args.redis, PAGING_PAGE_SIZE, concurrency)
+            walls, runs, fetches, publishes, cpus, sim_cpus = [], [], [], [], [], []
+            for _ in range(args.repeat):
+                # Each run a fresh ledger: the job is then a recovery run that publishes it all.
+                client.flushdb()
+                sim_before = server_cpu_seconds()
+                with tempfile.TemporaryDirectory() as tmp:
+                    summary, wall, _, seen = run_producer(job_id, env, client, Path(tmp))
+                cpus.append(seen.cpu_seconds)
+                sim_cpus.append(server_cpu_seconds() - sim_before)
+                if summary["enqueued"] != items or summary["paging_fallbacks"]:
+                    raise SystemExit(f"unexpected run at concurrency {concurrency}: {summary}")
+                walls.append(wall)
+                runs.append(summary["seconds"])
+                fetches.append(summary["fetch_seconds"])
+                publishes.append(summary["publish_seconds"])
+            wall, run, fetch, publish, cpu, sim_cpu = (
+                statistics.median(x) for x in (walls, runs, fetches, publishes, cpus, sim_cpus)
+            )
+            ideal = per_layer / concurrency * PAGING_LATENCY
+            bound = 1.3 * ideal + publish
+            rows.append(
+                [
+                    f"{concurrency}" + (" (cursor)" if concurrency == 1 else ""),
+                    f"{wall:.2f} s",
+                    f"{run:.2f} s",
+                    f"{fetch:.2f} s",
+                    f"{publish:.2f} s",
+                    f"{ideal:.2f} s",
+                    f"{bound:.2f} s",
+                    f"{wall / bound:.2f}x",
+                    f"{cpu:.1f} + {sim_cpu:.1f} s",
+                ]
+            )
+    print_table(
+        f"pleo-export run, latency-bound: {items:,} items, page size {PAGING_PAGE_SIZE}, "
+        f"{PAGING_LATENCY * 1000:.0f} ms/request, median of {args.repeat}",
+        ["concurrency", "wall", "run", "fetch", "publish", "ideal", "bound", "wall/bound", "CPU"],
+        rows,
+        [
+            f"{per_layer} pages per layer, both layers read side by side (PLEO_PAGE_CONCURRENCY "
+            "each). Ideal = pages per layer / concurrency x latency; bound = 1.3 x ideal + "
+            "publish (the issue's goal: wall / bound <= 1).",
+            "Wall is the process's (interpreter start to exit); run is the summary's `seconds`.",
+            "CPU: the producer process's user + sys, then the simulator's server thread (2 cores).",
         ],
     )
 

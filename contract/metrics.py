@@ -46,6 +46,11 @@ pages_read = Counter("pleo_export_pages_read_total", "Pages read from Pleo, by l
 entries_read = Counter(
     "pleo_export_entries_read_total", "Items read from Pleo's pages, by layer.", ["layer"]
 )
+page_walk_fallbacks = Counter(
+    "pleo_export_page_walk_fallbacks_total",
+    "Offset walks whose pages did not prove complete, so the layer was read again by cursor.",
+    ["layer"],
+)
 entries_published = Counter(
     "pleo_export_entries_published_total", "Item messages a producer run put on the queue."
 )
@@ -113,6 +118,7 @@ COUNTERS: Final = (
     producer_runs,
     pages_read,
     entries_read,
+    page_walk_fallbacks,
     entries_published,
     entries_already_published,
     entries_posted,
@@ -150,6 +156,7 @@ def _zeroes() -> None:
     for layer in LAYERS:
         pages_read.labels(layer)
         entries_read.labels(layer)
+        page_walk_fallbacks.labels(layer)
     for result in WRITEBACK_RESULTS:
         writeback_calls.labels(result)
     for status in FINAL_STATUSES:

@@ -7,6 +7,9 @@
   the budget. A 429's ``Retry-After`` is honoured up to ``retry_after_max``; anything else waits
   with full-jitter exponential backoff (tenacity's ``wait_random_exponential``). How an answer
   becomes an error is the Pleo client's business (``pleo/responses.py``).
+- **The shared pause** (``RateGate``): a 429 on any of a client's requests holds back every
+  request of that client (the concurrent pages of both layers) for the same time, so a rate limit
+  slows the whole run rather than only the request that met it.
 - **Task retries** (``task_countdown``, ``RETRY_CAP``): how long a Celery task waits before its
   next attempt; the repair sweep counts on the cap.
 - **The broker** (``BROKER_WAIT``, ``PUBLISH_RETRY_POLICY``): how long sending a task waits for a
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -191,6 +195,51 @@ def call_with_retries(
         elapsed,
     )
     raise exhausted(last, tries, elapsed) from last
+
+
+class RateGate:
+    """One pause shared by every request of a client: a 429 on any of them holds back all.
+
+    ``hold`` moves the gate's opening time later (never earlier). ``wait`` sleeps until then, once,
+    and never past the caller's ``deadline`` (the end of its retry budget). The thread whose 429
+    set the latest hold does not wait at the gate: its own retry loop already waits as the policy
+    says, so one request alone behaves exactly as without a gate.
+    """
+
+    def __init__(self, *, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._opens_at = float("-inf")
+        self._held_by: int | None = None
+
+    def hold(self, seconds: float) -> None:
+        """Keep every request waiting for ``seconds`` from now (or longer, if already held)."""
+        with self._lock:
+            until = self._clock() + max(0.0, seconds)
+            if until > self._opens_at:
+                self._opens_at = until
+                self._held_by = threading.get_ident()
+
+    def wait(self, deadline: float = float("inf")) -> float:
+        """Sleep until the gate opens or ``deadline``; return the seconds slept (0: it was open)."""
+        with self._lock:
+            if self._held_by == threading.get_ident():
+                return 0.0
+            now = self._clock()
+            delay = min(self._opens_at, deadline) - now
+        if delay <= 0:
+            return 0.0
+        log.info("rate_gate_wait seconds=%.2f", delay)
+        self._sleep(delay)
+        return delay
+
+
+def gate_hold(error: RateLimited, policy: RetryPolicy) -> float:
+    """Seconds a 429 holds every request back: its Retry-After (capped), else the first backoff."""
+    if error.retry_after is not None:
+        return min(error.retry_after, policy.retry_after_max)
+    return policy.backoff_initial
 
 
 # The longest countdown a task retry waits (the repair sweep counts on it, consumers/repair.py).

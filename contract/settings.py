@@ -32,6 +32,8 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 MAX_PAGE_SIZE = 10_000
 # PLEO_RABBITMQ_QUEUE_TYPE's choices (contract/celery_app.py declares the queues with it).
 QUEUE_TYPES = ("classic", "quorum")
+# Pages of one layer in flight at most: each is a connection and a page held in memory.
+MAX_CONCURRENCY = 32
 
 
 def redact_url(url: str) -> str:
@@ -164,6 +166,9 @@ class Settings:
     # RabbitMQ: the type the two queues are declared with ("classic", or "quorum": replicated,
     # the production choice; a queue's type is fixed when it is first declared).
     rabbitmq_queue_type: str = "classic"
+    # Pages of one layer in flight at once (pleo/offset_walk.py): 1 is the cursor walk alone;
+    # more reads by ``offset`` and proves the pages complete, else falls back to the cursor walk.
+    page_concurrency: int = 4
 
     def __repr__(self) -> str:
         shown = []
@@ -288,6 +293,9 @@ class Settings:
                 env, "ERP_HTTP_BATCH", d.erp_http_batch, int, low=0, high=10_000
             ),
             rabbitmq_queue_type=_queue_type(env),
+            page_concurrency=_number(
+                env, "PLEO_PAGE_CONCURRENCY", d.page_concurrency, int, low=1, high=MAX_CONCURRENCY
+            ),
         )
 
 

@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 import httpx
 
-from contract.errors import BadInput
+from contract.errors import BadInput, RateLimited
 from contract.ids import is_uuid
-from contract.retrying import RetryPolicy, Target, call_with_retries
+from contract.retrying import RateGate, RetryPolicy, Target, call_with_retries, gate_hold
 from contract.settings import Settings, redact_url
 from pleo.models import (
     ITEM_STATUSES,
@@ -39,6 +39,7 @@ from pleo.models import (
     parse_jobs_page,
     parse_update_result,
 )
+from pleo.offset_walk import SORTING, offset_walk, with_fallback
 from pleo.paging import Done, Walk, advance
 from pleo.responses import error_for_body, error_for_status, error_for_transport
 
@@ -103,10 +104,14 @@ def make_http_client(
         auth = httpx.BasicAuth(settings.api_key, "")
     elif url.userinfo:
         auth = httpx.BasicAuth(url.username, url.password)
+    # Both layers' pages in flight at once, each on its own connection, and a spare.
+    connections = max(10, 2 * settings.page_concurrency + 2)
     return httpx.Client(
         base_url=url.copy_with(username=None, password=None),
         timeout=httpx.Timeout(settings.http_timeout),
-        limits=httpx.Limits(max_connections=10, max_keepalive_connections=10, keepalive_expiry=30),
+        limits=httpx.Limits(
+            max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=30
+        ),
         headers={"Accept": "application/json", "User-Agent": _user_agent()},
         auth=auth,
         transport=transport,
@@ -130,6 +135,7 @@ class PleoClient:
         self._sleep = sleep
         self._clock = clock
         self._policy = RetryPolicy.from_settings(settings)
+        self._gate = RateGate(clock=clock, sleep=sleep)
 
     def __repr__(self) -> str:
         return f"PleoClient(base_url={redact_url(str(self._http.base_url))!r})"
@@ -164,31 +170,57 @@ class PleoClient:
         self._send("POST", "/v3/export-job-events", job_id=job_id, body=payload, decode=False)
         log.info("job_event_sent job_id=%s event=%s", job_id, event)
 
-    def iter_job_items(self, job_id: str, *, status: str | None = None) -> Iterator[Page[JobItem]]:
-        """Yield every checked page of the job's control layer, in Pleo's order."""
+    def iter_job_items(
+        self,
+        job_id: str,
+        *,
+        status: str | None = None,
+        concurrency: int = 1,
+        on_restart: Callable[[str], None] | None = None,
+    ) -> Iterator[Page[JobItem]]:
+        """Yield every checked page of the job's control layer.
+
+        ``concurrency`` 1 is the cursor walk, in Pleo's order. More reads by offset, that many
+        pages at a time, in ``accountingEntryId`` order (``pleo.offset_walk``); should the pages
+        not prove complete, ``on_restart(reason)`` is called (the consumer must forget every page
+        it was given) and the cursor walk's pages follow.
+        """
         _check_job_id(job_id)
         if status is not None and status not in ITEM_STATUSES:
             raise BadInput(f"Unknown export job item status {status!r}.", job_id=job_id)
         params = {} if status is None else {"status": status}
-        return self._walk(
+        return self._pages(
             f"/v3/export-jobs/{job_id}/items",
             params,
             job_id=job_id,
             what="job items",
             parse=lambda body, n: parse_job_items_page(body, job_id=job_id, page=n),
             key=lambda item: item.accounting_entry_id,
+            concurrency=concurrency,
+            on_restart=on_restart,
         )
 
-    def iter_export_items(self, job_id: str) -> Iterator[Page[ExportItem]]:
-        """Yield every checked page of the job's data layer (``GET /v3/export-items?job_id=``)."""
+    def iter_export_items(
+        self,
+        job_id: str,
+        *,
+        concurrency: int = 1,
+        on_restart: Callable[[str], None] | None = None,
+    ) -> Iterator[Page[ExportItem]]:
+        """Yield every checked page of the job's data layer (``GET /v3/export-items?job_id=``).
+
+        ``concurrency`` and ``on_restart`` as for ``iter_job_items``.
+        """
         _check_job_id(job_id)
-        return self._walk(
+        return self._pages(
             "/v3/export-items",
             {"job_id": job_id},
             job_id=job_id,
             what="export items",
             parse=lambda body, n: parse_export_items_page(body, job_id=job_id, page=n),
             key=lambda item: item.accounting_entry_id,
+            concurrency=concurrency,
+            on_restart=on_restart,
         )
 
     def update_job_items(self, job_id: str, updates: Sequence[Mapping[str, Any]]) -> UpdateResult:
@@ -226,6 +258,53 @@ class PleoClient:
             key=lambda job: job.id,
         )
         return (job for page in pages for job in page.items)
+
+    def _pages(
+        self,
+        path: str,
+        params: Mapping[str, Any],
+        *,
+        job_id: str,
+        what: str,
+        parse: Callable[[object, int], Page[T]],
+        key: Callable[[T], str],
+        concurrency: int,
+        on_restart: Callable[[str], None] | None,
+    ) -> Iterator[Page[T]]:
+        """The cursor walk, or the offset walk falling back to it (see ``iter_job_items``)."""
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, not {concurrency}.")
+
+        def cursor_pages() -> Iterator[Page[T]]:
+            return self._walk(path, params, job_id=job_id, what=what, parse=parse, key=key)
+
+        if concurrency == 1:
+            return cursor_pages()
+        if on_restart is None:
+            raise ValueError("an offset walk needs on_restart, in case it falls back.")
+
+        def fetch(offset: int, number: int) -> Page[T]:
+            query = {**params, **SORTING, "offset": offset, "limit": self._settings.page_size}
+            page = parse(self._send("GET", path, job_id=job_id, params=query), number)
+            log.info(
+                "page_fetched job_id=%s what=%s page=%d offset=%d items=%d has_next=%s",
+                job_id,
+                what,
+                number,
+                offset,
+                len(page.items),
+                page.info.has_next_page,
+            )
+            return page
+
+        def offset_pages() -> Iterator[Page[T]]:
+            return offset_walk(
+                fetch, key, concurrency=concurrency, max_pages=self._settings.max_pages
+            )
+
+        return with_fallback(
+            offset_pages, cursor_pages, on_restart=on_restart, what=what, job_id=job_id
+        )
 
     def _walk(
         self,
@@ -292,13 +371,18 @@ class PleoClient:
     ) -> object:
         """One request, retried as the policy allows; returns the decoded JSON body (or None)."""
         target = Target(method, path, job_id, str(self._http.base_url).rstrip("/") + path)
+        deadline = self._clock() + self._policy.budget
 
         def attempt() -> object:
+            self._gate.wait(deadline)
             try:
                 response = self._http.request(method, path, params=params, json=body)
                 response.raise_for_status()
             except httpx.HTTPStatusError as exc:
-                raise error_for_status(exc.response, target) from exc
+                error = error_for_status(exc.response, target)
+                if isinstance(error, RateLimited):
+                    self._gate.hold(gate_hold(error, self._policy))
+                raise error from exc
             except httpx.TransportError as exc:
                 raise error_for_transport(exc, target) from exc
             if not decode:

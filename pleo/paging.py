@@ -1,4 +1,4 @@
-"""Pure cursor-walk rules: from what the walk has seen and the page just read, go on or stop.
+"""Pure paging rules: the cursor walk's (go on or stop) and the offset walk's (is it complete?).
 
 The walk stops only when Pleo says ``hasNextPage`` is false: the Export API documents no default or
 maximum ``limit``, so a short or empty page proves nothing. Everything else here catches an API that
@@ -7,10 +7,19 @@ than ``max_pages``) and raises ``ContractViolation`` before the caller can act o
 
 ``page_len`` is the number of entries on the page that the walk has not seen before: an entry
 repeated across pages is a known cursor quirk that the plan drops, not a lie about ``total``.
+
+The offset walk (``pleo.offset_walk``) reads pages by ``offset`` several at a time, so it cannot
+follow Pleo's word page by page; instead it must prove the pages complete. ``offset_shape`` reads
+the first page's ``total`` and length into the pages still to fetch; ``offset_disagreement`` holds
+every page to that shape (the same ``total``, exactly the entries due at its offset, ``hasNextPage``
+only before the last page, no entry seen before); ``offset_incomplete`` checks the distinct entries
+read against ``total``. Any disagreement is an ``OffsetDisagreement``: not a lie to refuse but a
+reason to read the job again with the cursor walk, whose rules above then decide.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from contract.errors import ContractViolation
@@ -77,3 +86,76 @@ def advance(
     if cursor in walk.cursors:
         raise violation(f"is in a cursor loop: endCursor {cursor!r} was already followed")
     return Walk(pages, items, walk.cursors | {cursor}, total), NextPage(cursor)
+
+
+class OffsetDisagreement(Exception):
+    """The offset walk could not prove its pages complete; ``reason`` says why, in one sentence."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetShape:
+    """The pages an offset walk reads: ``pages`` of ``step`` entries (the last may hold fewer)."""
+
+    total: int
+    step: int
+    pages: int
+
+    def offset(self, index: int) -> int:
+        """The ``offset`` of page ``index`` (0-based)."""
+        return index * self.step
+
+    def due(self, index: int) -> int:
+        """How many entries page ``index`` must hold."""
+        return min(self.step, self.total - self.offset(index))
+
+
+def offset_shape(info: PageInfo, first_len: int, *, max_pages: int) -> OffsetShape:
+    """The walk's shape from its first page (offset 0), or ``OffsetDisagreement``.
+
+    The step is the first page's length, not the ``limit`` sent: a server that caps its pages
+    (Pleo documents no maximum) caps every page the same way.
+    """
+    total = info.total
+    if total is None:
+        raise OffsetDisagreement("the first page carries no total")
+    if not info.has_next_page:
+        if first_len != total:
+            raise OffsetDisagreement(f"a single page held {first_len} entries of {total}")
+        return OffsetShape(total, max(first_len, 1), 1)
+    if first_len == 0 or first_len >= total:
+        raise OffsetDisagreement(
+            f"the first page held {first_len} entries of {total} and said hasNextPage"
+        )
+    pages = -(-total // first_len)
+    if pages > max_pages:
+        raise OffsetDisagreement(f"{total} entries make {pages} pages, past {max_pages}")
+    return OffsetShape(total, first_len, pages)
+
+
+def offset_disagreement(
+    shape: OffsetShape, index: int, info: PageInfo, ids: Sequence[str], seen: Collection[str]
+) -> str | None:
+    """Why page ``index`` (0-based) breaks the shape, given the entries ``seen`` before; or None."""
+    number = index + 1
+    if info.total != shape.total:
+        return f"total moved from {shape.total} to {info.total} on page {number}"
+    due = shape.due(index)
+    if len(ids) != due:
+        return f"page {number} held {len(ids)} entries where {due} were due"
+    last = index == shape.pages - 1
+    if info.has_next_page == last:
+        return f"page {number} of {shape.pages} said hasNextPage={info.has_next_page}"
+    if len(set(ids)) != len(ids) or any(entry in seen for entry in ids):
+        return f"page {number} repeated an entry already read"
+    return None
+
+
+def offset_incomplete(shape: OffsetShape, distinct: int) -> str | None:
+    """Why ``distinct`` entries read in all do not prove the walk complete; or None."""
+    if distinct != shape.total:
+        return f"{distinct} distinct entries were read where total is {shape.total}"
+    return None

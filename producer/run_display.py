@@ -39,6 +39,7 @@ def summary_text(summary: RunSummary, *, as_json: bool) -> str:
         "seconds",
     )
     lines = [f"job {summary.job_id}: {headline}", *(f"{key:>22}: {data[key]}" for key in figures)]
+    lines += [f"{'read again by cursor':>22}: {why}" for why in summary.paging_fallbacks]
     return "\n".join(lines)
 
 

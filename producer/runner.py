@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from contract import metrics
@@ -63,6 +63,10 @@ class RunSummary:
     fetch_seconds: float = 0.0
     publish_seconds: float = 0.0
     reason: str | None = None
+    # How the layers were read: "cursor" (PLEO_PAGE_CONCURRENCY=1) or "offset"; each offset walk
+    # that fell back to the cursor walk adds "<layer>: <why>".
+    paging: str = "cursor"
+    paging_fallbacks: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as a JSON-ready dict."""
@@ -317,12 +321,24 @@ def _fetch_layers(
     Both layers may be read once the job is in progress, so the data layer is walked on a second
     thread over the same keep-alive client (httpx.Client is thread-safe). A failure on either side
     stops the other at its next page and is raised here: nothing is planned from a partial read.
+
+    With ``PLEO_PAGE_CONCURRENCY`` above 1 each layer is read by offset, that many pages at a
+    time (``pleo.offset_walk``); a layer whose pages do not prove complete is forgotten (its items,
+    its spooled payloads, its count) and read again by the cursor walk. The plan sorts what it is
+    given, so the order the pages came in never shows in what is published.
     """
     stop = threading.Event()
     items: list[JobItem] = []
+    concurrency = settings.page_concurrency
+    pages.paging("offset" if concurrency > 1 else "cursor")
+
+    def restart_control(reason: str) -> None:
+        items.clear()
+        pages.restart("control", reason)
 
     def read_control_layer() -> None:
-        for page in _until(stop, client.iter_job_items(job_id)):
+        walk = client.iter_job_items(job_id, concurrency=concurrency, on_restart=restart_control)
+        for page in _until(stop, walk):
             items.extend(page.items)
             pages.seen("control", len(page.items), page.info.total)
 
@@ -332,10 +348,20 @@ def _fetch_layers(
 
     def read_data_layer(spooler: ThreadPoolExecutor) -> None:
         # Encoding a page into the spool overlaps the wait for the next page; at most one page
-        # waits to be spooled, so memory holds two pages at most.
+        # waits to be spooled, so memory holds two pages at most (plus the offset walk's window).
         spooling: Future[None] | None = None
+
+        def restart_data(reason: str) -> None:
+            nonlocal spooling
+            if spooling is not None:
+                spooling.result()
+                spooling = None
+            spool.clear()
+            pages.restart("data", reason)
+
+        walk = client.iter_export_items(job_id, concurrency=concurrency, on_restart=restart_data)
         try:
-            for page in _until(stop, client.iter_export_items(job_id)):
+            for page in _until(stop, walk):
                 if spooling is not None:
                     spooling.result()
                 spooling = spooler.submit(spool.add, page.items)
@@ -377,6 +403,22 @@ class _PageCounter:
         self._observer = observer
         self._lock = threading.Lock()
         self._items = {"control": 0, "data": 0}
+
+    def paging(self, how: str) -> None:
+        """Record how the layers are read (``cursor`` or ``offset``)."""
+        self._summary.paging = how
+
+    def restart(self, layer: str, reason: str) -> None:
+        """``layer``'s offset walk fell back: its items so far no longer count.
+
+        The one time a layer's count goes back (to 0): the layer is read again from its start.
+        """
+        with self._lock:
+            self._items[layer] = 0
+            if layer == "control":
+                self._summary.items_seen = 0
+            self._summary.paging_fallbacks.append(f"{layer}: {reason}")
+            metrics.page_walk_fallbacks.labels(layer).inc()
 
     def seen(self, layer: str, count: int, total: int | None) -> None:
         """One more page of ``layer`` with ``count`` items, of ``total`` if Pleo says."""

@@ -83,6 +83,13 @@ class PayloadSpool:
             self._end += len(text)
         self._file.flush()
 
+    def clear(self) -> None:
+        """Forget every payload spooled so far (the layer is being read again from its start)."""
+        self._file.seek(0)
+        self._file.truncate()
+        self._end = 0
+        self._index = {}
+
     def payload_json(self, entry_id: str) -> str | None:
         """The entry's payload as JSON text, or None when the data layer had no item for it."""
         placed = self._index.get(entry_id)

@@ -11,9 +11,10 @@ It serves ``GET /v3/export-jobs[/{jobId}]``, ``POST /v3/export-job-events``,
 the spec is silent and what the simulator chose), plus a ``/_sim/`` control API for other processes
 (``control``), which is not part of Pleo's API. Modules: ``data`` and ``payloads`` (deterministic
 jobs), ``records`` and ``enums`` (what is stored, what is valid), ``state`` (shared and locked),
-``pages`` (cursors), ``faults`` (misbehaviour), ``auth``, ``handlers`` (the endpoints), ``app``
-(the request pipeline), ``server`` (uvicorn, threaded or blocking). Jobs expire ``expiresIn``
-seconds after their last action, as read from ``SimState(clock=...)`` on every access (``state``).
+``pages`` (cursors), ``sorting`` (``sorting_keys``), ``faults`` (misbehaviour), ``auth``,
+``handlers`` (the endpoints), ``app`` (the request pipeline), ``server`` (uvicorn, threaded or
+blocking). Jobs expire ``expiresIn`` seconds after their last action, as read from
+``SimState(clock=...)`` on every access (``state``).
 """
 
 from devtools.simulator.app import create_app

@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from devtools.simulator import control, handlers
 from devtools.simulator.auth import authorized
 from devtools.simulator.faults import (
+    DISTORTING_KINDS,
     Firing,
     break_schema,
     distort_page,
@@ -133,7 +134,7 @@ def _distort(reply: Reply, firings: tuple[Firing, ...], endpoint: str) -> Reply:
         kind = firing.rule.kind
         if kind == "schema":
             body = break_schema(firing, body, endpoint)
-        elif kind in {"cursor_loop", "duplicate", "total_lie"} and reply.page is not None:
+        elif kind in DISTORTING_KINDS and reply.page is not None:
             page = reply.page
             body = distort_page(firing, body, page.restart_cursor, page.previous_entry)
     return Reply(reply.status, body, reply.headers, reply.page)

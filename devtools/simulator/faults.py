@@ -15,9 +15,12 @@ Kinds, and when they act:
 - on the normal answer: ``truncated`` (the body cut in half);
 - on pages only: ``cursor_loop`` (``endCursor`` repeats the cursor the client sent; on a first page
   it points back to the start); ``duplicate`` (the page also carries the entry just before it, the
-  last entry of the previous page, or its own first entry on a first page); ``total_lie``
-  (``total`` halved); ``schema`` (the first entry breaks the spec; also works on a single job;
-  each fire picks the next way of ``SCHEMA_BREAKS``, or always way ``variant`` when it is set).
+  last entry of the previous page, or its own first entry on a first page); ``total_lie`` (``total``
+  halved); ``total_moves`` (``total`` one more, as if an entry joined the job mid-walk); ``skip``
+  (the page's last entry left out, as if it had moved to a page already read: the offset walk's lie,
+  which only a count against ``total`` shows); ``schema`` (the first entry breaks the spec; also
+  works on a single job; each fire picks the next way of ``SCHEMA_BREAKS``, or always way
+  ``variant`` when it is set).
 - on item updates only: ``item_errors`` (a 200 whose ``errors[]`` holds every tenth update of the
   batch, counting from the first, which is not applied: Pleo's partial failure).
 """
@@ -37,7 +40,11 @@ ENDPOINTS: Final = frozenset(
 )
 PAGED_ENDPOINTS: Final = frozenset({"job_items", "export_items", "jobs"})
 ANSWERING_KINDS: Final = frozenset({"status", "rate_limit", "drop"})
-PAGE_KINDS: Final = frozenset({"cursor_loop", "duplicate", "total_lie", "schema"})
+PAGE_KINDS: Final = frozenset(
+    {"cursor_loop", "duplicate", "total_lie", "total_moves", "skip", "schema"}
+)
+# The page kinds ``distort_page`` applies (``schema`` has its own).
+DISTORTING_KINDS: Final = PAGE_KINDS - {"schema"}
 KINDS: Final = ANSWERING_KINDS | PAGE_KINDS | {"timeout", "truncated", "item_errors"}
 
 # Each fire of a ``schema`` fault breaks the page a different way, cycling through these (a rule
@@ -188,6 +195,10 @@ def distort_page(
         data.append(previous if previous is not None else data[0])
     elif kind == "total_lie":
         pagination["total"] = int(pagination.get("total", 0)) // 2
+    elif kind == "total_moves":
+        pagination["total"] = int(pagination.get("total", 0)) + 1
+    elif kind == "skip" and data:
+        data.pop()
     return {"data": data, "pagination": pagination}
 
 

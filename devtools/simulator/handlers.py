@@ -3,18 +3,20 @@
 Handlers are synchronous and do no I/O; authentication, latency, faults and rendering happen around
 them in ``app.py``. Where the spec is silent the simulator decides, and says so here: a path or body
 that fails validation gets 400 ``BAD_REQUEST``; ``GET /v3/export-items`` requires ``job_id``; a PUT
-replaces an item's optional attributes (fields left out become null); sorting parameters are echoed
-but ignored (listings keep their fixed, deliberately unsorted order). A job's ``expiresIn`` counts
-from its creation, its last accepted event or its last PUT that applied an item; reads, refused
-events and PUTs that applied nothing do not reset it. Once expired, a job reads as ``failed`` with
-``job_expired`` and, like any finished job, answers 422 to PUTs, events and the data layer.
+replaces an item's optional attributes (fields left out become null); the item listings sort by
+``sorting_keys`` where the key never changes (``sorting``), and otherwise keep their fixed,
+deliberately unsorted order; the jobs listing echoes sorting parameters but ignores them. A job's
+``expiresIn`` counts from its creation, its last accepted event or its last PUT that applied an
+item; reads, refused events and PUTs that applied nothing do not reset it. Once expired, a job reads
+as ``failed`` with ``job_expired`` and, like any finished job, answers 422 to PUTs, events and the
+data layer.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -36,6 +38,13 @@ from devtools.simulator.pages import (
     parse_page_request,
 )
 from devtools.simulator.records import ItemUpdate, Job, JobItem, JsonObject
+from devtools.simulator.sorting import (
+    EXPORT_ITEM_KEYS,
+    JOB_ITEM_KEYS,
+    Permuted,
+    parse_sorting,
+    sorted_positions,
+)
 from devtools.simulator.state import JobFinished, SimState, UnknownJob
 from pleo.models import ITEM_FAILURE_REASON_TYPES
 
@@ -179,10 +188,18 @@ def get_job_items(state: SimState, request: Request, body: bytes) -> Reply:
     def matches(item: JobItem) -> bool:
         return item.status == status
 
-    salt = listing_salt("job_items", job_id, status or "")
+    sorting = parse_sorting(query, JOB_ITEM_KEYS)
+    salt = listing_salt("job_items", job_id, status or "", sorting.label)
     page_request = parse_page_request(query, salt, state.max_page_size)
     wanted = None if status is None else matches
-    page = build_page(state.items(job_id), wanted, JobItem.to_json, page_request, salt)
+    items: Sequence[JobItem] = state.items(job_id)
+    if sorting.keys:
+        positions = state.sorted_positions(
+            ("job_items", job_id, sorting.label),
+            lambda: sorted_positions(items, sorting, JOB_ITEM_KEYS),
+        )
+        items = Permuted(items, positions)
+    page = build_page(items, wanted, JobItem.to_json, page_request, salt)
     return Reply(200, page.body, page=page)
 
 
@@ -240,9 +257,17 @@ def get_export_items(state: SimState, request: Request, body: bytes) -> Reply:
     if state.job(job_id).status in TERMINAL_JOB_STATUSES:
         message = "Export Job is finished and can no longer be processed."
         return error(422, "EXPORT_JOB_STATUS_UNPROCESSABLE", message)
-    salt = listing_salt("export_items", job_id)
+    sorting = parse_sorting(query, EXPORT_ITEM_KEYS)
+    salt = listing_salt("export_items", job_id, sorting.label)
     page_request = parse_page_request(query, salt, state.max_page_size)
-    page = build_page(state.export_items(job_id), None, _same, page_request, salt)
+    entries: Sequence[JsonObject] = state.export_listing(job_id)
+    if sorting.keys:
+        positions = state.sorted_positions(
+            ("export_items", job_id, sorting.label),
+            lambda: sorted_positions(entries, sorting, EXPORT_ITEM_KEYS),
+        )
+        entries = Permuted(entries, positions)
+    page = build_page(entries, None, _same, page_request, salt)
     return Reply(200, page.body, page=page)
 
 

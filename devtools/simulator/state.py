@@ -95,6 +95,9 @@ class SimState:
         self._acted_at: dict[str, float] = {}
         # How many applied PUT updates each entry got, to prove "reported once".
         self._update_counts: dict[str, Counter[str]] = {}
+        # Sorted orders of listings (``sorting.sorted_positions``): a job's entries never change
+        # position in the fixed order, so a sort computed once holds for the job's life.
+        self._orders: dict[tuple[str, ...], tuple[int, ...]] = {}
         self._calls: list[Call] = []
         self._faults = FaultBook(random.Random(f"pleo-simulator-faults:{seed}"))
 
@@ -166,6 +169,26 @@ class SimState:
         with self._lock:
             self.job(job_id)
             return list(self._export_items[job_id])
+
+    def export_listing(self, job_id: str) -> tuple[JsonObject, ...]:
+        """The job's export items in page order, as stored: no copy, for the data layer's pages.
+
+        A job's export items never change, so a page is cut from them directly: copying 100,000
+        references touches every item (~5 ms a request, most of a page's cost in the simulator).
+        """
+        with self._lock:
+            self.job(job_id)
+            return self._export_items[job_id]
+
+    def sorted_positions(
+        self, listing: tuple[str, ...], compute: Callable[[], tuple[int, ...]]
+    ) -> tuple[int, ...]:
+        """The positions ``compute`` gives for ``listing`` (layer, job, sorting), computed once."""
+        with self._lock:
+            known = self._orders.get(listing)
+            if known is None:
+                known = self._orders[listing] = compute()
+            return known
 
     def events(self, job_id: str) -> list[JobEvent]:
         """Every event posted to the job, accepted or refused, in arrival order."""

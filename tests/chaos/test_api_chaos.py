@@ -13,6 +13,10 @@ What each case proves, against the simulator over real HTTP and a real Redis bro
 - what is not a lie has a documented outcome: entries repeated across pages are deduplicated by
   the plan, and a ``total`` understated on the first page only is tolerated (``pleo.paging``:
   totals may move; each page's claim is held against what was seen so far);
+- the offset walk (the default ``PLEO_PAGE_CONCURRENCY``) refuses a page that breaks the schema
+  as the cursor walk does; a ``total`` that moves, a page that repeats or leaves out an entry make
+  it read the layer again by cursor, which publishes exactly the plan when the lie came once and
+  refuses it when the lie keeps coming;
 - an item whose status changes between two runs of the same job is never published twice, and an
   entry that turns pending after the first run is published by the rerun.
 """
@@ -202,10 +206,10 @@ def test_producer_worker_reruns_a_job_whose_request_outlived_its_budget(
     """Under the same chaos a request fails past its budget: Celery reruns, the plan lands once."""
     job_id = sim_state.add_job(chaos_job(scale(2000, 20000), seed=12))
     attempts = 10
-    # First in line, so nothing else counts these: one data-layer page fails every attempt.
-    burst = FaultRule(
-        endpoint="export_items", kind="status", status=503, after=scale(40, 800), times=attempts
-    )
+    # First in line, so nothing else counts these: the data layer's first request fails every
+    # attempt. The first, because it is alone in flight in both walks (the offset walk reads the
+    # first page before any other): a later burst would be shared by the concurrent requests.
+    burst = FaultRule(endpoint="export_items", kind="status", status=503, times=attempts)
     sim_state.add_fault(burst)
     for rule in chaos_rules():
         sim_state.add_fault(rule)
@@ -239,11 +243,43 @@ def test_producer_worker_reruns_a_job_whose_request_outlived_its_budget(
 
 
 # --- lies ----------------------------------------------------------------------------------------
+#
+# A fault counts requests, so "page N" is the Nth request only when pages are read one at a time.
+# The cases that name a page by its turn run the cursor walk (``cursor_walk``); the offset walk
+# (the default concurrency) has its own cases below, which find the page a fault hit from the
+# ``offset`` its request asked for.
 
 
 def lie_job(state: SimState) -> str:
     """Five pages per layer at ``LIE_PAGE``, every entry dated and pending."""
     return state.add_job(JobSpec(items=LIE_ITEMS, item_statuses={"pending": 1.0}, seed=5))
+
+
+def cursor_walk(settings: Settings) -> Settings:
+    """The lie job's settings, reading one page after the other by cursor."""
+    return with_settings(settings, page_size=LIE_PAGE, page_concurrency=1)
+
+
+def offset_walk(settings: Settings) -> Settings:
+    """The lie job's settings at the default concurrency: pages read by offset, several at once."""
+    walking = with_settings(settings, page_size=LIE_PAGE)
+    assert walking.page_concurrency > 1
+    return walking
+
+
+def faulted_pages(state: SimState, endpoint: str) -> list[int]:
+    """The pages a fault hit, by the ``offset`` their request asked for, in listing order."""
+    return sorted(
+        int(call.query["offset"]) // LIE_PAGE + 1
+        for call in state.calls
+        if call.endpoint == endpoint and call.fault and "offset" in call.query
+    )
+
+
+def read_by_cursor(state: SimState, endpoint: str) -> bool:
+    """Whether the layer was read (again) by cursor after its offset walk: a fallback's trace."""
+    calls = [call for call in state.calls if call.endpoint == endpoint]
+    return "offset" in calls[0].query and any("after" in call.query for call in calls)
 
 
 def assert_refused(
@@ -273,6 +309,7 @@ def schema_cases() -> list[tuple[str, int, str]]:
     return [(layer, variant, list(POSITIONS)[variant]) for layer in LAYERS for variant in range(3)]
 
 
+@pytest.mark.parametrize("walk", ["cursor", "offset"])
 @pytest.mark.parametrize(("layer", "variant", "position"), schema_cases())
 def test_a_page_that_breaks_the_schema_publishes_nothing(
     settings: Settings,
@@ -282,15 +319,22 @@ def test_a_page_that_breaks_the_schema_publishes_nothing(
     layer: str,
     variant: int,
     position: str,
+    walk: str,
 ) -> None:
-    """Each way the simulator breaks a page, on any page of either layer: a typed refusal."""
+    """Each way the simulator breaks a page, on any page of either layer, either walk: refused."""
     assert len(SCHEMA_BREAKS[layer]) == 3
     job_id = lie_job(sim_state)
-    page = POSITIONS[position]
+    turn = POSITIONS[position]
     sim_state.add_fault(
-        FaultRule(endpoint=layer, kind="schema", variant=variant, after=page - 1, times=1)
+        FaultRule(endpoint=layer, kind="schema", variant=variant, after=turn - 1, times=1)
     )
-    error = assert_refused(with_settings(settings, page_size=LIE_PAGE), rdb, job_id, page=page)
+    if walk == "cursor":
+        error = assert_refused(cursor_walk(settings), rdb, job_id, page=turn)
+    else:
+        # No fallback: a page that breaks the spec is a lie whichever way it was asked for.
+        error = assert_refused(offset_walk(settings), rdb, job_id, page=None)
+        [page] = faulted_pages(sim_state, layer)
+        assert f"page {page} " in error.message, error.message
     field = SCHEMA_BREAKS[layer][variant][0]
     assert f"data[0].{field}" in error.message, error.message
 
@@ -317,8 +361,25 @@ def test_a_cursor_loop_publishes_nothing(
     sim_state.add_fault(FaultRule(endpoint=layer, kind="cursor_loop", after=page - 1))
     # On the first page the loop restarts the walk, so it shows on the second request.
     shown = page + 1 if position == "first" else page
-    error = assert_refused(with_settings(settings, page_size=LIE_PAGE), rdb, job_id, page=shown)
+    error = assert_refused(cursor_walk(settings), rdb, job_id, page=shown)
     assert "cursor loop" in error.message
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_a_cursor_loop_on_every_page_is_refused_by_the_offset_walk_too(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, layer: str
+) -> None:
+    """The offset walk follows no cursor, but a last page saying hasNextPage sends it back to one.
+
+    Documented outcome: a loop that spares the last page is invisible to the offset walk, whose
+    pages are then complete and correct; one that reaches it makes the walk fall back, and the
+    cursor walk refuses the loop.
+    """
+    job_id = lie_job(sim_state)
+    sim_state.add_fault(FaultRule(endpoint=layer, kind="cursor_loop"))
+    error = assert_refused(offset_walk(settings), rdb, job_id, page=None)
+    assert "cursor loop" in error.message
+    assert read_by_cursor(sim_state, layer)
 
 
 @pytest.mark.parametrize("position", ["middle", "last"])
@@ -330,21 +391,41 @@ def test_a_total_exceeded_by_what_was_seen_publishes_nothing(
     job_id = lie_job(sim_state)
     page = POSITIONS[position]
     sim_state.add_fault(FaultRule(endpoint=layer, kind="total_lie", after=page - 1, times=1))
-    error = assert_refused(with_settings(settings, page_size=LIE_PAGE), rdb, job_id, page=page)
+    error = assert_refused(cursor_walk(settings), rdb, job_id, page=page)
     assert f"more than its total of {LIE_ITEMS // 2}" in error.message
 
 
+@pytest.mark.parametrize("position", POSITIONS)
+@pytest.mark.parametrize("layer", LAYERS)
+def test_a_total_that_keeps_lying_is_refused_after_the_offset_walk_falls_back(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, layer: str, position: str
+) -> None:
+    """Every page from one on halving total: the offset walk falls back, the cursor walk refuses."""
+    job_id = lie_job(sim_state)
+    sim_state.add_fault(FaultRule(endpoint=layer, kind="total_lie", after=POSITIONS[position] - 1))
+    error = assert_refused(offset_walk(settings), rdb, job_id, page=None)
+    assert f"more than its total of {LIE_ITEMS // 2}" in error.message
+    assert read_by_cursor(sim_state, layer)
+
+
+@pytest.mark.parametrize("walk", ["cursor", "offset"])
 @pytest.mark.parametrize("layer", LAYERS)
 def test_a_total_understated_on_the_first_page_only_is_tolerated(
-    settings: Settings, sim_state: SimState, rdb: redis.Redis, layer: str
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, layer: str, walk: str
 ) -> None:
-    """Documented outcome: a first-page total that later pages correct is no lie; plan exact."""
+    """Documented outcome: a first-page total that later pages correct is no lie; plan exact.
+
+    The cursor walk holds each page to what was seen so far; the offset walk cannot prove its
+    pages against a total that moved, so it reads the layer again by cursor.
+    """
     job_id = lie_job(sim_state)
     sim_state.add_fault(FaultRule(endpoint=layer, kind="total_lie", times=1))
-    summary = run(with_settings(settings, page_size=LIE_PAGE), job_id)
+    chosen = cursor_walk(settings) if walk == "cursor" else offset_walk(settings)
+    summary = run(chosen, job_id)
     assert summary["status"] == "enqueued"
     assert_queue_is(rdb, job_id, expected_messages(sim_state, job_id))
     assert [c.fault for c in sim_state.calls].count("total_lie") == 1
+    assert len(summary["paging_fallbacks"]) == (1 if walk == "offset" else 0)
 
 
 @pytest.mark.parametrize("position", POSITIONS)
@@ -356,7 +437,7 @@ def test_entries_repeated_across_pages_are_planned_once(
     job_id = lie_job(sim_state)
     page = POSITIONS[position]
     sim_state.add_fault(FaultRule(endpoint=layer, kind="duplicate", after=page - 1, times=1))
-    summary = run(with_settings(settings, page_size=LIE_PAGE), job_id)
+    summary = run(cursor_walk(settings), job_id)
     want = expected_messages(sim_state, job_id)
     assert (summary["status"], summary["planned"], summary["enqueued"]) == (
         "enqueued",
@@ -367,6 +448,52 @@ def test_entries_repeated_across_pages_are_planned_once(
     assert_queue_is(rdb, job_id, want)
 
 
+OFFSET_LIES = ("total_moves", "total_lie", "duplicate", "skip")
+
+
+def offset_lie_cases() -> list[tuple[str, str, str]]:
+    """Every (lie, layer, page) under ``make chaos``; each lie at one page per layer otherwise."""
+    if FULL:
+        return list(itertools.product(OFFSET_LIES, LAYERS, POSITIONS))
+    spots = itertools.cycle(POSITIONS)
+    return [(kind, layer, next(spots)) for kind in OFFSET_LIES for layer in LAYERS]
+
+
+@pytest.mark.parametrize(("kind", "layer", "position"), offset_lie_cases())
+def test_an_offset_walk_that_cannot_prove_its_pages_reads_the_layer_again_by_cursor(
+    settings: Settings,
+    sim_state: SimState,
+    rdb: redis.Redis,
+    *,
+    kind: str,
+    layer: str,
+    position: str,
+) -> None:
+    """A total that moves, a page repeating or leaving out an entry: fall back, plan exact.
+
+    The lie comes once, so the cursor walk reads honest pages; the run summary names the layer
+    that fell back and why, and what is published is exactly the plan (the offset walk's pages
+    were forgotten, spooled payloads included).
+    """
+    job_id = lie_job(sim_state)
+    sim_state.add_fault(
+        FaultRule(endpoint=layer, kind=kind, after=POSITIONS[position] - 1, times=1)
+    )
+    summary = run(offset_walk(settings), job_id)
+    assert (summary["status"], summary["planned"], summary["enqueued"]) == (
+        "enqueued",
+        LIE_ITEMS,
+        LIE_ITEMS,
+    )
+    assert summary["paging"] == "offset"
+    [fallback] = summary["paging_fallbacks"]
+    assert fallback.startswith("control: " if layer == "job_items" else "data: "), fallback
+    assert read_by_cursor(sim_state, layer)
+    assert summary["duplicates"] == 0
+    assert_queue_is(rdb, job_id, expected_messages(sim_state, job_id))
+    tally("offset walk lies read again by cursor")
+
+
 @pytest.mark.parametrize("kind", ["schema", "cursor_loop", "total_lie"])
 def test_the_cli_refuses_a_lie_in_one_sentence_and_status_says_why(
     cli: Cli, settings: Settings, sim_state: SimState, rdb: redis.Redis, kind: str
@@ -374,14 +501,18 @@ def test_the_cli_refuses_a_lie_in_one_sentence_and_status_says_why(
     """`pleo-export run` exits 1 with one sentence on stderr; `status` names the same error."""
     job_id = lie_job(sim_state)
     sim_state.add_fault(FaultRule(endpoint="job_items", kind=kind, after=POSITIONS["middle"] - 1))
+    env = {"PLEO_PAGE_SIZE": str(LIE_PAGE)}
+    if kind == "cursor_loop":
+        # A loop that may spare the last page is invisible to the offset walk (see above).
+        env["PLEO_PAGE_CONCURRENCY"] = "1"
     if kind == "schema":
         # One lie through real processes (exit status and stderr as a shell sees them); the
         # other lies through the same entry point in this process, without an interpreter start.
-        proc = cli("run", job_id, PLEO_PAGE_SIZE=str(LIE_PAGE))
+        proc = cli("run", job_id, **env)
         code, stderr = proc.returncode, proc.stderr
         shown = cli("status", job_id, "--json").stdout
     else:
-        result = invoke(settings, "run", job_id, PLEO_PAGE_SIZE=str(LIE_PAGE))
+        result = invoke(settings, "run", job_id, **env)
         code, stderr = result.exit_code, result.stderr
         shown = invoke(settings, "status", job_id, "--json").stdout
     assert code == 1, stderr
@@ -410,7 +541,7 @@ def test_a_worker_fails_a_lying_job_once_and_never_retries_it(
     """Through a producer worker a ContractViolation fails the task for good, nothing published."""
     job_id = lie_job(sim_state)
     sim_state.add_fault(FaultRule(endpoint="export_items", kind="schema", after=2))
-    lying = with_settings(settings, page_size=LIE_PAGE)
+    lying = offset_walk(settings)
     start_worker("producer", PRODUCER_QUEUE, settings_=lying)
     assert cli("enqueue", job_id, settings_=lying).returncode == 0
     log = tmp_path / "worker-0.log"
@@ -430,7 +561,9 @@ def test_a_worker_fails_a_lying_job_once_and_never_retries_it(
     assert rdb.llen(PRODUCER_QUEUE) == 0
     view = job_status(rdb, job_id)
     assert (view["state"], view["runs"]) == ("failed", 1)
-    assert "export items page 3" in view["error"]
+    # The pages are handed on in order, so the first broken one is what the run names.
+    first_broken = faulted_pages(sim_state, "export_items")[0]
+    assert f"export items page {first_broken} " in view["error"]
 
 
 # --- items that move between two runs ------------------------------------------------------------

@@ -138,8 +138,9 @@ def test_each_layer_has_its_own_bar_with_its_total_and_warnings_wait_for_v(
 ) -> None:
     """On a terminal: one bar per layer, each ending at its total; no log line without -v.
 
-    The first page of job items understates the total (Pleo's pages tolerate it once, with the
-    warning ``page_total_changed``): the bar ends at the real total, and only ``-v`` shows the
+    The first page of job items understates the total: the offset walk cannot prove its pages
+    against a total that moved, so it reads the layer again by cursor, with the warning
+    ``page_walk_fell_back``. The bar still ends at the real total, and only ``-v`` shows the
     warning.
     """
     quiet, loud = (
@@ -153,14 +154,14 @@ def test_each_layer_has_its_own_bar_with_its_total_and_warnings_wait_for_v(
     assert re.search(r"job items read\s.*250/250", drawn), drawn
     assert re.search(r"export items read\s.*250/250", drawn), drawn
     assert re.search(r"items enqueued\s.*250/250", drawn), drawn
-    assert "page_total_changed" not in drawn
+    assert "page_walk_fell_back" not in drawn
     assert "WARNING" not in drawn
 
     sim_state.add_fault(lie)
     code, drawn = run_on_a_terminal(settings, "-v", "run", loud)
     assert code == 0, drawn
     assert "WARNING" in drawn
-    assert "page_total_changed" in drawn
+    assert "page_walk_fell_back" in drawn
 
 
 def test_the_simulator_announces_nothing_for_a_port_it_cannot_take(cli: Cli) -> None:

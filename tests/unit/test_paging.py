@@ -1,4 +1,6 @@
-"""The cursor-walk rules: stop only on hasNextPage false, and catch loops and lying totals."""
+"""The paging rules: the cursor walk stops only on hasNextPage false and catches loops and lying
+totals; the offset walk plans its pages from the first one and proves them complete, or says why.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +10,17 @@ from hypothesis import strategies as st
 
 from contract.errors import ContractViolation
 from pleo.models import PageInfo
-from pleo.paging import Done, NextPage, Walk, advance
+from pleo.paging import (
+    Done,
+    NextPage,
+    OffsetDisagreement,
+    OffsetShape,
+    Walk,
+    advance,
+    offset_disagreement,
+    offset_incomplete,
+    offset_shape,
+)
 
 JOB = "8eb6d4a2-6c1f-4f7e-9a53-2f0c4f1d2b10"
 
@@ -169,3 +181,113 @@ def test_well_formed_walk_with_total_ends_after_every_page(
     pages, walk = walk_through(sizes, [sum(sizes)] * len(sizes))
     assert pages == len(sizes)
     assert (walk.items, walk.total) == (sum(sizes), sum(sizes))
+
+
+# --- the offset walk's rules ---------------------------------------------------------------------
+
+
+def shape_of(total: int | None, first_len: int, *, has_next: bool = True) -> OffsetShape:
+    return offset_shape(PageInfo(has_next, None, total), first_len, max_pages=1000)
+
+
+def test_offset_shape_counts_the_pages_from_the_first_page() -> None:
+    """250 entries, a first page of 100: three pages at offsets 0, 100, 200; the last holds 50."""
+    shape = shape_of(250, 100)
+    assert shape == OffsetShape(total=250, step=100, pages=3)
+    assert [shape.offset(i) for i in range(3)] == [0, 100, 200]
+    assert [shape.due(i) for i in range(3)] == [100, 100, 50]
+
+
+def test_offset_shape_steps_by_what_the_server_served() -> None:
+    """A server capping pages below the limit sent: the step is the first page's length."""
+    assert shape_of(1000, 30).pages == 34
+
+
+@pytest.mark.parametrize(
+    ("total", "first_len", "has_next", "fragment"),
+    [
+        (None, 100, True, "no total"),
+        (100, 0, True, "held 0 entries of 100"),
+        (100, 100, True, "held 100 entries of 100"),
+        (90, 100, False, "single page held 100 entries of 90"),
+    ],
+)
+def test_offset_shape_refuses_what_it_cannot_plan(
+    total: int | None, first_len: int, has_next: bool, fragment: str
+) -> None:
+    """No total, an empty or overfull first page that says hasNextPage: a disagreement."""
+    with pytest.raises(OffsetDisagreement, match=fragment):
+        shape_of(total, first_len, has_next=has_next)
+
+
+def test_offset_shape_refuses_more_pages_than_the_safety_limit() -> None:
+    """A total that would take more than max_pages is not trusted: the cursor walk's limit holds."""
+    with pytest.raises(OffsetDisagreement, match="past 10"):
+        offset_shape(PageInfo(True, None, 1100), 100, max_pages=10)
+
+
+def test_a_single_empty_page_is_a_complete_empty_listing() -> None:
+    """total 0 and no next page: one page, nothing due, complete with nothing read."""
+    shape = shape_of(0, 0, has_next=False)
+    assert (shape.pages, shape.due(0)) == (1, 0)
+    assert offset_disagreement(shape, 0, PageInfo(False, None, 0), [], set()) is None
+    assert offset_incomplete(shape, 0) is None
+
+
+SHAPE = OffsetShape(total=5, step=2, pages=3)
+
+
+@pytest.mark.parametrize(
+    ("index", "info", "ids", "seen", "fragment"),
+    [
+        (1, PageInfo(True, None, 6), ["c", "d"], {"a", "b"}, "total moved from 5 to 6 on page 2"),
+        (1, PageInfo(True, None, None), ["c", "d"], {"a", "b"}, "total moved from 5 to None"),
+        (1, PageInfo(True, None, 5), ["c"], {"a", "b"}, "page 2 held 1 entries where 2"),
+        (2, PageInfo(False, None, 5), ["e", "f"], {"a", "b"}, "page 3 held 2 entries where 1"),
+        (1, PageInfo(False, None, 5), ["c", "d"], {"a", "b"}, "hasNextPage=False"),
+        (2, PageInfo(True, None, 5), ["e"], {"a", "b", "c", "d"}, "hasNextPage=True"),
+        (1, PageInfo(True, None, 5), ["b", "c"], {"a", "b"}, "page 2 repeated an entry"),
+        (1, PageInfo(True, None, 5), ["c", "c"], {"a", "b"}, "page 2 repeated an entry"),
+    ],
+)
+def test_each_way_a_page_breaks_the_shape_is_named(
+    index: int, info: PageInfo, ids: list[str], seen: set[str], fragment: str
+) -> None:
+    """A moved total, a page short or long, a wrong hasNextPage, a repeat: each one a reason."""
+    problem = offset_disagreement(SHAPE, index, info, ids, seen)
+    assert problem is not None
+    assert fragment in problem
+
+
+def test_pages_that_fit_the_shape_pass_and_prove_completeness() -> None:
+    """Pages 2 and 3 as due: no disagreement; five distinct entries of total 5 are complete."""
+    assert offset_disagreement(SHAPE, 1, PageInfo(True, None, 5), ["c", "d"], {"a", "b"}) is None
+    assert offset_disagreement(SHAPE, 2, PageInfo(False, None, 5), ["e"], set("abcd")) is None
+    assert offset_incomplete(SHAPE, 5) is None
+    assert offset_incomplete(SHAPE, 4) == "4 distinct entries were read where total is 5"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    total=st.integers(min_value=2, max_value=500),
+    step=st.integers(min_value=1, max_value=60),
+    victim=st.data(),
+)
+def test_an_entry_served_in_place_of_another_is_always_caught(
+    total: int, step: int, victim: st.DataObject
+) -> None:
+    """However the entries are paged, one served twice in place of another is a disagreement."""
+    ids = [f"e{n:04d}" for n in range(total)]
+    lost = victim.draw(st.integers(min_value=0, max_value=total - 1))
+    twice = ids[lost - 1] if lost else ids[1]
+    served = [twice if n == lost else entry for n, entry in enumerate(ids)]
+    pages = [served[i : i + step] for i in range(0, total, step)]
+    shape = shape_of(total, len(pages[0]), has_next=len(pages) > 1)
+    seen: set[str] = set()
+    problems = []
+    for index, page in enumerate(pages):
+        info = PageInfo(index < len(pages) - 1, None, total)
+        problems.append(offset_disagreement(shape, index, info, page, seen))
+        seen.update(page)
+    problems.append(offset_incomplete(shape, len(seen)))
+    assert any(problem is not None for problem in problems)

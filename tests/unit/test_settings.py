@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from contract.errors import BadInput
-from contract.settings import MAX_PAGE_SIZE, Settings
+from contract.settings import MAX_CONCURRENCY, MAX_PAGE_SIZE, Settings
 
 
 @pytest.mark.parametrize(
@@ -22,6 +22,11 @@ from contract.settings import MAX_PAGE_SIZE, Settings
             f"PLEO_PAGE_SIZE must be at most {MAX_PAGE_SIZE}, not '99999999999999999999999'.",
         ),
         ({"PLEO_PAGE_SIZE": "0"}, "PLEO_PAGE_SIZE must be at least 1, not '0'."),
+        ({"PLEO_PAGE_CONCURRENCY": "0"}, "PLEO_PAGE_CONCURRENCY must be at least 1, not '0'."),
+        (
+            {"PLEO_PAGE_CONCURRENCY": "64"},
+            f"PLEO_PAGE_CONCURRENCY must be at most {MAX_CONCURRENCY}, not '64'.",
+        ),
         (
             {"REDIS_URL": "garbage"},
             "REDIS_URL must be a Redis URL (redis://, rediss://, sentinel://, unix://), "
@@ -104,6 +109,8 @@ def test_ordinary_values_still_pass() -> None:
     assert Settings.from_env({"PLEO_RABBITMQ_QUEUE_TYPE": " quorum "}).rabbitmq_queue_type == (
         "quorum"
     )
+    assert defaults.page_concurrency == 4
+    assert Settings.from_env({"PLEO_PAGE_CONCURRENCY": "1"}).page_concurrency == 1
 
 
 def test_the_enqueue_api_token_is_read_and_never_shown() -> None:

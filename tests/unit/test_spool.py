@@ -35,6 +35,18 @@ def test_payload_comes_back_as_kombu_encodes_it() -> None:
         )
 
 
+def test_a_cleared_spool_holds_only_what_was_added_after() -> None:
+    """A layer read again from its start: what was spooled before is gone, bytes and index."""
+    with spooled([[export_item(entry(1), 3), export_item(entry(2), 1)]]) as spool:
+        spool.clear()
+        assert (spool.size, dict(spool.index)) == (0, {})
+        again = export_item(entry(2), 4)
+        spool.add([again])
+        assert spool.payload_json(entry(1)) is None
+        assert spool.payload_json(entry(2)) == dumps(again.payload)
+        assert spool.size == len(dumps(again.payload).encode())
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     rows=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 5), st.booleans()), max_size=80),
