@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Literal, TypeVar
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from contract.env_values import connection_name as _connection_name
+from contract.env_values import factory_path as _factory_path
+from contract.env_values import flag as _flag
+from contract.env_values import header_name as _header_name
+from contract.env_values import number as _number
+from contract.env_values import optional_flag as _optional_flag
+from contract.env_values import optional_number as _optional
 from contract.errors import BadInput, shown
 from contract.message import READS
 
@@ -21,13 +27,9 @@ _SECRET_FIELDS = frozenset(
 )
 _URL_FIELDS = frozenset({"redis_url", "broker_url", "erp_database_url", "erp_http_url"})
 _USERINFO = re.compile(r"(//[^/@:]*:)[^/@]*@")
-_INTEGER = re.compile(r"[+-]?[0-9]+")
-_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
 # Redis broker schemes kombu's Redis transports take (``sentinel``: redis.sentinel discovers it).
 _REDIS_BROKER_SCHEMES = frozenset({"redis", "rediss", "unix", "sentinel"})
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 # Pleo documents no maximum for ``limit``; a page this large is already 25 MB of export items.
 MAX_PAGE_SIZE = 10_000
 # PLEO_RABBITMQ_QUEUE_TYPE's choices (contract/celery_app.py declares the queues with it).
@@ -299,19 +301,6 @@ class Settings:
         )
 
 
-_FACTORY_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-
-
-def _factory_path(env: Mapping[str, str], name: str, default: str) -> str:
-    """The setting ``name``: a ``package.module:callable`` path (only its shape is checked here)."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    if not _FACTORY_PATH.fullmatch(raw):
-        raise BadInput(f"{name} must be package.module:callable, not {shown(raw)}.")
-    return raw
-
-
 def _message_schema(env: Mapping[str, str]) -> int | None:
     """``PLEO_MESSAGE_SCHEMA``: ``auto`` (None) or a schema number this code writes."""
     raw = (env.get("PLEO_MESSAGE_SCHEMA") or "auto").strip()
@@ -341,62 +330,6 @@ def _schemas_read(env: Mapping[str, str]) -> frozenset[int]:
         listed = " and ".join(str(n) for n in sorted(READS))
         raise BadInput(f"ERP_MESSAGE_SCHEMAS must list schemas {listed}, not {shown(raw)}.")
     return frozenset(int(part) for part in parts)
-
-
-N = TypeVar("N", int, float)
-
-
-def _number(
-    env: Mapping[str, str], name: str, default: N, kind: type[N], *, low: N, high: N | None = None
-) -> N:
-    """The setting ``name`` as a finite number written in ASCII digits, within [low, high]."""
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    text = raw.strip()
-    if not (_INTEGER if kind is int else _DECIMAL).fullmatch(text):
-        noun = "a whole number" if kind is int else "a number"
-        raise BadInput(f"{name} must be {noun}, not {shown(raw)}.")
-    value = kind(text)
-    if not math.isfinite(value):
-        raise BadInput(f"{name} must be a finite number, not {shown(raw)}.")
-    if value < low:
-        raise BadInput(f"{name} must be at least {low}, not {shown(raw)}.")
-    if high is not None and value > high:
-        raise BadInput(f"{name} must be at most {high}, not {shown(raw)}.")
-    return value
-
-
-def _optional(
-    env: Mapping[str, str], name: str, kind: type[N], *, low: N, high: N | None = None
-) -> N | None:
-    """The setting ``name`` as ``_number`` reads it, or None when it is not set."""
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return None
-    return _number(env, name, low, kind, low=low, high=high)
-
-
-def _optional_flag(env: Mapping[str, str], name: str) -> bool | None:
-    """The setting ``name`` as ``_flag`` reads it, or None when it is not set."""
-    raw = env.get(name)
-    return None if raw is None or raw.strip() == "" else _flag(env, name, False)
-
-
-_CONNECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-def _connection_name(env: Mapping[str, str]) -> str:
-    """ERP_CONNECTION: a short name (letters, digits, ``_.-``) that goes into Redis keys."""
-    raw = (env.get("ERP_CONNECTION") or "").strip()
-    if not raw:
-        return "default"
-    if not _CONNECTION.fullmatch(raw):
-        raise BadInput(
-            "ERP_CONNECTION must be up to 64 letters, digits, '_', '.' or '-' (it names the "
-            f"connection's keys in Redis), not {shown(raw)}."
-        )
-    return raw
 
 
 def _url(
@@ -473,17 +406,6 @@ def _broker_schemes() -> frozenset[str]:
     return frozenset(TRANSPORT_ALIASES)
 
 
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    """The setting ``name`` as a yes/no: 1/true/yes/on or 0/false/no/off (any case)."""
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    text = raw.strip().lower()
-    if text in _TRUE | _FALSE:
-        return text in _TRUE
-    raise BadInput(f"{name} must be 1 or 0 (true/false, yes/no), not {shown(raw)}.")
-
-
 def _sentinel_master(env: Mapping[str, str], redis_url: str, broker_url: str) -> str | None:
     """REDIS_SENTINEL_MASTER, required when either Redis URL goes through Sentinel."""
     master = (env.get("REDIS_SENTINEL_MASTER") or "").strip() or None
@@ -500,19 +422,8 @@ def _sentinel_master(env: Mapping[str, str], redis_url: str, broker_url: str) ->
     return master
 
 
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-
-
 def _optional_url(env: Mapping[str, str], name: str) -> str | None:
     """The setting ``name``: an http(s) URL without a trailing slash, or None when unset."""
     if not (env.get(name) or "").strip():
         return None
     return _url(env, name, "", ("http", "https"), "http(s)").rstrip("/")
-
-
-def _header_name(env: Mapping[str, str], name: str, default: str) -> str:
-    """The setting ``name``: an HTTP header name (a token, RFC 9110)."""
-    raw = (env.get(name) or "").strip() or default
-    if not _HEADER_NAME.fullmatch(raw):
-        raise BadInput(f"{name} must be an HTTP header name, not {shown(raw)}.")
-    return raw
