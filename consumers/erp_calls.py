@@ -57,6 +57,10 @@ def drain_limit(visibility_timeout: float) -> float:
     return min(60.0, visibility_timeout / 3)
 
 
+# How long a job given up waits for its recorded outcomes to be written back before it is failed.
+FLUSH_BEFORE_FAILING = 30.0
+
+
 class Leave(Exception):
     """The slot holder stops posting now (a long wait, the ERP down, a lost slot).
 
@@ -109,6 +113,8 @@ class BudgetedCalls:
         """
         ids = [entry.accounting_entry_id for entry in sends or ()]
         while True:
+            if self._ready.given_up(job_id) is not None:
+                raise Leave("the job is given up: it is failed once the calls in flight return")
             self._await_token(company_id, job_id)
             if ids:
                 # Counted before the call: a post that times out may still have booked.
@@ -174,7 +180,7 @@ class BudgetedCalls:
         if outage >= self._settings.unreachable_limit:
             reason = f"The accounting system could not be reached for {outage:.0f} seconds."
             log.error("erp_unreachable_giving_up job_id=%s for=%.0fs", job_id, outage)
-            self.fail(company_id, job_id, reason, "accounting_system_unreachable")
+            self._ready.give_up(job_id, reason, "accounting_system_unreachable")
             return None
         in_a_row = self._budget.failed(company_id)
         paused = self._budget.pause(
@@ -199,12 +205,20 @@ class BudgetedCalls:
             "entries not yet posted can be exported again once its limit allows."
         )
         log.error("erp_rate_limit_outlasts_job job_id=%s wait=%.0f left=%.0f", job_id, wait, left)
-        self.fail(company_id, job_id, reason, "accounting_system_rate_limit")
+        self._ready.give_up(job_id, reason, "accounting_system_rate_limit")
 
     def fail(self, company_id: str | None, job_id: str, reason: str, reason_type: str) -> None:
-        """Write back what was posted, then fail the job; its staged entries are dropped."""
-        if self._reporter.pending(job_id):
-            self._reporter.flush(job_id)
+        """Write back what was posted, then fail the job; its staged entries are dropped.
+
+        Called once the job is given up (``ReadyEntries.give_up``) and no slot holds a claim of
+        it any more: every entry the ERP booked is recorded by then, so it is reported first.
+        """
+        # Every recorded outcome written back first, waiting out a flush under way elsewhere
+        # (its lease); what Pleo keeps refusing stays counted as not reported.
+        deadline = self._clock() + FLUSH_BEFORE_FAILING
+        while self._reporter.pending(job_id) and self._clock() < deadline:
+            if self._reporter.flush(job_id).locked:
+                self._sleep(0.1)
         self._reporter.send_final(
             job_id, "failed", failure_reason=reason, failure_reason_type=reason_type
         )

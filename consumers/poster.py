@@ -181,6 +181,11 @@ class Poster:
         ):
             self._ready.drop_job(company_id, job_id)
             return 0
+        gave_up = self._ready.given_up(job_id)
+        if gave_up is not None:
+            if self._ready.claims_of(company_id, job_id) == 0:
+                self._calls.fail(company_id, job_id, *gave_up)
+            return 0
         if not self._limits.ordered:
             return self._serve_batch(slot, company_id, job_id)
         key, fence = lease_keys(job_id, "poster")
@@ -252,7 +257,18 @@ class Poster:
             self._ready.advance(job_id, first_open if first_open is not None else last + 1)
         if waiting:
             self._write_back(job_id, waiting)
+        self._fail_if_given_up(slot, job_id, claimed)
         return len(done)
+
+    def _fail_if_given_up(self, slot: Lease, job_id: str, claimed: tuple[Claimed, ...]) -> None:
+        """A job given up is failed by the last poster to let go of its claims: every entry the
+        ERP booked meanwhile is recorded first, so it is reported before the final event."""
+        gave_up = self._ready.given_up(job_id)
+        if gave_up is None:
+            return
+        company = claimed[0].message.company_id if claimed else None
+        if self._ready.claims_of(company, job_id) == 0:
+            self._calls.fail(company, job_id, *gave_up)
 
     # -- calling the ERP ----------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from contract.keys import (
     erp_claims_key,
     erp_company_of,
     erp_first_try_key,
+    erp_gave_up_key,
     erp_tries_key,
     final_key,
     job_keys_prefix,
@@ -334,6 +335,30 @@ class ReadyEntries:
 
     def _give_back(self, keys: list[Any], args: list[Any]) -> int:
         return int(self._call(lambda: self._recover(keys=keys, args=args)))
+
+    def give_up(self, job_id: str, reason: str, reason_type: str) -> None:
+        """Mark the job given up: no poster calls the ERP for it any more (first reason kept)."""
+        value = json.dumps({"reason": reason, "type": reason_type})
+        key = erp_gave_up_key(job_id)
+        self._call(lambda: self._r.set(key, value, nx=True, px=self._ttl_ms))
+
+    def given_up(self, job_id: str) -> tuple[str, str] | None:
+        """Why the job was given up (reason, Pleo's reason type), if it was."""
+        raw = self._call(lambda: self._r.get(erp_gave_up_key(job_id)))
+        if raw is None:
+            return None
+        found = json.loads(raw)
+        return found["reason"], found["type"]
+
+    def claims_of(self, company_id: str | None, job_id: str) -> int:
+        """How many of the job's entries posting slots hold claimed now (calls in flight)."""
+        return sum(
+            self._claimed_in(key, job_id)
+            for key in self._scan(self._budget.key(company_id, "slot:*:claimed"))
+        )
+
+    def _claimed_in(self, key: bytes, job_id: str) -> int:
+        return len(self._call(lambda: list(self._r.hscan_iter(key, match=f"{job_id}|*"))))
 
     def staged(self, job_id: str) -> set[str]:
         """The job's entries staged or claimed and not yet recorded (the repair sweep's view)."""

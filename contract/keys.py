@@ -234,6 +234,7 @@ erp_tries_key = _per_job("erp-tries", "Key of how often each entry was taken for
 erp_first_try_key = _per_job("erp-first-try", "Key of when each entry was first posted.")
 next_sequence_key = _per_job("next-seq", "Key of the ordered job's next sequence to post.")
 order_gap_key = _per_job("order-gap", "Key of the sequence an ordered job waits for, and since.")
+erp_gave_up_key = _per_job("erp-gave-up", "Key of why the posters gave the job up (JSON).")
 # Both sides' (pleo/activity.py).
 pleo_action_key = _per_job("pleo-action-at", "Key of when we last acted on the job in Pleo.")
 
@@ -262,6 +263,7 @@ DROPPED_AT_CLOSE = (
     "erp-first-try",
     "next-seq",
     "order-gap",
+    "erp-gave-up",
 )
 # The job's leases: each keeps its own PX; its fencing counter is kept while the lease lives.
 LEASES = ("lease", "flush", "payloads-lock", "poster")
