@@ -22,10 +22,11 @@ How it waits, and why that is safe:
   accountingEntryId before it is posted again.
 
 When the ERP cannot finish in time: a wait longer than what is left of the job's ``expiresIn``
-(from our last action on it) would let Pleo expire the job silently. The poster then writes back
-what was posted and fails the job with ``accounting_system_rate_limit`` and a sentence saying how
-long the ERP holds its calls. Each write-back is an action Pleo counts, so a job that keeps posting
-stays alive however slow the ERP is.
+(from our last action on it) would let Pleo expire the job silently. The job is then given up
+(``ReadyEntries.give_up``): no more calls for it, and the last poster to let go of its claims
+writes back every recorded outcome and fails it with ``accounting_system_rate_limit`` and a
+sentence saying how long the ERP holds its calls. Each write-back is an action Pleo counts, so a
+job that keeps posting stays alive however slow the ERP is.
 
 Ordered mode (``ERPLimits.ordered``): one poster per job at a time (the job's ``:poster`` lease),
 claiming only the run of entries that starts at the job's next sequence, so no entry is posted

@@ -51,6 +51,19 @@ them too). Global keys are refreshed by every write; kombu's keys are kombu's (s
                 with ``:payloads-lock-fence``
     :repaired-at when the repair sweep last examined this stalled job (epoch seconds)
 
+    Governed ERP connections (``consumers/ready.py``, ``consumers/poster.py``)
+    :ready      sorted set entry -> sequence: staged, waiting for a poster
+    :ready-items  hash entry -> the item message's kwargs, from staging until its outcome
+    :erp-tries  hash entry -> calls that carried it; :erp-first-try when the first did
+    :next-seq   ordered mode: every entry below it has its outcome
+    :order-gap  ordered mode: "{sequence}:{since}", the entry the chain waits for
+    :erp-gave-up  JSON {reason, type}: no more calls; failed once the calls in flight return
+    :poster     ordered mode: the lease of the job's one poster (with :poster-fence)
+    pleo-export:erp:{connection}:{company}:bucket, :paused, :failures, :jobs (sorted set of jobs
+                with staged entries), :slot:{i} (a posting slot's lease, with :slot:{i}-fence)
+                and :slot:{i}:claimed (hash "{job}|{entry}" -> sequence): the connection's
+                budget, all with expiries (``consumers/budget.py``)
+
     Producer and ERP workers (``pleo/activity.py``)
     :pleo-action-at  when we last acted on the job in Pleo (epoch seconds, taken before the
                 request): the producer's accepted ``started``, each accepted item PUT and the
