@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 # Posting slots of a connection that declares no concurrency limit: enough to keep a local
 # database busy, few enough that a fleet never opens hundreds of ERP connections at once.
 DEFAULT_SLOTS = 8
+# Slots whose claims are looked after even when the concurrency is lower now (it was lowered
+# with claims in hand, say).
+LOOKED_AFTER = 32
 
 # KEYS[1] bucket, KEYS[2] pause; ARGV[1] tokens per ms (0: no rate limit), ARGV[2] burst.
 # Takes a token and returns 0, or returns the ms until one is due (or the pause ends).
@@ -143,6 +146,11 @@ class Budget:
             if lease is not None:
                 return lease
         return None
+
+    def slot_keys(self, company_id: str | None) -> list[str]:
+        """The company's slot lease keys, and as many more as a larger concurrency set earlier
+        could have used (``LOOKED_AFTER``): claims left in those are given back too."""
+        return [self.key(company_id, f"slot:{i}") for i in range(max(self.slots, LOOKED_AFTER))]
 
     def held_slots(self, company_id: str | None) -> int:
         """How many of the company's posting slots are held now."""

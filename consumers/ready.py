@@ -21,7 +21,6 @@ holder took). A slot whose lease lapsed gives its claims back (``recover``) to w
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import redis
 from consumers.budget import Budget
 from contract.keys import (
     erp_claims_key,
-    erp_company_of,
+    erp_companies_key,
     erp_first_try_key,
     erp_gave_up_key,
     erp_tries_key,
@@ -47,8 +46,9 @@ from contract.lease import Lease
 from contract.message import ItemMessage
 from contract.store import redis_call
 
-# KEYS[1] ready, KEYS[2] ready-items, KEYS[3] results, KEYS[4] final, KEYS[5] jobs;
-# ARGV[1] entry, ARGV[2] sequence, ARGV[3] kwargs JSON, ARGV[4] job, ARGV[5] now, ARGV[6] ttl ms.
+# KEYS[1] ready, KEYS[2] ready-items, KEYS[3] results, KEYS[4] final, KEYS[5] jobs, KEYS[6] the
+# connection's companies; ARGV[1] entry, ARGV[2] sequence, ARGV[3] kwargs JSON, ARGV[4] job,
+# ARGV[5] now, ARGV[6] ttl ms, ARGV[7] company ("-": none).
 # {status, entries staged and not claimed, entries staged or claimed, outcomes recorded}; status
 # 1: staged; 0: already staged, claimed or recorded; -1: the job has its final event.
 _STAGE = """
@@ -61,6 +61,8 @@ if not recorded and redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[3]) == 1 then
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
   redis.call('PEXPIRE', KEYS[2], ARGV[6])
   redis.call('PEXPIRE', KEYS[5], ARGV[6])
+  redis.call('SADD', KEYS[6], ARGV[7])
+  redis.call('PEXPIRE', KEYS[6], ARGV[6])
   status = 1
 end
 local unclaimed, staged = redis.call('ZCARD', KEYS[1]), redis.call('HLEN', KEYS[2])
@@ -142,28 +144,29 @@ end
 return 1
 """
 
-# KEYS[1] slot lease, KEYS[2] slot claims, KEYS[3] jobs; ARGV[1] the job keys' prefix, ARGV[2]
-# now, ARGV[3] the new holder's token ("": none). A slot nobody holds, or one just taken (over) by
+# KEYS[1] jobs, then slot lease, slot claims pairs; ARGV[1] the job keys' prefix, ARGV[2] now,
+# ARGV[3] a new holder's token ("": none). A slot nobody holds, or one just taken (over) by
 # ARGV[3], gives back everything it had claimed; returns how many entries.
 _RECOVER = """
-local held = redis.call('GET', KEYS[1])
-if held and held ~= ARGV[3] then return 0 end
-local claims = redis.call('HGETALL', KEYS[2])
 local back = 0
-for i = 1, #claims, 2 do
-  local job, entry = string.match(claims[i], '^(.-)|(.*)$')
-  local prefix = ARGV[1] .. job
-  if redis.call('HEXISTS', prefix .. ':ready-items', entry) == 1 then
-    redis.call('ZADD', prefix .. ':ready', claims[i + 1], entry)
-    redis.call('ZADD', KEYS[3], 'NX', ARGV[2], job)
-    back = back + 1
+for k = 2, #KEYS, 2 do
+  local held = redis.call('GET', KEYS[k])
+  if not held or held == ARGV[3] then
+    local claims = redis.call('HGETALL', KEYS[k + 1])
+    for i = 1, #claims, 2 do
+      local job, entry = string.match(claims[i], '^(.-)|(.*)$')
+      local prefix = ARGV[1] .. job
+      if redis.call('HEXISTS', prefix .. ':ready-items', entry) == 1 then
+        redis.call('ZADD', prefix .. ':ready', claims[i + 1], entry)
+        redis.call('ZADD', KEYS[1], 'NX', ARGV[2], job)
+        back = back + 1
+      end
+    end
+    redis.call('DEL', KEYS[k + 1])
   end
 end
-redis.call('DEL', KEYS[2])
 return back
 """
-
-_SLOT = re.compile(rb":slot:([0-9]+):claimed$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +221,7 @@ class ReadyEntries:
             results_key(job),
             final_key(job),
             self._budget.key(message.company_id, "jobs"),
+            erp_companies_key(self._budget.connection),
         ]
         args: list[Any] = [
             entry,
@@ -226,6 +230,7 @@ class ReadyEntries:
             job,
             repr(self._clock()),
             self._ttl_ms,
+            message.company_id or "-",
         ]
         reply = self._call(lambda: self._stage(keys=keys, args=args))
         return Staged(*(int(v) for v in reply))
@@ -317,23 +322,17 @@ class ReadyEntries:
 
     def recover(self, company_id: str | None) -> int:
         """Give back what slots nobody holds any more had claimed; returns how many entries."""
-        back = 0
-        pattern = self._budget.key(company_id, "slot:*:claimed")
-        for key in self._call(lambda: list(self._r.scan_iter(pattern, count=1000))):
-            if _SLOT.search(key) is None:
-                continue
-            lease = key.decode()[: -len(erp_claims_key(""))]
-            keys = [lease, key, self._budget.key(company_id, "jobs")]
-            args = [self._prefix, repr(self._clock()), ""]
-            back += self._give_back(keys, args)
-        return back
+        return self._give_back(company_id, self._budget.slot_keys(company_id), "")
 
     def take_over(self, slot: Lease, company_id: str | None) -> int:
         """A slot just taken gives back what its last holder (dead, or gone) had claimed."""
-        keys = [slot.key, erp_claims_key(slot.key), self._budget.key(company_id, "jobs")]
-        return self._give_back(keys, [self._prefix, repr(self._clock()), slot.token])
+        return self._give_back(company_id, [slot.key], slot.token)
 
-    def _give_back(self, keys: list[Any], args: list[Any]) -> int:
+    def _give_back(self, company_id: str | None, slots: list[str], token: str) -> int:
+        keys = [self._budget.key(company_id, "jobs")]
+        for slot in slots:
+            keys += [slot, erp_claims_key(slot)]
+        args = [self._prefix, repr(self._clock()), token]
         return int(self._call(lambda: self._recover(keys=keys, args=args)))
 
     def give_up(self, job_id: str, reason: str, reason_type: str) -> None:
@@ -352,29 +351,20 @@ class ReadyEntries:
 
     def claims_of(self, company_id: str | None, job_id: str) -> int:
         """How many of the job's entries posting slots hold claimed now (calls in flight)."""
-        return sum(
-            self._claimed_in(key, job_id)
-            for key in self._scan(self._budget.key(company_id, "slot:*:claimed"))
-        )
+        mine = f"{job_id}|".encode()
 
-    def _claimed_in(self, key: bytes, job_id: str) -> int:
-        return len(self._call(lambda: list(self._r.hscan_iter(key, match=f"{job_id}|*"))))
+        def count() -> int:
+            with self._r.pipeline(transaction=False) as pipe:
+                for slot in self._budget.slot_keys(company_id):
+                    pipe.hkeys(erp_claims_key(slot))
+                return sum(1 for fields in pipe.execute() for f in fields if f.startswith(mine))
 
-    def staged(self, job_id: str) -> set[str]:
-        """The job's entries staged or claimed and not yet recorded (the repair sweep's view)."""
-        return {e.decode() for e in self._call(lambda: self._r.hkeys(ready_items_key(job_id)))}
+        return int(self._call(count))
 
     def companies(self) -> list[str | None]:
-        """The companies of this connection with staged entries, unclaimed or claimed (for the
-        kick thread: claims of a slot whose holder died keep a company listed until recovered)."""
-        found: dict[str | None, None] = {}
-        for name in ("jobs", "slot:*:claimed"):
-            keys = self._scan(self._budget.key("*", name))
-            found.update(dict.fromkeys(erp_company_of(k, self._budget.connection) for k in keys))
-        return list(found)
-
-    def _scan(self, pattern: str) -> list[bytes]:
-        return list(self._call(lambda: list(self._r.scan_iter(pattern, count=1000))))
+        """The companies this connection has staged entries for (the kick thread's round)."""
+        found = self._call(lambda: self._r.smembers(erp_companies_key(self._budget.connection)))
+        return [None if c == b"-" else c.decode() for c in sorted(found)]
 
     @staticmethod
     def _call(fn: Callable[[], Any]) -> Any:

@@ -62,7 +62,8 @@ them too). Global keys are refreshed by every write; kombu's keys are kombu's (s
     pleo-export:erp:{connection}:{company}:bucket, :paused, :failures, :jobs (sorted set of jobs
                 with staged entries), :slot:{i} (a posting slot's lease, with :slot:{i}-fence)
                 and :slot:{i}:claimed (hash "{job}|{entry}" -> sequence): the connection's
-                budget, all with expiries (``consumers/budget.py``)
+                budget, all with expiries (``consumers/budget.py``); and
+    pleo-export:erp:{connection}:companies  set of the companies it has staged entries for
 
     Producer and ERP workers (``pleo/activity.py``)
     :pleo-action-at  when we last acted on the job in Pleo (epoch seconds, taken before the
@@ -143,7 +144,7 @@ def fence_of(lease_key: str) -> str:
 def erp_key(connection: str, company_id: str | None, name: str) -> str:
     """The key ``name`` of an ERP connection's budget for one company (``-``: none given).
 
-    ``name``: ``bucket``, ``paused``, ``jobs``, ``kick``, ``slot:{i}`` (a lease, with
+    ``name``: ``bucket``, ``paused``, ``failures``, ``jobs``, ``slot:{i}`` (a lease, with
     ``slot:{i}-fence``) or ``slot:{i}:claimed``; ``*`` as company: a pattern.
     """
     return f"{_ERP_PREFIX}{connection}:{company_id or '-'}:{name}"
@@ -160,11 +161,9 @@ def job_keys_prefix() -> str:
     return job_key("", "")[:-1]
 
 
-def erp_company_of(key: str | bytes, connection: str) -> str | None:
-    """The company of an ``erp_key`` of ``connection`` (None for ``-``)."""
-    text = key.decode() if isinstance(key, bytes) else key
-    company = text[len(f"{_ERP_PREFIX}{connection}:") :].split(":", 1)[0]
-    return None if company == "-" else company
+def erp_companies_key(connection: str) -> str:
+    """The set of companies (``-``: none given) an ERP connection has staged entries for."""
+    return f"{_ERP_PREFIX}{connection}:companies"
 
 
 def job_key(job_id: str, name: str) -> str:

@@ -63,6 +63,26 @@ def finished(state: SimState, job_id: str) -> str | None:
     return status if status in {"completed", "completed_with_errors", "failed"} else None
 
 
+def await_end(
+    state: SimState,
+    rdb: redis.Redis,
+    erp: RunningErpSimulator,
+    job_id: str,
+    *,
+    timeout: float,
+    what: str = "the job to finish",
+) -> str:
+    """The job's terminal status in Pleo once it has one (its progress and the ERP's counts
+    shown if it does not within ``timeout``)."""
+    status: str = wait_for(
+        lambda: finished(state, job_id),
+        timeout=timeout,
+        what=what,
+        explain=lambda: (job_status(rdb, job_id), erp.state.stats()),
+    )
+    return status
+
+
 def plan_order(rdb: redis.Redis, job_id: str) -> list[str]:
     """The job's entries in the plan's sequence order, as the producer recorded them."""
     placed = {e.decode(): json.loads(p)[0] for e, p in rdb.hgetall(placed_key(job_id)).items()}
@@ -125,12 +145,7 @@ def test_four_workers_keep_the_erps_limits_and_survive_kills(
         victim.wait()
     for _ in range(2):
         start_worker("consumers", ITEMS_QUEUE, **erp_env(erp))
-    status = wait_for(
-        lambda: finished(sim_state, job_id),
-        timeout=150,
-        what="the job to finish",
-        explain=lambda: (job_status(rdb, job_id), erp.state.stats()),
-    )
+    status = await_end(sim_state, rdb, erp, job_id, timeout=150, what="the job to finish")
     stats = erp.state.stats()
     print("ERP simulator stats:", stats)
     assert status == "completed"
@@ -176,11 +191,8 @@ def test_a_retry_after_longer_than_the_visibility_timeout_delivers_nothing_twice
         httpx.post(f"{erp.url}/_sim/pause", json={"retry_after": 8, "seconds": 8}, timeout=5)
         paused_at = time.monotonic()
         produce(job_id, settings=settings, app=make_app(settings))
-        status = wait_for(
-            lambda: finished(sim_state, job_id),
-            timeout=90,
-            what="the job to finish after the pause",
-            explain=lambda: (job_status(rdb, job_id), erp.state.stats()),
+        status = await_end(
+            sim_state, rdb, erp, job_id, timeout=90, what="the job to finish after the pause"
         )
     took = time.monotonic() - paused_at
     assert status == "completed"
@@ -218,12 +230,7 @@ def test_ordered_mode_books_in_plan_order_through_kills(
     wait_for(lambda: len(erp.state.bookings()) >= 200, timeout=60, what="200 bookings")
     signal_group(workers[1], signal.SIGKILL)
     start_worker("consumers", ITEMS_QUEUE, **env)
-    status = wait_for(
-        lambda: finished(sim_state, job_id),
-        timeout=120,
-        what="the job to finish",
-        explain=lambda: (job_status(rdb, job_id), erp.state.stats()),
-    )
+    status = await_end(sim_state, rdb, erp, job_id, timeout=120, what="the job to finish")
     assert status == "completed"
     assert_booked_and_reported_once(sim_state, erp, job_id)
     assert [b.accounting_entry_id for b in erp.state.bookings()] == plan_order(rdb, job_id)
@@ -263,12 +270,7 @@ def test_batches_with_partial_failures_and_lost_answers_book_each_entry_once(
         start_worker(
             "consumers", ITEMS_QUEUE, **erp_env(erp, ERP_HTTP_BATCH="50", ERP_HTTP_TIMEOUT="1")
         )
-    status = wait_for(
-        lambda: finished(sim_state, job_id),
-        timeout=90,
-        what="the job to finish",
-        explain=lambda: (job_status(rdb, job_id), erp.state.stats()),
-    )
+    status = await_end(sim_state, rdb, erp, job_id, timeout=90, what="the job to finish")
     stats = erp.state.stats()
     assert status == "completed_with_errors"
     assert stats["faults"], stats  # some answers were lost
@@ -309,12 +311,7 @@ def test_a_replay_after_the_erps_key_window_looks_the_entry_up_instead(
             PLEO_VISIBILITY_TIMEOUT="30",
         ),
     )
-    status = wait_for(
-        lambda: finished(sim_state, job_id),
-        timeout=90,
-        what="the job to finish",
-        explain=lambda: (job_status(rdb, job_id), erp.state.stats()),
-    )
+    status = await_end(sim_state, rdb, erp, job_id, timeout=90, what="the job to finish")
     assert status == "completed"
     assert_booked_and_reported_once(sim_state, erp, job_id)
     assert "item_found_before_repost" in worker_log(tmp_path)
@@ -339,12 +336,7 @@ def test_a_rate_limit_that_outlasts_the_job_fails_it_after_reporting_what_was_bo
     start_worker("consumers", ITEMS_QUEUE, **erp_env(erp, ERP_CALLS="20", ERP_PERIOD="1"))
     wait_for(lambda: len(erp.state.bookings()) >= 20, timeout=30, what="20 bookings")
     httpx.post(f"{erp.url}/_sim/pause", json={"retry_after": 600, "seconds": 600}, timeout=5)
-    status = wait_for(
-        lambda: finished(sim_state, job_id),
-        timeout=60,
-        what="the job to be failed",
-        explain=lambda: (job_status(rdb, job_id), erp.state.stats()),
-    )
+    status = await_end(sim_state, rdb, erp, job_id, timeout=60, what="the job to be failed")
     assert status == "failed"
     final = [e for e in sim_state.events(job_id) if e.event != "started"]
     assert [e.failure_reason_type for e in final] == ["accounting_system_rate_limit"]
