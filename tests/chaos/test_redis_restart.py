@@ -270,7 +270,21 @@ def final_status(state: SimState, job_id: str) -> str | None:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    "batch_size",
+    [
+        # The default (the SQL journal's declared batches of 500): a governed connection, where
+        # the queue drains into staging at once and the outages find the consumer idle.
+        None,
+        # Message by message (nothing governed): the worker consumes while it books, so the
+        # outages come mid-consume.
+        "1",
+    ],
+    ids=["governed", "direct"],
+)
 def test_erp_worker_survives_redis_restart(
+    *,
+    batch_size: str | None,
     own_settings: Settings,
     own_redis: OwnRedis,
     sim_state: SimState,
@@ -296,11 +310,7 @@ def test_erp_worker_survives_redis_restart(
         settings_=own_settings,
         ERP_REPAIR_STALL="3",
         ERP_REPAIR_INTERVAL="0.5",
-        # Message by message (nothing governed), so the worker consumes while it books and the
-        # outages come mid-job. On a governed connection the queue drains into staging at once,
-        # and a worker whose consumer sat idle when Redis was SIGKILLed died in kombu's pubsub
-        # reconnect ("Unrecoverable error: AttributeError ... 'hostname'") in 3 runs of 3.
-        ERP_BATCH_SIZE="1",
+        **({"ERP_BATCH_SIZE": batch_size} if batch_size else {}),
     )
     for outage in range(1, restarts + 1):
         booked_before = items * outage // (restarts + 2)
