@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 import redis
 from celery import Task
-from celery.signals import worker_init, worker_process_init
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.signals import worker_init, worker_process_init, worker_ready
 
 from consumers.adapter_check import guard_worker_start
 from consumers.adapters import build_adapter
@@ -317,16 +318,32 @@ def _drain(poster: Poster, busy: threading.Lock, company_id: str | None) -> int:
     return 0
 
 
+_kicker_started: set[int] = set()
+
+
 @worker_process_init.connect(weak=False)
 def _start_kicker(**_: Any) -> None:
-    """Each pool process of a governed connection runs a kick thread (consumers/poster_step.py)."""
+    """Each process that runs tasks on a governed connection runs one kick thread
+    (consumers/poster_step.py): each prefork pool process, or the solo pool's worker itself."""
+    if os.getpid() in _kicker_started:
+        return
     try:
         if governed(_limits()):
             Kicker(_ready(), _budget(), _post_staged).start()
+            _kicker_started.add(os.getpid())
     except Exception:
         # The adapter or Redis not there yet: the first message's posters start this process's
         # posting anyway, and the other processes' kick threads look for what is left.
         log.exception("poster_kick_not_started")
+
+
+@worker_ready.connect(weak=False)
+def _start_kicker_in_main_process(sender: Any = None, **_: Any) -> None:
+    """The threads pool runs its tasks in the worker's own process and sends no
+    ``worker_process_init``: its kick thread starts once the worker is ready (the solo pool's
+    has started already)."""
+    if not isinstance(getattr(sender, "pool", None), PreforkPool):
+        _start_kicker()
 
 
 def retry_item(task: Task, exc: Exception, countdown: float) -> Exception:

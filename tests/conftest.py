@@ -337,6 +337,7 @@ def start_worker(
         concurrency: int = 1,
         settings_: Settings | None = None,
         loglevel: str = "INFO",
+        pool: str = "prefork",
         **env: str,
     ) -> subprocess.Popen[bytes]:
         log_path = tmp_path / f"worker-{len(procs)}.log"
@@ -353,6 +354,8 @@ def start_worker(
                     queue,
                     "-c",
                     str(concurrency),
+                    "-P",
+                    pool,
                     "--without-mingle",
                     "--without-gossip",
                     "-l",

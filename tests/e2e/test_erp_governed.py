@@ -345,3 +345,43 @@ def test_a_rate_limit_that_outlasts_the_job_fails_it_after_reporting_what_was_bo
     updates = sim_state.update_counts(job_id)
     assert set(updates) == booked
     assert set(updates.values()) == {1}
+
+
+@pytest.mark.timeout(120)
+def test_a_threads_worker_takes_back_what_a_killed_solo_worker_had_claimed(
+    *,
+    settings: Settings,
+    sim_state: SimState,
+    rdb: redis.Redis,
+    erp_sim: Any,
+    start_worker: Any,
+    tmp_path: Path,
+) -> None:
+    """The threads pool runs tasks in the worker's own process and sends no
+    ``worker_process_init``; its kick thread starts once the worker is ready. Here it is the
+    only way on: every message was staged and acked before the solo worker was killed, so the
+    threads worker that replaces it receives none, and only its kick thread finds the job."""
+    erp = erp_sim(calls=CALLS, period=1.0, concurrency=CONCURRENCY, latency=LATENCY)
+    job_id = sim_state.add_job(JobSpec(items=300, item_statuses={"pending": 1.0}))
+    produce(job_id, settings=settings, app=make_app(settings))
+    solo = start_worker("consumers", ITEMS_QUEUE, pool="solo", **erp_env(erp))
+    kombu = KombuKeys.of(None)
+    wait_for(
+        lambda: (
+            len(erp.state.bookings()) >= 50
+            and rdb.llen(kombu.queue(ITEMS_QUEUE)) == 0
+            and rdb.hlen(kombu.unacked) == 0
+        ),
+        timeout=60,
+        what="every message staged and 50 entries booked",
+    )
+    signal_group(solo, signal.SIGKILL)
+    solo.wait()
+    booked_by_the_first = len(erp.state.bookings())
+    assert booked_by_the_first < 300, "the job ended before the kill"
+    start_worker("consumers", ITEMS_QUEUE, pool="threads", concurrency=2, **erp_env(erp))
+    status = await_end(sim_state, rdb, erp, job_id, timeout=60, what="the threads worker to finish")
+    assert status == "completed"
+    assert_booked_and_reported_once(sim_state, erp, job_id)
+    assert "poster_kicked" in worker_log(tmp_path, 1)
+    assert "export_item" not in worker_log(tmp_path, 1).split(" ready.", 1)[1]
