@@ -8,6 +8,10 @@
             └── ERPRateLimited  the ERP said "too many" (429): the whole connection waits
                                 ``retry_after`` seconds (or the budget's own backoff)
 
+Attachments (receipts) are optional: an adapter that also has ``attach`` (``AttachingAdapter``)
+gets each receipt of an entry it booked, once the entry is posted; one without it keeps working
+and its entries go without receipts (``consumers/receipts.py`` downloads them).
+
 Pleo's pre-export checks of an entry, and the journal lines they give, are
 ``consumers/posting.py``; the reference adapter, ``SqlJournal``, is ``consumers/erp_sql.py``.
 """
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from contract.errors import PleoExportError
@@ -24,6 +28,8 @@ from contract.message import ItemMessage
 from pleo.models import ItemFailureReason
 
 __all__ = [
+    "AttachingAdapter",
+    "Attachment",
     "ERPAdapter",
     "ERPError",
     "ERPLimits",
@@ -33,6 +39,8 @@ __all__ = [
     "EntryRejected",
     "ExternalRef",
     "ItemFailureReason",
+    "accepts_attachments",
+    "attachment_key",
     "idempotency_key",
 ]
 
@@ -165,3 +173,60 @@ class BatchingAdapter(ERPAdapter, Protocol):
 
     def post_batch(self, entries: Sequence[Entry]) -> list[ExternalRef | EntryRejected]:
         """Post ``entries`` in one call; one outcome each, in order."""
+
+
+# -- attachments (receipts) -------------------------------------------------------------------
+
+# Namespace of attachment keys: a function of the entry and the file's content alone, so a replay
+# (a retried message, a fresh URL for the same file, another worker) carries the first key.
+ATTACHMENT_NAMESPACE = uuid.UUID("5d0e2c7a-3f41-5b9e-8c62-1a7f4e9b2d83")
+
+
+def attachment_key(accounting_entry_id: str, sha256: str) -> str:
+    """The key every upload of this file to this entry carries (a UUID from both)."""
+    return str(uuid.uuid5(ATTACHMENT_NAMESPACE, f"{accounting_entry_id}:{sha256}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """One receipt of a booked entry, downloaded and checked, as the worker hands it to ``attach``.
+
+    ``external_id``: the entry's reference in the ERP (what ``post`` returned); ``index``: the
+    file's place in the export item's ``files``; ``content``: its bytes (never in a repr).
+    """
+
+    accounting_entry_id: str
+    external_id: str
+    index: int
+    content_type: str
+    sha256: str
+    content: bytes = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        """The file's size in bytes."""
+        return len(self.content)
+
+    @property
+    def key(self) -> str:
+        """Its idempotency key (``attachment_key``)."""
+        return attachment_key(self.accounting_entry_id, self.sha256)
+
+
+class AttachingAdapter(ERPAdapter, Protocol):
+    """An adapter whose ERP takes an entry's attachments (receipts).
+
+    ``attach`` uploads one attachment at most once per ``attachment.key`` (a replay returns the
+    first upload's id, never a copy). It raises ``ERPUnavailable`` when the ERP cannot take it now
+    (the upload is tried again later, with the same key) and ``EntryRejected`` (reason
+    ``receipt_upload_failure``) when the ERP refuses it for good.
+    """
+
+    def attach(self, attachment: Attachment) -> str:
+        """Upload ``attachment`` once; returns the ERP's id of it."""
+
+
+def accepts_attachments(erp: object) -> bool:
+    """Whether ``erp`` takes attachments: it has ``attach`` and does not say
+    ``takes_attachments = False`` (an adapter whose ERP endpoint for them is not configured)."""
+    return callable(getattr(erp, "attach", None)) and getattr(erp, "takes_attachments", True)

@@ -9,6 +9,11 @@ Chosen by ``ERP_ADAPTER=consumers.erp_http:from_settings``. Relative to ``ERP_HT
   → ``{"results": [{status: "booked"|"rejected", id, url, bookedAt | reasonType, reason}]}``,
   one per entry, in order;
 - ``GET /journal/entries?accountingEntryId=X``: ``{"data": [booking, ...]}`` (empty: not booked).
+- ``POST ERP_HTTP_ATTACHMENTS_URL`` (receipts; unset: this adapter takes none): the file's bytes
+  as the body with its ``Content-Type``, the same idempotency header carrying
+  ``attachment_key(accountingEntryId, sha256)``, and ``X-Accounting-Entry-Id``,
+  ``X-Entry-External-Id``, ``X-File-Index``, ``X-Content-SHA256``; 2xx ``{id}``. A 4xx refuses
+  the receipt (``receipt_upload_failure``); 5xx, 429 and timeouts are tried again, same key.
 
 The body, from ``consumers.posting.to_posting`` (Pleo's checks run first; an entry they refuse is
 never sent): ``accountingEntryId``, ``date`` (the entry's booked_at), ``currency``, ``amount``
@@ -30,7 +35,14 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
-from consumers.erp import Entry, EntryRejected, ERPLimits, ERPUnavailable, ExternalRef
+from consumers.erp import (
+    Attachment,
+    Entry,
+    EntryRejected,
+    ERPLimits,
+    ERPUnavailable,
+    ExternalRef,
+)
 from consumers.erp import idempotency_key as key_for
 from consumers.erp_http_answers import (
     answer_failure,
@@ -105,6 +117,7 @@ class HttpJournal:
         timeout: float = 10.0,
         batch_size: int = 1,
         transport: httpx.BaseTransport | None = None,
+        attachments_url: str | None = None,
     ) -> None:
         self._where = redact_url(url)
         self._names = dict(fields or {})
@@ -118,6 +131,9 @@ class HttpJournal:
         self._client = httpx.Client(
             base_url=base, headers=headers, auth=basic, timeout=timeout, transport=transport
         )
+        # Receipts: where they are uploaded (consumers/receipts.py); None: none are.
+        self._attachments_url = attachments_url
+        self.takes_attachments = attachments_url is not None
 
     def __repr__(self) -> str:
         return f"HttpJournal(url={self._where!r}, batch_size={self.limits.batch_size})"
@@ -166,6 +182,31 @@ class HttpJournal:
             answers = iter(results)
             outcomes = [next(answers) if o is None else o for o in outcomes]
         return [o for o in outcomes if o is not None]
+
+    def attach(self, attachment: Attachment) -> str:
+        """Upload one receipt once: its key makes a replay return the first upload's id."""
+        if self._attachments_url is None:
+            raise ERPUnavailable("ERP_HTTP_ATTACHMENTS_URL names no URL to upload receipts to.")
+        headers = {
+            self._idempotency_header: attachment.key,
+            "Content-Type": attachment.content_type,
+            "X-Accounting-Entry-Id": attachment.accounting_entry_id,
+            "X-Entry-External-Id": attachment.external_id,
+            "X-File-Index": str(attachment.index),
+            "X-Content-SHA256": attachment.sha256,
+        }
+        response = self._call(
+            "POST",
+            self._attachments_url,
+            attachment.accounting_entry_id,
+            content=attachment.content,
+            headers=headers,
+        )
+        body = json_body(response, self._where)
+        found = body.get("id") if isinstance(body, Mapping) else None
+        if not isinstance(found, str | int) or isinstance(found, bool):
+            raise ERPUnavailable(f"The ERP at {self._where} answered an upload without an id.")
+        return str(found)
 
     def _batch(self, bodies: list[dict[str, Any]], sent: list[Entry]) -> list[Any]:
         response = self._call("POST", BATCH_PATH, None, json={"entries": bodies})
@@ -257,4 +298,5 @@ def from_settings(settings: Settings) -> HttpJournal:
         fields=parse_fields(settings.erp_http_fields),
         timeout=settings.erp_http_timeout,
         batch_size=settings.erp_http_batch,
+        attachments_url=settings.erp_http_attachments_url,
     )

@@ -5,6 +5,9 @@ One SQLAlchemy Core codebase serves both. ``journal_entries.accounting_entry_id`
 race: when two workers post the same entry at once, one insert wins and the other hits the
 constraint, rolls back, and returns the winner's row. Every entry is in the journal at most once.
 
+Receipts (``attach``) go to ``journal_attachments``, their bytes in the row, UNIQUE per (entry,
+content sha256): a replay, or two workers attaching one file at once, leaves one row.
+
 Times are stored as the ISO strings Pleo and the worker exchange, which both databases keep
 exactly; amounts are integer cents of the wallet currency.
 """
@@ -31,6 +34,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -51,7 +55,14 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from consumers.erp import Entry, EntryRejected, ERPLimits, ERPUnavailable, ExternalRef
+from consumers.erp import (
+    Attachment,
+    Entry,
+    EntryRejected,
+    ERPLimits,
+    ERPUnavailable,
+    ExternalRef,
+)
 from consumers.posting import Posting, to_posting
 from contract.errors import BadInput
 from contract.settings import Settings
@@ -109,6 +120,22 @@ journal_lines = Table(
     Column("tax_code", String),
     Column("currency", String, nullable=False),
     UniqueConstraint("entry_id", "line_no", name="uq_journal_lines_entry_line"),
+)
+
+journal_attachments = Table(
+    "journal_attachments",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("accounting_entry_id", String, nullable=False),
+    Column("external_id", String, nullable=False),
+    Column("file_index", Integer, nullable=False),
+    Column("content_type", String, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String, nullable=False),
+    Column("idempotency_key", String, nullable=False),
+    Column("attached_at", String, nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    UniqueConstraint("accounting_entry_id", "sha256", name="uq_journal_attachments_entry_sha256"),
 )
 
 
@@ -274,6 +301,61 @@ class SqlJournal:
             return [self._post_or_rejected(entry) for entry in entries]
         log.info("erp_batch_posted entries=%d", len(entries))
         return outcomes
+
+    def attach(self, attachment: Attachment) -> str:
+        """Store the receipt once per (entry, sha256); a repeat returns the first row's id."""
+        existing = self._attachment_id(attachment)
+        if existing is not None:
+            return existing
+        row = {
+            "accounting_entry_id": attachment.accounting_entry_id,
+            "external_id": attachment.external_id,
+            "file_index": attachment.index,
+            "content_type": attachment.content_type,
+            "size": attachment.size,
+            "sha256": attachment.sha256,
+            "idempotency_key": attachment.key,
+            "attached_at": _utc_now(),
+            "content": attachment.content,
+        }
+        try:
+            with self._reachable(), self._ready_engine().begin() as conn:
+                row_id = conn.execute(
+                    journal_attachments.insert().values(**row).returning(journal_attachments.c.id)
+                ).scalar_one()
+        except IntegrityError:
+            # Another worker stored this file for this entry just now: its row stands.
+            winner = self._attachment_id(attachment)
+            if winner is None:
+                raise
+            return winner
+        return f"AT-{row_id:06d}"
+
+    def attachments(self) -> list[dict[str, Any]]:
+        """Every stored receipt in the order stored, without its bytes."""
+        columns = [c for c in journal_attachments.c if c.name != "content"]
+        with self._reachable(), self._ready_engine().connect() as conn:
+            rows = conn.execute(select(*columns).order_by(journal_attachments.c.id))
+            return [dict(row) for row in rows.mappings()]
+
+    def attachment_content(self, accounting_entry_id: str, sha256: str) -> bytes | None:
+        """The bytes stored for this entry's file, None if there are none."""
+        query = select(journal_attachments.c.content).where(
+            journal_attachments.c.accounting_entry_id == accounting_entry_id,
+            journal_attachments.c.sha256 == sha256,
+        )
+        with self._reachable(), self._ready_engine().connect() as conn:
+            found = conn.execute(query).scalar_one_or_none()
+        return None if found is None else bytes(found)
+
+    def _attachment_id(self, attachment: Attachment) -> str | None:
+        query = select(journal_attachments.c.id).where(
+            journal_attachments.c.accounting_entry_id == attachment.accounting_entry_id,
+            journal_attachments.c.sha256 == attachment.sha256,
+        )
+        with self._reachable(), self._ready_engine().connect() as conn:
+            found = conn.execute(query).scalar_one_or_none()
+        return None if found is None else f"AT-{found:06d}"
 
     def _post_or_rejected(self, entry: Entry) -> ExternalRef | EntryRejected:
         try:

@@ -34,6 +34,11 @@ before every smaller sequence has its outcome. An entry whose message is late by
 ``ERP_ORDER_WAIT`` (lost, parked, or behind a long queue) is read from the job's plan (its
 recorded placement) and the data layer, and staged by the poster itself: a gap never blocks the
 chain for good.
+
+Receipts (``consumers/receipts.py``), when on: each entry booked (or found booked) has its files
+attached before its outcome is recorded, each upload one ERP call within the budget; a receipt
+that cannot be transferred is the entry's outcome, and a call that makes the poster leave leaves
+the entry unrecorded: its next try finds it booked and uploads, by key, only what is missing.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from consumers.erp_calls import BudgetedCalls, Leave, PosterSettings
 from consumers.payloads import PayloadCache
 from consumers.posting import validate_entry
 from consumers.ready import Claimed, ReadyEntries
+from consumers.receipts import Receipts
 from consumers.reporting import Reporter
 from consumers.results import failure_update, success_update
 from consumers.worker import count_outcome
@@ -90,6 +96,7 @@ class Poster:
         settings: PosterSettings,
         write_back: Callable[[str, int], None],
         who: str,
+        receipts: Receipts | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -107,6 +114,9 @@ class Poster:
         # The entries of the batch under way that were sent to the ERP (this claim's tries).
         self._sent: set[str] = set()
         self._waited: dict[str, float | None] = {}
+        self._receipts = receipts
+        # When each claimed entry's export item was read from Pleo (its file URLs' clock).
+        self._fetched: dict[str, float | None] = {}
         self._sleep = sleep
         self._calls = BudgetedCalls(
             budget, ready, reporter, settings, on_sent=self._sent.update, clock=clock, sleep=sleep
@@ -285,11 +295,16 @@ class Poster:
         # Since the message was written (schema 2): its queue time and its time staged.
         now = self._clock()
         self._waited = {c.message.accounting_entry_id: c.message.waited(now) for c in claimed}
+        self._fetched = {
+            entry_id: None if waited is None else now - waited
+            for entry_id, waited in self._waited.items()
+        }
         for c in claimed:
             entry = Entry.from_message(c.message)
             entry_id = entry.accounting_entry_id
             if entry.export_item is None:
                 entry = dataclasses.replace(entry, export_item=self._payloads.get(job_id, entry_id))
+                self._fetched[entry_id] = None  # from Redis: when Pleo served it is unknown
             try:
                 validate_entry(entry)
             except EntryRejected as rejected:
@@ -299,7 +314,7 @@ class Poster:
                 ref = self._find(company_id, job_id, entry_id)
                 if ref is not None:
                     log.info("item_found_before_repost job_id=%s entry=%s", job_id, entry_id)
-                    outcomes[entry_id] = _booked(entry_id, ref)
+                    self._booked(company_id, job_id, entry, ref, outcomes)
                     continue
             to_post.append(entry)
         if len(to_post) > 1 and self._limits.batch_size > 1:
@@ -322,7 +337,7 @@ class Poster:
             outcomes[entry_id] = failure_update(entry_id, rejected.reason_type, rejected.reason)
             return
         self._reporter.erp_reachable(job_id)
-        self._booked(job_id, entry, ref, outcomes)
+        self._booked(company_id, job_id, entry, ref, outcomes)
 
     def _post_batch(
         self, company_id: str | None, job_id: str, entries: list[Entry], outcomes: dict[str, Any]
@@ -342,11 +357,16 @@ class Poster:
                 metrics.erp_errors.labels("rejected").inc()
                 outcomes[entry_id] = failure_update(entry_id, answer.reason_type, answer.reason)
             else:
-                self._booked(job_id, entry, answer, outcomes)
+                self._booked(company_id, job_id, entry, answer, outcomes)
         log.info("batch_booked job_id=%s entries=%d", job_id, len(entries))
 
     def _booked(
-        self, job_id: str, entry: Entry, ref: ExternalRef, outcomes: dict[str, Any]
+        self,
+        company_id: str | None,
+        job_id: str,
+        entry: Entry,
+        ref: ExternalRef,
+        outcomes: dict[str, Any],
     ) -> None:
         waited = self._waited.get(entry.accounting_entry_id)
         log.info(
@@ -357,7 +377,19 @@ class Poster:
             entry.sequence,
             "-" if waited is None else f"{waited:.3f}",
         )
-        outcomes[entry.accounting_entry_id] = _booked(entry.accounting_entry_id, ref)
+        entry_id = entry.accounting_entry_id
+        if self._receipts is not None:
+            refused = self._receipts.transfer(
+                self._erp,
+                entry,
+                ref,
+                fetched_at=self._fetched.get(entry_id),
+                call=lambda fn: self._calls.call(company_id, job_id, fn),
+            )
+            if refused is not None:
+                outcomes[entry_id] = failure_update(entry_id, refused.reason_type, refused.reason)
+                return
+        outcomes[entry_id] = _booked(entry_id, ref)
 
     def _may_be_booked(self, claimed: Claimed) -> bool:
         """Whether an earlier try may have booked the entry beyond its key's memory."""

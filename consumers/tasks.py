@@ -37,6 +37,7 @@ from consumers.payloads import PayloadCache
 from consumers.poster import Poster
 from consumers.poster_step import Kicker
 from consumers.ready import ReadyEntries
+from consumers.receipts import Receipts, ReceiptSettings
 from consumers.reporting import Reporter
 from consumers.schema_step import SchemaAnnouncer
 from consumers.watchdog import RepairWatchdog
@@ -55,7 +56,7 @@ from contract.message import ItemMessage, MessageRejected
 from contract.metrics_endpoint import MetricsStep
 from contract.names import ITEM_TASK, ITEMS_QUEUE
 from contract.redis_check import guard_worker_start as guard_redis_at_start
-from contract.retrying import task_countdown
+from contract.retrying import RetryPolicy, task_countdown
 from contract.store import ledger_client
 from contract.supervision import SupervisorStep
 from contract.wire import short_repr
@@ -150,6 +151,7 @@ def _new_poster(n: int) -> Poster:
         ready=_ready(),
         reporter=_reporter(),
         payloads=_payloads(),
+        receipts=_receipts(),
         settings=PosterSettings(
             key_window=s.erp_key_window,
             order_wait=s.erp_order_wait,
@@ -189,6 +191,16 @@ def _payloads() -> PayloadCache:
     )
 
 
+@functools.cache
+def _receipts() -> Receipts:
+    """This process's receipt transfer (``ERP_RECEIPTS``; consumers/receipts.py)."""
+    return Receipts(
+        ReceiptSettings.from_settings(settings()),
+        _pleo(),
+        retry=RetryPolicy.from_settings(settings()),
+    )
+
+
 @app.task(
     name=ITEM_TASK,
     bind=True,
@@ -218,6 +230,9 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
             payloads=_payloads(),
             attempt=self.request.retries + 1,
             waited=waited,
+            receipts=_receipts(),
+            # Written just after the producer read its export item: the file URLs' clock.
+            fetched_at=None if waited is None else time.time() - waited,
         )
     except ERPUnavailable as down:
         _breaker().failed(down)

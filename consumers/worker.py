@@ -8,19 +8,24 @@ Exactly-once effect, step by step:
 4. ``post`` is idempotent on ``accounting_entry_id`` (the adapter protocol), so a worker killed
    between posting and recording posts nothing twice when the message runs again;
 5. the outcome is recorded with HSETNX: of two concurrent deliveries only one is reported.
+
+Receipts (``consumers/receipts.py``), when on: once the entry is booked, its files are attached,
+each once by its key; a receipt that cannot be transferred is the entry's outcome (a
+``receipt_*`` failure), and an ERP that cannot take one now retries the message (step 4 again).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from consumers.erp import Entry, EntryRejected, ERPAdapter, ERPUnavailable, ExternalRef
 from consumers.payloads import PayloadCache
 from consumers.posting import validate_entry
+from consumers.receipts import Receipts
 from consumers.reporting import Reporter
 from consumers.results import failure_update, success_update
 from contract import metrics
@@ -45,11 +50,15 @@ def process_item(
     payloads: PayloadCache,
     attempt: int = 1,
     waited: float | None = None,
+    receipts: Receipts | None = None,
+    fetched_at: float | None = None,
 ) -> ItemOutcome:
     """Post ``entry`` to the ERP unless done before, and record its outcome for Pleo.
 
     ``attempt`` (1 for a message's first try) is kept with the outcome for the audit manifest;
-    ``waited``: how long its message waited in the queue (schema 2), shown in the booking's log.
+    ``waited``: how long its message waited in the queue (schema 2), shown in the booking's log;
+    ``receipts``: the receipt transfer (None: none), and ``fetched_at`` when the message's export
+    item was read from Pleo (epoch seconds, None if unknown), which its file URLs' life runs from.
     """
     job_id, entry_id = entry.job_id, entry.accounting_entry_id
     final = reporter.final_event(job_id)
@@ -64,6 +73,7 @@ def process_item(
         return ItemOutcome("job_finished")
     if entry.export_item is None:
         entry = dataclasses.replace(entry, export_item=payloads.get(job_id, entry_id))
+        fetched_at = None  # read from Redis: when Pleo served it is not known here
     try:
         validate_entry(entry)
         # ``post`` is idempotent by the adapter protocol: it returns the existing ref for an entry
@@ -77,7 +87,13 @@ def process_item(
             entry.sequence,
             "-" if waited is None else f"{waited:.3f}",
         )
-        update = success_update(entry_id, ref.external_id, ref.external_url, ref.exported_at)
+        refused = None
+        if receipts is not None:
+            refused = receipts.transfer(erp, entry, ref, fetched_at=fetched_at, call=_counted)
+        if refused is None:
+            update = success_update(entry_id, ref.external_id, ref.external_url, ref.exported_at)
+        else:
+            update = failure_update(entry_id, refused.reason_type, refused.reason)
     except EntryRejected as rejected:
         log.info("item_rejected job_id=%s entry=%s type=%s", job_id, entry_id, rejected.reason_type)
         update = failure_update(entry_id, rejected.reason_type, rejected.reason)
@@ -94,6 +110,22 @@ def _post(erp: ERPAdapter, entry: Entry) -> ExternalRef:
     metrics.erp_calls.inc()
     try:
         return erp.post(entry)
+    except EntryRejected:
+        metrics.erp_errors.labels("rejected").inc()
+        raise
+    except ERPUnavailable:
+        metrics.erp_errors.labels("unavailable").inc()
+        raise
+    except Exception:
+        metrics.erp_errors.labels("unexpected").inc()
+        raise
+
+
+def _counted(call: Callable[[], Any]) -> Any:
+    """One attachment upload, counted as an ERP call (and its failures) like a post."""
+    metrics.erp_calls.inc()
+    try:
+        return call()
     except EntryRejected:
         metrics.erp_errors.labels("rejected").inc()
         raise

@@ -25,7 +25,9 @@ Ordering = Literal["booked_at", "entry_id"]
 _SECRET_FIELDS = frozenset(
     {"api_token", "api_key", "webhook_secret", "enqueue_api_token", "erp_http_auth"}
 )
-_URL_FIELDS = frozenset({"redis_url", "broker_url", "erp_database_url", "erp_http_url"})
+_URL_FIELDS = frozenset(
+    {"redis_url", "broker_url", "erp_database_url", "erp_http_url", "erp_http_attachments_url"}
+)
 _USERINFO = re.compile(r"(//[^/@:]*:)[^/@]*@")
 _REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
 # Redis broker schemes kombu's Redis transports take (``sentinel``: redis.sentinel discovers it).
@@ -34,6 +36,16 @@ _REDIS_BROKER_SCHEMES = frozenset({"redis", "rediss", "unix", "sentinel"})
 MAX_PAGE_SIZE = 10_000
 # PLEO_RABBITMQ_QUEUE_TYPE's choices (contract/celery_app.py declares the queues with it).
 QUEUE_TYPES = ("classic", "quorum")
+# ERP_RECEIPT_TYPES' default: what receipts are (Pleo stores PDFs and photos) and ERPs take.
+RECEIPT_TYPES = (
+    "application/pdf",
+    "image/jpeg",
+    "image/png",
+    "image/gif",
+    "image/heic",
+    "image/webp",
+    "image/tiff",
+)
 # Pages of one layer in flight at most: each is a connection and a page held in memory.
 MAX_CONCURRENCY = 32
 
@@ -171,6 +183,16 @@ class Settings:
     # Pages of one layer in flight at once (pleo/offset_walk.py): 1 is the cursor walk alone;
     # more reads by ``offset`` and proves the pages complete, else falls back to the cursor walk.
     page_concurrency: int = 4
+    # Receipts (consumers/receipts.py): whether booked entries' files go to an adapter that takes
+    # attachments; the largest file taken; the media types taken; how long Pleo's file URLs live
+    # from the fetch (24 h); one download's timeout. ERP_HTTP_ATTACHMENTS_URL: where the HTTP
+    # journal uploads them (unset: that adapter takes none).
+    erp_receipts: bool = False
+    erp_receipt_max_bytes: int = 10 * 1024 * 1024
+    erp_receipt_types: tuple[str, ...] = RECEIPT_TYPES
+    pleo_file_url_lifetime: float = 24 * 3600.0
+    erp_receipt_timeout: float = 30.0
+    erp_http_attachments_url: str | None = None
 
     def __repr__(self) -> str:
         shown = []
@@ -298,7 +320,37 @@ class Settings:
             page_concurrency=_number(
                 env, "PLEO_PAGE_CONCURRENCY", d.page_concurrency, int, low=1, high=MAX_CONCURRENCY
             ),
+            erp_receipts=_flag(env, "ERP_RECEIPTS", d.erp_receipts),
+            erp_receipt_max_bytes=_number(
+                env, "ERP_RECEIPT_MAX_BYTES", d.erp_receipt_max_bytes, int, low=1
+            ),
+            erp_receipt_types=_media_types(env, "ERP_RECEIPT_TYPES", d.erp_receipt_types),
+            pleo_file_url_lifetime=_number(
+                env, "PLEO_FILE_URL_LIFETIME", d.pleo_file_url_lifetime, float, low=1
+            ),
+            erp_receipt_timeout=_number(
+                env, "ERP_RECEIPT_TIMEOUT", d.erp_receipt_timeout, float, low=0.1
+            ),
+            erp_http_attachments_url=_optional_url(env, "ERP_HTTP_ATTACHMENTS_URL"),
         )
+
+
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
+
+
+def _media_types(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The setting ``name``: comma-separated media types (``application/pdf,image/png``)."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    types = tuple(dict.fromkeys(part.strip().lower() for part in raw.split(",") if part.strip()))
+    wrong = [t for t in types if not _MEDIA_TYPE.fullmatch(t)]
+    if not types or wrong:
+        raise BadInput(
+            f"{name} must list media types separated by commas (application/pdf,image/png), "
+            f"not {shown(raw)}."
+        )
+    return types
 
 
 def _message_schema(env: Mapping[str, str]) -> int | None:

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from devtools.erp_simulator import control
+from devtools.erp_simulator.attachments import upload
 from devtools.erp_simulator.journal import Refusal, check_entry
 from devtools.erp_simulator.state import ErpSimState, Outcome
 
@@ -54,6 +55,9 @@ def create_app(state: ErpSimState) -> Starlette:
         Route("/journal/batch", journal("batch", post_batch), methods=["POST"]),
         Route("/journal/entries", journal("lookup", lookup), methods=["GET"]),
         *control.routes(state),
+        # Receipts (attachments.py): uploads through the same auth, limits and faults.
+        Route("/journal/attachments", _attach_route(state), methods=["POST"]),
+        *state.attachments.routes(),
     ]
     return Starlette(routes=routes)
 
@@ -82,6 +86,23 @@ async def _serve(state: ErpSimState, endpoint: str, handler: Handler, request: R
         return handler(state, request, body)
     finally:
         state.release()
+
+
+def _attach_route(state: ErpSimState) -> Callable[[Request], Awaitable[Response]]:
+    async def attach(request: Request) -> Response:
+        reply = await _serve(state, "attach", _admitted, request)
+        if reply.status == 0:
+            status, body = await upload(state.attachments, request, await request.body())
+            reply = Reply(status, body)
+        state.answered(reply.status)
+        return JSONResponse(reply.body, reply.status, reply.headers)
+
+    return attach
+
+
+def _admitted(state: ErpSimState, request: Request, raw: bytes) -> Reply:
+    """An upload past auth, limits and faults: stored by ``attachments.upload``, async."""
+    return Reply(0, None)
 
 
 def post_entry(state: ErpSimState, request: Request, raw: bytes) -> Reply:

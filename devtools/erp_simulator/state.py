@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from devtools.erp_simulator.attachments import AttachmentStore
 from devtools.erp_simulator.config import ErpSimConfig
 from devtools.erp_simulator.journal import Refusal
 
@@ -77,6 +78,8 @@ class ErpSimState:
         self._clock = clock
         self._config = config or ErpSimConfig()
         self._reset()
+        # Receipts uploaded to booked entries (attachments.py): their own lock, keys and faults.
+        self.attachments = AttachmentStore()
 
     def _reset(self) -> None:
         self._window: deque[float] = deque()
@@ -111,6 +114,7 @@ class ErpSimState:
         """Forget bookings, keys, counts, the window and any pause; the config stays."""
         with self._lock:
             self._reset()
+        self.attachments.reset()
 
     def pause(self, retry_after: float, seconds: float) -> None:
         """Answer every call 429 with ``Retry-After: retry_after`` for the next ``seconds``."""

@@ -75,6 +75,8 @@ def create_app(state: SimState) -> Starlette:
         ),
         Route("/v3/export-items", pleo("export_items", handlers.get_export_items), methods=["GET"]),
         *control.routes(state),
+        # Receipt files behind the export items' URLs, and their knobs (files.py).
+        *state.receipts.routes(),
     ]
     return SimulatorApp(routes=routes)
 
@@ -106,6 +108,9 @@ async def _serve(state: SimState, endpoint: str, handler: Handler, request: Requ
         if held and reply.status == 200:
             reply = Reply(200, {**reply.body, "errors": [*reply.body["errors"], *held]})
         reply = _distort(reply, firings, endpoint)
+        if endpoint == "export_items" and reply.status == 200:
+            base = str(request.base_url).rstrip("/")
+            reply = Reply(200, state.receipts.rewrite(reply.body, base), reply.headers, reply.page)
     # orjson: a 1,000-item page of export items is 2.5 MB, which json.dumps takes ~30 ms to write;
     # the simulator's own cost would otherwise swamp the latency a benchmark sets.
     raw = b"" if reply.body is None else orjson.dumps(reply.body)

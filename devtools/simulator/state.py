@@ -25,6 +25,7 @@ from typing import Final, Literal
 from devtools.simulator.data import JobSpec, generate
 from devtools.simulator.enums import ITEM_STATUSES, TERMINAL_JOB_STATUSES, UNFINISHED_ITEM_STATUSES
 from devtools.simulator.faults import FaultBook, FaultRule, Firing
+from devtools.simulator.files import ReceiptFiles
 from devtools.simulator.payloads import seeded_uuid
 from devtools.simulator.records import (
     Call,
@@ -100,6 +101,8 @@ class SimState:
         self._orders: dict[tuple[str, ...], tuple[int, ...]] = {}
         self._calls: list[Call] = []
         self._faults = FaultBook(random.Random(f"pleo-simulator-faults:{seed}"))
+        # Receipt files: the URLs export items carry, their expiry and bytes (files.py).
+        self.receipts = ReceiptFiles(clock=clock)
 
     def __repr__(self) -> str:
         # Credentials stay out of reprs (and so out of test failure output and logs).
