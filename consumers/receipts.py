@@ -155,6 +155,10 @@ class Receipts:
         # job id -> (when its data layer was read, each entry's files then)
         self._fresh: OrderedDict[str, tuple[float, dict[str, list[FileRef]]]] = OrderedDict()
 
+    def close(self) -> None:
+        """Close the download connections."""
+        self._transport.close()
+
     def wanted(self, erp: ERPAdapter) -> bool:
         """Whether receipts go to ``erp``: ``ERP_RECEIPTS`` on and an adapter that takes them."""
         return self._settings.enabled and accepts_attachments(erp)

@@ -1,0 +1,220 @@
+"""Receipts: downloads from the Pleo simulator into the SQL journal, and each failure's reason.
+
+``Receipts.transfer`` runs here in the test process against the real simulator (its file URLs,
+their expiry, real bytes) and a real SQLite journal; the pipeline with real workers is
+tests/e2e/test_receipts.py.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from consumers.erp import Entry, EntryRejected, ExternalRef
+from consumers.erp_sql import SqlJournal
+from consumers.receipts import RENEW_MARGIN, Receipts, ReceiptSettings
+from contract.retrying import RetryPolicy
+from contract.settings import Settings
+from devtools.simulator import JobSpec, RunningSimulator, SimState
+from devtools.simulator.files import ReceiptFiles, content_of
+from pleo.client import PleoClient, make_http_client
+
+pytestmark = pytest.mark.integration
+
+DAY = 24 * 3600.0
+
+
+def fetched_entries(settings: Settings, job_id: str) -> list[Entry]:
+    """The job's entries as a producer reads them: export items fetched now."""
+    with make_http_client(settings) as http:
+        items = [
+            i for page in PleoClient(http, settings).iter_export_items(job_id) for i in page.items
+        ]
+    return [
+        Entry(i.accounting_entry_id, job_id, None, n, i.date, i.payload)
+        for n, i in enumerate(items)
+    ]
+
+
+OPENED: list[Receipts] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_receipts() -> object:
+    yield
+    while OPENED:
+        OPENED.pop().close()
+
+
+def receipts_for(settings: Settings, http_client: PleoClient, **overrides: object) -> Receipts:
+    values = {
+        "enabled": True,
+        "max_bytes": 64 * 1024,
+        "types": frozenset(settings.erp_receipt_types),
+        "url_lifetime": 2.0,
+        "timeout": 2.0,
+        **overrides,
+    }
+    policy = RetryPolicy(
+        attempts=3, budget=5.0, backoff_initial=0.01, backoff_max=0.05, retry_after_max=0.1
+    )
+    OPENED.append(Receipts(ReceiptSettings(**values), http_client, retry=policy))  # type: ignore[arg-type]
+    return OPENED[-1]
+
+
+@pytest.fixture
+def journal(erp_journal_url: str) -> SqlJournal:
+    with SqlJournal(erp_journal_url) as journal:
+        yield journal  # type: ignore[misc]
+
+
+@pytest.fixture
+def pleo(settings: Settings) -> PleoClient:
+    http = make_http_client(settings)
+    yield PleoClient(http, settings)  # type: ignore[misc]
+    http.close()
+
+
+def reason(refused: EntryRejected | None) -> str | None:
+    """The refusal's reason type, None when the receipts were transferred."""
+    return None if refused is None else refused.reason_type
+
+
+def booked(journal: SqlJournal, entry: Entry) -> ExternalRef:
+    return journal.post(entry)
+
+
+def test_expired_urls_are_renewed_and_every_receipt_stored_once(
+    settings: Settings, sim_state: SimState, journal: SqlJournal, pleo: PleoClient
+) -> None:
+    """URLs past their life are renewed from the data layer (up front when the fetch time is
+    known, after a 403 when it is not); each file is stored once, its bytes intact, a replay
+    stores nothing."""
+    sim_state.receipts.configure(lifetime=1.0, size=3000)
+    job_id = sim_state.add_job(JobSpec(items=4, item_statuses={"pending": 1.0}))
+    fetched_at = time.time()
+    entries = fetched_entries(settings, job_id)
+    time.sleep(1.2)  # every URL the fetch gave is now expired
+    receipts = receipts_for(settings, pleo, url_lifetime=1.0)
+    for n, entry in enumerate(entries):
+        known = fetched_at if n % 2 == 0 else None  # odd ones: the fetch time is unknown
+        assert receipts.transfer(journal, entry, booked(journal, entry), fetched_at=known) is None
+    counts = sim_state.receipts.counts()
+    # The unknown-age URLs were tried (403) then renewed; the known-age ones were not tried.
+    assert counts["expired"] == 2
+    assert counts["downloads"] == 4
+    stored = journal.attachments()
+    assert sorted(r["accounting_entry_id"] for r in stored) == sorted(
+        e.accounting_entry_id for e in entries
+    )
+    assert {r["size"] for r in stored} == {3000}
+    first = stored[0]
+    assert journal.attachment_content(first["accounting_entry_id"], first["sha256"]) == content_of(
+        first["accounting_entry_id"], 0, 3000
+    )
+    # A replay (the same entry again, its URLs renewed once more) adds no row.
+    entry = entries[0]
+    assert receipts.transfer(journal, entry, booked(journal, entry), fetched_at=fetched_at) is None
+    assert len(journal.attachments()) == 4
+
+
+def test_oversized_files_are_refused_declared_or_streamed(
+    settings: Settings, sim_state: SimState, journal: SqlJournal, pleo: PleoClient
+) -> None:
+    """A file declared over the cap is refused without a download; one whose declared size lies
+    is cut off as it streams; both are receipt_file_size_limit_exceeded, nothing is stored."""
+    job_id = sim_state.add_job(JobSpec(items=2, item_statuses={"pending": 1.0}))
+    receipts = receipts_for(settings, pleo, max_bytes=4096, url_lifetime=DAY)
+    sim_state.receipts.configure(size=5000)
+    declared = fetched_entries(settings, job_id)[0]
+    refused = receipts.transfer(
+        journal, declared, booked(journal, declared), fetched_at=time.time()
+    )
+    assert reason(refused) == "receipt_file_size_limit_exceeded"
+    assert sim_state.receipts.counts()["downloads"] == 0
+    sim_state.receipts.configure(size=50_000, declared_size=100)
+    lying = fetched_entries(settings, job_id)[1]
+    refused = receipts.transfer(journal, lying, booked(journal, lying), fetched_at=time.time())
+    assert reason(refused) == "receipt_file_size_limit_exceeded"
+    assert "4096" in refused.reason
+    assert "https://" not in refused.reason
+    assert "http://" not in refused.reason
+    assert sim_state.receipts.counts()["downloads"] == 1
+    assert journal.attachments() == []
+
+
+def test_types_and_downloads_map_to_their_reasons(
+    settings: Settings, sim_state: SimState, journal: SqlJournal, pleo: PleoClient
+) -> None:
+    """A type the ERP does not take is receipt_conversion_failure (declared or served); a
+    download failing past the retry policy is receipt_download_failure; a 503 then a success
+    transfers the file."""
+    job_id = sim_state.add_job(JobSpec(items=4, item_statuses={"pending": 1.0}))
+    receipts = receipts_for(settings, pleo, url_lifetime=DAY)
+    sim_state.receipts.configure(size=1000, content_type="image/bmp")
+    entry = fetched_entries(settings, job_id)[0]
+    refused = receipts.transfer(journal, entry, booked(journal, entry), fetched_at=None)
+    assert reason(refused) == "receipt_conversion_failure"
+    sim_state.receipts.configure(content_type=None, served_type="text/html")
+    entry = fetched_entries(settings, job_id)[1]
+    refused = receipts.transfer(journal, entry, booked(journal, entry), fetched_at=None)
+    assert reason(refused) == "receipt_conversion_failure"
+    sim_state.receipts.configure(served_type=None, fail_next=10)
+    entry = fetched_entries(settings, job_id)[2]
+    refused = receipts.transfer(journal, entry, booked(journal, entry), fetched_at=None)
+    assert reason(refused) == "receipt_download_failure"
+    assert sim_state.receipts.counts()["failed"] == 3  # the retry policy's three attempts
+    sim_state.receipts.configure(fail_next=1)
+    entry = fetched_entries(settings, job_id)[3]
+    assert receipts.transfer(journal, entry, booked(journal, entry), fetched_at=None) is None
+    assert [r["accounting_entry_id"] for r in journal.attachments()] == [entry.accounting_entry_id]
+
+
+def test_an_adapter_without_attach_or_receipts_off_transfers_nothing(
+    settings: Settings, sim_state: SimState, journal: SqlJournal, pleo: PleoClient
+) -> None:
+    """ERP_RECEIPTS off (the default), or an adapter with no ``attach``, downloads nothing."""
+    job_id = sim_state.add_job(JobSpec(items=1, item_statuses={"pending": 1.0}))
+    entry = fetched_entries(settings, job_id)[0]
+    ref = booked(journal, entry)
+
+    class Plain:
+        def find(self, accounting_entry_id: str) -> ExternalRef | None:
+            return ref
+
+        def post(self, entry: Entry) -> ExternalRef:
+            return ref
+
+    assert receipts_for(settings, pleo).transfer(Plain(), entry, ref, fetched_at=None) is None
+    off = ReceiptSettings.from_settings(Settings())
+    assert not off.enabled
+    assert (
+        receipts_for(settings, pleo, enabled=False).transfer(journal, entry, ref, fetched_at=None)
+        is None
+    )
+    assert sim_state.receipts.counts()["downloads"] == 0
+
+
+def test_the_24_hour_default_lifetime(sim: RunningSimulator) -> None:
+    """At the defaults a file URL lives 24 h from the fetch (the simulator's expires= says so),
+    and the worker renews one only in its last 10 minutes: 86,400 - 600 = 85,800 s after it."""
+    defaults = ReceiptSettings.from_settings(Settings())
+    assert defaults.url_lifetime == DAY == 86_400
+    assert RENEW_MARGIN == 600
+    assert defaults.renew_at(1_000.0) == 1_000.0 + 86_400 - 600
+    # The test runs' lifetimes (seconds) renew within their last tenth instead.
+    assert ReceiptSettings(True, 1, frozenset(), 2.0, 1.0).renew_at(0.0) == pytest.approx(1.8)
+    now = 1_700_000_000.0
+    files = ReceiptFiles(clock=lambda: now)
+    page = {
+        "data": [
+            {
+                "accountingEntryId": "e",
+                "files": [{"url": "x", "type": "application/pdf", "size": 9}],
+            }
+        ]
+    }
+    url = files.rewrite(page, sim.url)["data"][0]["files"][0]["url"]
+    assert int(parse_qs(urlsplit(url).query)["expires"][0]) == now + 86_400
