@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -152,8 +153,10 @@ class Receipts:
         self._transport = transport or httpx.HTTPTransport(retries=0)
         self._clock = clock
         self._sleep = sleep
-        # job id -> (when its data layer was read, each entry's files then)
+        # job id -> (when its data layer was read, each entry's files then); a process's poster
+        # threads share it, and one of them reads a job's data layer while the others wait.
         self._fresh: OrderedDict[str, tuple[float, dict[str, list[FileRef]]]] = OrderedDict()
+        self._fresh_lock = threading.Lock()
 
     def close(self) -> None:
         """Close the download connections."""
@@ -315,8 +318,13 @@ class Receipts:
                 "receipt_conversion_failure",
                 f"file {index} was served as {served}, which the ERP does not take",
             )
-        if kind is None or not kind:
-            raise _refused(entry, "receipt_conversion_failure", f"file {index} has no type")
+        if not kind or kind not in self._settings.types:
+            shown = kind or "of no type"
+            raise _refused(
+                entry,
+                "receipt_conversion_failure",
+                f"file {index} is {shown}, which the ERP does not take",
+            )
         cap = self._settings.max_bytes
         length = response.headers.get("content-length", "")
         if length.isdigit() and int(length) > cap:
@@ -332,6 +340,13 @@ class Receipts:
 
     def _renewed(self, entry: Entry, index: int, *, force: bool) -> FileRef:
         """The file's URL from a read of the job's data layer no older than its URLs' life."""
+        with self._fresh_lock:
+            found = self._renewed_files(entry, force=force)
+        if index >= len(found):
+            raise _refused(entry, "receipt_download_failure", f"Pleo no longer lists file {index}")
+        return found[index]
+
+    def _renewed_files(self, entry: Entry, *, force: bool) -> list[FileRef]:
         job_id, entry_id = entry.job_id, entry.accounting_entry_id
         kept = self._fresh.get(job_id)
         now = self._clock()
@@ -350,10 +365,7 @@ class Receipts:
                 self._fresh.popitem(last=False)
             log.info("receipt_urls_renewed job_id=%s entries=%d", job_id, len(files))
         self._fresh.move_to_end(job_id)
-        found = kept[1].get(entry_id, [])
-        if index >= len(found):
-            raise _refused(entry, "receipt_download_failure", f"Pleo no longer lists file {index}")
-        return found[index]
+        return kept[1].get(entry_id, [])
 
 
 class _UrlExpired(Exception):

@@ -7,6 +7,7 @@ tests/e2e/test_receipts.py.
 
 from __future__ import annotations
 
+import logging
 import time
 from urllib.parse import parse_qs, urlsplit
 
@@ -87,11 +88,16 @@ def booked(journal: SqlJournal, entry: Entry) -> ExternalRef:
 
 
 def test_expired_urls_are_renewed_and_every_receipt_stored_once(
-    settings: Settings, sim_state: SimState, journal: SqlJournal, pleo: PleoClient
+    settings: Settings,
+    sim_state: SimState,
+    journal: SqlJournal,
+    pleo: PleoClient,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """URLs past their life are renewed from the data layer (up front when the fetch time is
     known, after a 403 when it is not); each file is stored once, its bytes intact, a replay
-    stores nothing."""
+    stores nothing; no file URL (a credential) reaches any log line, httpx's included."""
+    caplog.set_level(logging.DEBUG)
     sim_state.receipts.configure(lifetime=1.0, size=3000)
     job_id = sim_state.add_job(JobSpec(items=4, item_statuses={"pending": 1.0}))
     fetched_at = time.time()
@@ -118,6 +124,10 @@ def test_expired_urls_are_renewed_and_every_receipt_stored_once(
     entry = entries[0]
     assert receipts.transfer(journal, entry, booked(journal, entry), fetched_at=fetched_at) is None
     assert len(journal.attachments()) == 4
+    assert "receipt_attached" in caplog.text
+    # The simulator's own access log (uvicorn, in this process) aside, no line names a URL.
+    ours = [r.getMessage() for r in caplog.records if not r.name.startswith("uvicorn")]
+    assert [line for line in ours if "/files/" in line or "sig=" in line] == []
 
 
 def test_oversized_files_are_refused_declared_or_streamed(
