@@ -5,8 +5,9 @@ One SQLAlchemy Core codebase serves both. ``journal_entries.accounting_entry_id`
 race: when two workers post the same entry at once, one insert wins and the other hits the
 constraint, rolls back, and returns the winner's row. Every entry is in the journal at most once.
 
-Receipts (``attach``) go to ``journal_attachments``, their bytes in the row, UNIQUE per (entry,
-content sha256): a replay, or two workers attaching one file at once, leaves one row.
+Receipts (``attach``) go to ``journal_attachments`` (``consumers/erp_sql_attachments.py``), their
+bytes in the row, UNIQUE per (entry, content sha256): a replay, or two workers attaching one file
+at once, leaves one row.
 
 Times are stored as the ISO strings Pleo and the worker exchange, which both databases keep
 exactly; amounts are integer cents of the wallet currency.
@@ -34,7 +35,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     String,
     Table,
@@ -55,6 +55,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from consumers import erp_sql_attachments as attachments
 from consumers.erp import (
     Attachment,
     Entry,
@@ -120,22 +121,6 @@ journal_lines = Table(
     Column("tax_code", String),
     Column("currency", String, nullable=False),
     UniqueConstraint("entry_id", "line_no", name="uq_journal_lines_entry_line"),
-)
-
-journal_attachments = Table(
-    "journal_attachments",
-    metadata,
-    Column("id", _ID, primary_key=True, autoincrement=True),
-    Column("accounting_entry_id", String, nullable=False),
-    Column("external_id", String, nullable=False),
-    Column("file_index", Integer, nullable=False),
-    Column("content_type", String, nullable=False),
-    Column("size", BigInteger, nullable=False),
-    Column("sha256", String, nullable=False),
-    Column("idempotency_key", String, nullable=False),
-    Column("attached_at", String, nullable=False),
-    Column("content", LargeBinary, nullable=False),
-    UniqueConstraint("accounting_entry_id", "sha256", name="uq_journal_attachments_entry_sha256"),
 )
 
 
@@ -304,58 +289,30 @@ class SqlJournal:
 
     def attach(self, attachment: Attachment) -> str:
         """Store the receipt once per (entry, sha256); a repeat returns the first row's id."""
-        existing = self._attachment_id(attachment)
+        with self._reachable(), self._ready_engine().connect() as conn:
+            existing = attachments.stored_id(conn, attachment)
         if existing is not None:
             return existing
-        row = {
-            "accounting_entry_id": attachment.accounting_entry_id,
-            "external_id": attachment.external_id,
-            "file_index": attachment.index,
-            "content_type": attachment.content_type,
-            "size": attachment.size,
-            "sha256": attachment.sha256,
-            "idempotency_key": attachment.key,
-            "attached_at": _utc_now(),
-            "content": attachment.content,
-        }
         try:
             with self._reachable(), self._ready_engine().begin() as conn:
-                row_id = conn.execute(
-                    journal_attachments.insert().values(**row).returning(journal_attachments.c.id)
-                ).scalar_one()
+                return attachments.insert(conn, attachment)
         except IntegrityError:
             # Another worker stored this file for this entry just now: its row stands.
-            winner = self._attachment_id(attachment)
+            with self._reachable(), self._ready_engine().connect() as conn:
+                winner = attachments.stored_id(conn, attachment)
             if winner is None:
                 raise
             return winner
-        return f"AT-{row_id:06d}"
 
     def attachments(self) -> list[dict[str, Any]]:
         """Every stored receipt in the order stored, without its bytes."""
-        columns = [c for c in journal_attachments.c if c.name != "content"]
         with self._reachable(), self._ready_engine().connect() as conn:
-            rows = conn.execute(select(*columns).order_by(journal_attachments.c.id))
-            return [dict(row) for row in rows.mappings()]
+            return attachments.listed(conn)
 
     def attachment_content(self, accounting_entry_id: str, sha256: str) -> bytes | None:
         """The bytes stored for this entry's file, None if there are none."""
-        query = select(journal_attachments.c.content).where(
-            journal_attachments.c.accounting_entry_id == accounting_entry_id,
-            journal_attachments.c.sha256 == sha256,
-        )
         with self._reachable(), self._ready_engine().connect() as conn:
-            found = conn.execute(query).scalar_one_or_none()
-        return None if found is None else bytes(found)
-
-    def _attachment_id(self, attachment: Attachment) -> str | None:
-        query = select(journal_attachments.c.id).where(
-            journal_attachments.c.accounting_entry_id == attachment.accounting_entry_id,
-            journal_attachments.c.sha256 == attachment.sha256,
-        )
-        with self._reachable(), self._ready_engine().connect() as conn:
-            found = conn.execute(query).scalar_one_or_none()
-        return None if found is None else f"AT-{found:06d}"
+            return attachments.content(conn, accounting_entry_id, sha256)
 
     def _post_or_rejected(self, entry: Entry) -> ExternalRef | EntryRejected:
         try:
@@ -391,6 +348,7 @@ class SqlJournal:
         """Drop both tables, for tests and demos; the next use creates them again, empty."""
         with self._reachable():
             metadata.drop_all(self._engine)
+            attachments.metadata.drop_all(self._engine)
         self._ready = False
 
     def _count(self, table: Table) -> int:
@@ -406,6 +364,7 @@ class SqlJournal:
         """The engine, once the SQLite file's folder and both tables exist."""
         if not self._ready:
             create_tables(self._engine)
+            create_tables(self._engine, attachments.metadata)
             self._ready = True
         return self._engine
 

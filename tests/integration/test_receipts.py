@@ -7,13 +7,16 @@ tests/e2e/test_receipts.py.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from consumers.erp import Entry, EntryRejected, ExternalRef
+from consumers.erp import Attachment, Entry, EntryRejected, ExternalRef
 from consumers.erp_sql import SqlJournal
 from consumers.receipts import RENEW_MARGIN, Receipts, ReceiptSettings
 from contract.retrying import RetryPolicy
@@ -21,6 +24,7 @@ from contract.settings import Settings
 from devtools.simulator import JobSpec, RunningSimulator, SimState
 from devtools.simulator.files import ReceiptFiles, content_of
 from pleo.client import PleoClient, make_http_client
+from tests.support.postgres import PG_URL, empty_journal
 
 pytestmark = pytest.mark.integration
 
@@ -228,3 +232,36 @@ def test_the_24_hour_default_lifetime(sim: RunningSimulator) -> None:
     }
     url = files.rewrite(page, sim.url)["data"][0]["files"][0]["url"]
     assert int(parse_qs(urlsplit(url).query)["expires"][0]) == now + 86_400
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_journal(request: pytest.FixtureRequest, erp_journal_url: str) -> Iterator[SqlJournal]:
+    """The SQL journal on SQLite, and on PostgreSQL (``POSTGRES_TEST_URL``) emptied first."""
+    if request.param == "sqlite":
+        with SqlJournal(erp_journal_url) as journal:
+            yield journal
+        return
+    with empty_journal(PG_URL) as url, SqlJournal(url) as journal:
+        yield journal
+
+
+def test_the_sql_journal_stores_each_file_of_an_entry_once(any_journal: SqlJournal) -> None:
+    """attach is idempotent per (entry, sha256) on both databases, with the bytes kept; two
+    threads attaching the same file at once leave one row and get one id."""
+    entry = "0b5e1c2a-1111-4aaa-8bbb-000000000001"
+
+    def made(content: bytes, index: int = 0) -> Attachment:
+        digest = hashlib.sha256(content).hexdigest()
+        return Attachment(entry, "JE-000001", index, "application/pdf", digest, content)
+
+    first = any_journal.attach(made(b"%PDF-1 one"))
+    assert any_journal.attach(made(b"%PDF-1 one")) == first
+    second = any_journal.attach(made(b"%PDF-1 two", 1))
+    assert second != first
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        ids = set(pool.map(lambda _: any_journal.attach(made(b"%PDF-1 three", 2)), range(8)))
+    assert len(ids) == 1
+    rows = any_journal.attachments()
+    assert [(r["file_index"], r["size"]) for r in rows] == [(0, 10), (1, 10), (2, 12)]
+    assert any_journal.attachment_content(entry, rows[1]["sha256"]) == b"%PDF-1 two"
+    assert "content" not in rows[0]
