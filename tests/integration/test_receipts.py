@@ -10,17 +10,27 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from consumers.erp import Attachment, Entry, EntryRejected, ExternalRef
+from consumers.erp import (
+    Attachment,
+    Entry,
+    EntryRejected,
+    ERPUnavailable,
+    ExternalRef,
+    accepts_attachments,
+)
+from consumers.erp_http import HttpJournal
 from consumers.erp_sql import SqlJournal
 from consumers.receipts import RENEW_MARGIN, Receipts, ReceiptSettings
 from contract.retrying import RetryPolicy
 from contract.settings import Settings
+from devtools.erp_simulator import RunningErpSimulator
 from devtools.simulator import JobSpec, RunningSimulator, SimState
 from devtools.simulator.files import ReceiptFiles, content_of
 from pleo.client import PleoClient, make_http_client
@@ -265,3 +275,38 @@ def test_the_sql_journal_stores_each_file_of_an_entry_once(any_journal: SqlJourn
     assert [(r["file_index"], r["size"]) for r in rows] == [(0, 10), (1, 10), (2, 12)]
     assert any_journal.attachment_content(entry, rows[1]["sha256"]) == b"%PDF-1 two"
     assert "content" not in rows[0]
+
+
+def test_the_http_adapter_uploads_once_per_key_and_maps_refusals(
+    settings: Settings,
+    sim_state: SimState,
+    pleo: PleoClient,
+    erp_sim: Callable[..., RunningErpSimulator],
+) -> None:
+    """The HTTP adapter uploads to ERP_HTTP_ATTACHMENTS_URL: a replay gets the first id and
+    stores nothing; a 503 is ERPUnavailable (tried again later); a 4xx is the entry's
+    receipt_upload_failure; without the URL it takes no attachments at all."""
+    erp = erp_sim()
+    job_id = sim_state.add_job(JobSpec(items=2, item_statuses={"pending": 1.0}))
+    sim_state.receipts.configure(size=700)
+    first, second = fetched_entries(settings, job_id)
+    receipts = receipts_for(settings, pleo, url_lifetime=DAY)
+    uploads = f"{erp.url}/journal/attachments"
+    with closing(HttpJournal(erp.url, attachments_url=uploads)) as journal:
+        ref = journal.post(first)
+        assert receipts.transfer(journal, first, ref, fetched_at=None) is None
+        assert receipts.transfer(journal, first, ref, fetched_at=None) is None
+        view = erp.state.attachments.view()
+        assert (len(view["data"]), view["uploads"], view["replays"]) == (1, 2, 1)
+        assert view["data"][0]["external_id"] == ref.external_id
+        assert view["data"][0]["size"] == 700
+        erp.state.attachments.configure({"fail_next": 1})
+        with pytest.raises(ERPUnavailable):
+            receipts.transfer(journal, second, journal.post(second), fetched_at=None)
+        erp.state.attachments.configure({"refuse": True})
+        refused = receipts.transfer(journal, second, journal.post(second), fetched_at=None)
+        assert reason(refused) == "receipt_upload_failure"
+        assert len(erp.state.attachments.stored()) == 1
+    with closing(HttpJournal(erp.url)) as plain:
+        assert not accepts_attachments(plain)
+        assert receipts.transfer(plain, second, ref, fetched_at=None) is None
