@@ -63,11 +63,15 @@ def stored_per_entry(erp: RunningErpSimulator) -> Counter[str]:
     return Counter(s.accounting_entry_id for s in erp.state.attachments.stored())
 
 
+@pytest.mark.parametrize("path", ["governed", "direct"])
 def test_receipts_fetched_after_their_urls_expired_are_all_uploaded(
+    *,
+    path: str,
     settings: Settings,
     sim_state: SimState,
     rdb: redis.Redis,
     start_worker: Callable[..., Any],
+    erp_sim: Callable[..., RunningErpSimulator],
 ) -> None:
     """The worker starts after every URL of the job expired: it reads the data layer again for
     fresh ones (before trying any, since the message says when it was fetched), and every
@@ -80,15 +84,21 @@ def test_receipts_fetched_after_their_urls_expired_are_all_uploaded(
     produce(job_id, settings=settings, app=make_app(settings))
     reads_before = sum(1 for c in sim_state.calls if c.endpoint == "export_items")
     time.sleep(2.2)
-    start_worker("consumers", ITEMS_QUEUE, **RECEIPTS_ON, PLEO_FILE_URL_LIFETIME="2")
+    # The SQL journal is a governed connection (it batches); the HTTP one without limits is not.
+    erp = erp_sim() if path == "direct" else None
+    env = RECEIPTS_ON if erp is None else http_env(erp)
+    start_worker("consumers", ITEMS_QUEUE, **env, PLEO_FILE_URL_LIFETIME="2")
     assert await_end(sim_state, rdb, job_id) == "completed"
-    with SqlJournal(settings.erp_database_url) as journal:
-        stored = journal.attachments()
+    if erp is None:
+        with SqlJournal(settings.erp_database_url) as journal:
+            stored = [r["accounting_entry_id"] for r in journal.attachments()]
+    else:
+        stored = list(stored_per_entry(erp).elements())
     planned = sorted(i.accounting_entry_id for i in sim_state.items(job_id))
-    assert sorted(r["accounting_entry_id"] for r in stored) == planned
+    assert sorted(stored) == planned
     counts = sim_state.receipts.counts()
     rereads = sum(1 for c in sim_state.calls if c.endpoint == "export_items") - reads_before
-    print(f"receipts: stored={len(stored)} downloads={counts} data-layer re-reads={rereads}")
+    print(f"receipts ({path}): stored={len(stored)} {counts} data-layer re-reads={rereads}")
     assert counts["expired"] == 0
     assert counts["downloads"] == 12
     assert rereads >= 1
@@ -100,8 +110,8 @@ def test_an_oversized_receipt_fails_its_entry_with_the_size_reason(
     rdb: redis.Redis,
     start_worker: Callable[..., Any],
 ) -> None:
-    """Files over ERP_RECEIPT_MAX_BYTES: each entry is reported receipt_file_size_limit_exceeded,
-    the job ends completed_with_errors, no receipt is stored."""
+    """Files over ERP_RECEIPT_MAX_BYTES (SQL journal, governed): each entry is reported
+    receipt_file_size_limit_exceeded, the job ends completed_with_errors, nothing is stored."""
     sim_state.receipts.configure(size=5000)
     job_id = sim_state.add_job(JobSpec(items=6, item_statuses={"pending": 1.0}))
     produce(job_id, settings=settings, app=make_app(settings))
@@ -123,7 +133,8 @@ def test_a_failed_upload_is_retried_without_a_second_copy(
     start_worker: Callable[..., Any],
     erp_sim: Callable[..., RunningErpSimulator],
 ) -> None:
-    """On a governed connection: the ERP stores three uploads but their answers are lost (503);
+    """On a governed connection (HTTP with a rate limit): two uploads fail (503) and the ERP
+    stores three more whose answers are lost (503);
     the posters try again with the same key and the ERP keeps one copy of each receipt."""
     sim_state.receipts.configure(size=1500)
     erp = erp_sim()
@@ -150,7 +161,8 @@ def test_a_worker_killed_mid_upload_leaves_every_receipt_once(
     start_worker: Callable[..., Any],
     erp_sim: Callable[..., RunningErpSimulator],
 ) -> None:
-    """A worker SIGKILLed (its whole process group) while the ERP holds its upload's answer:
+    """On the direct path (HTTP, no limits), a worker SIGKILLed (its whole process group) while
+    the ERP holds its upload's answer:
     the message comes back, the entry's post and upload are replays, each receipt stored once."""
     sim_state.receipts.configure(size=1500)
     erp = erp_sim()
