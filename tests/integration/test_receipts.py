@@ -310,3 +310,28 @@ def test_the_http_adapter_uploads_once_per_key_and_maps_refusals(
     with closing(HttpJournal(erp.url)) as plain:
         assert not accepts_attachments(plain)
         assert receipts.transfer(plain, second, ref, fetched_at=None) is None
+
+
+def test_each_file_of_an_entry_in_turn_until_one_fails(
+    sim: RunningSimulator, settings: Settings, journal: SqlJournal, pleo: PleoClient
+) -> None:
+    """An entry's files are attached in order, each under its own key; the first that fails
+    (here the second, declared over the cap) is the entry's outcome and the third is not tried."""
+    entry_id = "0b5e1c2a-2222-4aaa-8bbb-000000000002"
+    listed = [
+        {"url": "x", "type": "application/pdf", "size": 900},
+        {"url": "x", "type": "image/png", "size": 90_000},
+        {"url": "x", "type": "image/png", "size": 900},
+    ]
+    page = {"data": [{"accountingEntryId": entry_id, "files": listed}]}
+    files = sim.state.receipts.rewrite(page, sim.url)["data"][0]["files"]
+    entry = Entry(entry_id, "5b0c7a3e-1d2f-4e6a-9b8c-0d1e2f3a4b5c", None, 0, None, {"files": files})
+    ref = ExternalRef("JE-000042", None, "2026-03-01T00:00:00Z")
+    refused = receipts_for(settings, pleo, url_lifetime=DAY).transfer(
+        journal, entry, ref, fetched_at=time.time()
+    )
+    assert reason(refused) == "receipt_file_size_limit_exceeded"
+    assert refused is not None
+    assert "file 1 " in refused.reason
+    assert [(r["file_index"], r["size"]) for r in journal.attachments()] == [(0, 900)]
+    assert sim.state.receipts.counts()["downloads"] == 1
