@@ -30,7 +30,14 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
-from consumers.erp import Entry, EntryRejected, ERPLimits, ERPUnavailable, ExternalRef
+from consumers.erp import (
+    Entry,
+    EntryRejected,
+    ERPAuthenticationFailed,
+    ERPLimits,
+    ERPUnavailable,
+    ExternalRef,
+)
 from consumers.erp import idempotency_key as key_for
 from consumers.erp_http_answers import (
     answer_failure,
@@ -40,8 +47,11 @@ from consumers.erp_http_answers import (
     rejected,
 )
 from consumers.posting import to_posting
+from contract.credentials import OAuthAuth, credential_for
 from contract.errors import BadInput, shown
+from contract.oauth import GrantRefused
 from contract.settings import Settings, redact_url
+from contract.store import ledger_client
 
 # The body's fields by their default names: the entry's and each line's (ERP_HTTP_FIELDS keys).
 ENTRY_FIELDS: Final = (
@@ -105,6 +115,7 @@ class HttpJournal:
         timeout: float = 10.0,
         batch_size: int = 1,
         transport: httpx.BaseTransport | None = None,
+        oauth: httpx.Auth | None = None,
     ) -> None:
         self._where = redact_url(url)
         self._names = dict(fields or {})
@@ -116,7 +127,11 @@ class HttpJournal:
         # A user:password@ in the URL is sent as Basic auth, never in the URL httpx logs.
         basic = httpx.BasicAuth(*userinfo) if userinfo is not None and auth is None else None
         self._client = httpx.Client(
-            base_url=base, headers=headers, auth=basic, timeout=timeout, transport=transport
+            base_url=base,
+            headers=headers,
+            auth=oauth or basic,
+            timeout=timeout,
+            transport=transport,
         )
 
     def __repr__(self) -> str:
@@ -257,4 +272,21 @@ def from_settings(settings: Settings) -> HttpJournal:
         fields=parse_fields(settings.erp_http_fields),
         timeout=settings.erp_http_timeout,
         batch_size=settings.erp_http_batch,
+        oauth=_oauth(settings) if settings.erp_uses_oauth else None,
     )
+
+
+def _oauth(settings: Settings) -> httpx.Auth:
+    """The connection's stored OAuth credential (``contract/credentials.py``) as an auth flow.
+
+    On a 401 it refreshes once and retries; a refused refresh is ``ERPAuthenticationFailed``.
+    """
+    credential = credential_for(settings, "erp", ledger_client(settings))
+
+    def refused(error: GrantRefused) -> ERPAuthenticationFailed:
+        return ERPAuthenticationFailed(
+            f"The accounting system refused the OAuth credential of connection "
+            f"{credential.name!r}: {error.message}"
+        )
+
+    return OAuthAuth(credential, refused=refused, header=settings.erp_http_auth_header)

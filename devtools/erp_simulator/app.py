@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from devtools import oauth_server
 from devtools.erp_simulator import control
 from devtools.erp_simulator.journal import Refusal, check_entry
 from devtools.erp_simulator.state import ErpSimState, Outcome
@@ -54,6 +55,8 @@ def create_app(state: ErpSimState) -> Starlette:
         Route("/journal/batch", journal("batch", post_batch), methods=["POST"]),
         Route("/journal/entries", journal("lookup", lookup), methods=["GET"]),
         *control.routes(state),
+        # OAuth (devtools/oauth_server.py): the ERP's authorize and token endpoints, when enabled.
+        *(oauth_server.routes(state.oauth) if state.oauth is not None else []),
     ]
     return Starlette(routes=routes)
 
@@ -62,6 +65,8 @@ async def _serve(state: ErpSimState, endpoint: str, handler: Handler, request: R
     body = await request.body()
     state.called(endpoint)
     config = state.config
+    if state.oauth is not None and not state.oauth.accepts(request.headers.get("authorization")):
+        return Reply(401, _error("authorization_failure", "Missing or expired access token."))
     if config.token is not None and not _authorized(request, config.token):
         return Reply(401, _error("authorization_failure", "Missing or invalid bearer token."))
     admission = state.admit()

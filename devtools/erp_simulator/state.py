@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from devtools.erp_simulator.config import ErpSimConfig
 from devtools.erp_simulator.journal import Refusal
+from devtools.oauth_server import OAuthServer
 
 Via = Literal["entries", "batch"]
 Fault = Literal["fail", "timeout"]
@@ -76,6 +77,8 @@ class ErpSimState:
         self._lock = threading.Lock()
         self._clock = clock
         self._config = config or ErpSimConfig()
+        # OAuth (devtools/oauth_server.py): set it to serve /oauth/* and require its access tokens.
+        self.oauth: OAuthServer | None = None
         self._reset()
 
     def _reset(self) -> None:
