@@ -35,7 +35,7 @@ import httpx
 import redis
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from contract.errors import BadInput, LeaseHeld, PleoExportError, TransientUpstreamError
+from contract.errors import BadInput, PleoExportError, TransientUpstreamError
 from contract.keys import (
     CREDENTIALS_INDEX_KEY,
     CREDENTIALS_TTL,
@@ -53,6 +53,8 @@ KINDS = ("pleo", "erp")
 # Seconds a refresher may hold the lease without a heartbeat (the heartbeat renews it).
 _LEASE_TTL = 10.0
 _STORE = "the credential store"
+# How often a process waiting for another's refresh reads the store.
+_POLL = 0.05
 
 
 def cipher(keys: str) -> MultiFernet:
@@ -188,6 +190,7 @@ class Credential:
         ahead: float,
         wait: float = 30.0,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._store = store
         self._leases = leases
@@ -197,6 +200,7 @@ class Credential:
         self._ahead = ahead
         self._wait = wait
         self._clock = clock
+        self._sleep = sleep
         self._lock = threading.Lock()
         self._tokens: TokenSet | None = None
         self._refused = False
@@ -242,46 +246,63 @@ class Credential:
             return self._tokens
 
     def _refresh(self, stale: str) -> TokenSet:
+        """A token other than ``stale``: the one another process just stored, or a new one.
+
+        Only the holder of the credential's lease calls the token endpoint; the others read the
+        store every ``_POLL`` s until its new token is there (so N processes make one call, and a
+        rotating refresh token is never presented twice).
+        """
         lease_key, fence_key = credentials_refresh_keys(self.kind, self.name)
-        try:
-            with self._leases.held(
-                lease_key,
-                fence_key,
-                who=f"refresh {self.kind}:{self.name}",
-                wait=self._wait,
-                patient=True,
-            ):
-                # Whoever held the lease before us may have refreshed: read what it stored.
-                stored = self._store.load(self.kind, self.name)
-                if stored is None:
-                    raise GrantRefused(
-                        f"The {self.kind} credential {self.name!r} is gone from the store; run "
-                        "'pleo-export auth login' again."
-                    )
-                fresh = stored.access_token != stale
-                if fresh and not stored.expiring(self._clock(), self._ahead):
-                    log.info("credential_read_refreshed kind=%s name=%s", self.kind, self.name)
-                    return stored
-                if stored.refresh_token is None:
-                    raise GrantRefused(
-                        f"The {self.kind} credential {self.name!r} has expired and has no "
-                        "refresh token; run 'pleo-export auth login' again."
-                    )
-                tokens = self._endpoint.refresh(stored.refresh_token)
-                self._store.save(self.kind, self.name, tokens)
-                self.refreshes += 1
-                log.info(
-                    "credential_refreshed kind=%s name=%s expires_in=%.0f",
-                    self.kind,
-                    self.name,
-                    tokens.expires_at - self._clock(),
+        deadline = self._clock() + self._wait
+        while True:
+            stored = self._stored()
+            if self._usable(stored, stale):
+                log.info("credential_read_refreshed kind=%s name=%s", self.kind, self.name)
+                return stored
+            lease = self._leases.try_acquire(
+                lease_key, fence_key, who=f"refresh {self.kind}:{self.name}"
+            )
+            if lease is not None:
+                with self._leases.kept(lease):
+                    # Re-read under the lease: a refresher may have finished since the last look.
+                    stored = self._stored()
+                    return stored if self._usable(stored, stale) else self._grant(stored)
+            if self._clock() >= deadline:
+                raise TransientUpstreamError(
+                    f"The {self.kind} credential {self.name!r} is being refreshed by another "
+                    f"process that has not finished in {self._wait:g} s."
                 )
-                return tokens
-        except LeaseHeld as held:
-            raise TransientUpstreamError(
-                f"The {self.kind} credential {self.name!r} is being refreshed by another process "
-                f"that has not finished in {self._wait:g} s."
-            ) from held
+            self._sleep(_POLL)
+
+    def _usable(self, stored: TokenSet, stale: str) -> bool:
+        return stored.access_token != stale and not stored.expiring(self._clock(), self._ahead)
+
+    def _stored(self) -> TokenSet:
+        stored = self._store.load(self.kind, self.name)
+        if stored is None:
+            raise GrantRefused(
+                f"The {self.kind} credential {self.name!r} is gone from the store; run "
+                "'pleo-export auth login' again."
+            )
+        return stored
+
+    def _grant(self, stored: TokenSet) -> TokenSet:
+        """The refresh grant itself (under the lease), its answer stored for every process."""
+        if stored.refresh_token is None:
+            raise GrantRefused(
+                f"The {self.kind} credential {self.name!r} has expired and has no refresh "
+                "token; run 'pleo-export auth login' again."
+            )
+        tokens = self._endpoint.refresh(stored.refresh_token)
+        self._store.save(self.kind, self.name, tokens)
+        self.refreshes += 1
+        log.info(
+            "credential_refreshed kind=%s name=%s expires_in=%.0f",
+            self.kind,
+            self.name,
+            tokens.expires_at - self._clock(),
+        )
+        return tokens
 
 
 class OAuthAuth(httpx.Auth):
@@ -358,7 +379,8 @@ def credential_for(
         token_url,
         client_id=client_id,
         client_secret=secret,
-        http=httpx.Client(timeout=settings.http_timeout, transport=transport),
+        http=None if transport is None else httpx.Client(transport=transport),
+        timeout=settings.http_timeout,
     )
     return Credential(
         CredentialStore(client, settings.credentials_key),

@@ -106,15 +106,19 @@ class TokenEndpoint:
     ) -> None:
         self.url = url
         self._auth = httpx.BasicAuth(client_id, client_secret or "")
-        self._http = http or httpx.Client(timeout=timeout)
+        # Without a client given, each grant opens its own: they are minutes apart, and nothing
+        # is left open by a process that drops the endpoint.
+        self._http = http
+        self._timeout = timeout
         self._clock = clock
 
     def __repr__(self) -> str:
         return f"TokenEndpoint(url={self.url!r})"
 
     def close(self) -> None:
-        """Close the endpoint's HTTP client."""
-        self._http.close()
+        """Close the HTTP client given, if any."""
+        if self._http is not None:
+            self._http.close()
 
     def exchange(self, code: str, *, verifier: str, redirect_uri: str) -> TokenSet:
         """Trade an authorization code (and the PKCE verifier) for tokens."""
@@ -133,10 +137,13 @@ class TokenEndpoint:
 
     def _post(self, form: dict[str, str]) -> object:
         started = self._clock()
+        headers = {"Accept": "application/json"}
         try:
-            response = self._http.post(
-                self.url, data=form, auth=self._auth, headers={"Accept": "application/json"}
-            )
+            if self._http is not None:
+                response = self._http.post(self.url, data=form, auth=self._auth, headers=headers)
+            else:
+                with httpx.Client(timeout=self._timeout) as http:
+                    response = http.post(self.url, data=form, auth=self._auth, headers=headers)
         except httpx.TransportError as exc:
             raise TransientUpstreamError(
                 f"The token endpoint {self.url} could not be reached ({type(exc).__name__})."

@@ -34,7 +34,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode
@@ -198,24 +198,36 @@ class OAuthServer:
             }
 
 
-def routes(server: OAuthServer, prefix: str = "/oauth") -> list[Route]:
-    """The authorize and token endpoints under ``prefix``, and the ``/_sim/oauth`` control."""
+def routes(current: Callable[[], OAuthServer | None], prefix: str = "/oauth") -> list[Route]:
+    """The authorize and token endpoints under ``prefix``, and the ``/_sim/oauth`` control, of
+    the server ``current()`` gives at each request (404 while it gives None: OAuth is off)."""
 
-    async def authorize(request: Request) -> Response:
+    def serving(
+        handler: Callable[[OAuthServer, Request], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def run(request: Request) -> Response:
+            server = current()
+            if server is None:
+                return JSONResponse({"error": "OAuth is not enabled"}, status_code=404)
+            return await handler(server, request)
+
+        return run
+
+    async def authorize(server: OAuthServer, request: Request) -> Response:
         status, answer = server.authorize(dict(request.query_params))
         if status == 302 and isinstance(answer, str):
             return RedirectResponse(answer, status_code=302)
         return JSONResponse(answer, status_code=status)
 
-    async def token(request: Request) -> Response:
+    async def token(server: OAuthServer, request: Request) -> Response:
         form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
         status, body = server.token(request.headers.get("authorization"), form)
         return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
 
-    async def view(request: Request) -> Response:
+    async def view(server: OAuthServer, request: Request) -> Response:
         return JSONResponse(server.view())
 
-    async def configure(request: Request) -> Response:
+    async def configure(server: OAuthServer, request: Request) -> Response:
         body = await request.json()
         lifetime = body.get("access_lifetime") if isinstance(body, dict) else None
         if not isinstance(lifetime, int | float) or lifetime <= 0:
@@ -223,20 +235,20 @@ def routes(server: OAuthServer, prefix: str = "/oauth") -> list[Route]:
         server.access_lifetime = float(lifetime)
         return JSONResponse(server.view())
 
-    async def revoke(request: Request) -> Response:
+    async def revoke(server: OAuthServer, request: Request) -> Response:
         raw = await request.body()
         body = json.loads(raw) if raw.strip() else {}
         access = body.get("access", True) if isinstance(body, dict) else True
         return JSONResponse({"revoked": server.revoke(access=access is not False)})
 
-    async def grant(request: Request) -> Response:
+    async def grant(server: OAuthServer, request: Request) -> Response:
         return JSONResponse(server.issue(), status_code=201)
 
     return [
-        Route(f"{prefix}/authorize", authorize, methods=["GET"]),
-        Route(f"{prefix}/token", token, methods=["POST"]),
-        Route("/_sim/oauth", view, methods=["GET"]),
-        Route("/_sim/oauth", configure, methods=["POST"]),
-        Route("/_sim/oauth/revoke", revoke, methods=["POST"]),
-        Route("/_sim/oauth/grants", grant, methods=["POST"]),
+        Route(f"{prefix}/authorize", serving(authorize), methods=["GET"]),
+        Route(f"{prefix}/token", serving(token), methods=["POST"]),
+        Route("/_sim/oauth", serving(view), methods=["GET"]),
+        Route("/_sim/oauth", serving(configure), methods=["POST"]),
+        Route("/_sim/oauth/revoke", serving(revoke), methods=["POST"]),
+        Route("/_sim/oauth/grants", serving(grant), methods=["POST"]),
     ]

@@ -56,7 +56,7 @@ def create_app(state: ErpSimState) -> Starlette:
         Route("/journal/entries", journal("lookup", lookup), methods=["GET"]),
         *control.routes(state),
         # OAuth (devtools/oauth_server.py): the ERP's authorize and token endpoints, when enabled.
-        *(oauth_server.routes(state.oauth) if state.oauth is not None else []),
+        *oauth_server.routes(lambda: state.oauth),
     ]
     return Starlette(routes=routes)
 

@@ -77,7 +77,7 @@ def create_app(state: SimState) -> Starlette:
         Route("/v3/export-items", pleo("export_items", handlers.get_export_items), methods=["GET"]),
         *control.routes(state),
         # OAuth (devtools/oauth_server.py): Pleo's authorize and token endpoints, when enabled.
-        *(oauth_server.routes(state.oauth) if state.oauth is not None else []),
+        *oauth_server.routes(lambda: state.oauth),
     ]
     return SimulatorApp(routes=routes)
 
