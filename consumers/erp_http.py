@@ -286,7 +286,8 @@ def _oauth(settings: Settings) -> httpx.Auth:
     def refused(error: GrantRefused) -> ERPAuthenticationFailed:
         return ERPAuthenticationFailed(
             f"The accounting system refused the OAuth credential of connection "
-            f"{credential.name!r}: {error.message}"
+            f"{credential.name!r}: {error.message} Run 'pleo-export auth login --erp' to sign in "
+            "again."
         )
 
     return OAuthAuth(credential, refused=refused, header=settings.erp_http_auth_header)

@@ -406,7 +406,7 @@ def flush_reports(self: Task, job_id: str) -> dict[str, Any]:
         # Pleo refuses our credentials (a refused OAuth refresh): the results stay in the outbox
         # and the flush waits, backing off, for 'pleo-export auth login' to store new ones; Pleo
         # expiring the job meanwhile ends it (a 422 on the next flush).
-        countdown = task_countdown(self.request.retries, max(settings().report_interval, 5.0))
+        countdown = task_countdown(self.request.retries, settings().report_interval)
         log.error(  # noqa: TRY400 - the sentence is the story
             "flush_waiting_for_credentials job_id=%s countdown=%.1f error=%s",
             job_id,

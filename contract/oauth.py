@@ -155,8 +155,7 @@ class TokenEndpoint:
         error = body.get("error") if isinstance(body, dict) else None
         if response.status_code in (400, 401) and isinstance(error, str):
             raise GrantRefused(
-                f"The token endpoint {self.url} refused the {form['grant_type']} grant "
-                f"({error}); run 'pleo-export auth login' again.",
+                f"The token endpoint {self.url} refused the {form['grant_type']} grant ({error}).",
                 status=response.status_code,
                 url=self.url,
             )

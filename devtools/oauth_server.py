@@ -77,6 +77,8 @@ class OAuthServer:
         # Refresh tokens given up by rotation: one presented again is a lockout in the making.
         self._used: set[str] = set()
         self.counts: Counter[str] = Counter()
+        # Every token issued, so a test can look for any of them where none may be (logs).
+        self._issued: list[str] = []
 
     def __repr__(self) -> str:
         return f"OAuthServer(client_id={self.client_id!r}, access_lifetime={self.access_lifetime})"
@@ -98,6 +100,11 @@ class OAuthServer:
         with self._lock:
             return self._issue(scope)
 
+    def issued(self) -> list[str]:
+        """Every access and refresh token issued so far (for tests: none may show anywhere)."""
+        with self._lock:
+            return list(self._issued)
+
     def revoke(self, *, access: bool = True) -> int:
         """End every refresh token issued so far (and access token, unless ``access`` is False:
         a grant withdrawn lets its access tokens live out their lifetime); returns how many."""
@@ -113,6 +120,7 @@ class OAuthServer:
         access, refresh = secrets.token_urlsafe(24), secrets.token_urlsafe(32)
         self._access[access] = self._clock() + self.access_lifetime
         self._refresh[refresh] = scope
+        self._issued += [access, refresh]
         return {
             "access_token": access,
             "token_type": "Bearer",

@@ -88,7 +88,8 @@ def oauth_auth(settings: Settings, redis_client: redis.Redis | None = None) -> h
 
     def refused(error: GrantRefused) -> AuthenticationFailed:
         return AuthenticationFailed(
-            f"Pleo's OAuth credential for company {credential.name!r} was refused: {error.message}",
+            f"Pleo's OAuth credential for company {credential.name!r} was refused: "
+            f"{error.message} Run 'pleo-export auth login' to sign in again.",
             status=error.status,
             url=error.url,
         )

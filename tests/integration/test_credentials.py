@@ -20,6 +20,8 @@ import httpx
 import pytest
 import redis
 
+from consumers.erp import ERPAuthenticationFailed
+from consumers.erp_http import from_settings
 from contract.credentials import Credential, CredentialStore, credential_for
 from contract.errors import AuthenticationFailed, BadInput
 from contract.keys import credentials_key
@@ -29,6 +31,7 @@ from devtools.oauth_server import OAuthServer
 from devtools.simulator import JobSpec, SimState
 from pleo.client import PleoClient, make_http_client
 from tests.conftest import ROOT, env_for, with_settings
+from tests.support.erp_sim import entries
 from tests.support.oauth import CLIENT_ID, CLIENT_SECRET, KEY, oauth_env, pleo_oauth, seed
 
 pytestmark = pytest.mark.integration
@@ -257,3 +260,36 @@ def test_login_refused_or_misconfigured_exits_with_a_sentence(
     waited = cli_in_process("auth", "login", "--no-browser", "--timeout", "1", **oauth_env(oauth))
     assert waited.exit_code == 2
     assert "No sign-in came back" in waited.stderr
+
+
+def test_erp_adapter_refreshes_its_connection_token(
+    settings: Settings, rdb: redis.Redis, erp_sim: Any
+) -> None:
+    """The HTTP adapter with ERP_OAUTH_*: posts across several token lifetimes all book, with
+    refreshes ahead of expiry; a revoked grant is ERPAuthenticationFailed, not 'unavailable'."""
+    erp = erp_sim()
+    erp.state.oauth = OAuthServer(CLIENT_ID, CLIENT_SECRET, access_lifetime=0.6)
+    erp_settings = with_settings(
+        settings,
+        erp_http_url=erp.url,
+        credentials_key=KEY,
+        erp_oauth_client_id=CLIENT_ID,
+        erp_oauth_client_secret=CLIENT_SECRET,
+        erp_oauth_token_url=f"{erp.url}/oauth/token",
+        token_refresh_ahead=0.2,
+    )
+    assert erp_settings.erp_uses_oauth
+    seed(rdb, erp.state.oauth, kind="erp", name=erp_settings.erp_connection)
+    journal = from_settings(erp_settings)
+    try:
+        for entry in entries(12):
+            journal.post(entry)
+            time.sleep(0.1)
+        assert len(erp.state.bookings()) == 12
+        assert 2 <= erp.state.oauth.counts["refresh_token"] <= 4
+        assert erp.state.oauth.counts.get("expired_or_unknown_token", 0) == 0
+        erp.state.oauth.revoke()
+        with pytest.raises(ERPAuthenticationFailed, match="auth login --erp"):
+            journal.post(entries(13)[-1])
+    finally:
+        journal.close()
