@@ -48,7 +48,7 @@ from consumers.erp_http_answers import (
 )
 from consumers.posting import to_posting
 from contract.credentials import OAuthAuth, credential_for
-from contract.errors import BadInput, shown
+from contract.errors import BadInput, TransientUpstreamError, shown
 from contract.oauth import GrantRefused
 from contract.settings import Settings, redact_url
 from contract.store import ledger_client
@@ -211,6 +211,9 @@ class HttpJournal:
             raise ERPUnavailable(
                 f"The ERP at {self._where} could not be reached ({type(exc).__name__})."
             ) from None
+        except TransientUpstreamError as exc:
+            # Its OAuth token endpoint is down, or another process's refresh is slow: retry.
+            raise ERPUnavailable(f"The ERP's credentials could not be refreshed: {exc}") from exc
         if not response.is_success:
             raise answer_failure(response, self._where, entry_id)
         return response

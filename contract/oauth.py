@@ -51,8 +51,13 @@ class Pkce:
     def new(cls) -> Pkce:
         """A fresh pair (RFC 7636: 43 to 128 unreserved characters; 64 bytes of randomness)."""
         verifier = secrets.token_urlsafe(64)[:128]
-        digest = hashlib.sha256(verifier.encode("ascii")).digest()
-        return cls(verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii"))
+        return cls(verifier, s256(verifier))
+
+
+def s256(verifier: str) -> str:
+    """The S256 code challenge of ``verifier``: BASE64URL(SHA256(verifier)), unpadded."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 def authorize_url(
