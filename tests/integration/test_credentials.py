@@ -239,6 +239,8 @@ def test_login_end_to_end_then_status(
         login.kill()
     assert login.returncode == 0, err
     assert "Stored the pleo credential 'default'" in err
+    assert sim_state.oauth is not None
+    assert not [t for t in sim_state.oauth.issued() if t in err or t in str(url)]
     assert counts(sim_state)["authorization_code"] == 1
     job_id = sim_state.add_job(JobSpec(items=1))
     with make_http_client(oauth) as http:
