@@ -295,3 +295,50 @@ def test_erp_adapter_refreshes_its_connection_token(
             journal.post(entries(13)[-1])
     finally:
         journal.close()
+
+
+_RACER = """
+import hashlib, sys, time
+import redis
+from contract.credentials import credential_for
+from contract.settings import Settings
+
+settings = Settings.from_env()
+credential = credential_for(settings, "pleo", redis.Redis.from_url(settings.redis_url))
+start = float(sys.argv[1])
+time.sleep(max(0.0, start - time.time()))
+print(hashlib.sha256(credential.current().access_token.encode()).hexdigest(), credential.refreshes)
+"""
+
+
+def test_processes_refreshing_at_once_make_one_refresh(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """Four processes see the stored token expiring at the same instant: one refresh, all four
+    use its token, the rotated refresh token is never presented again (no lockout)."""
+    oauth = pleo_oauth(settings, sim_state, lifetime=600, ahead=1.0)
+    assert sim_state.oauth is not None
+    sim_state.oauth.access_lifetime = 0.5  # the stored token is already within `ahead`
+    seed(rdb, sim_state.oauth)
+    sim_state.oauth.access_lifetime = 600
+    env = env_for(oauth, **oauth_env(oauth))
+    start = time.time() + 4.0  # every process imported and waiting by then
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, repr(start)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    answers = [racer.communicate(timeout=30) for racer in racers]
+    assert [racer.returncode for racer in racers] == [0, 0, 0, 0], answers
+    tokens = {out.split()[0] for out, _ in answers}
+    refreshed_here = sum(int(out.split()[1]) for out, _ in answers)
+    assert len(tokens) == 1
+    assert refreshed_here == 1
+    assert counts(sim_state)["refresh_token"] == 1
+    assert counts(sim_state).get("reused_refresh", 0) == 0
