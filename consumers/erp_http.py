@@ -47,7 +47,7 @@ from consumers.erp_http_answers import (
     rejected,
 )
 from consumers.posting import to_posting
-from contract.credentials import OAuthAuth, credential_for
+from contract.credentials import OAuthAuth, credential_for, with_login_hint
 from contract.errors import BadInput, TransientUpstreamError, shown
 from contract.oauth import GrantRefused
 from contract.settings import Settings, redact_url
@@ -289,8 +289,7 @@ def _oauth(settings: Settings) -> httpx.Auth:
     def refused(error: GrantRefused) -> ERPAuthenticationFailed:
         return ERPAuthenticationFailed(
             f"The accounting system refused the OAuth credential of connection "
-            f"{credential.name!r}: {error.message} Run 'pleo-export auth login --erp' to sign in "
-            "again."
+            f"{credential.name!r}: {with_login_hint(error.message, 'pleo-export auth login --erp')}"
         )
 
     return OAuthAuth(credential, refused=refused, header=settings.erp_http_auth_header)

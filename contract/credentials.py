@@ -351,6 +351,13 @@ class OAuthAuth(httpx.Auth):
             raise self._refused(refused) from refused
 
 
+def with_login_hint(message: str, command: str) -> str:
+    """``message``, ending with the command that signs in again unless it names it already."""
+    if "pleo-export auth login" in message:
+        return message
+    return f"{message} Run '{command}' to sign in again."
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 

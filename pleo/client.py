@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import httpx
 import redis
 
-from contract.credentials import OAuthAuth, credential_for
+from contract.credentials import OAuthAuth, credential_for, with_login_hint
 from contract.errors import AuthenticationFailed, BadInput, RateLimited
 from contract.ids import is_uuid
 from contract.oauth import GrantRefused
@@ -89,7 +89,7 @@ def oauth_auth(settings: Settings, redis_client: redis.Redis | None = None) -> h
     def refused(error: GrantRefused) -> AuthenticationFailed:
         return AuthenticationFailed(
             f"Pleo's OAuth credential for company {credential.name!r} was refused: "
-            f"{error.message} Run 'pleo-export auth login' to sign in again.",
+            f"{with_login_hint(error.message, 'pleo-export auth login')}",
             status=error.status,
             url=error.url,
         )
