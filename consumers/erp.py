@@ -4,6 +4,8 @@
     └── ERPError                anything an ERP adapter raises on purpose
         ├── EntryRejected       the ERP refuses this entry for good: report the item failed, with
         │                       one of Pleo's item failure reason types and an actionable sentence
+        ├── ERPAuthenticationFailed  the ERP refused our credentials for good (its OAuth refresh
+        │                       was refused): the job ends, accounting_system_authentication_failure
         └── ERPUnavailable      the ERP cannot be reached now: retry the item later
             └── ERPRateLimited  the ERP said "too many" (429): the whole connection waits
                                 ``retry_after`` seconds (or the budget's own backoff)
@@ -31,6 +33,7 @@ __all__ = [
     "AttachingAdapter",
     "Attachment",
     "ERPAdapter",
+    "ERPAuthenticationFailed",
     "ERPError",
     "ERPLimits",
     "ERPRateLimited",
@@ -102,6 +105,16 @@ class EntryRejected(ERPError):
     def __reduce__(self) -> tuple[type[EntryRejected], tuple[ItemFailureReason, str]]:
         # Celery's pool and result backends copy exceptions by pickling; keep both fields.
         return type(self), (self.reason_type, self.reason)
+
+
+class ERPAuthenticationFailed(ERPError):
+    """The ERP's credentials are refused for good (a refresh refused): the job cannot go on.
+
+    Not one entry's failure: what was booked is written back, then the job is failed with
+    ``accounting_system_authentication_failure``.
+    """
+
+    exit_code = 3
 
 
 class ERPUnavailable(ERPError):

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from consumers.budget import Budget
-from consumers.erp import Entry, EntryRejected, ERPRateLimited, ERPUnavailable
+from consumers.erp import (
+    Entry,
+    EntryRejected,
+    ERPAuthenticationFailed,
+    ERPRateLimited,
+    ERPUnavailable,
+)
 from consumers.ready import ReadyEntries
 from consumers.reporting import Reporter
 from contract import metrics
@@ -126,6 +132,13 @@ class BudgetedCalls:
             except EntryRejected:
                 self._answered(company_id)
                 raise
+            except ERPAuthenticationFailed as refused:
+                metrics.erp_errors.labels("unavailable").inc()
+                log.error("erp_credentials_refused job_id=%s", job_id)  # noqa: TRY400 - no traceback
+                self._ready.give_up(
+                    job_id, str(refused), "accounting_system_authentication_failure"
+                )
+                raise Leave("the ERP refused its credentials for good") from None
             except ERPRateLimited as limited:
                 metrics.erp_rate_limited.inc()
                 metrics.erp_errors.labels("unavailable").inc()

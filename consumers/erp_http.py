@@ -39,6 +39,7 @@ from consumers.erp import (
     Attachment,
     Entry,
     EntryRejected,
+    ERPAuthenticationFailed,
     ERPLimits,
     ERPUnavailable,
     ExternalRef,
@@ -52,8 +53,11 @@ from consumers.erp_http_answers import (
     rejected,
 )
 from consumers.posting import to_posting
-from contract.errors import BadInput, shown
+from contract.credentials import OAuthAuth, credential_for, with_login_hint
+from contract.errors import BadInput, TransientUpstreamError, shown
+from contract.oauth import GrantRefused
 from contract.settings import Settings, redact_url
+from contract.store import ledger_client
 
 # The body's fields by their default names: the entry's and each line's (ERP_HTTP_FIELDS keys).
 ENTRY_FIELDS: Final = (
@@ -118,6 +122,7 @@ class HttpJournal:
         batch_size: int = 1,
         transport: httpx.BaseTransport | None = None,
         attachments_url: str | None = None,
+        oauth: httpx.Auth | None = None,
     ) -> None:
         self._where = redact_url(url)
         self._names = dict(fields or {})
@@ -129,7 +134,11 @@ class HttpJournal:
         # A user:password@ in the URL is sent as Basic auth, never in the URL httpx logs.
         basic = httpx.BasicAuth(*userinfo) if userinfo is not None and auth is None else None
         self._client = httpx.Client(
-            base_url=base, headers=headers, auth=basic, timeout=timeout, transport=transport
+            base_url=base,
+            headers=headers,
+            auth=oauth or basic,
+            timeout=timeout,
+            transport=transport,
         )
         # Receipts: where they are uploaded (consumers/receipts.py); None: none are.
         self._attachments_url = attachments_url
@@ -237,6 +246,9 @@ class HttpJournal:
             raise ERPUnavailable(
                 f"The ERP at {self._where} could not be reached ({type(exc).__name__})."
             ) from None
+        except TransientUpstreamError as exc:
+            # Its OAuth token endpoint is down, or another process's refresh is slow: retry.
+            raise ERPUnavailable(f"The ERP's credentials could not be refreshed: {exc}") from exc
         if not response.is_success:
             raise answer_failure(response, self._where, entry_id)
         return response
@@ -299,4 +311,21 @@ def from_settings(settings: Settings) -> HttpJournal:
         timeout=settings.erp_http_timeout,
         batch_size=settings.erp_http_batch,
         attachments_url=settings.erp_http_attachments_url,
+        oauth=_oauth(settings) if settings.erp_uses_oauth else None,
     )
+
+
+def _oauth(settings: Settings) -> httpx.Auth:
+    """The connection's stored OAuth credential (``contract/credentials.py``) as an auth flow.
+
+    On a 401 it refreshes once and retries; a refused refresh is ``ERPAuthenticationFailed``.
+    """
+    credential = credential_for(settings, "erp", ledger_client(settings))
+
+    def refused(error: GrantRefused) -> ERPAuthenticationFailed:
+        return ERPAuthenticationFailed(
+            f"The accounting system refused the OAuth credential of connection "
+            f"{credential.name!r}: {with_login_hint(error.message, 'pleo-export auth login --erp')}"
+        )
+
+    return OAuthAuth(credential, refused=refused, header=settings.erp_http_auth_header)

@@ -31,8 +31,8 @@ from consumers.adapters import build_adapter
 from consumers.breaker import Breaker
 from consumers.budget import Budget, governed, limits_for
 from consumers.closing import ClosingStep
-from consumers.erp import Entry, ERPAdapter, ERPLimits, ERPUnavailable
-from consumers.erp_calls import PosterSettings, drain_limit
+from consumers.erp import Entry, ERPAdapter, ERPAuthenticationFailed, ERPLimits, ERPUnavailable
+from consumers.erp_calls import FLUSH_BEFORE_FAILING, PosterSettings, drain_limit
 from consumers.payloads import PayloadCache
 from consumers.poster import Poster
 from consumers.poster_step import Kicker
@@ -46,6 +46,7 @@ from contract import log_filters, metrics
 from contract.celery_app import make_app, retry_when_broker_answers
 from contract.dead_letters import park
 from contract.errors import (
+    AuthenticationFailed,
     BrokerUnavailable,
     PermanentUpstreamError,
     TransientUpstreamError,
@@ -234,6 +235,8 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
             # Written just after the producer read its export item: the file URLs' clock.
             fetched_at=None if waited is None else time.time() - waited,
         )
+    except ERPAuthenticationFailed as refused:
+        return _erp_refused(job_id, refused)
     except ERPUnavailable as down:
         _breaker().failed(down)
         return _erp_down(self, job_id, down)
@@ -431,6 +434,18 @@ def flush_reports(self: Task, job_id: str) -> dict[str, Any]:
             "flush_retry job_id=%s error=%s countdown=%.1f", job_id, type(exc).__name__, countdown
         )
         raise retry_when_broker_answers(self, exc, countdown) from exc
+    except AuthenticationFailed as exc:
+        # Pleo refuses our credentials (a refused OAuth refresh): the results stay in the outbox
+        # and the flush waits, backing off, for 'pleo-export auth login' to store new ones; Pleo
+        # expiring the job meanwhile ends it (a 422 on the next flush).
+        countdown = task_countdown(self.request.retries, settings().report_interval)
+        log.error(  # noqa: TRY400 - the sentence is the story
+            "flush_waiting_for_credentials job_id=%s countdown=%.1f error=%s",
+            job_id,
+            countdown,
+            exc.message,
+        )
+        raise retry_when_broker_answers(self, exc, countdown) from exc
     except PermanentUpstreamError as exc:
         log.error(  # noqa: TRY400 - re-raised just below, Celery records the traceback
             "flush_failed job_id=%s error=%s", job_id, exc.message
@@ -467,5 +482,27 @@ def _erp_down(task: Task, job_id: str, down: ERPUnavailable) -> dict[str, Any]:
     log.error("erp_unreachable_giving_up job_id=%s for=%.0fs", job_id, outage)
     reporter.send_final(
         job_id, "failed", failure_reason=reason, failure_reason_type="accounting_system_unreachable"
+    )
+    return {"job_id": job_id, "status": "job_failed", "reason": reason}
+
+
+def _erp_refused(job_id: str, refused: ERPAuthenticationFailed) -> dict[str, Any]:
+    """The ERP's credentials are refused for good: write back what was booked, then fail the job.
+
+    Every recorded outcome goes to Pleo first (waiting out a flush under way elsewhere, as a
+    given-up governed job does), so nothing is stranded in the outbox by the final event.
+    """
+    reporter = _reporter()
+    log.error("erp_credentials_refused job_id=%s", job_id)
+    deadline = time.monotonic() + FLUSH_BEFORE_FAILING
+    while reporter.pending(job_id) and time.monotonic() < deadline:
+        if reporter.flush(job_id).locked:
+            time.sleep(0.1)
+    reason = str(refused)
+    reporter.send_final(
+        job_id,
+        "failed",
+        failure_reason=reason,
+        failure_reason_type="accounting_system_authentication_failure",
     )
     return {"job_id": job_id, "status": "job_failed", "reason": reason}

@@ -5,7 +5,8 @@
     │   └── SignatureInvalid             a webhook that fails verification (signature.py): 401
     ├── UpstreamError                    Pleo answered badly; carries status, url, job_id
     │   ├── PermanentUpstreamError       give up at once, exit 3 (401/403/404/422, other 4xx)
-    │   │   ├── AuthenticationFailed     401/403
+    │   │   ├── AuthenticationFailed     401/403, or Pleo's OAuth refresh refused
+    │   │   ├── GrantRefused             an OAuth token endpoint refused a grant (contract/oauth.py)
     │   │   ├── JobNotFound              404
     │   │   └── Unprocessable            422 (e.g. INVALID_EXPORT_JOB_STATUS_CHANGE)
     │   ├── TransientUpstreamError       retry (5xx, timeouts, bad JSON), exit 4 once exhausted

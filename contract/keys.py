@@ -98,6 +98,15 @@ them too). Global keys are refreshed by every write; kombu's keys are kombu's (s
                                parks it once; expiry ``dedup_ttl``, refreshed on every park;
                                ``pleo-export requeue-parked`` moves each back onto the queue
 
+    OAuth credentials (``contract/credentials.py``)
+    pleo-export:credentials:{kind}:{name}  hash: ``secret`` (Fernet token of the access and
+                               refresh tokens, PLEO_CREDENTIALS_KEY), ``expires_at`` (epoch s),
+                               ``has_refresh``, ``scope``, ``updated_at``, ``generation``; kind
+                               ``pleo`` (name: the company) or ``erp`` (name: the connection);
+                               lives CREDENTIALS_TTL from its last write
+    pleo-export:credentials:{kind}:{name}:refresh  the one refresher's lease, with its -fence
+    pleo-export:credentials    set of "{kind}:{name}" stored (``pleo-export auth status``)
+
     Triggers (``producer/triggers.py``, ``producer/webhook.py``)
     :trigger    the producer task id of the latest trigger (PX = trigger window, 60 s)
     pleo-export:webhook:{webhook-id}   a delivery already taken (24 h): Pleo's retries are no-ops
@@ -134,6 +143,21 @@ DEAD_LETTER_KEY = f"{PREFIX}:dead-letter"
 _SCHEMA_READER_PREFIX = f"{PREFIX}:schema-reader:"
 _WEBHOOK_PREFIX = f"{PREFIX}:webhook:"
 _ERP_PREFIX = f"{PREFIX}:erp:"
+CREDENTIALS_INDEX_KEY = f"{PREFIX}:credentials"
+# A stored credential outlives any refresh token's own lifetime (Xero's is 60 days, QuickBooks'
+# 100): one unused for longer could not be refreshed anyway.
+CREDENTIALS_TTL = 400 * 24 * 3600
+
+
+def credentials_key(kind: str, name: str) -> str:
+    """One credential's hash (``kind`` ``pleo`` or ``erp``; ``name``: company or connection)."""
+    return f"{CREDENTIALS_INDEX_KEY}:{kind}:{name}"
+
+
+def credentials_refresh_keys(kind: str, name: str) -> tuple[str, str]:
+    """The lease (and its fence) of the one process refreshing that credential."""
+    lease = f"{credentials_key(kind, name)}:refresh"
+    return lease, fence_of(lease)
 
 
 def fence_of(lease_key: str) -> str:

@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from contract.env_values import connection_name as _connection_name
@@ -23,7 +23,17 @@ Ordering = Literal["booked_at", "entry_id"]
 
 
 _SECRET_FIELDS = frozenset(
-    {"api_token", "api_key", "webhook_secret", "enqueue_api_token", "erp_http_auth"}
+    {
+        "api_token",
+        "api_key",
+        "webhook_secret",
+        "enqueue_api_token",
+        "erp_http_auth",
+        # OAuth (contract/credentials.py)
+        "credentials_key",
+        "pleo_oauth_client_secret",
+        "erp_oauth_client_secret",
+    }
 )
 _URL_FIELDS = frozenset(
     {"redis_url", "broker_url", "erp_database_url", "erp_http_url", "erp_http_attachments_url"}
@@ -193,6 +203,34 @@ class Settings:
     pleo_file_url_lifetime: float = 24 * 3600.0
     erp_receipt_timeout: float = 30.0
     erp_http_attachments_url: str | None = None
+    # OAuth credentials (contract/credentials.py, producer/auth_cli.py): the Fernet key(s) the
+    # stored tokens are encrypted with; Pleo's OAuth client and endpoints, and the company whose
+    # stored credential this process uses (when no PLEO_API_TOKEN/KEY is set and a client id is);
+    # the ERP's, for the HTTP adapter (when no ERP_HTTP_AUTH is set and a client id is); how long
+    # before its expiry an access token is refreshed.
+    credentials_key: str | None = None
+    pleo_oauth_client_id: str | None = None
+    pleo_oauth_client_secret: str | None = None
+    pleo_oauth_authorize_url: str = "https://auth.pleo.io/oauth/authorize"
+    pleo_oauth_token_url: str = "https://auth.pleo.io/oauth/token"  # noqa: S105 - a URL
+    pleo_oauth_scope: str = "export-jobs:read export-jobs:write export-items:read"
+    pleo_oauth_company: str = "default"
+    erp_oauth_client_id: str | None = None
+    erp_oauth_client_secret: str | None = None
+    erp_oauth_authorize_url: str | None = None
+    erp_oauth_token_url: str | None = None
+    erp_oauth_scope: str = ""
+    token_refresh_ahead: float = 60.0
+
+    @property
+    def pleo_uses_oauth(self) -> bool:
+        """Pleo is called with stored OAuth tokens: a client id, and no static token or key."""
+        return self.pleo_oauth_client_id is not None and not (self.api_token or self.api_key)
+
+    @property
+    def erp_uses_oauth(self) -> bool:
+        """The HTTP adapter sends stored OAuth tokens: a client id is set, and no ERP_HTTP_AUTH."""
+        return self.erp_oauth_client_id is not None and self.erp_http_auth is None
 
     def __repr__(self) -> str:
         shown = []
@@ -332,6 +370,7 @@ class Settings:
                 env, "ERP_RECEIPT_TIMEOUT", d.erp_receipt_timeout, float, low=0.1
             ),
             erp_http_attachments_url=_optional_url(env, "ERP_HTTP_ATTACHMENTS_URL"),
+            **_oauth(env, d),
         )
 
 
@@ -351,6 +390,46 @@ def _media_types(env: Mapping[str, str], name: str, default: tuple[str, ...]) ->
             f"not {shown(raw)}."
         )
     return types
+
+
+def _oauth(env: Mapping[str, str], d: Settings) -> dict[str, Any]:
+    """The OAuth settings (contract/credentials.py); a client id needs PLEO_CREDENTIALS_KEY."""
+
+    def text(name: str) -> str | None:
+        return (env.get(name) or "").strip() or None
+
+    found: dict[str, Any] = {
+        "credentials_key": text("PLEO_CREDENTIALS_KEY"),
+        "pleo_oauth_client_id": text("PLEO_OAUTH_CLIENT_ID"),
+        "pleo_oauth_client_secret": text("PLEO_OAUTH_CLIENT_SECRET"),
+        "pleo_oauth_authorize_url": _optional_url(env, "PLEO_OAUTH_AUTHORIZE_URL")
+        or d.pleo_oauth_authorize_url,
+        "pleo_oauth_token_url": _optional_url(env, "PLEO_OAUTH_TOKEN_URL")
+        or d.pleo_oauth_token_url,
+        "pleo_oauth_scope": text("PLEO_OAUTH_SCOPE") or d.pleo_oauth_scope,
+        "pleo_oauth_company": text("PLEO_OAUTH_COMPANY") or d.pleo_oauth_company,
+        "erp_oauth_client_id": text("ERP_OAUTH_CLIENT_ID"),
+        "erp_oauth_client_secret": text("ERP_OAUTH_CLIENT_SECRET"),
+        "erp_oauth_authorize_url": _optional_url(env, "ERP_OAUTH_AUTHORIZE_URL"),
+        "erp_oauth_token_url": _optional_url(env, "ERP_OAUTH_TOKEN_URL"),
+        "erp_oauth_scope": text("ERP_OAUTH_SCOPE") or d.erp_oauth_scope,
+        "token_refresh_ahead": _number(
+            env, "PLEO_TOKEN_REFRESH_AHEAD", d.token_refresh_ahead, float, low=0
+        ),
+    }
+    for side in ("PLEO", "ERP"):
+        if text(f"{side}_OAUTH_CLIENT_ID") and not found["credentials_key"]:
+            raise BadInput(
+                f"{side}_OAUTH_CLIENT_ID needs PLEO_CREDENTIALS_KEY, the key the stored tokens "
+                "are encrypted with (make one with 'pleo-export auth new-key')."
+            )
+    if found["erp_oauth_client_id"] and not found["erp_oauth_token_url"]:
+        raise BadInput("ERP_OAUTH_CLIENT_ID needs ERP_OAUTH_TOKEN_URL, the ERP's token endpoint.")
+    if found["credentials_key"]:
+        from contract.credentials import cipher
+
+        cipher(str(found["credentials_key"]))  # a bad key is refused now, in one sentence
+    return found
 
 
 def _message_schema(env: Mapping[str, str]) -> int | None:

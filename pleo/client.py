@@ -18,11 +18,15 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar
 
 import httpx
+import redis
 
-from contract.errors import BadInput, RateLimited
+from contract.credentials import OAuthAuth, credential_for, with_login_hint
+from contract.errors import AuthenticationFailed, BadInput, RateLimited
 from contract.ids import is_uuid
+from contract.oauth import GrantRefused
 from contract.retrying import RateGate, RetryPolicy, Target, call_with_retries, gate_hold
 from contract.settings import Settings, redact_url
+from contract.store import ledger_client
 from pleo.models import (
     ITEM_STATUSES,
     JOB_EVENTS,
@@ -73,6 +77,26 @@ class _BearerAuth(httpx.Auth):
         return "_BearerAuth(token='***')"
 
 
+def oauth_auth(settings: Settings, redis_client: redis.Redis | None = None) -> httpx.Auth:
+    """The stored OAuth credential of PLEO_OAUTH_COMPANY as an httpx auth flow.
+
+    A refused refresh is ``AuthenticationFailed``: the run or write-back ends the job with
+    ``authentication_failure`` (``pleo/final_event.py``).
+    """
+    client = redis_client if redis_client is not None else ledger_client(settings)
+    credential = credential_for(settings, "pleo", client)
+
+    def refused(error: GrantRefused) -> AuthenticationFailed:
+        return AuthenticationFailed(
+            f"Pleo's OAuth credential for company {credential.name!r} was refused: "
+            f"{with_login_hint(error.message, 'pleo-export auth login')}",
+            status=error.status,
+            url=error.url,
+        )
+
+    return OAuthAuth(credential, refused=refused)
+
+
 def tls_context() -> ssl.SSLContext:
     """The TLS context every client of this process verifies servers with.
 
@@ -97,7 +121,9 @@ def make_http_client(
     # part of the URL: httpx logs every request's URL, and a URL shows up in errors.
     url = httpx.URL(settings.api_url)
     auth: httpx.Auth | None = None
-    if settings.api_token:
+    if settings.pleo_uses_oauth:
+        auth = oauth_auth(settings)
+    elif settings.api_token:
         auth = _BearerAuth(settings.api_token)
     elif settings.api_key:
         # Pleo's basicAuth scheme: the API key is the user name and the password is empty.

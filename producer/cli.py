@@ -23,6 +23,7 @@ from contract.errors import BadInput, LeaseHeld, PleoExportError
 from contract.ids import is_uuid, validate_job_id, validate_uuid
 from contract.names import PRODUCER_QUEUE
 from contract.settings import Settings
+from producer.auth_cli import auth_group
 from producer.erp_sim_command import simulate_erp_command
 
 log = logging.getLogger(__name__)
@@ -269,6 +270,13 @@ def status(job_id: str, as_json: bool) -> None:
     default=None,
     help="The sample job's id (a UUID); by default one derived from --seed.",
 )
+@click.option(
+    "--oauth-lifetime",
+    default=None,
+    type=click.FloatRange(0, min_open=True),
+    help="Serve OAuth (/oauth/authorize, /oauth/token; client PLEO_OAUTH_CLIENT_ID/SECRET) with "
+    "access tokens living this many seconds.",
+)
 @guarded
 def simulate(
     *,
@@ -280,6 +288,7 @@ def simulate(
     latency: float,
     expires_in: int,
     job_id: str | None,
+    oauth_lifetime: float | None,
 ) -> None:
     """Run the Pleo API simulator with one seeded pending job."""
     from devtools.simulator import JobSpec, SimState, serve
@@ -292,6 +301,14 @@ def simulate(
         latency=latency,
         seed=seed,
     )
+    if oauth_lifetime is not None:
+        from devtools.oauth_server import OAuthServer
+
+        state.oauth = OAuthServer(
+            settings.pleo_oauth_client_id or "sim-client",
+            settings.pleo_oauth_client_secret or "sim-secret",
+            access_lifetime=oauth_lifetime,
+        )
     given = job_id is not None
     spec = JobSpec(
         items=items,
@@ -491,6 +508,7 @@ def demo(items: int, no_input: bool, erp: str) -> None:
 
 
 main.add_command(simulate_erp_command(guarded))
+main.add_command(auth_group(guarded, load_checked_settings))
 
 if __name__ == "__main__":  # pragma: no cover
     main()

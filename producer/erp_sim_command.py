@@ -68,6 +68,13 @@ def simulate_erp_command(
         envvar="ERP_SIM_TOKEN",
         help="Bearer token every /journal call must carry (or ERP_SIM_TOKEN).",
     )
+    @click.option(
+        "--oauth-lifetime",
+        default=None,
+        type=click.FloatRange(0, min_open=True),
+        help="Serve OAuth (/oauth/authorize, /oauth/token; client ERP_OAUTH_CLIENT_ID/SECRET, "
+        "default sim-client/sim-secret) and take only its access tokens, living this many s.",
+    )
     @guard
     def simulate_erp(
         *,
@@ -82,6 +89,7 @@ def simulate_erp_command(
         timeout_rate: float,
         seed: int,
         token: str | None,
+        oauth_lifetime: float | None,
     ) -> None:
         """Run the ERP simulator: a journal with an ERP's limits, idempotency keys and faults."""
         from devtools.erp_simulator import ErpSimConfig, ErpSimState, serve
@@ -102,6 +110,17 @@ def simulate_erp_command(
         def announce(url: str) -> None:
             click.echo(f"simulated ERP journal at {url} ({limit})", err=True)
 
-        serve(ErpSimState(config), host, port, on_listening=announce)
+        state = ErpSimState(config)
+        if oauth_lifetime is not None:
+            from contract.settings import Settings
+            from devtools.oauth_server import OAuthServer
+
+            settings = Settings.from_env()
+            state.oauth = OAuthServer(
+                settings.erp_oauth_client_id or "sim-client",
+                settings.erp_oauth_client_secret or "sim-secret",
+                access_lifetime=oauth_lifetime,
+            )
+        serve(state, host, port, on_listening=announce)
 
     return simulate_erp

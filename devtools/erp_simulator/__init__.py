@@ -5,7 +5,8 @@
         ...  # post to erp.url; inspect state.bookings(), state.stats(), state.booked_count(id)
 
 The journal (``/journal``; with ``token`` set every call needs ``Authorization: Bearer <token>``,
-else 401):
+else 401; with ``state.oauth`` set (``devtools/oauth_server.py``) it needs a live access token
+that server issued, served at ``/oauth/authorize`` and ``/oauth/token``):
 
 - ``POST /journal/entries``: one entry (the body ``consumers/erp_http.py`` writes:
   ``accountingEntryId``, ``date``, ``currency``, ``amount``, ``type``, ``lines`` of ``lineNo``,

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from devtools import oauth_server
 from devtools.erp_simulator import control
 from devtools.erp_simulator.attachments import upload
 from devtools.erp_simulator.journal import Refusal, check_entry
@@ -58,6 +59,8 @@ def create_app(state: ErpSimState) -> Starlette:
         # Receipts (attachments.py): uploads through the same auth, limits and faults.
         Route("/journal/attachments", _attach_route(state), methods=["POST"]),
         *state.attachments.routes(),
+        # OAuth (devtools/oauth_server.py): the ERP's authorize and token endpoints, when enabled.
+        *oauth_server.routes(lambda: state.oauth),
     ]
     return Starlette(routes=routes)
 
@@ -66,6 +69,8 @@ async def _serve(state: ErpSimState, endpoint: str, handler: Handler, request: R
     body = await request.body()
     state.called(endpoint)
     config = state.config
+    if state.oauth is not None and not state.oauth.accepts(request.headers.get("authorization")):
+        return Reply(401, _error("authorization_failure", "Missing or expired access token."))
     if config.token is not None and not _authorized(request, config.token):
         return Reply(401, _error("authorization_failure", "Missing or invalid bearer token."))
     admission = state.admit()

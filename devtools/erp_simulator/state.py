@@ -26,6 +26,7 @@ from typing import Any, Literal
 from devtools.erp_simulator.attachments import AttachmentStore
 from devtools.erp_simulator.config import ErpSimConfig
 from devtools.erp_simulator.journal import Refusal
+from devtools.oauth_server import OAuthServer
 
 Via = Literal["entries", "batch"]
 Fault = Literal["fail", "timeout"]
@@ -77,6 +78,8 @@ class ErpSimState:
         self._lock = threading.Lock()
         self._clock = clock
         self._config = config or ErpSimConfig()
+        # OAuth (devtools/oauth_server.py): set it to serve /oauth/* and require its access tokens.
+        self.oauth: OAuthServer | None = None
         self._reset()
         # Receipts uploaded to booked entries (attachments.py): their own lock, keys and faults.
         self.attachments = AttachmentStore()

@@ -14,7 +14,9 @@ jobs), ``records`` and ``enums`` (what is stored, what is valid), ``state`` (sha
 ``pages`` (cursors), ``sorting`` (``sorting_keys``), ``faults`` (misbehaviour), ``auth``,
 ``handlers`` (the endpoints), ``app`` (the request pipeline), ``server`` (uvicorn, threaded or
 blocking). Jobs expire ``expiresIn`` seconds after their last action, as read from
-``SimState(clock=...)`` on every access (``state``).
+``SimState(clock=...)`` on every access (``state``). With ``state.oauth`` set
+(``devtools/oauth_server.py``) it also serves ``/oauth/authorize`` and ``/oauth/token``, and a
+Bearer token must be a live access token of that server (401 once expired).
 """
 
 from devtools.simulator.app import create_app

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from devtools import oauth_server
 from devtools.simulator import control, handlers
 from devtools.simulator.auth import authorized
 from devtools.simulator.faults import (
@@ -77,6 +78,8 @@ def create_app(state: SimState) -> Starlette:
         *control.routes(state),
         # Receipt files behind the export items' URLs, and their knobs (files.py).
         *state.receipts.routes(),
+        # OAuth (devtools/oauth_server.py): Pleo's authorize and token endpoints, when enabled.
+        *oauth_server.routes(lambda: state.oauth),
     ]
     return SimulatorApp(routes=routes)
 
@@ -87,9 +90,7 @@ async def _serve(state: SimState, endpoint: str, handler: Handler, request: Requ
     if state.latency > 0:
         await asyncio.sleep(state.latency)
     firings: tuple[Firing, ...] = ()
-    if not authorized(
-        request.headers.get("authorization"), token=state.token, api_key=state.api_key
-    ):
+    if not _authorized(state, request.headers.get("authorization")):
         body_401 = {"type": "UNAUTHORIZED", "message": "Missing or invalid credentials."}
         reply = Reply(401, body_401, {"WWW-Authenticate": 'Bearer, Basic realm="pleo"'})
     else:
@@ -119,6 +120,13 @@ async def _serve(state: SimState, endpoint: str, handler: Handler, request: Requ
     _record(state, endpoint, request, body, status=reply.status, firings=firings)
     media = MEDIA_TYPE if reply.body is not None else None
     return Response(raw, reply.status, dict(reply.headers), media_type=media)
+
+
+def _authorized(state: SimState, header: str | None) -> bool:
+    """With OAuth on, a Bearer token must be a live access token it issued; else as configured."""
+    if state.oauth is not None and (header or "").strip().lower().startswith("bearer"):
+        return state.oauth.accepts(header)
+    return authorized(header, token=state.token, api_key=state.api_key)
 
 
 def _fault_reply(firing: Firing) -> Reply:

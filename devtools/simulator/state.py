@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Final, Literal
 
+from devtools.oauth_server import OAuthServer
 from devtools.simulator.data import JobSpec, generate
 from devtools.simulator.enums import ITEM_STATUSES, TERMINAL_JOB_STATUSES, UNFINISHED_ITEM_STATUSES
 from devtools.simulator.faults import FaultBook, FaultRule, Firing
@@ -81,6 +82,8 @@ class SimState:
         if max_page_size < 1:
             raise ValueError("max_page_size must be >= 1")
         self.token = token
+        # OAuth (devtools/oauth_server.py): set it to serve /oauth/* and accept its access tokens.
+        self.oauth: OAuthServer | None = None
         self.api_key = api_key
         self.max_page_size = max_page_size
         self.latency = latency

@@ -18,8 +18,10 @@ JOB = "0b9f6c1e-2a5d-4f0e-8c3b-7d1e2f3a4b5c"
 
 def test_every_per_job_key_is_either_retained_dropped_or_a_lease() -> None:
     """Closing and purge know every key a job can have: none is left behind by either."""
-    # An ERP connection's keys (its budget, slots and claims) are per connection, not per job.
+    # An ERP connection's keys (its budget, slots and claims, its OAuth credential) are per
+    # connection, not per job.
     not_per_job = {"job_key", "lease_key", "erp_key", "erp_claims_key", "erp_companies_key"}
+    not_per_job |= {"credentials_key"}  # per Pleo company or ERP connection (OAuth)
     functions = [
         value
         for name, value in vars(keys).items()

@@ -1,0 +1,241 @@
+"""OAuth end to end: tokens that expire mid-job, refresh tokens revoked mid-job.
+
+Real Redis, the Pleo and ERP simulators over HTTP with their OAuth servers on, a producer run in
+this process and real ``celery -A consumers worker`` processes. What is checked is what the
+simulators counted: refreshes granted, refresh tokens presented twice, 401s, the job's end.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from contract.celery_app import make_app
+from contract.errors import AuthenticationFailed
+from contract.keys import outbox_key, results_key, sending_key
+from contract.names import ITEMS_QUEUE
+from contract.settings import Settings
+from devtools.oauth_server import OAuthServer
+from devtools.simulator import JobSpec, SimState
+from producer.components import produce
+from producer.status import job_status
+from tests.conftest import wait_for, with_settings
+from tests.support.local import journal_ids, worker_log
+from tests.support.oauth import CLIENT_ID, CLIENT_SECRET, KEY, oauth_env, pleo_oauth, seed
+
+pytestmark = [pytest.mark.integration, pytest.mark.worker]
+
+ENDED = {"completed", "completed_with_errors", "failed"}
+_REFRESHED = re.compile(r"credential_refreshed kind=pleo")
+
+
+def ended(state: SimState, job_id: str) -> str | None:
+    status = state.jobs[job_id].status
+    return status if status in ENDED else None
+
+
+def test_tokens_expiring_mid_job_one_refresh_per_expiry(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any, tmp_path: Path
+) -> None:
+    """Access tokens living 1 s (refreshed 0.4 s ahead) through a whole job: the producer and
+    four worker processes never stop, and the fleet makes one refresh per token lifetime, never
+    presenting a rotated refresh token again."""
+    lifetime, ahead = 1.0, 0.4
+    oauth = pleo_oauth(settings, sim_state, lifetime=lifetime, ahead=ahead)
+    assert sim_state.oauth is not None
+    seed(rdb, sim_state.oauth)
+    sim_state.latency = 0.03
+    job_id = sim_state.add_job(JobSpec(items=1500, item_statuses={"pending": 1.0}))
+    for _ in range(4):
+        start_worker("consumers", ITEMS_QUEUE, settings_=oauth, **oauth_env(oauth))
+    # Timed from when all four consume: the whole job then makes Pleo calls.
+    wait_for(
+        lambda: all(" ready." in worker_log(tmp_path, i) for i in range(4)),
+        timeout=60,
+        what="four workers ready",
+    )
+    started = time.monotonic()
+    produce(job_id, settings=oauth, app=make_app(oauth))
+    status = wait_for(
+        lambda: ended(sim_state, job_id),
+        timeout=120,
+        what="the job to end",
+        explain=lambda: (job_status(rdb, job_id), dict(sim_state.oauth.counts)),  # type: ignore[union-attr]
+    )
+    took = time.monotonic() - started
+    counts = dict(sim_state.oauth.counts)
+    assert status == "completed"
+    assert len(journal_ids(oauth)) == 1500
+    assert counts.get("reused_refresh", 0) == 0
+    assert counts.get("refused_refresh", 0) == 0
+    # A token is refreshed once it is within `ahead` of its expiry, by one process: one refresh
+    # per (lifetime - ahead) seconds at most (fewer while the fleet makes no Pleo call: workers
+    # starting, posting between write-backs).
+    refreshes = counts["refresh_token"]
+    assert 3 <= refreshes <= math.ceil(took / (lifetime - ahead)) + 1
+    # Refreshed ahead of expiry, so no request should go out with an expired token; one held up
+    # longer than `ahead` on its way (a loaded machine) is answered 401, refreshed and retried.
+    assert counts.get("expired_or_unknown_token", 0) <= 2
+    by_worker = [len(_REFRESHED.findall(worker_log(tmp_path, i))) for i in range(4)]
+    print(f"oauth_mid_job took={took:.1f}s refreshes={refreshes} by_worker={by_worker}")
+    assert sum(by_worker) <= refreshes
+    secrets = [*sim_state.oauth.issued(), KEY, CLIENT_SECRET]
+    assert len(secrets) >= 2 * refreshes + 2
+    for index in range(4):
+        text = worker_log(tmp_path, index)
+        assert not [s for s in secrets if s in text], f"a secret in worker-{index}.log"
+    stored = b" ".join(
+        part
+        for key in rdb.scan_iter(count=1000)
+        if rdb.type(key) == b"hash"
+        for pair in rdb.hgetall(key).items()
+        for part in pair
+    )
+    assert stored  # the job's records and the credential are there to be searched
+    assert not [s for s in secrets if s.encode() in stored], "a secret in a Redis hash"
+
+
+def test_pleo_refresh_revoked_mid_run_fails_the_job_with_authentication_failure(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis
+) -> None:
+    """The grant is withdrawn once the run has claimed the job: the refresh ahead of expiry is
+    refused, the run fails, and the token still alive carries its `failed` event to Pleo."""
+    oauth = pleo_oauth(settings, sim_state, lifetime=2.0, ahead=1.0)
+    oauth = with_settings(oauth, page_size=10, page_concurrency=1)
+    assert sim_state.oauth is not None
+    seed(rdb, sim_state.oauth)
+    sim_state.latency = 0.05
+    job_id = sim_state.add_job(JobSpec(items=400, item_statuses={"pending": 1.0}))
+    server = sim_state.oauth
+
+    def withdraw_once_claimed() -> None:
+        wait_for(lambda: sim_state.jobs[job_id].status == "in_progress", timeout=10, what="claim")
+        server.revoke(access=False)
+
+    watcher = threading.Thread(target=withdraw_once_claimed)
+    watcher.start()
+    with pytest.raises(AuthenticationFailed) as failed:
+        produce(job_id, settings=oauth, app=make_app(oauth))
+    watcher.join()
+    assert failed.value.exit_code == 3
+    job = sim_state.jobs[job_id]
+    assert job.status == "failed"
+    assert job.failure_reason_type == "authentication_failure"
+    assert "invalid_grant" in (job.failure_reason or "")
+    assert job_status(rdb, job_id)["state"] == "failed"
+    assert server.counts["refused_refresh"] >= 1
+    assert rdb.llen(ITEMS_QUEUE) == 0  # nothing published from a run that failed
+
+
+@pytest.mark.parametrize(
+    ("workers", "limits"),
+    [
+        pytest.param(
+            2, {"ERP_CALLS": "400", "ERP_PERIOD": "1", "ERP_CONCURRENCY": "2"}, id="governed"
+        ),
+        pytest.param(1, {}, id="plain"),
+    ],
+)
+def test_erp_refresh_revoked_mid_job_ends_it_and_reports_every_booking(
+    *,
+    settings: Settings,
+    sim_state: SimState,
+    rdb: redis.Redis,
+    start_worker: Any,
+    erp_sim: Any,
+    workers: int,
+    limits: dict[str, str],
+) -> None:
+    """The ERP's grant revoked mid-job: the job ends with
+    accounting_system_authentication_failure, after every entry the ERP booked is reported;
+    nothing is left in the outbox. (A plain connection: one worker, see the README on why.)"""
+    erp = erp_sim(latency=0.01)
+    erp.state.oauth = OAuthServer(CLIENT_ID, CLIENT_SECRET, access_lifetime=600)
+    erp_settings = with_settings(
+        settings,
+        credentials_key=KEY,
+        erp_oauth_client_id=CLIENT_ID,
+        erp_oauth_client_secret=CLIENT_SECRET,
+        erp_oauth_token_url=f"{erp.url}/oauth/token",
+    )
+    seed(rdb, erp.state.oauth, kind="erp", name=settings.erp_connection)
+    job_id = sim_state.add_job(JobSpec(items=600, item_statuses={"pending": 1.0}))
+    env = {
+        **oauth_env(erp_settings),
+        "ERP_ADAPTER": "consumers.erp_http:from_settings",
+        "ERP_HTTP_URL": erp.url,
+        "PLEO_CLOSE_INTERVAL": "3600",
+        **limits,
+    }
+    produce(job_id, settings=settings, app=make_app(settings))
+    for _ in range(workers):
+        start_worker("consumers", ITEMS_QUEUE, **env)
+    wait_for(lambda: len(erp.state.bookings()) >= 100, timeout=60, what="100 bookings")
+    erp.state.oauth.revoke()
+    status = wait_for(
+        lambda: ended(sim_state, job_id),
+        timeout=90,
+        what="the job to end",
+        explain=lambda: job_status(rdb, job_id),
+    )
+    job = sim_state.jobs[job_id]
+    assert status == "failed"
+    assert job.failure_reason_type == "accounting_system_authentication_failure"
+    booked = {b.accounting_entry_id for b in erp.state.bookings()}
+    successful = {
+        i.accounting_entry_id for i in sim_state.items(job_id) if i.status == "successful"
+    }
+    assert 100 <= len(booked) < 600
+    assert successful == booked  # every booking reported, nothing else claimed
+    assert rdb.hlen(outbox_key(job_id)) == 0
+    assert rdb.scard(sending_key(job_id)) == 0
+    assert rdb.hlen(results_key(job_id)) == len(booked)
+    assert erp.state.oauth.counts["refused_refresh"] >= 1
+
+
+def test_pleo_grant_revoked_mid_job_keeps_every_result_until_login(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any
+) -> None:
+    """Pleo's grant revoked while workers report: posting goes on, the results wait in the
+    outbox (nothing dropped, the job not failed), and once tokens are stored again (a new login)
+    every entry is reported once and the job completes."""
+    oauth = pleo_oauth(settings, sim_state, lifetime=600)
+    server = sim_state.oauth
+    assert server is not None
+    seed(rdb, server)
+    job_id = sim_state.add_job(JobSpec(items=600, item_statuses={"pending": 1.0}))
+    produce(job_id, settings=oauth, app=make_app(oauth))
+    for _ in range(2):
+        start_worker("consumers", ITEMS_QUEUE, settings_=oauth, **oauth_env(oauth))
+
+    def reported() -> int:
+        return sum(1 for i in sim_state.items(job_id) if i.status == "successful")
+
+    wait_for(lambda: reported() >= 50, timeout=60, what="50 entries reported")
+    server.revoke()
+    wait_for(lambda: len(journal_ids(oauth)) == 600, timeout=60, what="every entry posted")
+    time.sleep(1.0)  # write-backs tried and refused meanwhile
+    waiting = rdb.hlen(outbox_key(job_id))
+    assert waiting > 0
+    assert sim_state.jobs[job_id].status == "in_progress"
+    assert reported() + waiting + rdb.scard(sending_key(job_id)) >= 600 - 100
+    seed(rdb, server)  # 'pleo-export auth login' again
+    status = wait_for(
+        lambda: ended(sim_state, job_id),
+        timeout=90,
+        what="the job to complete after the new login",
+        explain=lambda: job_status(rdb, job_id),
+    )
+    assert status == "completed"
+    assert reported() == 600
+    assert set(sim_state.update_counts(job_id).values()) == {1}
+    assert rdb.hlen(outbox_key(job_id)) == 0
+    assert server.counts["refused_refresh"] >= 1
+    print(f"oauth_pleo_revoked waiting_at_revocation={waiting} counts={dict(server.counts)}")
