@@ -215,6 +215,7 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
             erp=_erp(),
             reporter=reporter,
             payloads=_payloads(),
+            report_interval=settings().report_interval,
             attempt=self.request.retries + 1,
             waited=waited,
         )
@@ -253,7 +254,8 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
     if outcome.status == "successful":
         _breaker().succeeded()
     if outcome.waiting:
-        _write_back(reporter, job_id, outcome.waiting)
+        # The item's own round trip decided who writes back (consumers/item_records.py).
+        _act_on(outcome.flush, job_id)
     return {"job_id": job_id, "entry": entry.accounting_entry_id, "status": outcome.status}
 
 
@@ -376,6 +378,11 @@ def _write_back(reporter: Reporter, job_id: str, waiting: int) -> None:
         if waiting >= MAX_UPDATE_ITEMS
         else reporter.request_flush(job_id, settings().report_interval)
     )
+    _act_on(decision, job_id)
+
+
+def _act_on(decision: str, job_id: str) -> None:
+    """``schedule`` a delayed flush task, flush ``now`` here, or nothing (``none``)."""
     if decision == "schedule":
         flush_reports.apply_async(args=[job_id], countdown=settings().report_interval)
     elif decision == "now":
