@@ -50,6 +50,7 @@ class Run:
     broker_ms: float
     sql_ms: float
     busy_ms: float  # processes x wall / items: what one item costs a process
+    cpu_ms: float  # CPU per item, every worker process (main and pool) together
 
     @property
     def rate(self) -> float:
@@ -132,6 +133,7 @@ def one_run(
         broker_ms=per_item("redis_other_s", 1000),
         sql_ms=per_item("sql_s", 1000),
         busy_ms=workers * elapsed * 1000 / items,
+        cpu_ms=per_item("cpu_s", 1000),
     )
 
 
@@ -153,12 +155,24 @@ def main() -> None:
         "--paths", default="governed,direct", help="posting paths: governed, direct or both"
     )
     parser.add_argument("--processes", default="1,2", help="worker process counts")
+    parser.add_argument(
+        "--pools",
+        action="store_true",
+        help="also the new code with a prefetch of 1, the threads pool (4) and the solo pool",
+    )
     args = parser.parse_args()
     items = 2_000 if args.quick else args.items
     base = Settings(redis_url=args.redis, broker_url=args.redis, api_token=TOKEN, page_size=1000)
-    codes = [("after", str(ROOT))]
+    # (row name, checkout, extra environment, worker options).
+    codes: list[tuple[str, str, dict[str, str]]] = [("after", str(ROOT), {})]
     if args.before is not None:
-        codes.insert(0, ("before", str(args.before.resolve())))
+        codes.insert(0, ("before", str(args.before.resolve()), {}))
+    if args.pools:
+        codes += [
+            ("after, prefetch 1", str(ROOT), {"ERP_PREFETCH_MULTIPLIER": "1"}),
+            ("after, -P threads -c 4", str(ROOT), {"PROBE_WORKER_ARGS": "-P threads -c 4"}),
+            ("after, -P solo", str(ROOT), {"PROBE_WORKER_ARGS": "-P solo"}),
+        ]
     paths = {"governed": {}, "direct": {"ERP_BATCH_SIZE": "1"}}
     rows: list[list[str]] = []
     with own_redis(args.redis), tempfile.TemporaryDirectory() as tmp:
@@ -168,8 +182,10 @@ def main() -> None:
         for journal_name, journal_url in journals:
             for path_name in args.paths.split(","):
                 for workers in (int(w) for w in args.processes.split(",")):
-                    for code_name, code in codes:
-                        env = {**paths[path_name], "PYTHONPATH": code}
+                    for code_name, code, extra in codes:
+                        if extra and workers != 1:
+                            continue  # the pool comparison is of one process
+                        env = {**paths[path_name], **extra, "PYTHONPATH": code}
                         runs = [
                             one_run(
                                 base, items, workers, Path(tmp), journal_url=journal_url, env=env
@@ -188,6 +204,7 @@ def main() -> None:
                                 f"{m.ours_rtt:.2f}",
                                 f"{m.broker_rtt:.2f}",
                                 f"{m.busy_ms:.2f}",
+                                f"{m.cpu_ms:.2f}",
                                 f"{m.ours_ms:.2f}",
                                 f"{m.broker_ms:.2f}",
                                 f"{m.sql_ms:.2f}",
@@ -203,6 +220,7 @@ def main() -> None:
             "ledger RTT/item",
             "broker RTT/item",
             "ms/item/process",
+            "CPU ms/item",
             "ledger Redis ms",
             "broker Redis ms",
             "SQL ms",
@@ -211,6 +229,8 @@ def main() -> None:
         rows,
         [
             "Each journal was checked to hold exactly one entry per item.",
+            "CPU ms/item: every worker process's CPU (main and pool) per item; on a shared machine",
+            "it moves less than the rates do.",
             "ms/item/process = processes x wall / items. Redis and SQL ms are summed over every",
             "process and thread (posters run beside the task thread, so the rest can go below 0).",
             "Broker RTT: kombu's and Celery's Redis round trips (fetch, unacked index, ack, and",

@@ -41,7 +41,7 @@ from consumers.schema_step import SchemaAnnouncer
 from consumers.watchdog import RepairWatchdog
 from consumers.worker import process_item
 from contract import log_filters, metrics
-from contract.celery_app import make_app, retry_when_broker_answers
+from contract.celery_app import erp_worker_config, make_app, retry_when_broker_answers
 from contract.dead_letters import park
 from contract.errors import (
     BrokerUnavailable,
@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 FLUSH_TASK = "consumers.flush_reports"
 
 # Configured from the environment when first used, not now (contract/celery_app.py).
-app = make_app(main="consumers")
+app = make_app(main="consumers", worker_config=erp_worker_config)
 settings = app.settings
 app.conf.task_routes = {
     ITEM_TASK: {"queue": ITEMS_QUEUE},
