@@ -182,25 +182,29 @@ def main() -> None:
         for journal_name, journal_url in journals:
             for path_name in args.paths.split(","):
                 for workers in (int(w) for w in args.processes.split(",")):
-                    for code_name, code, extra in codes:
-                        if extra and workers != 1:
-                            continue  # the pool comparison is of one process
-                        env = {**paths[path_name], **extra, "PYTHONPATH": code}
-                        runs = [
-                            one_run(
+                    # The pool comparison is of one process, on SQLite.
+                    here = [
+                        c for c in codes if not c[2] or (workers == 1 and journal_name == "SQLite")
+                    ]
+                    # Round robin (before, after, before, after, ...): a shared machine's load
+                    # moves over minutes, so each row's runs are spread over the same minutes.
+                    runs: dict[str, list[Run]] = {name: [] for name, _, _ in here}
+                    for _ in range(args.runs):
+                        for code_name, code, extra in here:
+                            env = {**paths[path_name], **extra, "PYTHONPATH": code}
+                            run = one_run(
                                 base, items, workers, Path(tmp), journal_url=journal_url, env=env
                             )
-                            for _ in range(args.runs)
-                        ]
-                        for run in runs:
                             if run.posted != items:
                                 raise SystemExit(f"{run.posted} entries posted, not {items}")
-                        m = median_run(runs)
+                            runs[code_name].append(run)
+                    for code_name, _, _ in here:
+                        m = median_run(runs[code_name])
                         rest = m.busy_ms - m.ours_ms - m.broker_ms - m.sql_ms
                         rows.append(
                             [
                                 f"{journal_name} {path_name} {workers}p {code_name}",
-                                f"{statistics.median(r.rate for r in runs):,.0f}",
+                                f"{statistics.median(r.rate for r in runs[code_name]):,.0f}",
                                 f"{m.ours_rtt:.2f}",
                                 f"{m.broker_rtt:.2f}",
                                 f"{m.busy_ms:.2f}",

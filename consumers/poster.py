@@ -242,10 +242,10 @@ class Poster:
         if batch <= 1:
             return
         unclaimed = self._ready.unclaimed(job_id)
-        waited = 0.0
-        while 0 < unclaimed < batch and waited < LINGER:
+        for _ in range(round(LINGER / LINGER_STEP)):
+            if not 0 < unclaimed < batch:
+                return
             self._sleep(LINGER_STEP)
-            waited += LINGER_STEP
             now = self._ready.unclaimed(job_id)
             if now <= unclaimed:
                 return
