@@ -6,10 +6,14 @@ process's Redis and SQL calls) and times from the first message taken off the qu
 final event. Every row is the median of ``--runs`` runs, for both journals (SQLite; PostgreSQL
 when ``--postgres URL`` is given), both posting paths (governed: the journal's declared batches
 of 500, posted by poster threads; direct: ``ERP_BATCH_SIZE=1``, one entry per message) and, with
-``--before DIR``, the same worker code from another checkout (say ``main``) side by side.
+``--before DIR``, the worker code of another checkout (an older commit, its dependencies
+installed in this virtualenv) side by side.
 
 Usage: ``python -m bench.e2e [--items 10000] [--quick] [--redis URL] [--postgres URL]
-[--before DIR] [--runs 3]``. The Redis database given is emptied before each run and at the end;
+[--before DIR] [--runs 3] [--paths governed,direct] [--processes 1,2] [--pools]`` (``--pools``
+adds one-process rows of the new code with a prefetch of 1, the threads pool and the solo pool).
+Each row's runs go round robin with the other rows of its journal, path and process count.
+The Redis database given is emptied before each run and at the end;
 the PostgreSQL database's two journal tables are dropped before each run.
 """
 
