@@ -11,7 +11,7 @@ installed in this virtualenv) side by side.
 
 Usage: ``python -m bench.e2e [--items 10000] [--quick] [--redis URL] [--postgres URL]
 [--before DIR] [--runs 3] [--paths governed,direct] [--processes 1,2] [--pools]`` (``--pools``
-adds one-process rows of the new code with a prefetch of 1, the threads pool and the solo pool).
+adds one-process rows of the new code with a prefetch of 8, the threads pool and the solo pool).
 Each row's runs go round robin with the other rows of its journal, path and process count.
 The Redis database given is emptied before each run and at the end;
 the PostgreSQL database's two journal tables are dropped before each run.
@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument(
         "--pools",
         action="store_true",
-        help="also the new code with a prefetch of 1, the threads pool (4) and the solo pool",
+        help="also the new code with a prefetch of 8, the threads pool (4) and the solo pool",
     )
     args = parser.parse_args()
     items = 2_000 if args.quick else args.items
@@ -173,7 +173,7 @@ def main() -> None:
         codes.insert(0, ("before", str(args.before.resolve()), {}))
     if args.pools:
         codes += [
-            ("after, prefetch 1", str(ROOT), {"ERP_PREFETCH_MULTIPLIER": "1"}),
+            ("after, prefetch 8", str(ROOT), {"ERP_PREFETCH_MULTIPLIER": "8"}),
             ("after, -P threads -c 4", str(ROOT), {"PROBE_WORKER_ARGS": "-P threads -c 4"}),
             ("after, -P solo", str(ROOT), {"PROBE_WORKER_ARGS": "-P solo"}),
         ]

@@ -257,12 +257,14 @@ def make_app(
 
 def erp_worker_config(settings: Settings) -> dict[str, Any]:
     """The ERP workers' own Celery options: a prefetch of ``ERP_PREFETCH_MULTIPLIER`` per pool
-    process (the shared 1 suits the producer's long runs, not messages of a millisecond each).
+    process (the producer's stays 1: its runs are long and hold a lease).
 
     With a prefetch of 1 a pool process that finishes a message waits for its main process to
     ack it and fetch the next (two Redis round trips and a pipe); with more, the next one is
-    already there. What a whole worker killed had prefetched stays in kombu's unacked hash and
-    is re-sent by the repair sweep (``consumers/repair.py``), as the one message it held before;
-    a killed pool process loses only the message it was running (``reject_on_worker_lost``).
+    already there. Measured (``bench/e2e.py --pools``), that wait is not what bounds a worker:
+    its main process's CPU per message is, so the default stays 1. What a whole worker killed
+    had prefetched stays in kombu's unacked hash and is re-sent by the repair sweep
+    (``consumers/repair.py``); a killed pool process loses only the message it was running
+    (``reject_on_worker_lost``).
     """
     return {"worker_prefetch_multiplier": settings.erp_prefetch_multiplier}

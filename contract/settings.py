@@ -155,8 +155,9 @@ class Settings:
     # in flight at once from one process (the connection's concurrency still caps the fleet's).
     erp_poster_threads: int = 4
     # Item messages an ERP worker's main process holds per pool process (Celery's prefetch
-    # multiplier): the next ones are fetched while a pool process works, not after it acked.
-    erp_prefetch_multiplier: int = 8
+    # multiplier). 1, as measured: the main process's own work per message (fetch, ack, task
+    # events) is what bounds a worker, and more prefetch did not raise the rate (README).
+    erp_prefetch_multiplier: int = 1
     # The HTTP journal (ERP_ADAPTER=consumers.erp_http:from_settings): the ERP's base URL, the
     # auth header's value and name, the idempotency header's name, the ERP's names for the body's
     # fields (a JSON object, checked by the adapter), the per-call timeout, and the entries its
