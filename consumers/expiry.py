@@ -5,11 +5,21 @@ from then on refuses every write-back: an entry posted to the ERP now could neve
 its item, left ``abandoned``, may well be exported again in a later job. So when our last action
 on the job (``PleoActivity``) is older than its ``expiresIn``, a worker reads the job once before
 posting, and skips the entry if Pleo calls it finished. A job with a recent action costs one Redis
-round trip and no request; a quiet one at most one ``GET`` per ``recheck`` seconds per process.
+round trip and no request (none at all while its figures are kept, below); a quiet one at
+most one ``GET`` per ``recheck`` seconds per process.
 
 Only Pleo's answer skips an entry, never our own arithmetic: clocks differ between hosts, and a
 stamp a little off costs at most one extra read. When the last action or ``expires_in`` is not
 recorded (a job claimed before this check existed), the entry is posted as before.
+
+The job's ``expires_in`` and our last action are read once per job per process and kept for up to
+``recheck`` seconds, so a job with a recent action costs no round trip at all. Kept safely: the
+stamp only ever moves later (``pleo/activity.py`` keeps the later of two), so a kept stamp is never
+later than the real one, and a job that is not overdue by it is not overdue by the real one
+either. Once the kept figures say overdue they are read again before Pleo is asked (a later
+action may have moved the stamp), and ``recheck`` bounds how long a changed ``expires_in`` (a
+rerun's claim) goes unseen. The final event is not kept here: it is read with each entry
+(``consumers/item_records.py``), so a job that ends is noticed at its next entry.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ import time
 from collections.abc import Callable
 
 from contract.errors import PermanentUpstreamError
-from pleo.activity import PleoActivity
+from pleo.activity import Expiry, PleoActivity
 from pleo.client import PleoClient
 from pleo.models import TERMINAL_JOB_STATUSES, ExportJob
 
@@ -49,6 +59,23 @@ class ExpiryCheck:
         self._clock = clock
         self._lock = threading.Lock()
         self._answers: dict[str, tuple[float, ExportJob | None]] = {}
+        self._expiries: dict[str, tuple[float, Expiry | None]] = {}
+
+    def _expiry(self, job_id: str, now: float) -> Expiry | None:
+        """The job's expiry figures: the kept ones while they say "not overdue" (see the module
+        docstring) and are younger than ``recheck``, else read again and kept."""
+        with self._lock:
+            kept = self._expiries.get(job_id)
+        if kept is not None and now - kept[0] < self._recheck:
+            expiry = kept[1]
+            if expiry is None or not expiry.overdue(now):
+                return expiry
+        expiry = self._activity.expiry(job_id)
+        with self._lock:
+            recent = {j: k for j, k in self._expiries.items() if now - k[0] < self._recheck}
+            self._expiries = recent
+            self._expiries[job_id] = (now, expiry)
+        return expiry
 
     def finished_job(self, job_id: str) -> ExportJob | None:
         """Pleo's job if our last action on it is older than its expiresIn and Pleo says finished.
@@ -57,8 +84,8 @@ class ExpiryCheck:
         one (the job unreadable for good) is logged and the entry goes ahead, as it did before
         this check: the write-back then meets whatever Pleo says.
         """
-        expiry = self._activity.expiry(job_id)
         now = self._clock()
+        expiry = self._expiry(job_id, now)
         if expiry is None or not expiry.overdue(now):
             return None
         with self._lock:

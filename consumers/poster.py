@@ -79,6 +79,13 @@ log = logging.getLogger(__name__)
 
 # Passes over the jobs without a claim, after giving the slot back, before a poster leaves.
 _LOOKS_AGAIN = 2
+# A batch still filling (staging goes on) is given up to LINGER seconds to fill, looked at every
+# LINGER_STEP; it is claimed at once when it is full or when a look finds it no larger than the
+# last (staging stopped: the job's last messages, or a lost one the kick thread stands in for).
+# Without it a poster that just posted claims whatever was staged meanwhile, a few entries a
+# batch, and pays a call's and a transaction's fixed cost for each few (bench/e2e.py).
+LINGER = 0.2
+LINGER_STEP = 0.02
 
 
 class Poster:
@@ -208,6 +215,7 @@ class Poster:
 
     def _serve_batch(self, slot: Lease, company_id: str | None, job_id: str) -> int:
         ordered = self._limits.ordered
+        self._let_fill(job_id)
         claim = self._ready.claim(
             slot, company_id, job_id, self._limits.batch_size, ordered=ordered
         )
@@ -237,6 +245,21 @@ class Poster:
         if leave is not None:
             raise leave
         return recorded
+
+    def _let_fill(self, job_id: str) -> None:
+        """Wait while the job's unclaimed entries are fewer than a batch and still growing."""
+        batch = self._limits.batch_size
+        if batch <= 1:
+            return
+        unclaimed = self._ready.unclaimed(job_id)
+        for _ in range(round(LINGER / LINGER_STEP)):
+            if not 0 < unclaimed < batch:
+                return
+            self._sleep(LINGER_STEP)
+            now = self._ready.unclaimed(job_id)
+            if now <= unclaimed:
+                return
+            unclaimed = now
 
     def _settle(
         self,

@@ -235,6 +235,10 @@ class ReadyEntries:
         reply = self._call(lambda: self._stage(keys=keys, args=args))
         return Staged(*(int(v) for v in reply))
 
+    def unclaimed(self, job_id: str) -> int:
+        """How many of the job's entries are staged and not claimed."""
+        return int(self._call(lambda: self._r.zcard(ready_key(job_id))))
+
     def jobs(self, company_id: str | None) -> list[str]:
         """The company's jobs with staged entries, the longest waiting first."""
         raw = self._call(lambda: self._r.zrange(self._budget.key(company_id, "jobs"), 0, -1))

@@ -30,7 +30,8 @@ from typing import Any
 import redis
 
 from consumers.finished import FinishedInPleo
-from consumers.results import AUDIT_FIELDS, RECORD, STAMP_REPORTED
+from consumers.item_records import FLUSH_DUE_MS, After, Before, ItemRecords
+from consumers.results import AUDIT_FIELDS, RECORD, STAMP_REPORTED, record_args
 from contract import metrics
 from contract.errors import LeaseHeld, PleoExportError, Unprocessable
 from contract.keys import (
@@ -58,8 +59,6 @@ from pleo.final_event import FINAL_EVENTS, record_final, send_final
 from pleo.models import ACTIONABLE_ITEM_STATUSES
 
 log = logging.getLogger(__name__)
-
-_FLUSH_DUE_MS = 600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +104,7 @@ class Reporter:
         self._clock = clock
         self._record = client.register_script(RECORD)
         self._stamp_reported = client.register_script(STAMP_REPORTED)
+        self._items = ItemRecords(client, dedup_ttl=dedup_ttl, clock=clock)
         self._activity = PleoActivity(client, dedup_ttl=dedup_ttl)
         self._finished = FinishedInPleo(
             client, pleo, self._activity, dedup_ttl=dedup_ttl, recheck=expiry_recheck, clock=clock
@@ -133,15 +133,19 @@ class Reporter:
         ``attempt``: how many times a worker has taken the entry's message, this one included.
         """
         keys = [results_key(job_id), outbox_key(job_id), items_key(job_id)]
-        # The outcome's time and tries ride in its results record (the audit manifest reads
-        # them), never in the update sent to Pleo; epoch seconds and no "1 try" keep it small.
-        audit: dict[str, int] = {"recordedAt": int(self._clock())}
-        if attempt > 1:
-            audit["erpAttempts"] = attempt
-        kept = json.dumps({**update, **audit})
-        entry, status = update["accountingEntryId"], update["status"]
-        args = [entry, json.dumps(update), status, self._ttl_ms, kept]
+        args = record_args(update, attempt=attempt, now=self._clock(), ttl_ms=self._ttl_ms)
         return int(self._redis(lambda: self._record(keys=keys, args=args)))
+
+    def before_post(self, job_id: str, entry_id: str) -> Before:
+        """The direct path's one read before the ERP call (``consumers/item_records.py``)."""
+        return self._items.before(job_id, entry_id)
+
+    def record_posted(
+        self, job_id: str, update: Mapping[str, Any], *, attempt: int, interval: float
+    ) -> After:
+        """The direct path's one write after the ERP call: ``erp_reachable``, ``record`` and
+        ``request_flush`` (with ``interval``) in one script (``consumers/item_records.py``)."""
+        return self._items.after(job_id, update, attempt=attempt, interval=interval)
 
     def final_event(self, job_id: str) -> str | None:
         """The job's final event once sent (or "already_finished"), else None."""
@@ -159,7 +163,7 @@ class Reporter:
         """
         due, flushed = flush_due_key(job_id), flushed_key(job_id)
         now = self._clock()
-        if self._redis(lambda: self._r.set(due, repr(now), nx=True, px=_FLUSH_DUE_MS)):
+        if self._redis(lambda: self._r.set(due, repr(now), nx=True, px=FLUSH_DUE_MS)):
             return "schedule"
         stamps = [float(v) for v in self._redis(lambda: self._r.mget(due, flushed)) if v]
         return "now" if stamps and now - max(stamps) >= interval else "none"

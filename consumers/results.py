@@ -8,6 +8,8 @@ which ``consumers/reporting.py`` runs.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any, Final
 
 # What a results record holds beyond the update sent to Pleo (see RECORD, STAMP_REPORTED).
@@ -37,6 +39,19 @@ for i = 2, #ARGV do
 end
 return 0
 """
+
+
+def record_args(
+    update: Mapping[str, Any], *, attempt: int, now: float, ttl_ms: int
+) -> list[str | int]:
+    """RECORD's ARGV for ``update``, recorded at ``now`` by a message's ``attempt``-th take."""
+    # The outcome's time and tries ride in its results record (the audit manifest reads them),
+    # never in the update sent to Pleo; epoch seconds and no "1 try" keep it small.
+    audit: dict[str, int] = {"recordedAt": int(now)}
+    if attempt > 1:
+        audit["erpAttempts"] = attempt
+    kept = json.dumps({**update, **audit})
+    return [update["accountingEntryId"], json.dumps(update), update["status"], ttl_ms, kept]
 
 
 def success_update(

@@ -43,7 +43,7 @@ from consumers.schema_step import SchemaAnnouncer
 from consumers.watchdog import RepairWatchdog
 from consumers.worker import process_item
 from contract import log_filters, metrics
-from contract.celery_app import make_app, retry_when_broker_answers
+from contract.celery_app import erp_worker_config, make_app, retry_when_broker_answers
 from contract.dead_letters import park
 from contract.errors import (
     AuthenticationFailed,
@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 FLUSH_TASK = "consumers.flush_reports"
 
 # Configured from the environment when first used, not now (contract/celery_app.py).
-app = make_app(main="consumers")
+app = make_app(main="consumers", worker_config=erp_worker_config)
 settings = app.settings
 app.conf.task_routes = {
     ITEM_TASK: {"queue": ITEMS_QUEUE},
@@ -229,6 +229,7 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
             erp=_erp(),
             reporter=reporter,
             payloads=_payloads(),
+            report_interval=settings().report_interval,
             attempt=self.request.retries + 1,
             waited=waited,
             receipts=_receipts(),
@@ -272,7 +273,8 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
     if outcome.status == "successful":
         _breaker().succeeded()
     if outcome.waiting:
-        _write_back(reporter, job_id, outcome.waiting)
+        # The item's own round trip decided who writes back (consumers/item_records.py).
+        _act_on(outcome.flush, job_id)
     return {"job_id": job_id, "entry": entry.accounting_entry_id, "status": outcome.status}
 
 
@@ -411,6 +413,11 @@ def _write_back(reporter: Reporter, job_id: str, waiting: int) -> None:
         if waiting >= MAX_UPDATE_ITEMS
         else reporter.request_flush(job_id, settings().report_interval)
     )
+    _act_on(decision, job_id)
+
+
+def _act_on(decision: str, job_id: str) -> None:
+    """``schedule`` a delayed flush task, flush ``now`` here, or nothing (``none``)."""
     if decision == "schedule":
         flush_reports.apply_async(args=[job_id], countdown=settings().report_interval)
     elif decision == "now":

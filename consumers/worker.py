@@ -2,12 +2,14 @@
 
 Exactly-once effect, step by step:
 1. a job already finished (final event sent) takes no more work;
-2. an entry with a recorded outcome is a redelivery: nothing is posted or reported again;
+2. an entry with a recorded outcome is a redelivery: nothing is posted or reported again
+   (1 and 2 are one Redis round trip, ``Reporter.before_post``);
 3. a job Pleo finished while we were quiet (expired: no action for its ``expiresIn``) takes no
    more work either, since nothing posted now could be reported (``consumers/expiry.py``);
 4. ``post`` is idempotent on ``accounting_entry_id`` (the adapter protocol), so a worker killed
    between posting and recording posts nothing twice when the message runs again;
-5. the outcome is recorded with HSETNX: of two concurrent deliveries only one is reported.
+5. the outcome is recorded with HSETNX: of two concurrent deliveries only one is reported; the
+   same round trip forgets an ERP outage and decides who writes back (``Reporter.record_posted``).
 
 Receipts (``consumers/receipts.py``), when on: once the entry is booked, its files are attached,
 each once by its key; a receipt that cannot be transferred is the entry's outcome (a
@@ -29,6 +31,7 @@ from consumers.receipts import Receipts
 from consumers.reporting import Reporter
 from consumers.results import failure_update, success_update
 from contract import metrics
+from pleo.final_event import FINAL_EVENTS
 from pleo.models import ITEM_FAILURE_REASON_TYPES
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ class ItemOutcome:
 
     status: str  # successful | failed | duplicate | job_finished
     waiting: int = 0
+    flush: str = "none"  # who writes back: now | schedule | none (Reporter.request_flush's rule)
 
 
 def process_item(
@@ -48,6 +52,7 @@ def process_item(
     erp: ERPAdapter,
     reporter: Reporter,
     payloads: PayloadCache,
+    report_interval: float,
     attempt: int = 1,
     waited: float | None = None,
     receipts: Receipts | None = None,
@@ -55,17 +60,19 @@ def process_item(
 ) -> ItemOutcome:
     """Post ``entry`` to the ERP unless done before, and record its outcome for Pleo.
 
+    ``report_interval``: how overdue a write-back must be for this item to flush (``now``);
     ``attempt`` (1 for a message's first try) is kept with the outcome for the audit manifest;
     ``waited``: how long its message waited in the queue (schema 2), shown in the booking's log;
     ``receipts``: the receipt transfer (None: none), and ``fetched_at`` when the message's export
     item was read from Pleo (epoch seconds, None if unknown), which its file URLs' life runs from.
     """
     job_id, entry_id = entry.job_id, entry.accounting_entry_id
-    final = reporter.final_event(job_id)
-    if final is not None:
+    before = reporter.before_post(job_id, entry_id)
+    final = before.final_event
+    if final in FINAL_EVENTS:
         log.info("item_skipped_job_finished job_id=%s entry=%s final=%s", job_id, entry_id, final)
         return ItemOutcome("job_finished")
-    if reporter.outcome(job_id, entry_id) is not None:
+    if before.recorded:
         log.info("item_duplicate job_id=%s entry=%s", job_id, entry_id)
         return ItemOutcome("duplicate")
     if reporter.finished_in_pleo(job_id):
@@ -97,12 +104,11 @@ def process_item(
     except EntryRejected as rejected:
         log.info("item_rejected job_id=%s entry=%s type=%s", job_id, entry_id, rejected.reason_type)
         update = failure_update(entry_id, rejected.reason_type, rejected.reason)
-    reporter.erp_reachable(job_id)
-    waiting = reporter.record(job_id, update, attempt=attempt)
-    if not waiting:
+    recorded = reporter.record_posted(job_id, update, attempt=attempt, interval=report_interval)
+    if not recorded.waiting:
         return ItemOutcome("duplicate")
     count_outcome(update)
-    return ItemOutcome(update["status"], waiting)
+    return ItemOutcome(update["status"], recorded.waiting, recorded.flush)
 
 
 def _post(erp: ERPAdapter, entry: Entry) -> ExternalRef:

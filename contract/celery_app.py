@@ -132,11 +132,18 @@ def retry_when_broker_answers(
 class ExportCelery(Celery):  # type: ignore[misc]
     """A Celery app that also carries the Settings it was configured from."""
 
-    def __init__(self, main: str, *, settings: Settings | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        main: str,
+        *,
+        settings: Settings | None = None,
+        worker_config: Callable[[Settings], Mapping[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(main, **kwargs)
         self._settings = settings
         self._settings_lock = threading.Lock()
-        self.config_from_object(_CeleryConfig(self.settings))
+        self.config_from_object(_CeleryConfig(self.settings, worker_config))
         celeryd_after_setup.connect(self._declare_quorum_queues)
 
     def _quorum(self) -> bool:
@@ -202,8 +209,13 @@ class SettingRefused(BadInput, click.ClickException):  # type: ignore[misc]  # b
 class _CeleryConfig(Mapping[str, Any]):
     """``celery_config`` of the app's settings, computed when Celery first reads its config."""
 
-    def __init__(self, settings: Callable[[], Settings]) -> None:
+    def __init__(
+        self,
+        settings: Callable[[], Settings],
+        worker_config: Callable[[Settings], Mapping[str, Any]] | None = None,
+    ) -> None:
         self._settings = settings
+        self._worker_config = worker_config
         self._config: dict[str, Any] | None = None
 
     def _built(self) -> dict[str, Any]:
@@ -213,6 +225,8 @@ class _CeleryConfig(Mapping[str, Any]):
             except BadInput as bad:
                 raise SettingRefused(bad.message) from None
             self._config = celery_config(settings)
+            if self._worker_config is not None:
+                self._config.update(self._worker_config(settings))
         return self._config
 
     def __getitem__(self, key: str) -> Any:
@@ -230,6 +244,27 @@ def app_settings(app: Celery) -> Settings:
     return app.settings() if isinstance(app, ExportCelery) else Settings.from_env()
 
 
-def make_app(settings: Settings | None = None, *, main: str = "producer") -> ExportCelery:
-    """A Celery app configured from ``settings``, or from the environment when first used."""
-    return ExportCelery(main, settings=settings)
+def make_app(
+    settings: Settings | None = None,
+    *,
+    main: str = "producer",
+    worker_config: Callable[[Settings], Mapping[str, Any]] | None = None,
+) -> ExportCelery:
+    """A Celery app configured from ``settings``, or from the environment when first used;
+    ``worker_config`` adds one kind of worker's own options to the shared ones."""
+    return ExportCelery(main, settings=settings, worker_config=worker_config)
+
+
+def erp_worker_config(settings: Settings) -> dict[str, Any]:
+    """The ERP workers' own Celery options: a prefetch of ``ERP_PREFETCH_MULTIPLIER`` per pool
+    process (the producer's stays 1: its runs are long and hold a lease).
+
+    With a prefetch of 1 a pool process that finishes a message waits for its main process to
+    ack it and fetch the next (two Redis round trips and a pipe); with more, the next one is
+    already there. Measured (``bench/e2e.py --pools``), that wait is not what bounds a worker:
+    its main process's CPU per message is, so the default stays 1. What a whole worker killed
+    had prefetched stays in kombu's unacked hash and is re-sent by the repair sweep
+    (``consumers/repair.py``); a killed pool process loses only the message it was running
+    (``reject_on_worker_lost``).
+    """
+    return {"worker_prefetch_multiplier": settings.erp_prefetch_multiplier}

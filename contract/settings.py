@@ -176,6 +176,10 @@ class Settings:
     # Posters per ERP worker process, each a thread holding one posting slot at a time: calls
     # in flight at once from one process (the connection's concurrency still caps the fleet's).
     erp_poster_threads: int = 4
+    # Item messages an ERP worker's main process holds per pool process (Celery's prefetch
+    # multiplier). 1, as measured: the main process's own work per message (fetch, ack, task
+    # events) is what bounds a worker, and more prefetch did not raise the rate (README).
+    erp_prefetch_multiplier: int = 1
     # The HTTP journal (ERP_ADAPTER=consumers.erp_http:from_settings): the ERP's base URL, the
     # auth header's value and name, the idempotency header's name, the ERP's names for the body's
     # fields (a JSON object, checked by the adapter), the per-call timeout, and the entries its
@@ -342,6 +346,9 @@ class Settings:
             erp_order_wait=_number(env, "ERP_ORDER_WAIT", d.erp_order_wait, float, low=0.1),
             erp_poster_threads=_number(
                 env, "ERP_POSTER_THREADS", d.erp_poster_threads, int, low=1, high=64
+            ),
+            erp_prefetch_multiplier=_number(
+                env, "ERP_PREFETCH_MULTIPLIER", d.erp_prefetch_multiplier, int, low=1, high=1000
             ),
             erp_http_url=_optional_url(env, "ERP_HTTP_URL"),
             erp_http_auth=env.get("ERP_HTTP_AUTH") or None,

@@ -94,7 +94,11 @@ class Worker:
         """Process the queue's message number ``message``; its outcome's status."""
         entry = Entry.from_message(ItemMessage.parse(redis_queue(self.rdb)[message].kwargs))
         return process_item(
-            entry, erp=self.journal, reporter=self.reporter, payloads=self.payloads
+            entry,
+            erp=self.journal,
+            reporter=self.reporter,
+            payloads=self.payloads,
+            report_interval=2.0,
         ).status
 
     def run_all(self) -> list[str]:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from contract.celery_app import make_app
+from contract.celery_app import erp_worker_config, make_app
+from contract.errors import BadInput
 from contract.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,3 +60,14 @@ def test_quorum_queues_are_declared_only_on_rabbitmq_and_only_when_asked() -> No
         queues = make_app(classic).conf.task_queues
         assert {q.queue_arguments for q in queues} == {None}
         assert {q.exchange.type for q in queues} == {"direct"}
+
+
+def test_erp_workers_prefetch_their_own_multiplier_and_the_producer_one() -> None:
+    """``ERP_PREFETCH_MULTIPLIER`` is the ERP workers' prefetch; the producer's stays 1."""
+    given = Settings(erp_prefetch_multiplier=5)
+    erp = make_app(given, main="consumers", worker_config=erp_worker_config)
+    assert erp.conf.worker_prefetch_multiplier == 5
+    assert make_app(given).conf.worker_prefetch_multiplier == 1
+    env = {"ERP_PREFETCH_MULTIPLIER": "0"}
+    with pytest.raises(BadInput, match="ERP_PREFETCH_MULTIPLIER"):
+        Settings.from_env(env)
