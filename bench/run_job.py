@@ -51,7 +51,11 @@ class Watch:
 
 
 def producer_env(
-    api_url: str, redis_url: str, page_size: int, concurrency: int | None = None
+    api_url: str,
+    redis_url: str,
+    page_size: int,
+    concurrency: int | None = None,
+    root: Path = ROOT,
 ) -> dict[str, str]:
     """The producer's environment: this simulator, this Redis as ledger and broker."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLEO_", "CELERY_", "ERP_"))}
@@ -63,7 +67,7 @@ def producer_env(
         PLEO_PAGE_SIZE=str(page_size),
         # A benchmark's Redis is a throwaway (it is flushed): no persistence asked of it.
         PLEO_REDIS_EPHEMERAL="1",
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=str(root),
     )
     if concurrency is not None:
         env["PLEO_PAGE_CONCURRENCY"] = str(concurrency)
@@ -157,6 +161,13 @@ def main() -> None:
         help="with --paging: the PLEO_PAGE_CONCURRENCY values to compare",
     )
     parser.add_argument("--repeat", type=int, default=3, help="with --paging: runs per value")
+    parser.add_argument(
+        "--producer-root",
+        type=Path,
+        default=ROOT,
+        help="the checkout whose producer runs (another branch, side by side; run from outside"
+        " any checkout, so the current directory does not shadow it)",
+    )
     args = parser.parse_args()
     items = 20_000 if args.quick else args.items
     if args.paging:
@@ -171,7 +182,9 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
     ):
         cpu_before = server_cpu_seconds()
-        env = producer_env(sim.url, args.redis, args.page_size, args.concurrency)
+        env = producer_env(
+            sim.url, args.redis, args.page_size, args.concurrency, args.producer_root
+        )
         summary, wall, peak_kib, seen = run_producer(job_id, env, client, Path(tmp))
         sim_cpu = server_cpu_seconds() - cpu_before
         queued = client.llen("pleo-export-items")
@@ -201,6 +214,7 @@ def main() -> None:
     rows = [
         ["wall time (process start to exit)", f"{wall:.2f} s"],
         ["producer's own run time (summary `seconds`)", f"{summary['seconds']:.2f} s"],
+        ["producer CPU (user + sys, whole process)", f"{seen.cpu_seconds:.2f} s"],
         ["pages read (control + data)", f"{pages} ({control_pages} + {data_pages})"],
         ["pages/s over the wall time", f"{pages / wall:.1f}"],
         ["fetch time", f"{fetch:.2f} s"],

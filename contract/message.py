@@ -226,7 +226,8 @@ def escape_payload(value: Any) -> Any:
     if isinstance(value, dict):
         items = {key: escape_payload(item) for key, item in value.items()}
         if _needs_escape(value):
-            return {ESCAPED: [[key, item] for key, item in items.items()]}
+            # Sorted, so the escape does not depend on the order Pleo wrote the keys in.
+            return {ESCAPED: [[key, items[key]] for key in sorted(items)]}
         if all(items[key] is item for key, item in value.items()):
             return value
         return items
