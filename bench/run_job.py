@@ -98,7 +98,7 @@ def watch(pid: int, client: redis.Redis, job_id: str, done: threading.Event, see
 
 def server_cpu_seconds() -> float:
     """CPU time of the simulator's server thread so far (Linux per-thread clock)."""
-    thread = next(t for t in threading.enumerate() if t.name == "pleo-simulator")
+    thread = next(t for t in threading.enumerate() if t.name == "simulator")
     assert thread.ident is not None
     return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
 

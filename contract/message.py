@@ -21,9 +21,11 @@ waited in the queue. A worker reads schema N and N-1 (``READS``); which one a pr
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii
 from typing import Any, Final
 
 from contract.errors import shown
@@ -187,7 +189,10 @@ def placement(sequence: int, total: int, status_at_fetch: str, booked_at: str | 
     The producer records it beside each published entry (``contract.keys.placed_key``), so the
     repair sweep rebuilds a lost message exactly, with no re-plan.
     """
-    return json.dumps([sequence, total, status_at_fetch, booked_at], separators=(",", ":"))
+    # json.dumps([sequence, total, status_at_fetch, booked_at], separators=(",", ":")), written
+    # out: it is called once per published entry (tests/unit/test_message.py compares them).
+    booked = "null" if booked_at is None else encode_basestring_ascii(booked_at)
+    return f"[{int(sequence)},{int(total)},{encode_basestring_ascii(status_at_fetch)},{booked}]"
 
 
 def _instant(value: object) -> float | None:
@@ -209,8 +214,10 @@ def _count(value: object) -> bool:
 _KOMBU_KEYS: Final = frozenset({"__type__", "__value__"})
 ESCAPED: Final = "__pleo_escaped__"
 _ESCAPED_KEYS: Final = frozenset({ESCAPED})
-# Bytes that every JSON text decoding to a key kombu or the escape acts on must contain.
-_MARKERS: Final = (b"__type__", ESCAPED.encode(), b"\\u")
+# Every JSON text that decodes to a key kombu or the escape acts on holds one of these bytes, or
+# spells an ASCII character of it as a \u00XX escape (the only escapes that can stand for one).
+_MARKERS: Final = (b"__type__", ESCAPED.encode())
+_ASCII_ESCAPE: Final = re.compile(rb"\\u00[2-7]")
 
 
 def _needs_escape(obj: dict[str, Any]) -> bool:
@@ -271,7 +278,7 @@ def escape_payload_json(raw: bytes) -> bytes:
     Only a text holding one of ``_MARKERS`` can decode to such an object, so any other is passed
     on without being decoded; one that needs the escape is written as kombu writes JSON.
     """
-    if not any(marker in raw for marker in _MARKERS):
+    if not any(marker in raw for marker in _MARKERS) and _ASCII_ESCAPE.search(raw) is None:
         return raw
     decoded = json.loads(raw)
     escaped = escape_payload(decoded)

@@ -69,18 +69,22 @@ class PayloadSpool:
         return self._end
 
     def add(self, items: Iterable[ExportItem]) -> None:
-        """Spool one page's export items."""
+        """Spool one page's export items (one write for the page)."""
+        chunks: list[bytes] = []
+        end = self._end
         for item in items:
             text = escape_payload_json(item.raw)
             known = self._index.get(item.accounting_entry_id)
-            if known is not None and not self._replaces(item, known):
+            if known is not None and not self._replaces(item, known, chunks):
                 continue
             self._index[item.accounting_entry_id] = SpooledExport(
-                item.date, item.booked_at, self._end, len(text)
+                item.date, item.booked_at, end, len(text)
             )
-            self._file.write(text)
-            self._end += len(text)
+            chunks.append(text)
+            end += len(text)
+        self._file.write(b"".join(chunks))
         self._file.flush()
+        self._end = end
 
     def clear(self) -> None:
         """Forget every payload spooled so far (the layer is being read again from its start)."""
@@ -101,10 +105,15 @@ class PayloadSpool:
         self._file.close()
         self._index = {}
 
-    def _replaces(self, item: ExportItem, known: SpooledExport) -> bool:
+    def _replaces(self, item: ExportItem, known: SpooledExport, pending: list[bytes]) -> bool:
         # Rare: only for an entry listed twice. Decide as index_export_items does.
-        self._file.flush()
-        old: Any = unescape_payload(json.loads(os.pread(self._fd, known.length, known.offset)))
+        old: Any = unescape_payload(json.loads(self._text(known, pending)))
         return export_order_key(item.booked_at, item.date, item.payload) < export_order_key(
             known.booked_at, known.date, old
         )
+
+    def _text(self, placed: SpooledExport, pending: list[bytes]) -> bytes:
+        """A spooled payload's bytes, from the file or from this page's not yet written."""
+        if placed.offset >= self._end:
+            return b"".join(pending)[placed.offset - self._end :][: placed.length]
+        return os.pread(self._fd, placed.length, placed.offset)
