@@ -278,7 +278,10 @@ def escape_payload_json(raw: bytes) -> bytes:
     Only a text holding one of ``_MARKERS`` can decode to such an object, so any other is passed
     on without being decoded; one that needs the escape is written as kombu writes JSON.
     """
-    if not any(marker in raw for marker in _MARKERS) and _ASCII_ESCAPE.search(raw) is None:
+    # Two plain searches first: most payloads hold neither "__" nor a "\u00" escape.
+    if (b"__" not in raw and b"\\u00" not in raw) or (
+        not any(marker in raw for marker in _MARKERS) and _ASCII_ESCAPE.search(raw) is None
+    ):
         return raw
     decoded = json.loads(raw)
     escaped = escape_payload(decoded)

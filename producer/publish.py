@@ -366,6 +366,8 @@ def _no_payloads(entry_id: str) -> None:
 
 
 def _payload_json(item: PlannedItem, payloads: PayloadSource) -> str | None:
+    if item.export_json is not None:
+        return item.export_json
     if item.export_item is not None:
         return str(dumps(escape_payload(item.export_item)))
     return payloads(item.accounting_entry_id)
@@ -374,7 +376,7 @@ def _payload_json(item: PlannedItem, payloads: PayloadSource) -> str | None:
 def _with_payload(item: PlannedItem, payloads: PayloadSource) -> PlannedItem:
     if item.export_item is not None:
         return item
-    text = payloads(item.accounting_entry_id)
+    text = item.export_json or payloads(item.accounting_entry_id)
     if text is None:
         return item
     # The spooled text is as it travels: escaped where it had to be, so undone before to_kwargs.

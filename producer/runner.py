@@ -31,8 +31,8 @@ from contract.store import now_iso
 from pleo.activity import PleoActivity
 from pleo.client import PleoClient
 from pleo.final_event import failure_reason_type, record_final, send_final
-from pleo.models import TERMINAL_JOB_STATUSES, ExportJob, JobItem, Page
-from producer.plan import Plan, make_plan
+from pleo.models import TERMINAL_JOB_STATUSES, ExportJob, Page
+from producer.plan import ControlLayer, Plan, plan_job
 from producer.publish import Publisher
 from producer.spool import PayloadSpool
 
@@ -236,8 +236,8 @@ def _run(
         pages = _PageCounter(job_id, summary, ledger, observer)
         job_items = _fetch_layers(client, job_id, settings, pages, spool)
         summary.fetch_seconds = round(clock() - fetching, 3)
-        export_index = spool.index if settings.ordering == "booked_at" else None
-        plan = make_plan(job_items, export_index, ordering=settings.ordering)
+        spooled = spool if settings.ordering == "booked_at" else None
+        plan = plan_job(job_items, spooled, ordering=settings.ordering)
         del job_items
         _record_plan(summary, plan)
         ledger.record(
@@ -256,7 +256,6 @@ def _run(
             lease,
             job.company_id,
             plan.items,
-            payloads=spool.payload_json,
             on_progress=observer.on_publish,
         )
         summary.publish_seconds = round(clock() - publishing, 3)
@@ -315,7 +314,7 @@ def _fetch_layers(
     settings: Settings,
     pages: _PageCounter,
     spool: PayloadSpool,
-) -> list[JobItem]:
+) -> ControlLayer:
     """Read every page of the control layer and, alongside it, of the data layer into ``spool``.
 
     Both layers may be read once the job is in progress, so the data layer is walked on a second
@@ -328,7 +327,7 @@ def _fetch_layers(
     given, so the order the pages came in never shows in what is published.
     """
     stop = threading.Event()
-    items: list[JobItem] = []
+    items = ControlLayer()
     concurrency = settings.page_concurrency
     pages.paging("offset" if concurrency > 1 else "cursor")
 
