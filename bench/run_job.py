@@ -103,6 +103,13 @@ def server_cpu_seconds() -> float:
     return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
 
 
+def redis_footprint(client: redis.Redis) -> int:
+    """Bytes the bench's database holds: ``MEMORY USAGE`` of each key (all of its elements)."""
+    return sum(
+        int(client.memory_usage(key, samples=0) or 0) for key in client.scan_iter(count=1000)
+    )
+
+
 def layers_overlap(endpoints: list[str]) -> bool:
     """Whether a data-layer page was answered before the last control-layer page."""
     data = [i for i, e in enumerate(endpoints) if e == "export_items"]
@@ -188,6 +195,7 @@ def main() -> None:
         summary, wall, peak_kib, seen = run_producer(job_id, env, client, Path(tmp))
         sim_cpu = server_cpu_seconds() - cpu_before
         queued = client.llen("pleo-export-items")
+        redis_bytes = redis_footprint(client)
     if summary["enqueued"] != items or queued != items:
         raise SystemExit(
             f"expected {items} messages: enqueued {summary['enqueued']}, queued {queued}"
@@ -232,6 +240,15 @@ def main() -> None:
             f"{peak_kib / 1024:.0f} MB (target <= 250 MB)",
         ],
         ["simulator CPU per page (server thread)", f"{sim_cpu / pages * 1000:.1f} ms"],
+        ["time per entry (wall / entries)", f"{wall / items * 1e6:.1f} µs"],
+        [
+            "spool bytes per entry (dates + payloads)",
+            f"{summary.get('spool_bytes', 0) / items:,.0f} B",
+        ],
+        [
+            "Redis bytes per queued entry (every key of the db, MEMORY USAGE)",
+            f"{redis_bytes / queued:,.0f} B" if queued else "-",
+        ],
     ]
     print_table(
         f"pleo-export run: {items:,} items, page size {args.page_size}, "

@@ -62,6 +62,8 @@ class RunSummary:
     seconds: float = 0.0
     fetch_seconds: float = 0.0
     publish_seconds: float = 0.0
+    # Bytes the data layer's dates and payloads took in the run's spool file.
+    spool_bytes: int = 0
     reason: str | None = None
     # How the layers were read: "cursor" (PLEO_PAGE_CONCURRENCY=1) or "offset"; each offset walk
     # that fell back to the cursor walk adds "<layer>: <why>".
@@ -236,6 +238,7 @@ def _run(
         pages = _PageCounter(job_id, summary, ledger, observer)
         job_items = _fetch_layers(client, job_id, settings, pages, spool)
         summary.fetch_seconds = round(clock() - fetching, 3)
+        summary.spool_bytes = spool.size
         spooled = spool if settings.ordering == "booked_at" else None
         plan = plan_job(job_items, spooled, ordering=settings.ordering)
         del job_items
