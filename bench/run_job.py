@@ -48,6 +48,8 @@ class Watch:
     states: dict[str, float] = field(default_factory=dict)
     vm_hwm_kib: int = 0
     cpu_seconds: float = 0.0
+    # The largest resident set (VmRSS) seen in each state: where the peak is.
+    rss_by_state: dict[str, int] = field(default_factory=dict)
 
 
 def producer_env(
@@ -74,14 +76,14 @@ def producer_env(
     return env
 
 
-def vm_hwm_kib(pid: int) -> int:
-    """The process's peak resident set so far (VmHWM), or 0 once it has gone."""
+def vm_hwm_kib(pid: int, field: str = "VmHWM") -> int:
+    """The process's peak resident set so far (VmHWM; or ``field``), or 0 once it has gone."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0
     for line in text.splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
     return 0
 
@@ -93,6 +95,8 @@ def watch(pid: int, client: redis.Redis, job_id: str, done: threading.Event, see
         state = client.hget(key, "state")
         if state is not None:
             seen.states.setdefault(state.decode(), time.perf_counter())
+            rss = vm_hwm_kib(pid, "VmRSS")
+            seen.rss_by_state[state.decode()] = max(seen.rss_by_state.get(state.decode(), 0), rss)
         seen.vm_hwm_kib = max(seen.vm_hwm_kib, vm_hwm_kib(pid))
 
 
@@ -240,6 +244,10 @@ def main() -> None:
             f"{peak_kib / 1024:.0f} MB (target <= 250 MB)",
         ],
         ["simulator CPU per page (server thread)", f"{sim_cpu / pages * 1000:.1f} ms"],
+        [
+            "largest RSS seen per state (polled)",
+            ", ".join(f"{k} {v / 1024:.0f}" for k, v in seen.rss_by_state.items()) + " MB",
+        ],
         ["time per entry (wall / entries)", f"{wall / items * 1e6:.1f} µs"],
         [
             "spool bytes per entry (dates + payloads)",

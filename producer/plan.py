@@ -147,6 +147,8 @@ def _rank(status: str) -> int:
 
 _STATUS_CODES = {status: code for code, status in enumerate(sorted(ITEM_STATUSES))}
 _STATUS_NAMES = tuple(sorted(ITEM_STATUSES))
+_STATUS_BYTES = {status: bytes([code]) for status, code in _STATUS_CODES.items()}
+_SIGHTING = ID_WIDTH + 1  # a control-layer sighting: the entry id, then its status code
 _RANK_OF_CODE = bytes(_rank(status) for status in _STATUS_NAMES)
 _ACTIONABLE_CODES = frozenset(_STATUS_CODES[status] for status in ACTIONABLE_ITEM_STATUSES)
 _NO_RECORD = -1
@@ -160,25 +162,24 @@ class ControlLayer:
     """The control layer's sightings as read: 36 bytes of entry id and a status byte each."""
 
     def __init__(self) -> None:
-        self.ids = bytearray()
-        self.statuses = bytearray()
+        self.records = bytearray()
 
     def __len__(self) -> int:
-        return len(self.statuses)
+        return len(self.records) // _SIGHTING
 
     def extend(self, items: Iterable[JobItem]) -> None:
         """Add one page's items."""
         page = list(items)
-        packed = "".join(item.accounting_entry_id for item in page).encode("ascii")
-        if len(packed) != ID_WIDTH * len(page):
+        packed = b"".join(
+            item.accounting_entry_id.encode("ascii") + _STATUS_BYTES[item.status] for item in page
+        )
+        if len(packed) != _SIGHTING * len(page):
             raise ValueError("every control-layer entry id must be a canonical UUID")
-        self.ids += packed
-        self.statuses += bytes(_STATUS_CODES[item.status] for item in page)
+        self.records += packed
 
     def clear(self) -> None:
         """Forget every sighting (the layer is being read again from its start)."""
-        self.ids = bytearray()
-        self.statuses = bytearray()
+        self.records = bytearray()
 
 
 class CompactPlan(Sequence[PlannedItem]):
@@ -236,63 +237,18 @@ def plan_job(
 ) -> Plan:
     """``make_plan`` of the layers as the run holds them; ``spool`` None under entry_id ordering.
 
+    ``control`` is consumed (left empty), so its sightings are not held twice.
+
     The same rules, by sorting instead of dicts: the control layer's sightings sorted by entry
     id give each entry its furthest status; the data layer's records sorted by entry id give
     each entry its kept copy (``index_export_items``' choice); the two are merged by id, and the
     dated entries sorted by (UTC date, id) go before the undated, in id order.
     """
-    ids, statuses = bytes(control.ids), bytes(control.statuses)
-    seen = len(statuses)
-
-    def id_at(index: int) -> bytes:
-        return ids[ID_WIDTH * index : ID_WIDTH * (index + 1)]
-
-    # The furthest status of each distinct entry, entries in id order.
-    entry_ids = bytearray()
-    entry_statuses = bytearray()
-    distinct = 0
-    last: bytes | None = None
-    best = 0
-    for index in sorted(range(seen), key=id_at):
-        entry = id_at(index)
-        status = statuses[index]
-        if entry != last:
-            if last is not None and best in _ACTIONABLE_CODES:
-                entry_ids += last
-                entry_statuses.append(best)
-            distinct += 1
-            last, best = entry, status
-        elif _RANK_OF_CODE[status] > _RANK_OF_CODE[best]:
-            best = status
-    if last is not None and best in _ACTIONABLE_CODES:
-        entry_ids += last
-        entry_statuses.append(best)
-    actionable = len(entry_statuses)
-    act_ids = bytes(entry_ids)
-    del entry_ids
-
+    seen = len(control)
+    act_ids, act_statuses, distinct = _furthest(control)
+    actionable = len(act_statuses)
     records = array("l", [_NO_RECORD]) * actionable
-    missing = 0
-    if spool is not None:
-        kept = _kept_records(spool)
-        spooled_ids = bytes(spool.records.ids)
-
-        def kept_id(position: int) -> bytes:
-            record = kept[position]
-            return spooled_ids[ID_WIDTH * record : ID_WIDTH * (record + 1)]
-
-        # Both in id order: one merge finds each actionable entry's record.
-        position = 0
-        for at in range(actionable):
-            entry = act_ids[ID_WIDTH * at : ID_WIDTH * (at + 1)]
-            while position < len(kept) and kept_id(position) < entry:
-                position += 1
-            if position < len(kept) and kept_id(position) == entry:
-                records[at] = kept[position]
-            else:
-                missing += 1
-        del kept, spooled_ids
-
+    missing = actionable if spool is None else _match(act_ids, spool, records)
     order = array("l")
     if spool is not None and ordering == "booked_at":
         dated_micros = spool.records.micros
@@ -309,26 +265,85 @@ def plan_job(
     else:
         order.extend(range(actionable))
     return Plan(
-        items=CompactPlan(act_ids, bytes(entry_statuses), order, records, spool),
+        items=CompactPlan(act_ids, act_statuses, order, records, spool),
         items_seen=seen,
         distinct_entries=distinct,
         not_actionable=distinct - actionable,
-        missing_export_items=missing,
+        missing_export_items=0 if spool is None else missing,
     )
+
+
+def _furthest(control: ControlLayer) -> tuple[bytes, bytes, int]:
+    """The actionable entries' ids and furthest statuses, in id order, and how many were distinct.
+
+    The sightings are sorted whole (id, then status), so each entry's come together; the layer is
+    consumed, so they live on only as the sorted list while it is read.
+    """
+    sightings = bytes(control.records)
+    control.clear()
+    ordered = sorted(
+        sightings[start : start + _SIGHTING] for start in range(0, len(sightings), _SIGHTING)
+    )
+    del sightings
+    entry_ids = bytearray()
+    entry_statuses = bytearray()
+    distinct = 0
+    last: bytes | None = None
+    best = 0
+    for sighting in ordered:
+        entry = sighting[:ID_WIDTH]
+        status = sighting[ID_WIDTH]
+        if entry != last:
+            if last is not None and best in _ACTIONABLE_CODES:
+                entry_ids += last
+                entry_statuses.append(best)
+            distinct += 1
+            last, best = entry, status
+        elif _RANK_OF_CODE[status] > _RANK_OF_CODE[best]:
+            best = status
+    del ordered
+    if last is not None and best in _ACTIONABLE_CODES:
+        entry_ids += last
+        entry_statuses.append(best)
+    return bytes(entry_ids), bytes(entry_statuses), distinct
+
+
+def _match(act_ids: bytes, spool: PayloadSpool, records: array[int]) -> int:
+    """Set each actionable entry's kept spool record in ``records``; how many had none."""
+    kept = _kept_records(spool)
+    spooled_ids = spool.records.ids
+
+    def kept_id(position: int) -> bytearray:
+        record = kept[position]
+        return spooled_ids[ID_WIDTH * record : ID_WIDTH * (record + 1)]
+
+    # Both in id order: one merge finds each actionable entry's record.
+    missing = 0
+    position = 0
+    for at in range(len(records)):
+        entry = act_ids[ID_WIDTH * at : ID_WIDTH * (at + 1)]
+        while position < len(kept) and kept_id(position) < entry:
+            position += 1
+        if position < len(kept) and kept_id(position) == entry:
+            records[at] = kept[position]
+        else:
+            missing += 1
+    return missing
 
 
 def _kept_records(spool: PayloadSpool) -> array[int]:
     """Each entry's kept data-layer record, in entry id order."""
-    records = spool.records
-    ids = bytes(records.ids)
-
-    def id_at(index: int) -> bytes:
-        return ids[ID_WIDTH * index : ID_WIDTH * (index + 1)]
-
+    ids = bytes(spool.records.ids)
+    keyed = sorted(
+        ids[ID_WIDTH * index : ID_WIDTH * (index + 1)] + _INDEX.pack(index)
+        for index in range(len(spool.records))
+    )
+    del ids
     kept = array("l")
     last: bytes | None = None
-    for index in sorted(range(len(records)), key=id_at):
-        entry = id_at(index)
+    for key in keyed:
+        entry = key[:ID_WIDTH]
+        index = _INDEX.unpack_from(key, ID_WIDTH)[0]
         if entry == last:
             # Rare: an entry listed twice; the copy index_export_items keeps wins.
             if spool.record_key(index) < spool.record_key(kept[-1]):
