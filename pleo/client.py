@@ -14,7 +14,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar
 
@@ -41,7 +41,7 @@ from pleo.models import (
     parse_jobs_page,
     parse_update_result,
 )
-from pleo.offset_walk import SORTING, offset_walk, with_fallback
+from pleo.offset_walk import SORTING, id_key, offset_walk, with_fallback
 from pleo.paging import Done, Walk, advance
 from pleo.responses import error_for_body, error_for_status, error_for_transport
 
@@ -198,7 +198,7 @@ class PleoClient:
             job_id=job_id,
             what="job items",
             parse=lambda body, n: decode_job_items_page(body, job_id=job_id, page=n),
-            key=lambda item: item.accounting_entry_id,
+            key=lambda item: id_key(item.accounting_entry_id),
             concurrency=concurrency,
             on_restart=on_restart,
         )
@@ -221,7 +221,7 @@ class PleoClient:
             job_id=job_id,
             what="export items",
             parse=lambda body, n: decode_export_items_page(body, job_id=job_id, page=n),
-            key=lambda item: item.accounting_entry_id,
+            key=lambda item: id_key(item.accounting_entry_id),
             concurrency=concurrency,
             on_restart=on_restart,
         )
@@ -270,7 +270,7 @@ class PleoClient:
         job_id: str,
         what: str,
         parse: Callable[[bytes, int], Page[T]],
-        key: Callable[[T], str],
+        key: Callable[[T], Hashable],
         concurrency: int,
         on_restart: Callable[[str], None] | None,
     ) -> Iterator[Page[T]]:
@@ -319,12 +319,12 @@ class PleoClient:
         job_id: str | None,
         what: str,
         parse: Callable[[bytes, int], Page[T]],
-        key: Callable[[T], str],
+        key: Callable[[T], Hashable],
     ) -> Iterator[Page[T]]:
         """Follow ``after=endCursor`` until Pleo says there is no next page, checking every step."""
         walk = Walk()
         after: str | None = None
-        seen: set[str] = set()
+        seen: set[Hashable] = set()
         while True:
             query = {**params, "limit": self._settings.page_size}
             if after is not None:
