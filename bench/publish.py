@@ -25,6 +25,7 @@ import argparse
 import cProfile
 import dataclasses
 import io
+import json
 import pstats
 import time
 from collections.abc import Sequence
@@ -90,7 +91,7 @@ def spooled(items: Sequence[PlannedItem]) -> tuple[list[PlannedItem], PayloadSpo
             item.accounting_entry_id,
             str(item.booked_at),
             datetime.fromisoformat(str(item.booked_at)),
-            item.export_item or {},
+            json.dumps(item.export_item or {}).encode(),
         )
         for item in items
     )

@@ -48,10 +48,16 @@ class Watch:
     states: dict[str, float] = field(default_factory=dict)
     vm_hwm_kib: int = 0
     cpu_seconds: float = 0.0
+    # The largest resident set (VmRSS) seen in each state: where the peak is.
+    rss_by_state: dict[str, int] = field(default_factory=dict)
 
 
 def producer_env(
-    api_url: str, redis_url: str, page_size: int, concurrency: int | None = None
+    api_url: str,
+    redis_url: str,
+    page_size: int,
+    concurrency: int | None = None,
+    root: Path = ROOT,
 ) -> dict[str, str]:
     """The producer's environment: this simulator, this Redis as ledger and broker."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLEO_", "CELERY_", "ERP_"))}
@@ -63,21 +69,21 @@ def producer_env(
         PLEO_PAGE_SIZE=str(page_size),
         # A benchmark's Redis is a throwaway (it is flushed): no persistence asked of it.
         PLEO_REDIS_EPHEMERAL="1",
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=str(root),
     )
     if concurrency is not None:
         env["PLEO_PAGE_CONCURRENCY"] = str(concurrency)
     return env
 
 
-def vm_hwm_kib(pid: int) -> int:
-    """The process's peak resident set so far (VmHWM), or 0 once it has gone."""
+def vm_hwm_kib(pid: int, field: str = "VmHWM") -> int:
+    """The process's peak resident set so far (VmHWM; or ``field``), or 0 once it has gone."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0
     for line in text.splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
     return 0
 
@@ -89,14 +95,23 @@ def watch(pid: int, client: redis.Redis, job_id: str, done: threading.Event, see
         state = client.hget(key, "state")
         if state is not None:
             seen.states.setdefault(state.decode(), time.perf_counter())
+            rss = vm_hwm_kib(pid, "VmRSS")
+            seen.rss_by_state[state.decode()] = max(seen.rss_by_state.get(state.decode(), 0), rss)
         seen.vm_hwm_kib = max(seen.vm_hwm_kib, vm_hwm_kib(pid))
 
 
 def server_cpu_seconds() -> float:
     """CPU time of the simulator's server thread so far (Linux per-thread clock)."""
-    thread = next(t for t in threading.enumerate() if t.name == "pleo-simulator")
+    thread = next(t for t in threading.enumerate() if t.name == "simulator")
     assert thread.ident is not None
     return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+
+
+def redis_footprint(client: redis.Redis) -> int:
+    """Bytes the bench's database holds: ``MEMORY USAGE`` of each key (all of its elements)."""
+    return sum(
+        int(client.memory_usage(key, samples=0) or 0) for key in client.scan_iter(count=1000)
+    )
 
 
 def layers_overlap(endpoints: list[str]) -> bool:
@@ -157,6 +172,13 @@ def main() -> None:
         help="with --paging: the PLEO_PAGE_CONCURRENCY values to compare",
     )
     parser.add_argument("--repeat", type=int, default=3, help="with --paging: runs per value")
+    parser.add_argument(
+        "--producer-root",
+        type=Path,
+        default=ROOT,
+        help="the checkout whose producer runs (another branch, side by side; run from outside"
+        " any checkout, so the current directory does not shadow it)",
+    )
     args = parser.parse_args()
     items = 20_000 if args.quick else args.items
     if args.paging:
@@ -171,10 +193,13 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
     ):
         cpu_before = server_cpu_seconds()
-        env = producer_env(sim.url, args.redis, args.page_size, args.concurrency)
+        env = producer_env(
+            sim.url, args.redis, args.page_size, args.concurrency, args.producer_root
+        )
         summary, wall, peak_kib, seen = run_producer(job_id, env, client, Path(tmp))
         sim_cpu = server_cpu_seconds() - cpu_before
         queued = client.llen("pleo-export-items")
+        redis_bytes = redis_footprint(client)
     if summary["enqueued"] != items or queued != items:
         raise SystemExit(
             f"expected {items} messages: enqueued {summary['enqueued']}, queued {queued}"
@@ -201,6 +226,7 @@ def main() -> None:
     rows = [
         ["wall time (process start to exit)", f"{wall:.2f} s"],
         ["producer's own run time (summary `seconds`)", f"{summary['seconds']:.2f} s"],
+        ["producer CPU (user + sys, whole process)", f"{seen.cpu_seconds:.2f} s"],
         ["pages read (control + data)", f"{pages} ({control_pages} + {data_pages})"],
         ["pages/s over the wall time", f"{pages / wall:.1f}"],
         ["fetch time", f"{fetch:.2f} s"],
@@ -218,6 +244,19 @@ def main() -> None:
             f"{peak_kib / 1024:.0f} MB (target <= 250 MB)",
         ],
         ["simulator CPU per page (server thread)", f"{sim_cpu / pages * 1000:.1f} ms"],
+        [
+            "largest RSS seen per state (polled)",
+            ", ".join(f"{k} {v / 1024:.0f}" for k, v in seen.rss_by_state.items()) + " MB",
+        ],
+        ["time per entry (wall / entries)", f"{wall / items * 1e6:.1f} µs"],
+        [
+            "spool bytes per entry (dates + payloads)",
+            f"{summary.get('spool_bytes', 0) / items:,.0f} B",
+        ],
+        [
+            "Redis bytes per queued entry (every key of the db, MEMORY USAGE)",
+            f"{redis_bytes / queued:,.0f} B" if queued else "-",
+        ],
     ]
     print_table(
         f"pleo-export run: {items:,} items, page size {args.page_size}, "

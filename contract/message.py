@@ -5,6 +5,13 @@ workers to parse (``ItemMessage.parse``), so the two cannot drift apart. The fie
 meaning are the public contract in ARCHITECTURE.md; how the kwargs travel (Celery's envelope,
 kombu's Redis layout) is ``contract/wire.py``.
 
+``export_item`` travels as Pleo sent it, with one exception: kombu's JSON decoder turns any object
+whose keys are exactly ``__type__`` and ``__value__`` into a Python value (a datetime, bytes, a
+Decimal...) or refuses the whole message, so such an object (and, to keep the escape reversible,
+any object keyed ``__pleo_escaped__`` alone) is written
+``{"__pleo_escaped__": [[key, value], ...]}`` (``escape_payload``) and read back by
+``ItemMessage.parse`` (``unescape_payload``).
+
 Schemas only ever add fields (``ADDED_IN``): schema 2 is schema 1 plus ``published_at``, when the
 producer (or the repair sweep) wrote the message, which the worker turns into the time the message
 waited in the queue. A worker reads schema N and N-1 (``READS``); which one a producer writes is
@@ -14,9 +21,11 @@ waited in the queue. A worker reads schema N and N-1 (``READS``); which one a pr
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii
 from typing import Any, Final
 
 from contract.errors import shown
@@ -87,8 +96,13 @@ class ItemMessage:
         return replace(self, schema=schema, published_at=published_at or stamp())
 
     def to_kwargs(self) -> dict[str, Any]:
-        """The message's keyword arguments, in the order ARCHITECTURE.md lists them."""
-        return {name: getattr(self, name) for name in fields_of(self.schema)}
+        """The message's keyword arguments, in the order ARCHITECTURE.md lists them.
+
+        ``export_item`` as it travels: escaped where kombu's decoder would change it.
+        """
+        kwargs = {name: getattr(self, name) for name in fields_of(self.schema)}
+        kwargs["export_item"] = escape_payload(kwargs["export_item"])
+        return kwargs
 
     @classmethod
     def parse(cls, kwargs: Mapping[str, Any], reads: Collection[int] = READS) -> ItemMessage:
@@ -118,7 +132,7 @@ class ItemMessage:
         status = kwargs["status_at_fetch"]
         if status not in STATUSES_AT_FETCH:
             raise MessageRejected(f"status_at_fetch {status!r} is not actionable")
-        booked_at, export_item = kwargs["booked_at"], kwargs["export_item"]
+        booked_at, export_item = kwargs["booked_at"], unescape_payload(kwargs["export_item"])
         if booked_at is not None and not isinstance(booked_at, str):
             raise MessageRejected("booked_at must be a string or null")
         if export_item is not None and not isinstance(export_item, dict):
@@ -175,7 +189,10 @@ def placement(sequence: int, total: int, status_at_fetch: str, booked_at: str | 
     The producer records it beside each published entry (``contract.keys.placed_key``), so the
     repair sweep rebuilds a lost message exactly, with no re-plan.
     """
-    return json.dumps([sequence, total, status_at_fetch, booked_at], separators=(",", ":"))
+    # json.dumps([sequence, total, status_at_fetch, booked_at], separators=(",", ":")), written
+    # out: it is called once per published entry (tests/unit/test_message.py compares them).
+    booked = "null" if booked_at is None else encode_basestring_ascii(booked_at)
+    return f"[{int(sequence)},{int(total)},{encode_basestring_ascii(status_at_fetch)},{booked}]"
 
 
 def _instant(value: object) -> float | None:
@@ -191,3 +208,83 @@ def _instant(value: object) -> float | None:
 
 def _count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# kombu.utils.json.object_hook acts on objects with exactly these keys.
+_KOMBU_KEYS: Final = frozenset({"__type__", "__value__"})
+ESCAPED: Final = "__pleo_escaped__"
+_ESCAPED_KEYS: Final = frozenset({ESCAPED})
+# Every JSON text that decodes to a key kombu or the escape acts on holds one of these bytes, or
+# spells an ASCII character of it as a \u00XX escape (the only escapes that can stand for one).
+_MARKERS: Final = (b"__type__", ESCAPED.encode())
+_ASCII_ESCAPE: Final = re.compile(rb"\\u00[2-7]")
+
+
+def _needs_escape(obj: dict[str, Any]) -> bool:
+    keys = obj.keys()
+    return len(keys) in (1, 2) and keys in (_KOMBU_KEYS, _ESCAPED_KEYS)
+
+
+def escape_payload(value: Any) -> Any:
+    """``value`` with every object kombu's JSON decoder would act on escaped (see the module).
+
+    The same object back when nothing needed it (the common case).
+    """
+    if isinstance(value, dict):
+        items = {key: escape_payload(item) for key, item in value.items()}
+        if _needs_escape(value):
+            # Sorted, so the escape does not depend on the order Pleo wrote the keys in.
+            return {ESCAPED: [[key, items[key]] for key in sorted(items)]}
+        if all(items[key] is item for key, item in value.items()):
+            return value
+        return items
+    if isinstance(value, list):
+        escaped = [escape_payload(item) for item in value]
+        if all(new is old for new, old in zip(escaped, value, strict=True)):
+            return value
+        return escaped
+    return value
+
+
+def unescape_payload(value: Any) -> Any:
+    """``escape_payload`` undone (an object that is not an escape is left as it is).
+
+    The same object back when it held no escape.
+    """
+    if isinstance(value, dict):
+        if value.keys() == _ESCAPED_KEYS and _is_pairs(value[ESCAPED]):
+            return {key: unescape_payload(item) for key, item in value[ESCAPED]}
+        items = {key: unescape_payload(item) for key, item in value.items()}
+        if all(items[key] is item for key, item in value.items()):
+            return value
+        return items
+    if isinstance(value, list):
+        unescaped = [unescape_payload(item) for item in value]
+        if all(new is old for new, old in zip(unescaped, value, strict=True)):
+            return value
+        return unescaped
+    return value
+
+
+def _is_pairs(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) for pair in value
+    )
+
+
+def escape_payload_json(raw: bytes) -> bytes:
+    """A payload's JSON as it travels: ``raw`` itself unless an object in it needs the escape.
+
+    Only a text holding one of ``_MARKERS`` can decode to such an object, so any other is passed
+    on without being decoded; one that needs the escape is written as kombu writes JSON.
+    """
+    # Two plain searches first: most payloads hold neither "__" nor a "\u00" escape.
+    if (b"__" not in raw and b"\\u00" not in raw) or (
+        not any(marker in raw for marker in _MARKERS) and _ASCII_ESCAPE.search(raw) is None
+    ):
+        return raw
+    decoded = json.loads(raw)
+    escaped = escape_payload(decoded)
+    if escaped is decoded:
+        return raw
+    return json.dumps(escaped).encode()

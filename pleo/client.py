@@ -9,15 +9,17 @@ handed on.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import ssl
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar
 
 import httpx
+import msgspec
 import redis
 
 from contract.credentials import OAuthAuth, credential_for, with_login_hint
@@ -37,13 +39,13 @@ from pleo.models import (
     JobItem,
     Page,
     UpdateResult,
-    parse_export_items_page,
-    parse_job_items_page,
+    decode_export_items_page,
+    decode_job_items_page,
     parse_job_response,
     parse_jobs_page,
     parse_update_result,
 )
-from pleo.offset_walk import SORTING, offset_walk, with_fallback
+from pleo.offset_walk import SORTING, id_key, offset_walk, with_fallback
 from pleo.paging import Done, Walk, advance
 from pleo.responses import error_for_body, error_for_status, error_for_transport
 
@@ -52,6 +54,7 @@ __all__ = ["ItemError", "PleoClient", "UpdateResult", "make_http_client"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 MAX_UPDATE_ITEMS = 100  # the spec's limit for one PUT; more is a 413
 
@@ -220,8 +223,8 @@ class PleoClient:
             params,
             job_id=job_id,
             what="job items",
-            parse=lambda body, n: parse_job_items_page(body, job_id=job_id, page=n),
-            key=lambda item: item.accounting_entry_id,
+            parse=lambda body, n: decode_job_items_page(body, job_id=job_id, page=n),
+            key=lambda item: id_key(item.accounting_entry_id),
             concurrency=concurrency,
             on_restart=on_restart,
         )
@@ -243,8 +246,8 @@ class PleoClient:
             {"job_id": job_id},
             job_id=job_id,
             what="export items",
-            parse=lambda body, n: parse_export_items_page(body, job_id=job_id, page=n),
-            key=lambda item: item.accounting_entry_id,
+            parse=lambda body, n: decode_export_items_page(body, job_id=job_id, page=n),
+            key=lambda item: id_key(item.accounting_entry_id),
             concurrency=concurrency,
             on_restart=on_restart,
         )
@@ -280,7 +283,7 @@ class PleoClient:
             params,
             job_id=None,
             what="export jobs",
-            parse=lambda body, n: parse_jobs_page(body, page=n),
+            parse=lambda body, n: parse_jobs_page(json.loads(body), page=n),
             key=lambda job: job.id,
         )
         return (job for page in pages for job in page.items)
@@ -292,8 +295,8 @@ class PleoClient:
         *,
         job_id: str,
         what: str,
-        parse: Callable[[object, int], Page[T]],
-        key: Callable[[T], str],
+        parse: Callable[[bytes, int], Page[T]],
+        key: Callable[[T], Hashable],
         concurrency: int,
         on_restart: Callable[[str], None] | None,
     ) -> Iterator[Page[T]]:
@@ -311,7 +314,9 @@ class PleoClient:
 
         def fetch(offset: int, number: int) -> Page[T]:
             query = {**params, **SORTING, "offset": offset, "limit": self._settings.page_size}
-            page = parse(self._send("GET", path, job_id=job_id, params=query), number)
+            page: Page[T] = self._send(
+                "GET", path, job_id=job_id, params=query, read=lambda body: parse(body, number)
+            )
             log.info(
                 "page_fetched job_id=%s what=%s page=%d offset=%d items=%d has_next=%s",
                 job_id,
@@ -339,18 +344,25 @@ class PleoClient:
         *,
         job_id: str | None,
         what: str,
-        parse: Callable[[object, int], Page[T]],
-        key: Callable[[T], str],
+        parse: Callable[[bytes, int], Page[T]],
+        key: Callable[[T], Hashable],
     ) -> Iterator[Page[T]]:
         """Follow ``after=endCursor`` until Pleo says there is no next page, checking every step."""
         walk = Walk()
         after: str | None = None
-        seen: set[str] = set()
+        seen: set[Hashable] = set()
         while True:
             query = {**params, "limit": self._settings.page_size}
             if after is not None:
                 query["after"] = after
-            page = parse(self._send("GET", path, job_id=job_id, params=query), walk.pages + 1)
+            number = walk.pages + 1
+            page = self._send(
+                "GET",
+                path,
+                job_id=job_id,
+                params=query,
+                read=lambda body, n=number: parse(body, n),  # type: ignore[misc]
+            )
             fresh = {key(item) for item in page.items} - seen
             seen |= fresh
             first_total = walk.total
@@ -394,8 +406,13 @@ class PleoClient:
         params: Mapping[str, Any] | None = None,
         body: object = None,
         decode: bool = True,
-    ) -> object:
-        """One request, retried as the policy allows; returns the decoded JSON body (or None)."""
+        read: Callable[[bytes], R] | None = None,
+    ) -> Any:
+        """One request, retried as the policy allows; returns the decoded JSON body (or None).
+
+        ``read`` (a page's typed decode) takes the body's bytes instead and returns what it
+        makes of them; a body that is not JSON is a transient error either way.
+        """
         target = Target(method, path, job_id, str(self._http.base_url).rstrip("/") + path)
         deadline = self._clock() + self._policy.budget
 
@@ -414,8 +431,10 @@ class PleoClient:
             if not decode:
                 return None
             try:
+                if read is not None:
+                    return read(response.content)
                 return response.json()
-            except ValueError as exc:
+            except (msgspec.DecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise error_for_body(response, target) from exc
 
         return call_with_retries(

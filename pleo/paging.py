@@ -19,7 +19,7 @@ reason to read the job again with the cursor walk, whose rules above then decide
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
 
 from contract.errors import ContractViolation
@@ -137,7 +137,11 @@ def offset_shape(info: PageInfo, first_len: int, *, max_pages: int) -> OffsetSha
 
 
 def offset_disagreement(
-    shape: OffsetShape, index: int, info: PageInfo, ids: Sequence[str], seen: Collection[str]
+    shape: OffsetShape,
+    index: int,
+    info: PageInfo,
+    ids: Sequence[Hashable],
+    seen: Collection[Hashable],
 ) -> str | None:
     """Why page ``index`` (0-based) breaks the shape, given the entries ``seen`` before; or None."""
     number = index + 1

@@ -141,7 +141,6 @@ def run(job_id: str, as_json: bool) -> None:
     """Claim, fetch, plan and enqueue JOB_ID in this process (no worker needed)."""
     from contract.celery_app import make_app
     from producer.components import produce
-    from producer.gc_tuning import relaxed_cyclic_gc
     from producer.interrupt import interruptible
     from producer.run_display import progress_bars, summary_text
     from producer.runner import RunSummary
@@ -152,7 +151,6 @@ def run(job_id: str, as_json: bool) -> None:
     try:
         with (
             interruptible(),
-            relaxed_cyclic_gc(),
             progress_bars(enabled=not as_json and sys.stderr.isatty()) as observer,
         ):
             summary = produce(job_id, settings=settings, app=app, observer=observer)

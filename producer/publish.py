@@ -43,7 +43,7 @@ from contract.celery_app import app_settings
 from contract.errors import BadInput, BrokerUnavailable, cause
 from contract.lease import Lease
 from contract.ledger import Ledger
-from contract.message import placement, stamp
+from contract.message import escape_payload, placement, stamp, unescape_payload
 from contract.names import ITEMS_QUEUE
 from contract.wire import AmqpEncoder, MessageEncoder, celery_message, send_message, task_id_for
 from producer.amqp_template import AmqpTemplate
@@ -366,13 +366,18 @@ def _no_payloads(entry_id: str) -> None:
 
 
 def _payload_json(item: PlannedItem, payloads: PayloadSource) -> str | None:
+    if item.export_json is not None:
+        return item.export_json
     if item.export_item is not None:
-        return str(dumps(item.export_item))
+        return str(dumps(escape_payload(item.export_item)))
     return payloads(item.accounting_entry_id)
 
 
 def _with_payload(item: PlannedItem, payloads: PayloadSource) -> PlannedItem:
     if item.export_item is not None:
         return item
-    text = payloads(item.accounting_entry_id)
-    return item if text is None else dataclasses.replace(item, export_item=json.loads(text))
+    text = item.export_json or payloads(item.accounting_entry_id)
+    if text is None:
+        return item
+    # The spooled text is as it travels: escaped where it had to be, so undone before to_kwargs.
+    return dataclasses.replace(item, export_item=unescape_payload(json.loads(text)))

@@ -31,8 +31,8 @@ from contract.store import now_iso
 from pleo.activity import PleoActivity
 from pleo.client import PleoClient
 from pleo.final_event import failure_reason_type, record_final, send_final
-from pleo.models import TERMINAL_JOB_STATUSES, ExportJob, JobItem, Page
-from producer.plan import Plan, make_plan
+from pleo.models import TERMINAL_JOB_STATUSES, ExportJob, Page
+from producer.plan import ControlLayer, Plan, plan_job
 from producer.publish import Publisher
 from producer.spool import PayloadSpool
 
@@ -62,6 +62,8 @@ class RunSummary:
     seconds: float = 0.0
     fetch_seconds: float = 0.0
     publish_seconds: float = 0.0
+    # Bytes the data layer's dates and payloads took in the run's spool file.
+    spool_bytes: int = 0
     reason: str | None = None
     # How the layers were read: "cursor" (PLEO_PAGE_CONCURRENCY=1) or "offset"; each offset walk
     # that fell back to the cursor walk adds "<layer>: <why>".
@@ -236,8 +238,9 @@ def _run(
         pages = _PageCounter(job_id, summary, ledger, observer)
         job_items = _fetch_layers(client, job_id, settings, pages, spool)
         summary.fetch_seconds = round(clock() - fetching, 3)
-        export_index = spool.index if settings.ordering == "booked_at" else None
-        plan = make_plan(job_items, export_index, ordering=settings.ordering)
+        summary.spool_bytes = spool.size
+        spooled = spool if settings.ordering == "booked_at" else None
+        plan = plan_job(job_items, spooled, ordering=settings.ordering)
         del job_items
         _record_plan(summary, plan)
         ledger.record(
@@ -256,7 +259,6 @@ def _run(
             lease,
             job.company_id,
             plan.items,
-            payloads=spool.payload_json,
             on_progress=observer.on_publish,
         )
         summary.publish_seconds = round(clock() - publishing, 3)
@@ -315,7 +317,7 @@ def _fetch_layers(
     settings: Settings,
     pages: _PageCounter,
     spool: PayloadSpool,
-) -> list[JobItem]:
+) -> ControlLayer:
     """Read every page of the control layer and, alongside it, of the data layer into ``spool``.
 
     Both layers may be read once the job is in progress, so the data layer is walked on a second
@@ -328,7 +330,7 @@ def _fetch_layers(
     given, so the order the pages came in never shows in what is published.
     """
     stop = threading.Event()
-    items: list[JobItem] = []
+    items = ControlLayer()
     concurrency = settings.page_concurrency
     pages.paging("offset" if concurrency > 1 else "cursor")
 

@@ -41,7 +41,6 @@ from contract.states import JobState
 from contract.supervision import SupervisorStep
 from pleo.client import PleoClient, make_http_client
 from producer.components import give_up, make_ledger, produce
-from producer.gc_tuning import relaxed_cyclic_gc
 from producer.interrupt import interruptible
 from producer.poll import poll
 from producer.runner import Observer
@@ -93,7 +92,7 @@ def enqueue_export_job(self: Task, job_id: str, company_id: str | None = None) -
     )
     try:
         observer = progress_events(self, job_id)
-        with interruptible((signal.SIGTERM,)), relaxed_cyclic_gc():
+        with interruptible((signal.SIGTERM,)):
             summary = produce(
                 job_id,
                 settings=settings(),

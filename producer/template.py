@@ -19,6 +19,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from json.encoder import encode_basestring_ascii
 
 from celery import Celery
 from kombu.utils.json import dumps
@@ -151,7 +152,8 @@ class MessageTemplate:
         """
         entry = item.accounting_entry_id
         seq = str(item.sequence)
-        booked = "null" if item.booked_at is None else dumps(item.booked_at)
+        # What kombu's dumps writes for a string, without building an encoder per call.
+        booked = "null" if item.booked_at is None else encode_basestring_ascii(item.booked_at)
         export = "null" if export_json is None else export_json
         published = (published_at or stamp()) if self._stamped else ""
         body = self._body.fill((entry, seq, item.status_at_fetch, booked, export, published))

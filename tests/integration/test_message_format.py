@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -17,10 +18,9 @@ from celery import Celery
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from kombu.utils.json import dumps
 
 from contract.celery_app import make_app
-from contract.message import ItemMessage
+from contract.message import ItemMessage, escape_payload, escape_payload_json
 from contract.names import ITEM_TASK, ITEMS_QUEUE
 from contract.settings import Settings
 from contract.wire import MessageEncoder, celery_message, short_repr, task_id_for
@@ -29,6 +29,7 @@ from producer.components import produce
 from producer.plan import PlannedItem
 from producer.template import MessageTemplate
 from tests.conftest import wait_for
+from tests.support.pleo_json import JSON_VALUES, SPELLINGS, body_of, pleo_bytes, redis_kwargs
 from tests.support.queues import redis_queue
 from tests.support.recording_app import RECEIVED_KEY
 
@@ -88,19 +89,52 @@ def test_stock_worker_runs_every_message(
     assert rdb.llen(ITEMS_QUEUE) == 0
 
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=20,
-)
+ODD_PAYLOADS = [
+    f'{{"n": {2**64 + 1}, "m": -{2**70}}}',
+    '{"when": {"__type__": "datetime", "__value__": "2026-01-01T00:00:00"}}',
+    '{"x": [{"__value__": 1, "__type__": "nope"}], "y": {"__pleo_escaped__": [["a", 1]]}}',
+    '{ "note" : "Kaffe p\u00e5 kontoret \u2615 ☕" }',
+]
+
+
+def test_a_stock_worker_runs_pleos_bytes(
+    settings: Settings, rdb: redis.Redis, start_worker: Any
+) -> None:
+    """An unmodified worker gets each payload as Pleo meant it: big integers, kombu's markers."""
+    app = make_app(settings)
+    encoder = MessageEncoder(app, settings.broker_url)
+    try:
+        template = MessageTemplate(app, encoder, JOB, None, len(ODD_PAYLOADS))
+    finally:
+        encoder.close()
+    entries = [task_id_for(JOB, str(n)) for n in range(len(ODD_PAYLOADS))]
+    payloads = [
+        f'{{"accountingEntryId": "{entry}", "p": {text}}}'.encode()
+        for entry, text in zip(entries, ODD_PAYLOADS, strict=True)
+    ]
+    for sequence, (entry, raw) in enumerate(zip(entries, payloads, strict=True)):
+        item = PlannedItem(entry, sequence, "pending", None)
+        rdb.lpush(ITEMS_QUEUE, template.render(item, escape_payload_json(raw).decode()))
+    start_worker("tests.support.recording_app", ITEMS_QUEUE)
+
+    received = wait_for(
+        lambda: (r := rdb.lrange(RECEIVED_KEY, 0, -1)) and len(r) >= len(entries) and r,
+        timeout=60,
+        what="the worker to run every message",
+    )
+    got = {d["task_id"]: d["kwargs"] for d in map(json.loads, received)}
+    for entry, raw in zip(entries, payloads, strict=True):
+        kwargs = got[task_id_for(JOB, entry)]
+        assert ItemMessage.parse(kwargs).export_item == json.loads(raw)
 
 
 @pytest.fixture
-def kombu_encoder(settings: Settings) -> Iterator[tuple[Celery, MessageEncoder]]:
-    """The Celery app and kombu encoder the property compares against, one for all examples."""
+def kombu_encoder(settings: Settings) -> Iterator[tuple[Celery, MessageEncoder, Any]]:
+    """The app, the kombu encoder the property compares against, and a real Redis channel."""
     app = make_app(settings)
     encoder = MessageEncoder(app, settings.broker_url)
-    yield app, encoder
+    with kombu.Connection(settings.broker_url) as connection:
+        yield app, encoder, connection.default_channel
     encoder.close()
 
 
@@ -112,35 +146,72 @@ def kombu_encoder(settings: Settings) -> Iterator[tuple[Celery, MessageEncoder]]
         st.integers(min_value=0, max_value=10**9),
         st.sampled_from(["pending", "in_progress"]),
         st.none() | st.text(max_size=40),
-        st.none() | st.dictionaries(st.text(), JSON, max_size=6),
     ),
+    payload=st.none() | st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=6),
+    spelling=st.sampled_from(sorted(SPELLINGS)),
     company_id=st.none() | st.uuids().map(str),
     schema=st.sampled_from([1, 2]),
 )
-def test_template_writes_the_bytes_kombu_writes(
-    kombu_encoder: tuple[Celery, MessageEncoder],
+def test_a_stock_worker_decodes_the_kwargs_kombu_would_give_it(
+    kombu_encoder: tuple[Celery, MessageEncoder, Any],
+    *,
     item: PlannedItem,
+    payload: dict[str, Any] | None,
+    spelling: str,
     company_id: str | None,
     schema: int,
 ) -> None:
-    """For any entry, payload and schema, the template's bytes are kombu's, delivery tag aside."""
-    # The app and the encoder are configuration, the same for every job: building them once,
-    # not once per example, leaves each example its own template and its own kombu message.
-    app, encoder = kombu_encoder
+    """Pleo's bytes in our message: a stock worker decodes the kwargs of kombu's own message.
+
+    For any entry, schema and payload, however Pleo spelled its JSON (integers past 64 bits,
+    ``__type__``/``__value__`` objects included): the envelope is kombu's but for the body; the
+    body is Pleo's bytes where no object needed the escape; and the worker's kwargs, decoded by
+    kombu's Redis channel, equal those of the message kombu builds, with the payload as Pleo
+    meant it once ``ItemMessage.parse`` undoes the escape.
+    """
+    app, encoder, channel = kombu_encoder
     total = item.sequence + 1
+    if payload is not None:
+        payload["accountingEntryId"] = item.accounting_entry_id
     template = MessageTemplate(app, encoder, JOB, company_id, total, schema=schema)
     task_id = task_id_for(JOB, item.accounting_entry_id)
-    message = item.message(JOB, company_id, total).written_as(schema, PUBLISHED_AT)
+    message = (
+        dataclasses.replace(item, export_item=payload)
+        .message(JOB, company_id, total)
+        .written_as(schema, PUBLISHED_AT)
+    )
     _key, reference = encoder.encode(celery_message(app, task_id, message.to_kwargs()))
     tag = json.loads(reference)["properties"]["delivery_tag"]
-    payload = None if item.export_item is None else dumps(item.export_item)
-    # The template takes the payload as spooled JSON text, never from the item itself.
-    bare = PlannedItem(
-        item.accounting_entry_id, item.sequence, item.status_at_fetch, item.booked_at
+    raw = None if payload is None else pleo_bytes(payload, spelling)
+    # The template takes the payload as spooled: Pleo's bytes, escaped only where needed.
+    text = None if raw is None else escape_payload_json(raw).decode()
+    ours = template.render(item, text, tag, PUBLISHED_AT)
+
+    assert {**json.loads(ours), "body": None} == {**json.loads(reference), "body": None}
+    kwargs = redis_kwargs(channel, ours)
+    assert kwargs == redis_kwargs(channel, reference.encode())
+    parsed = ItemMessage.parse(kwargs)
+    assert parsed.export_item == payload
+    assert dataclasses.replace(parsed, export_item=None) == dataclasses.replace(
+        message, export_item=None
     )
-    ours = template.render(bare, payload, tag, PUBLISHED_AT)
-    assert ours == reference.encode()
+    if raw is not None and escape_payload(payload) is payload:
+        assert raw in body_of(ours)
     assert template.queue_key == ITEMS_QUEUE
+
+
+def test_integers_past_64_bits_stay_exact(
+    kombu_encoder: tuple[Celery, MessageEncoder, Any],
+) -> None:
+    """A payload's 2**64 + 1 and -(2**70) reach the worker as those integers, not floats."""
+    app, encoder, channel = kombu_encoder
+    template = MessageTemplate(app, encoder, JOB, None, 1)
+    raw = f'{{"accountingEntryId": "{ENTRY}", "big": {2**64 + 1}, "neg": {-(2**70)}}}'
+    ours = template.render(PlannedItem(ENTRY, 0, "pending", None), raw)
+    assert raw.encode() in body_of(ours)
+    export_item = redis_kwargs(channel, ours)["export_item"]
+    assert (export_item["big"], export_item["neg"]) == (2**64 + 1, -(2**70))
+    assert isinstance(export_item["big"], int)
 
 
 def job_template(settings: Settings, *, total: int, schema: int = 1) -> MessageTemplate:

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from kombu.utils.json import loads as kombu_loads
 
-from contract.message import FIELDS, ItemMessage, MessageRejected, fields_of, stamp
+from contract.message import (
+    FIELDS,
+    ItemMessage,
+    MessageRejected,
+    escape_payload,
+    escape_payload_json,
+    fields_of,
+    placement,
+    stamp,
+    unescape_payload,
+)
+from tests.support.pleo_json import JSON_VALUES
 
 JOB = "0b9f6c1e-2a5d-4f0e-8c3b-7d1e2f3a4b5c"
 ENTRY = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
@@ -135,3 +150,51 @@ def test_the_fields_are_the_contracts_table() -> None:
     if shared.exists():
         assert message_table(shared) == list(fields_of(1))
     assert message_table(root / "README.md", "### Schema 2") == list(fields_of(2))
+
+
+@given(
+    sequence=st.integers(min_value=0, max_value=2**70),
+    total=st.integers(min_value=1, max_value=2**70),
+    status=st.text(max_size=12),
+    booked_at=st.none() | st.text(max_size=40),
+)
+def test_placement_is_the_json_of_its_four_values(
+    sequence: int, total: int, status: str, booked_at: str | None
+) -> None:
+    """``placement``, written out for speed, is exactly the compact JSON array it stands for."""
+    expected = json.dumps([sequence, total, status, booked_at], separators=(",", ":"))
+    assert placement(sequence, total, status, booked_at) == expected
+
+
+@given(payload=JSON_VALUES)
+def test_the_escape_is_undone_exactly(payload: Any) -> None:
+    """Whatever JSON value, with kombu's marker objects in it: unescape(escape(v)) == v, and
+    kombu's decoder leaves the escaped value as it is (nothing in it is an object it acts on)."""
+    escaped = escape_payload(payload)
+    assert unescape_payload(escaped) == payload
+    assert kombu_loads(json.dumps(escaped)) == escaped
+    raw = json.dumps(payload, ensure_ascii=False).encode()
+    assert json.loads(escape_payload_json(raw)) == escaped
+    if escaped is payload:
+        assert escape_payload_json(raw) is raw
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"k": {"\\u005f_type__": "datetime", "__value__": "2026-01-01"}}',
+        b'{"k": {"__type__": "datetime", "\\u005F\\u005Fvalue__": "2026-01-01"}}',
+        b'{"k": [{"__pleo_escaped__": 1}]}',
+    ],
+)
+def test_a_marker_spelled_with_escapes_is_still_escaped(raw: bytes) -> None:
+    """However Pleo spells the keys kombu acts on, the payload reaches the worker as sent."""
+    text = escape_payload_json(raw)
+    assert text != raw
+    assert unescape_payload(kombu_loads(text)) == json.loads(raw)
+
+
+def test_non_ascii_escapes_leave_the_bytes_alone() -> None:
+    """``\\u00e5`` or ``\\u2615`` cannot spell a marker key: such a payload is passed on as is."""
+    raw = b'{"note": "p\\u00e5 kontoret \\u2615", "__type__x": 1}'
+    assert escape_payload_json(raw) is raw

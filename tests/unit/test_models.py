@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,10 +15,14 @@ from hypothesis import strategies as st
 from contract.errors import ContractViolation
 from contract.ids import is_uuid
 from pleo.models import (
+    EXPORT_ITEM_TYPES,
+    ITEM_STATUSES,
     ExportJob,
     ItemError,
     JobItem,
     PageInfo,
+    decode_export_items_page,
+    decode_job_items_page,
     is_cursor,
     parse_export_items_page,
     parse_job,
@@ -246,7 +252,7 @@ def test_parse_export_items_page_converts_dates_to_utc_and_keeps_payload() -> No
     assert item.date == "2025-12-10T17:46:34+02:00"
     assert item.booked_at == datetime(2025, 12, 10, 15, 46, 34, tzinfo=UTC)
     assert item.booked_at.tzinfo is UTC
-    assert item.payload is raw_item
+    assert item.payload == raw_item
 
 
 @pytest.mark.parametrize(
@@ -323,3 +329,125 @@ def test_parsers_raise_only_contract_violation(raw: Any) -> None:
     for parse_one in (parse_job_response, parse_update_result):
         with contextlib.suppress(ContractViolation):
             parse_one(raw, job_id=JOB)
+
+
+def outcome(parse: Any, raw: object, **kwargs: Any) -> Any:
+    """What a parser makes of ``raw``: the page, or the sentence of the violation it raises."""
+    try:
+        return parse(raw, **kwargs)
+    except ContractViolation as exc:
+        return ("refused", str(exc), exc.job_id)
+
+
+# A mutation of a valid page: a key dropped or set to another JSON value, at some path.
+mutations = st.lists(
+    st.tuples(
+        st.sampled_from(["pagination", "item"]),
+        st.text(alphabet="abcdefghijklmnopqrstuvwxyzACEIJNPST_", max_size=22)
+        | st.sampled_from(
+            [
+                "hasNextPage",
+                "hasPreviousPage",
+                "currentRequestPagination",
+                "endCursor",
+                "total",
+                "accountingEntryId",
+                "exportJobId",
+                "status",
+                "date",
+                "type",
+                "_links",
+                "amount",
+                "companyId",
+            ]
+        ),
+        st.none()
+        | json_values
+        | st.sampled_from([*ITEM_STATUSES, *EXPORT_ITEM_TYPES, JOB, OTHER_JOB, E2, "CURSOR=~2"])
+        | st.sampled_from(["2025-12-10T15:46:34", "2025-12-10T15:46:34+01:00", 2**70, -1, True]),
+        st.booleans(),
+    ),
+    max_size=3,
+)
+
+
+def mutated(items: list[dict[str, Any]], changes: Any, **info: Any) -> dict[str, Any]:
+    raw = body(items, **info)
+    for where, key, value, drop in changes:
+        target = raw["pagination"] if where == "pagination" or not items else items[-1]
+        if drop:
+            target.pop(key, None)
+        else:
+            target[key] = value
+    return raw
+
+
+@settings(database=None, max_examples=300)
+@given(
+    count=st.integers(0, 3),
+    changes=mutations,
+    has_next=st.booleans(),
+    total=st.none() | st.integers(0, 5),
+)
+def test_the_typed_decode_decides_as_the_hand_checks(
+    count: int, changes: Any, has_next: bool, total: int | None
+) -> None:
+    """Bytes decoded by msgspec give the page, or the very sentence, the dict parsers give."""
+    entries = [E1, E2, OTHER_JOB][:count]
+    for decode, parse, make in (
+        (decode_job_items_page, parse_job_items_page, job_item),
+        (decode_export_items_page, parse_export_items_page, export_item),
+    ):
+        raw = mutated(
+            [make(e) for e in entries], changes, has_next=has_next, end="CURSOR2", total=total
+        )
+        try:
+            content = json.dumps(raw, allow_nan=False).encode()
+        except ValueError:  # NaN and infinities are not JSON
+            return
+        expected = outcome(parse, raw, job_id=JOB, page=2)
+        got = outcome(decode, content, job_id=JOB, page=2)
+        assert got == expected
+        if not isinstance(expected, tuple) and parse is parse_export_items_page:
+            assert [item.payload for item in got.items] == [item.payload for item in expected.items]
+
+
+@settings(database=None, max_examples=100)
+@given(page_like)
+def test_the_typed_decode_refuses_only_with_contract_violation(raw: Any) -> None:
+    """Whatever JSON arrives as bytes, the typed decode agrees with the dict parser."""
+    try:
+        content = json.dumps(raw, allow_nan=False).encode()
+    except ValueError:  # NaN and infinities are not JSON
+        return
+    for decode, parse in (
+        (decode_job_items_page, parse_job_items_page),
+        (decode_export_items_page, parse_export_items_page),
+    ):
+        assert outcome(decode, content, job_id=JOB) == outcome(parse, raw, job_id=JOB)
+
+
+def test_export_items_keep_the_bytes_pleo_sent() -> None:
+    """Each item's raw is its text as received: spacing, escapes, numbers past 64 bits."""
+    big = 2**70 + 1
+    item = (
+        f'{{"_links": {{}}, "accountingEntryId": "{E1}", "accountingEntryLines": [ ],\n'
+        f' "additionalInformation": {{"note": "Kaffe \\u2615 ☕", "n": {big}, "m": -{big}}},'
+        f' "amount": 1.50, "companyId": "{COMPANY}", "date": "2025-12-10T15:46:34Z",'
+        ' "type": "fee"}'
+    )
+    content = f'{{"data": [ {item} ], "pagination": {json.dumps(pagination())}}}'.encode()
+    (decoded,) = decode_export_items_page(content, job_id=JOB).items
+    assert decoded.raw == item.encode()
+    assert decoded.payload["additionalInformation"]["n"] == big
+    assert decoded.payload["additionalInformation"]["m"] == -big
+    assert decode_job_items_page(
+        json.dumps(body([job_item()], total=big)).encode(), job_id=JOB
+    ).info == PageInfo(False, None, big)
+
+
+@pytest.mark.parametrize("content", [b"", b'{"data": [', b"NaN", b'{"data": "\xff"}'])
+def test_a_body_that_is_not_json_is_a_decode_error(content: bytes) -> None:
+    """Not JSON (cut off, not UTF-8): msgspec.DecodeError, which the client retries."""
+    with pytest.raises(msgspec.DecodeError):
+        decode_export_items_page(content, job_id=JOB)

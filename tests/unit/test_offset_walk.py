@@ -13,12 +13,16 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from contract.errors import ContractViolation
+from contract.ids import is_uuid
 from contract.retrying import RateGate
 from contract.settings import Settings
 from pleo.client import PleoClient, make_http_client
 from pleo.models import JobItem, Page
+from pleo.offset_walk import id_key
 
 JOB = "8eb6d4a2-6c1f-4f7e-9a53-2f0c4f1d2b10"
 Lie = Callable[[int, dict[str, Any]], httpx.Response | None]
@@ -306,3 +310,13 @@ def test_the_gate_only_moves_later_and_never_past_a_deadline() -> None:
     other.start()
     other.join()
     assert waited == [3.0, 2.0]
+
+
+@given(st.text(max_size=40) | st.uuids().map(str) | st.uuids().map(lambda u: str(u).upper()))
+def test_id_keys_are_equal_only_for_equal_ids(entry_id: str) -> None:
+    """The compact key a walk remembers an id by tells apart every two different strings."""
+    others = [entry_id.upper(), entry_id.lower(), entry_id + "0", "\x00" + entry_id, entry_id[1:]]
+    for other in others:
+        assert (id_key(other) == id_key(entry_id)) == (other == entry_id)
+    if is_uuid(entry_id) and entry_id == entry_id.lower():
+        assert 0 <= id_key(entry_id) < 2**128

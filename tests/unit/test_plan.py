@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,9 @@ def entry(n: int) -> str:
 def export_item(entry_id: str, minutes: int, *, text: str | None = None) -> ExportItem:
     moment = BASE + timedelta(minutes=minutes)
     date = text or moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return ExportItem(entry_id, date, moment, {"accountingEntryId": entry_id, "date": date})
+    return ExportItem(
+        entry_id, date, moment, json.dumps({"accountingEntryId": entry_id, "date": date}).encode()
+    )
 
 
 def test_keeps_only_pending_and_in_progress() -> None:
@@ -53,8 +56,8 @@ def test_orders_by_date_then_id_with_undated_last() -> None:
 
 def test_dates_compare_in_utc_not_as_text() -> None:
     """A +02:00 date that is earlier in UTC sorts first even though its text sorts later."""
-    early = ExportItem(entry(2), "2026-01-01T11:00:00+02:00", BASE + timedelta(hours=9), {})
-    late = ExportItem(entry(1), "2026-01-01T10:00:00Z", BASE + timedelta(hours=10), {})
+    early = ExportItem(entry(2), "2026-01-01T11:00:00+02:00", BASE + timedelta(hours=9), b"{}")
+    late = ExportItem(entry(1), "2026-01-01T10:00:00Z", BASE + timedelta(hours=10), b"{}")
     plan = make_plan(
         [JobItem(entry(1), "pending"), JobItem(entry(2), "pending")],
         {entry(1): late, entry(2): early},
