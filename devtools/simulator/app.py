@@ -109,7 +109,7 @@ async def _serve(state: SimState, endpoint: str, handler: Handler, request: Requ
         if held and reply.status == 200:
             reply = Reply(200, {**reply.body, "errors": [*reply.body["errors"], *held]})
         reply = _distort(reply, firings, endpoint)
-        if endpoint == "export_items" and reply.status == 200:
+        if endpoint == "export_items" and reply.status == 200 and state.receipts.serving:
             base = str(request.base_url).rstrip("/")
             reply = Reply(200, state.receipts.rewrite(reply.body, base), reply.headers, reply.page)
     # orjson: a 1,000-item page of export items is 2.5 MB, which json.dumps takes ~30 ms to write;

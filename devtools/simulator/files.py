@@ -1,16 +1,18 @@
 """The simulator's receipt files: URLs that expire, real bytes behind them.
 
-Every ``GET /v3/export-items`` answer has each item's ``files[].url`` replaced by a URL of this
+Once serving (``serving``, on as soon as any knob is set: off, the items keep the seeded
+``https://files.pleo.io/...`` URLs, so the pages are the same on every fetch), every
+``GET /v3/export-items`` answer has each item's ``files[].url`` replaced by a URL of this
 simulator, ``/files/{entry}/{n}?size=&type=&expires=&sig=``, signed (keyed BLAKE2b) and good for
 ``lifetime`` seconds from that fetch (Pleo: 24 h), as Pleo's are. A fetch after ``expires``, or a
 URL whose signature does not match, is answered 403, as an expired presigned URL is. The bytes
 are deterministic for (entry, n) and as many as the URL says; a PDF starts with ``%PDF-``.
 
-Knobs (``ReceiptFiles`` attributes, or ``PATCH /_sim/receipts``): ``lifetime``; ``size`` (bytes
-served and declared for every file, None: the item's own declared size); ``declared_size`` (what
-``files[].size`` says, when it should lie); ``content_type`` (the declared type); ``served_type``
-(the ``Content-Type`` answered); ``fail_next`` (that many downloads answer 503 first). Counts:
-``downloads``, ``expired`` (403s), ``failed`` (503s).
+Knobs (``ReceiptFiles`` attributes, or ``PATCH /_sim/receipts``): ``serving``; ``lifetime``;
+``size`` (bytes served and declared for every file, None: the item's own declared size);
+``declared_size`` (what ``files[].size`` says, when it should lie); ``content_type`` (the declared
+type); ``served_type`` (the ``Content-Type`` answered); ``fail_next`` (that many downloads answer
+503 first). Counts: ``downloads``, ``expired`` (403s), ``failed`` (503s).
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 JsonObject = dict[str, Any]
-_KNOBS = ("lifetime", "size", "declared_size", "content_type", "served_type", "fail_next")
+_KNOBS = (
+    "serving",
+    "lifetime",
+    "size",
+    "declared_size",
+    "content_type",
+    "served_type",
+    "fail_next",
+)
 
 
 class ReceiptFiles:
@@ -40,6 +50,7 @@ class ReceiptFiles:
         self._lock = threading.Lock()
         self._clock = clock
         self._secret = secrets.token_bytes(32)
+        self.serving = False
         self.lifetime = lifetime
         self.size: int | None = None
         self.declared_size: int | None = None
@@ -51,7 +62,8 @@ class ReceiptFiles:
         self.failed = 0
 
     def configure(self, **changes: Any) -> None:
-        """Set knobs by name; ValueError for an unknown one or a bad value."""
+        """Set knobs by name, serving the files from then on unless ``serving=False`` is among
+        them; ValueError for an unknown one or a bad value."""
         unknown = set(changes) - set(_KNOBS)
         if unknown:
             raise ValueError(f"No such receipt setting: {', '.join(sorted(unknown))}.")
@@ -61,6 +73,7 @@ class ReceiptFiles:
             ):
                 raise ValueError(f"{name} must be a positive number of seconds.")
         with self._lock:
+            self.serving = True
             for name, value in changes.items():
                 setattr(self, name, value)
 
