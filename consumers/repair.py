@@ -167,6 +167,10 @@ class Repairer:
         self._call(lambda: self._r.set(repaired_key(job_id), stamp, px=ttl_ms))
         missing = self._missing(job_id)
         lost = missing - self._still_held(job_id, missing)
+        if lost:
+            # A message acked between the two reads was staged or recorded before its ack (the
+            # look at kombu's keys came second): read those again, or it would be sent twice.
+            lost &= self._missing(job_id)
         republished = self._republish(job_id, lost) if lost else ()
         flushed = self._reporter.flush(job_id).sent if self._reporter.pending(job_id) else 0
         final = self._reporter.maybe_complete(job_id)
