@@ -364,17 +364,24 @@ def test_a_threads_worker_takes_back_what_a_killed_solo_worker_had_claimed(
     erp = erp_sim(calls=CALLS, period=1.0, concurrency=CONCURRENCY, latency=LATENCY)
     job_id = sim_state.add_job(JobSpec(items=300, item_statuses={"pending": 1.0}))
     produce(job_id, settings=settings, app=make_app(settings))
+    # Paused (as a 429 would) until every message is staged, so the job cannot end first
+    # however slowly a loaded machine stages; then posting starts, and the worker is killed.
+    budget = Budget(rdb, ERPLimits(concurrency=CONCURRENCY), connection="default", lease_ttl=10)
+    company = sim_state.jobs[job_id].company_id
+    budget.pause(company, 120)
     solo = start_worker("consumers", ITEMS_QUEUE, pool="solo", **erp_env(erp))
     kombu = KombuKeys.of(None)
     wait_for(
         lambda: (
-            len(erp.state.bookings()) >= 50
+            rdb.hlen(ready_items_key(job_id)) == 300
             and rdb.llen(kombu.queue(ITEMS_QUEUE)) == 0
             and rdb.hlen(kombu.unacked) == 0
         ),
         timeout=60,
-        what="every message staged and 50 entries booked",
+        what="every message staged and acked",
     )
+    rdb.delete(budget.key(company, "paused"))
+    wait_for(lambda: len(erp.state.bookings()) >= 20, timeout=30, what="20 entries booked")
     signal_group(solo, signal.SIGKILL)
     solo.wait()
     booked_by_the_first = len(erp.state.bookings())
