@@ -113,22 +113,12 @@ def process_item(
 
 def _post(erp: ERPAdapter, entry: Entry) -> ExternalRef:
     """``erp.post``, counted: every call, and each one that booked nothing by why."""
-    metrics.erp_calls.inc()
-    try:
-        return erp.post(entry)
-    except EntryRejected:
-        metrics.erp_errors.labels("rejected").inc()
-        raise
-    except ERPUnavailable:
-        metrics.erp_errors.labels("unavailable").inc()
-        raise
-    except Exception:
-        metrics.erp_errors.labels("unexpected").inc()
-        raise
+    ref: ExternalRef = _counted(lambda: erp.post(entry))
+    return ref
 
 
 def _counted(call: Callable[[], Any]) -> Any:
-    """One attachment upload, counted as an ERP call (and its failures) like a post."""
+    """One ERP call (a post or an attachment upload), counted, and its failures by why."""
     metrics.erp_calls.inc()
     try:
         return call()
