@@ -13,31 +13,24 @@ retries the message, and a process that fails entry after entry pauses (``consum
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
 import time
 from typing import Any
 
-import httpx
-import redis
 from celery import Task
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.signals import worker_init, worker_process_init, worker_ready
 
 from consumers.adapter_check import guard_worker_start
-from consumers.adapters import build_adapter
-from consumers.breaker import Breaker
-from consumers.budget import Budget, governed, limits_for
+from consumers.budget import governed
 from consumers.closing import ClosingStep
-from consumers.erp import Entry, ERPAdapter, ERPAuthenticationFailed, ERPLimits, ERPUnavailable
-from consumers.erp_calls import FLUSH_BEFORE_FAILING, PosterSettings, drain_limit
-from consumers.payloads import PayloadCache
+from consumers.components import Components
+from consumers.erp import Entry, ERPAuthenticationFailed, ERPUnavailable
+from consumers.erp_calls import FLUSH_BEFORE_FAILING
 from consumers.poster import Poster
 from consumers.poster_step import Kicker
-from consumers.ready import ReadyEntries
-from consumers.receipts import Receipts, ReceiptSettings
 from consumers.reporting import Reporter
 from consumers.schema_step import SchemaAnnouncer
 from consumers.watchdog import RepairWatchdog
@@ -52,16 +45,14 @@ from contract.errors import (
     TransientUpstreamError,
     Unprocessable,
 )
-from contract.ledger import Ledger
 from contract.message import ItemMessage, MessageRejected
 from contract.metrics_endpoint import MetricsStep
 from contract.names import ITEM_TASK, ITEMS_QUEUE
 from contract.redis_check import guard_worker_start as guard_redis_at_start
-from contract.retrying import RetryPolicy, task_countdown
-from contract.store import ledger_client
+from contract.retrying import task_countdown
 from contract.supervision import SupervisorStep
 from contract.wire import short_repr
-from pleo.client import MAX_UPDATE_ITEMS, PleoClient, make_http_client
+from pleo.client import MAX_UPDATE_ITEMS
 
 log = logging.getLogger(__name__)
 
@@ -91,115 +82,15 @@ app.steps["consumer"].add(SchemaAnnouncer)
 _TRANSIENT = (TransientUpstreamError, BrokerUnavailable)
 
 
-@functools.cache
-def _redis() -> redis.Redis:
-    return ledger_client(settings())
-
-
-@functools.cache
-def _pleo() -> PleoClient:
-    http: httpx.Client = make_http_client(settings())
-    return PleoClient(http, settings())
-
-
-def _new_erp() -> ERPAdapter:
-    return build_adapter(settings())
-
-
-@functools.cache
-def _erp() -> ERPAdapter:
-    return _new_erp()
-
+# This process's parts, built when first used (a pool process builds its own after the fork).
+parts: Components = Components(
+    settings, write_back=lambda job_id, waiting: _write_back(parts.reporter, job_id, waiting)
+)
 
 # Checked in the main process before the pool forks, Redis first: a Redis that would lose our
 # records refuses the worker (contract/redis_check.py); the pool's processes build their own ERP.
 guard_redis_at_start(app, settings)
-guard_worker_start(app, _new_erp)
-
-
-@functools.cache
-def _limits() -> ERPLimits:
-    return limits_for(_erp(), settings())
-
-
-@functools.cache
-def _budget() -> Budget:
-    return Budget(
-        _redis(), _limits(), connection=settings().erp_connection, lease_ttl=settings().lease_ttl
-    )
-
-
-@functools.cache
-def _ready() -> ReadyEntries:
-    return ReadyEntries(
-        _redis(), _budget(), dedup_ttl=settings().dedup_ttl, reads=settings().reads_schemas
-    )
-
-
-@functools.cache
-def _posters() -> tuple[tuple[Poster, threading.Lock], ...]:
-    """This process's posters: ``ERP_POSTER_THREADS`` of them, each with the lock it holds
-    while it drains (each holds one slot at a time)."""
-    return tuple((_new_poster(n), threading.Lock()) for n in range(settings().erp_poster_threads))
-
-
-def _new_poster(n: int) -> Poster:
-    s = settings()
-    return Poster(
-        _redis(),
-        erp=_erp(),
-        budget=_budget(),
-        ready=_ready(),
-        reporter=_reporter(),
-        payloads=_payloads(),
-        receipts=_receipts(),
-        settings=PosterSettings(
-            key_window=s.erp_key_window,
-            order_wait=s.erp_order_wait,
-            unreachable_limit=s.erp_unreachable_limit,
-            retry_delay=s.erp_retry_delay,
-            dedup_ttl=s.dedup_ttl,
-            max_drain=drain_limit(s.visibility_timeout),
-        ),
-        write_back=lambda job_id, waiting: _write_back(_reporter(), job_id, waiting),
-        who=f"pid {os.getpid()} poster {n}",
-    )
-
-
-@functools.cache
-def _breaker() -> Breaker:
-    return Breaker()
-
-
-@functools.cache
-def _reporter() -> Reporter:
-    ledger = Ledger(_redis(), lease_ttl=settings().lease_ttl, dedup_ttl=settings().dedup_ttl)
-    return Reporter(
-        _redis(),
-        _pleo(),
-        ledger,
-        dedup_ttl=settings().dedup_ttl,
-        max_attempts=settings().report_max_attempts,
-        request_timeout=settings().http_timeout,
-        retry_budget=settings().retry_budget,
-    )
-
-
-@functools.cache
-def _payloads() -> PayloadCache:
-    return PayloadCache(
-        _redis(), _pleo(), dedup_ttl=settings().dedup_ttl, lease_ttl=settings().lease_ttl
-    )
-
-
-@functools.cache
-def _receipts() -> Receipts:
-    """This process's receipt transfer (``ERP_RECEIPTS``; consumers/receipts.py)."""
-    return Receipts(
-        ReceiptSettings.from_settings(settings()),
-        _pleo(),
-        retry=RetryPolicy.from_settings(settings()),
-    )
+guard_worker_start(app, parts.new_erp)
 
 
 @app.task(
@@ -218,33 +109,33 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
     waited = message.waited(time.time())
     if waited is not None:
         metrics.message_queue_wait.observe(waited)
-    if governed(_limits()):
+    if governed(parts.limits):
         return _stage(self, message)
     entry = Entry.from_message(message)
     job_id = entry.job_id
     try:
-        reporter = _reporter()
+        reporter = parts.reporter
         outcome = process_item(
             entry,
-            erp=_erp(),
+            erp=parts.erp,
             reporter=reporter,
-            payloads=_payloads(),
+            payloads=parts.payloads,
             report_interval=settings().report_interval,
             attempt=self.request.retries + 1,
             waited=waited,
-            receipts=_receipts(),
+            receipts=parts.receipts,
             # Written just after the producer read its export item: the file URLs' clock.
             fetched_at=None if waited is None else time.time() - waited,
         )
     except ERPAuthenticationFailed as refused:
         return _erp_refused(job_id, refused)
     except ERPUnavailable as down:
-        _breaker().failed(down)
+        parts.breaker.failed(down)
         return _erp_down(self, job_id, down)
     except Unprocessable:
         # Pleo answers 422 to reads and writes of a job it finished (expired, say): no ERP call
         # can help any more; the job is recorded as finished by Pleo and its messages skipped.
-        _reporter().finished_elsewhere(job_id)
+        parts.reporter.finished_elsewhere(job_id)
         return {"job_id": job_id, "entry": entry.accounting_entry_id, "status": "job_finished"}
     except _TRANSIENT as exc:
         countdown = task_countdown(self.request.retries, settings().erp_retry_delay)
@@ -259,7 +150,7 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
     except Exception as exc:
         # A bug, a driver or a grant gone wrong is the worker's failure, not the entry's: keep the
         # message (a retry, never an ack into nothing) and never report the entry failed for it.
-        _breaker().failed(exc)
+        parts.breaker.failed(exc)
         countdown = task_countdown(self.request.retries, settings().erp_retry_delay)
         log.warning(
             "item_retry_unexpected job_id=%s entry=%s error=%s countdown=%.1f",
@@ -271,7 +162,7 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
         )
         raise retry_item(self, exc, countdown) from exc
     if outcome.status == "successful":
-        _breaker().succeeded()
+        parts.breaker.succeeded()
     if outcome.waiting:
         # The item's own round trip decided who writes back (consumers/item_records.py).
         _act_on(outcome.flush, job_id)
@@ -289,7 +180,7 @@ def _stage(task: Task, message: ItemMessage) -> dict[str, Any]:
     """
     job_id, entry_id = message.job_id, message.accounting_entry_id
     try:
-        staged = _ready().stage(message)
+        staged = parts.ready.stage(message)
     except BrokerUnavailable as exc:
         countdown = task_countdown(task.request.retries, settings().erp_retry_delay)
         log.warning("stage_retry job_id=%s entry=%s countdown=%.1f", job_id, entry_id, countdown)
@@ -299,7 +190,7 @@ def _stage(task: Task, message: ItemMessage) -> dict[str, Any]:
         return {"job_id": job_id, "entry": entry_id, "status": "job_finished"}
     # One entry staged at a time would post batches of one: wait for a batch's worth, or the
     # job's last message (the kick thread posts what a lost message leaves short of a batch).
-    due = staged.worth_posting(_limits().batch_size, message.total)
+    due = staged.worth_posting(parts.limits.batch_size, message.total)
     posters = _post_staged(message.company_id) if due else 0
     status = "staged" if staged.status else "duplicate"
     return {"job_id": job_id, "entry": entry_id, "status": status, "posters_started": posters}
@@ -314,7 +205,7 @@ def _post_staged(company_id: str | None) -> int:
     how many posters were started.
     """
     started = 0
-    for n, (poster, busy) in enumerate(_posters()):
+    for n, (poster, busy) in enumerate(parts.posters):
         if busy.acquire(blocking=False):
             # A daemon: a pool process that exits (warm shutdown, max tasks) does not wait for
             # it; what it had claimed goes back with its slot (consumers/ready.py).
@@ -348,8 +239,8 @@ def _start_kicker(**_: Any) -> None:
     if os.getpid() in _kicker_started:
         return
     try:
-        if governed(_limits()):
-            Kicker(_ready(), _budget(), _post_staged).start()
+        if governed(parts.limits):
+            Kicker(parts.ready, parts.budget, _post_staged).start()
             _kicker_started.add(os.getpid())
     except Exception:
         # The adapter or Redis not there yet: the first message's posters start this process's
@@ -388,7 +279,7 @@ def _park(task: Task, kwargs: dict[str, Any], rejected: MessageRejected) -> dict
     worker = task.request.hostname or "unknown"
     try:
         new = park(
-            _redis(),
+            parts.redis,
             kwargs,
             reason=str(rejected),
             task_id=task.request.id,
@@ -433,7 +324,7 @@ def _act_on(decision: str, job_id: str) -> None:
 def flush_reports(self: Task, job_id: str) -> dict[str, Any]:
     """Write a job's waiting results back to Pleo and complete the job when all are in."""
     try:
-        _reporter().scheduled_flush_started(job_id)
+        parts.reporter.scheduled_flush_started(job_id)
         return _flush(job_id)
     except _TRANSIENT as exc:
         countdown = task_countdown(self.request.retries, settings().report_interval)
@@ -461,7 +352,7 @@ def flush_reports(self: Task, job_id: str) -> dict[str, Any]:
 
 
 def _flush(job_id: str) -> dict[str, Any]:
-    reporter = _reporter()
+    reporter = parts.reporter
     result = reporter.flush(job_id)
     final = None if result.locked else reporter.maybe_complete(job_id)
     waiting = reporter.pending(job_id)
@@ -479,7 +370,7 @@ def _flush(job_id: str) -> dict[str, Any]:
 
 
 def _erp_down(task: Task, job_id: str, down: ERPUnavailable) -> dict[str, Any]:
-    reporter = _reporter()
+    reporter = parts.reporter
     outage = reporter.erp_down_for(job_id)
     if outage < settings().erp_unreachable_limit:
         countdown = task_countdown(task.request.retries, settings().erp_retry_delay)
@@ -499,7 +390,7 @@ def _erp_refused(job_id: str, refused: ERPAuthenticationFailed) -> dict[str, Any
     Every recorded outcome goes to Pleo first (waiting out a flush under way elsewhere, as a
     given-up governed job does), so nothing is stranded in the outbox by the final event.
     """
-    reporter = _reporter()
+    reporter = parts.reporter
     log.error("erp_credentials_refused job_id=%s", job_id)
     deadline = time.monotonic() + FLUSH_BEFORE_FAILING
     while reporter.pending(job_id) and time.monotonic() < deadline:
