@@ -104,9 +104,27 @@ class Unprocessable(PermanentUpstreamError):
 
 
 class TransientUpstreamError(UpstreamError):
-    """A failure that may pass: 5xx, a timeout, a connection reset, a truncated body."""
+    """A failure that may pass: 5xx, a timeout, a connection reset, a truncated body.
+
+    ``maybe_applied``: the request reached Pleo and may have taken effect although no usable
+    answer came back (an answer that timed out or broke off, a 500, 502 or 504, a cut-off body).
+    Sending a write again after such an error may apply it twice; a refused connection, a 429
+    or a 503 did not apply it.
+    """
 
     exit_code = 4
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str | None = None,
+        status: int | None = None,
+        url: str | None = None,
+        maybe_applied: bool = False,
+    ) -> None:
+        super().__init__(message, job_id=job_id, status=status, url=url)
+        self.maybe_applied = maybe_applied
 
 
 class RateLimited(TransientUpstreamError):

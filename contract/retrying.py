@@ -103,6 +103,10 @@ def choose_wait(
     return max(0.0, min(wait, remaining))
 
 
+def _maybe_applied(error: BaseException) -> bool:
+    return isinstance(error, TransientUpstreamError) and error.maybe_applied
+
+
 def exhausted(
     error: TransientUpstreamError, attempts: int, elapsed: float
 ) -> TransientUpstreamError:
@@ -117,7 +121,13 @@ def exhausted(
             url=error.url,
             retry_after=error.retry_after,
         )
-    return TransientUpstreamError(message, job_id=error.job_id, status=error.status, url=error.url)
+    return TransientUpstreamError(
+        message,
+        job_id=error.job_id,
+        status=error.status,
+        url=error.url,
+        maybe_applied=error.maybe_applied,
+    )
 
 
 class _stop_after_budget(stop_base):  # noqa: N801 -- named like tenacity's own stop strategies
@@ -139,8 +149,14 @@ def call_with_retries(
     sleep: Callable[[float], None],
     clock: Callable[[], float],
     target: Target,
+    replayable: bool = True,
 ) -> R:
-    """Run ``attempt`` (one HTTP request) until it succeeds, fails for good or the policy ends."""
+    """Run ``attempt`` (one HTTP request) until it succeeds, fails for good or the policy ends.
+
+    A request that is not ``replayable`` (a write that must not apply twice) is not sent again
+    after an error that says it ``maybe_applied``: that error is raised at once, and the caller
+    finds out from Pleo what took effect before it writes again.
+    """
     started = clock()
     tries = 0
     backoff = wait_random_exponential(multiplier=policy.backoff_initial, max=policy.backoff_max)
@@ -172,7 +188,9 @@ def call_with_retries(
         )
 
     retrying = Retrying(
-        retry=retry_if_exception(is_retryable),
+        retry=retry_if_exception(
+            lambda error: is_retryable(error) and (replayable or not _maybe_applied(error))
+        ),
         stop=stop_after_attempt(policy.attempts)
         | _stop_after_budget(clock, started, policy.budget),
         wait=wait,

@@ -253,7 +253,12 @@ class PleoClient:
         )
 
     def update_job_items(self, job_id: str, updates: Sequence[Mapping[str, Any]]) -> UpdateResult:
-        """Write at most 100 item results (``PUT /v3/export-jobs/{jobId}/items``)."""
+        """Write at most 100 item results (``PUT /v3/export-jobs/{jobId}/items``).
+
+        Pleo counts every application of an update, so a PUT that may have been applied (its
+        answer timed out or broke off, a 500) is not sent again here: the error says
+        ``maybe_applied``, and the write-back reads the items' statuses to learn which landed.
+        """
         _check_job_id(job_id)
         if len(updates) > MAX_UPDATE_ITEMS:
             raise ValueError(
@@ -262,7 +267,11 @@ class PleoClient:
         if not updates:
             return UpdateResult((), ())
         body = self._send(
-            "PUT", f"/v3/export-jobs/{job_id}/items", job_id=job_id, body=[dict(u) for u in updates]
+            "PUT",
+            f"/v3/export-jobs/{job_id}/items",
+            job_id=job_id,
+            body=[dict(u) for u in updates],
+            replayable=False,
         )
         return parse_update_result(body, job_id=job_id)
 
@@ -407,6 +416,7 @@ class PleoClient:
         body: object = None,
         decode: bool = True,
         read: Callable[[bytes], R] | None = None,
+        replayable: bool = True,
     ) -> Any:
         """One request, retried as the policy allows; returns the decoded JSON body (or None).
 
@@ -438,7 +448,12 @@ class PleoClient:
                 raise error_for_body(response, target) from exc
 
         return call_with_retries(
-            attempt, policy=self._policy, sleep=self._sleep, clock=self._clock, target=target
+            attempt,
+            policy=self._policy,
+            sleep=self._sleep,
+            clock=self._clock,
+            target=target,
+            replayable=replayable,
         )
 
 

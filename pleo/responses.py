@@ -66,7 +66,8 @@ def error_for_status(response: httpx.Response, target: Target) -> UpstreamError:
         after = parse_retry_after(response.headers.get("Retry-After"), now=_server_now(response))
         return RateLimited(message, retry_after=after, **fields)
     if status >= 500:
-        return TransientUpstreamError(message, **fields)
+        # 503: Pleo (or its gateway) did not take the request on; the others may have applied it.
+        return TransientUpstreamError(message, maybe_applied=status != 503, **fields)
     return PermanentUpstreamError(message, **fields)
 
 
@@ -77,7 +78,11 @@ def error_for_transport(error: httpx.TransportError, target: Target) -> Transien
         message = f"Pleo did not answer {target} in time ({kind})."
     else:
         message = f"Could not reach Pleo for {target} ({kind})."
-    return TransientUpstreamError(message, job_id=target.job_id, url=target.url)
+    # Only a connection never made (or never handed out by the pool) cannot have reached Pleo.
+    unsent = isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    return TransientUpstreamError(
+        message, job_id=target.job_id, url=target.url, maybe_applied=not unsent
+    )
 
 
 def error_for_body(response: httpx.Response, target: Target) -> TransientUpstreamError:
@@ -88,6 +93,7 @@ def error_for_body(response: httpx.Response, target: Target) -> TransientUpstrea
         job_id=target.job_id,
         status=response.status_code,
         url=target.url,
+        maybe_applied=True,
     )
 
 

@@ -11,6 +11,7 @@ import redis
 
 from consumers.reporting import FlushResult, Reporter
 from consumers.results import failure_update, success_update
+from contract.errors import TransientUpstreamError
 from contract.keys import (
     flushed_key,
     items_key,
@@ -26,6 +27,7 @@ from contract.settings import Settings
 from devtools.simulator import FaultRule, JobSpec, SimState
 from pleo.client import PleoClient, make_http_client
 from pleo.final_event import record_final
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -202,6 +204,40 @@ def test_flusher_killed_around_its_put_reports_each_item_once(
     assert rdb.hget(items_key(job_id), "reported") == b"150"
     # Applied: the staged PUT of 100, then the flush's 50. Not applied: the flush sends both.
     assert sorted(c.items or 0 for c in sim_state.calls if c.method == "PUT") == [50, 100]
+
+
+def test_a_put_whose_answer_timed_out_is_settled_not_sent_again(
+    reporter: Reporter, sim_state: SimState, rdb: redis.Redis, settings: Settings
+) -> None:
+    """Pleo applies a PUT but its answer comes after the client gave up: the flush fails
+    without sending it again, and the next one reads what Pleo applied and sends only the rest.
+
+    The simulator holds the answer past ``http_timeout`` and then runs the handler, so the client
+    cannot tell whether the write applied (the case a loaded Pleo or a lossy network makes).
+    """
+    job_id, entries = started_job(sim_state, 150)
+    for entry in entries:
+        reporter.record(job_id, success_update(entry, "JE", None, "2026-01-01T00:00:00Z"))
+    late = settings.http_timeout + 1
+    sim_state.add_fault(FaultRule(endpoint="job_items_put", kind="timeout", delay=late, times=1))
+    with pytest.raises(TransientUpstreamError) as caught:
+        reporter.flush(job_id)
+    assert caught.value.maybe_applied
+    assert rdb.scard(sending_key(job_id)) == 100
+    wait_for(
+        lambda: sum(sim_state.update_counts(job_id).values()) == 100,
+        timeout=10,
+        what="Pleo to apply the PUT whose answer the client stopped waiting for",
+    )
+
+    second = reporter.flush(job_id)
+
+    assert second.sent == 50
+    assert sim_state.update_counts(job_id) == dict.fromkeys(entries, 1)
+    assert sorted(c.items or 0 for c in sim_state.calls if c.method == "PUT") == [50, 100]
+    assert reporter.pending(job_id) == 0
+    assert rdb.scard(sending_key(job_id)) == 0
+    assert rdb.hget(items_key(job_id), "reported") == b"150"
 
 
 def test_a_flush_after_the_final_event_writes_nothing_back_and_no_state(

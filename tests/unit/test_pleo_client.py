@@ -597,6 +597,60 @@ def test_put_items_is_retried_and_reads_partial_errors() -> None:
     assert json.loads(rec.requests[-1].content) == updates
 
 
+@pytest.mark.parametrize(
+    ("first", "applied"),
+    [
+        (fail(503), False),
+        (fail(429), False),
+        (httpx.ConnectError("connection refused"), False),
+        (httpx.ConnectTimeout("connect timed out"), False),
+        (fail(500), True),
+        (httpx.Response(502, text="<html>Bad gateway</html>"), True),
+        (fail(504), True),
+        (httpx.ReadTimeout("read timed out"), True),
+        (httpx.RemoteProtocolError("peer closed connection"), True),
+        (httpx.Response(200, content=b'{"data": [{"accountingEntryId'), True),
+    ],
+    ids=[
+        "503",
+        "429",
+        "connect",
+        "connect-timeout",
+        "500",
+        "502",
+        "504",
+        "read-timeout",
+        "reset",
+        "truncated-json",
+    ],
+)
+def test_an_item_update_that_may_have_applied_is_not_sent_again(
+    first: httpx.Response | Exception, applied: bool
+) -> None:
+    """A PUT Pleo may have applied (no usable answer came back) is raised at once, saying so;
+    one that cannot have reached Pleo is retried. A GET is retried after either."""
+    updates = [{"accountingEntryId": entry(1), "status": "successful"}]
+    answer = {
+        "data": [{"accountingEntryId": entry(1), "exportJobId": JOB, "status": "successful"}],
+        "errors": [],
+    }
+    rec = Recorder(first, ok(answer))
+    client, _ = make(rec)
+    if applied:
+        with pytest.raises(TransientUpstreamError) as caught:
+            client.update_job_items(JOB, updates)
+        assert caught.value.maybe_applied
+        assert "gave up after 1 attempt in" in str(caught.value)
+        assert [r.method for r in rec.requests] == ["PUT"]
+    else:
+        assert client.update_job_items(JOB, updates).data == (JobItem(entry(1), "successful"),)
+        assert [r.method for r in rec.requests] == ["PUT", "PUT"]
+    rec = Recorder(first, ok({"data": job_body()}))
+    client, _ = make(rec)
+    assert client.get_job(JOB).id == JOB
+    assert len(rec.requests) == 2
+
+
 def test_update_of_more_than_100_items_is_refused_before_sending() -> None:
     """More than 100 updates raise ValueError without a request, so a 413 can never happen."""
     rec = Recorder(ok({"data": [], "errors": []}))
