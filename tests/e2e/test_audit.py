@@ -28,7 +28,7 @@ from consumers.audit_sinks import open_sink
 from consumers.audit_sql import SqlManifestSink, manifest_entries, manifest_jobs
 from consumers.erp_sql import SqlJournal, engine_url, journal_engine
 from contract.celery_app import make_app
-from contract.keys import outbox_key, results_key
+from contract.keys import items_key, outbox_key, results_key
 from contract.manifest import ENTRY_FIELDS, Manifest
 from contract.names import ITEMS_QUEUE
 from contract.settings import Settings
@@ -61,6 +61,13 @@ def finished_job(settings: Settings, state: SimState, start_worker: Any) -> str:
         timeout=90,
         what="the job to finish",
         explain=lambda: job_status(redis_client(settings.ledger_url), job_id),
+    )
+    # Pleo holds the event a moment before the worker that sent it records it (the manifest is
+    # built from that record).
+    wait_for(
+        lambda: redis_client(settings.ledger_url).hget(items_key(job_id), "final_event"),
+        timeout=10,
+        what="the final event recorded",
     )
     return job_id
 

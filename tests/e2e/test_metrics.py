@@ -103,7 +103,15 @@ def test_metrics_add_up_to_the_run_across_a_killed_pool_process(
         explain=lambda: job_status(rdb, job_id),
     )
     during = scrape(erp_port)
-    victim = pool_children(erp)[0]
+    metrics_dir = Path(erp_env["PROMETHEUS_MULTIPROC_DIR"])
+
+    def counting_child() -> int | None:
+        # A pool process that has counted something (its own file): on a loaded machine one of
+        # the four may not have had a message yet, and its death would prove nothing here.
+        names = [p.name for p in metrics_dir.iterdir()]
+        return next((c for c in pool_children(erp) if any(f"_{c}." in n for n in names)), None)
+
+    victim = wait_for(counting_child, timeout=30, what="a pool process with metrics of its own")
     os.kill(victim, signal.SIGKILL)
 
     wait_for(
@@ -128,7 +136,7 @@ def test_metrics_add_up_to_the_run_across_a_killed_pool_process(
     print("--- ERP worker scrape (pleo_export_ lines) ---", *_ours(consumer.text), sep="\n")
 
     # The killed pool process wrote its own file; its counts stay in the totals.
-    assert any(str(victim) in p.name for p in Path(erp_env["PROMETHEUS_MULTIPROC_DIR"]).iterdir())
+    assert any(f"_{victim}." in p.name for p in metrics_dir.iterdir())
     status = job_status(rdb, job_id)
 
     # The producer: one run, every entry published once, both layers read page by page.
