@@ -166,6 +166,11 @@ class Receipts:
         """Whether receipts go to ``erp``: ``ERP_RECEIPTS`` on and an adapter that takes them."""
         return self._settings.enabled and accepts_attachments(erp)
 
+    def files_to_transfer(self, erp: ERPAdapter, entry: Entry) -> int:
+        """How many files ``transfer`` would take up for the booked ``entry`` (0: none)."""
+        files = (entry.export_item or {}).get("files")
+        return len(files) if self.wanted(erp) and isinstance(files, list) else 0
+
     def transfer(
         self,
         erp: ERPAdapter,

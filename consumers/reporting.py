@@ -76,7 +76,8 @@ class Reporter:
     """Per-job result buffer, batched write-back and the final job event.
 
     ``expiry_recheck`` is how long (seconds) this process trusts Pleo's answer on whether a quiet
-    job is finished (``finished_in_pleo``).
+    job is finished (``finished_in_pleo``); ``post_allowance`` and ``file_allowance``, how long
+    a post, and each receipt of a booked entry, stay in flight (``consumers/ending.py``).
     """
 
     def __init__(
@@ -92,6 +93,8 @@ class Reporter:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         expiry_recheck: float = 30.0,
+        post_allowance: float = 60.0,
+        file_allowance: float = 60.0,
     ) -> None:
         self._r = client
         self._request_timeout = request_timeout
@@ -104,7 +107,10 @@ class Reporter:
         self._clock = clock
         self._record = client.register_script(RECORD)
         self._stamp_reported = client.register_script(STAMP_REPORTED)
-        self._items = ItemRecords(client, dedup_ttl=dedup_ttl, clock=clock)
+        self._items = ItemRecords(
+            client, dedup_ttl=dedup_ttl, allowance=post_allowance, clock=clock
+        )
+        self._file_allowance = file_allowance
         self._activity = PleoActivity(client, dedup_ttl=dedup_ttl)
         self._finished = FinishedInPleo(
             client, pleo, self._activity, dedup_ttl=dedup_ttl, recheck=expiry_recheck, clock=clock
@@ -139,6 +145,10 @@ class Reporter:
     def before_post(self, job_id: str, entry_id: str) -> Before:
         """The direct path's one read before the ERP call (``consumers/item_records.py``)."""
         return self._items.before(job_id, entry_id)
+
+    def keep_in_flight(self, job_id: str, entry_id: str, *, files: int) -> None:
+        """The booked ``entry_id`` stays in flight while its ``files`` receipts are transferred."""
+        self._items.extend(job_id, entry_id, files * self._file_allowance)
 
     def record_posted(
         self, job_id: str, update: Mapping[str, Any], *, attempt: int, interval: float

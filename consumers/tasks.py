@@ -27,8 +27,8 @@ from consumers.adapter_check import guard_worker_start
 from consumers.budget import governed
 from consumers.closing import ClosingStep
 from consumers.components import Components
+from consumers.ending import end_job
 from consumers.erp import Entry, ERPAuthenticationFailed, ERPUnavailable
-from consumers.erp_calls import FLUSH_BEFORE_FAILING
 from consumers.poster import Poster
 from consumers.poster_step import Kicker
 from consumers.reporting import Reporter
@@ -128,10 +128,10 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
             fetched_at=None if waited is None else time.time() - waited,
         )
     except ERPAuthenticationFailed as refused:
-        return _erp_refused(job_id, refused)
+        return _erp_refused(job_id, entry.accounting_entry_id, refused)
     except ERPUnavailable as down:
         parts.breaker.failed(down)
-        return _erp_down(self, job_id, down)
+        return _erp_down(self, job_id, entry.accounting_entry_id, down)
     except Unprocessable:
         # Pleo answers 422 to reads and writes of a job it finished (expired, say): no ERP call
         # can help any more; the job is recorded as finished by Pleo and its messages skipped.
@@ -369,7 +369,7 @@ def _flush(job_id: str) -> dict[str, Any]:
     }
 
 
-def _erp_down(task: Task, job_id: str, down: ERPUnavailable) -> dict[str, Any]:
+def _erp_down(task: Task, job_id: str, entry_id: str, down: ERPUnavailable) -> dict[str, Any]:
     reporter = parts.reporter
     outage = reporter.erp_down_for(job_id)
     if outage < settings().erp_unreachable_limit:
@@ -378,29 +378,32 @@ def _erp_down(task: Task, job_id: str, down: ERPUnavailable) -> dict[str, Any]:
         raise task.retry(exc=down, countdown=countdown, **_reprs(task)) from down
     reason = f"The accounting system could not be reached for {outage:.0f} seconds."
     log.error("erp_unreachable_giving_up job_id=%s for=%.0fs", job_id, outage)
-    reporter.send_final(
-        job_id, "failed", failure_reason=reason, failure_reason_type="accounting_system_unreachable"
+    end_job(
+        reporter,
+        parts.ending,
+        job_id,
+        entry_id,
+        reason=reason,
+        reason_type="accounting_system_unreachable",
     )
     return {"job_id": job_id, "status": "job_failed", "reason": reason}
 
 
-def _erp_refused(job_id: str, refused: ERPAuthenticationFailed) -> dict[str, Any]:
+def _erp_refused(job_id: str, entry_id: str, refused: ERPAuthenticationFailed) -> dict[str, Any]:
     """The ERP's credentials are refused for good: write back what was booked, then fail the job.
 
-    Every recorded outcome goes to Pleo first (waiting out a flush under way elsewhere, as a
-    given-up governed job does), so nothing is stranded in the outbox by the final event.
+    No post starts once the job is ending, the posts other workers have in flight are waited
+    for, and every recorded outcome goes to Pleo before the final event (``consumers/ending.py``),
+    so nothing the ERP booked is stranded by it.
     """
-    reporter = parts.reporter
     log.error("erp_credentials_refused job_id=%s", job_id)
-    deadline = time.monotonic() + FLUSH_BEFORE_FAILING
-    while reporter.pending(job_id) and time.monotonic() < deadline:
-        if reporter.flush(job_id).locked:
-            time.sleep(0.1)
     reason = str(refused)
-    reporter.send_final(
+    end_job(
+        parts.reporter,
+        parts.ending,
         job_id,
-        "failed",
-        failure_reason=reason,
-        failure_reason_type="accounting_system_authentication_failure",
+        entry_id,
+        reason=reason,
+        reason_type="accounting_system_authentication_failure",
     )
     return {"job_id": job_id, "status": "job_failed", "reason": reason}

@@ -46,6 +46,12 @@ them too). Global keys are refreshed by every write; kombu's keys are kombu's (s
     :flushed-at when the job's results were last written back (epoch seconds)
     :final      the final job event: "sending" (PX, while the call is under way), then its name
     :erp-down   when the ERP was first found unreachable for this job (epoch seconds)
+    :erp-in-flight  hash entry -> until when (epoch seconds) its post may still book: set by the
+                direct path's read before the ERP call, cleared with the outcome
+                (``consumers/item_records.py``)
+    :erp-ending when a worker began to end the job for the ERP (its credential refused, or
+                unreachable too long; epoch seconds): no post starts after it, and the job's
+                final event waits for the posts in flight (``consumers/ending.py``)
     :payloads   hash entry -> export item JSON, filled once per job when messages carry none
     :payloads-lock  the lease of the one worker filling ``:payloads`` (``contract/lease.py``),
                 with ``:payloads-lock-fence``
@@ -261,6 +267,8 @@ flush_due_key = _per_job("flush-due", "Key set while a delayed flush task is pen
 flushed_key = _per_job("flushed-at", "Key of when the job's results were last written back.")
 final_key = _per_job("final", "Key of the job's final event.")
 erp_down_key = _per_job("erp-down", "Key of when the ERP was first found unreachable.")
+erp_in_flight_key = _per_job("erp-in-flight", "Key of each post in flight and until when.")
+erp_ending_key = _per_job("erp-ending", "Key of when a worker began to end the job for the ERP.")
 payloads_key = _per_job("payloads", "Key of the job's export items read by a worker.")
 repaired_key = _per_job("repaired-at", "Key of when the repair sweep last examined the job.")
 # The ERP workers' posting of governed connections (consumers/ready.py, consumers/poster.py).
@@ -290,6 +298,8 @@ DROPPED_AT_CLOSE = (
     "flush-due",
     "flushed-at",
     "erp-down",
+    "erp-in-flight",
+    "erp-ending",
     "repaired-at",
     "trigger",
     "pleo-action-at",

@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.worker]
 
 ENDED = {"completed", "completed_with_errors", "failed"}
 _REFRESHED = re.compile(r"credential_refreshed kind=pleo")
+_ENDING_WAITED = re.compile(r"erp_ending_waited job_id=\S+ posts=(\d+) seconds=([\d.]+)")
 
 
 def ended(state: SimState, job_id: str) -> str | None:
@@ -135,12 +136,14 @@ def test_pleo_refresh_revoked_mid_run_fails_the_job_with_authentication_failure(
 
 
 @pytest.mark.parametrize(
-    ("workers", "limits"),
+    ("workers", "latency", "limits"),
     [
         pytest.param(
-            2, {"ERP_CALLS": "400", "ERP_PERIOD": "1", "ERP_CONCURRENCY": "2"}, id="governed"
+            2, 0.01, {"ERP_CALLS": "400", "ERP_PERIOD": "1", "ERP_CONCURRENCY": "2"}, id="governed"
         ),
-        pytest.param(1, {}, id="plain"),
+        # Two processes of two pool processes each, and posts that take 1 s once past the
+        # ERP's auth check: when the grant goes, posts of other processes are in flight.
+        pytest.param(2, 1.0, {}, id="plain"),
     ],
 )
 def test_erp_refresh_revoked_mid_job_ends_it_and_reports_every_booking(
@@ -150,13 +153,15 @@ def test_erp_refresh_revoked_mid_job_ends_it_and_reports_every_booking(
     rdb: redis.Redis,
     start_worker: Any,
     erp_sim: Any,
+    tmp_path: Path,
     workers: int,
+    latency: float,
     limits: dict[str, str],
 ) -> None:
-    """The ERP's grant revoked mid-job: the job ends with
-    accounting_system_authentication_failure, after every entry the ERP booked is reported;
-    nothing is left in the outbox. (A plain connection: one worker, see the README on why.)"""
-    erp = erp_sim(latency=0.01)
+    """The ERP's grant revoked mid-job, several workers posting: the job ends `failed` with
+    accounting_system_authentication_failure exactly once, after every entry the ERP booked
+    (those in flight at the revocation too) is reported; nothing is left in the outbox."""
+    erp = erp_sim(latency=latency)
     erp.state.oauth = OAuthServer(CLIENT_ID, CLIENT_SECRET, access_lifetime=600)
     erp_settings = with_settings(
         settings,
@@ -176,28 +181,53 @@ def test_erp_refresh_revoked_mid_job_ends_it_and_reports_every_booking(
     }
     produce(job_id, settings=settings, app=make_app(settings))
     for _ in range(workers):
-        start_worker("consumers", ITEMS_QUEUE, **env)
-    wait_for(lambda: len(erp.state.bookings()) >= 100, timeout=60, what="100 bookings")
+        start_worker("consumers", ITEMS_QUEUE, concurrency=2, **env)
+    wait_for(lambda: len(erp.state.bookings()) >= 12, timeout=60, what="12 bookings")
+    revoked_at = time.monotonic()
     erp.state.oauth.revoke()
+    booked_at_revocation = len(erp.state.bookings())
     status = wait_for(
         lambda: ended(sim_state, job_id),
         timeout=90,
         what="the job to end",
         explain=lambda: job_status(rdb, job_id),
     )
+    ended_after = time.monotonic() - revoked_at
+    time.sleep(2.0)  # a post still on its way would land by now (1 s each)
     job = sim_state.jobs[job_id]
     assert status == "failed"
     assert job.failure_reason_type == "accounting_system_authentication_failure"
+    finals = [e for e in sim_state.events(job_id) if e.event != "started" and e.accepted]
+    assert [(e.event, e.failure_reason_type) for e in finals] == [
+        ("failed", "accounting_system_authentication_failure")
+    ]
     booked = {b.accounting_entry_id for b in erp.state.bookings()}
     successful = {
         i.accounting_entry_id for i in sim_state.items(job_id) if i.status == "successful"
     }
-    assert 100 <= len(booked) < 600
+    assert 12 <= len(booked) < 600
     assert successful == booked  # every booking reported, nothing else claimed
     assert rdb.hlen(outbox_key(job_id)) == 0
     assert rdb.scard(sending_key(job_id)) == 0
     assert rdb.hlen(results_key(job_id)) == len(booked)
-    assert erp.state.oauth.counts["refused_refresh"] >= 1
+    counts = dict(erp.state.oauth.counts)
+    assert counts["refused_refresh"] >= 1
+    # On the plain connection each worker that met the refusal waited for the posts in flight
+    # (consumers/ending.py): what they saw, from their logs.
+    waits = [
+        (int(posts), float(seconds))
+        for index in range(workers)
+        for posts, seconds in _ENDING_WAITED.findall(worker_log(tmp_path, index))
+    ]
+    if not limits:
+        assert waits, "no worker ended the job"
+        # Four pool processes post back to back: when one meets the refusal, others are mid-post.
+        assert max(posts for posts, _ in waits) >= 1
+    print(
+        f"oauth_erp_revoked booked_at_revocation={booked_at_revocation} booked={len(booked)} "
+        f"reported={len(successful)} ended_after={ended_after:.1f}s waits={waits} "
+        f"counts={counts}"
+    )
 
 
 def test_pleo_grant_revoked_mid_job_keeps_every_result_until_login(
