@@ -60,6 +60,10 @@ from pleo.models import ACTIONABLE_ITEM_STATUSES
 
 log = logging.getLogger(__name__)
 
+# ``:items`` fields while Pleo refuses our credentials for the write-back (``pleo-export status``
+# shows them); the next update Pleo accepts deletes them.
+CREDENTIALS_REFUSED = ("credentials_refused", "credentials_refused_at")
+
 
 @dataclass(frozen=True, slots=True)
 class FlushResult:
@@ -362,6 +366,8 @@ class Reporter:
                 if accepted or dropped:
                     pipe.hdel(outbox, *accepted, *dropped)
                 if accepted:
+                    # Pleo takes our updates again: a refusal of our credentials is over.
+                    pipe.hdel(items, *CREDENTIALS_REFUSED)
                     pipe.sadd(reported_key(job_id), *accepted)
                     pipe.hincrby(items, "reported", len(accepted))
                     stamp: list[str | int] = [int(self._clock()), *accepted]
@@ -375,6 +381,12 @@ class Reporter:
         self._redis(write)
         metrics.entries_reported.inc(len(accepted))
         metrics.writeback_dropped.inc(len(dropped))
+
+    def credentials_refused(self, job_id: str, message: str) -> None:
+        """Pleo refused our credentials for the job's write-back: noted for ``status``."""
+        refused, at = CREDENTIALS_REFUSED
+        items = items_key(job_id)
+        self._redis(lambda: self._r.hset(items, mapping={refused: message, at: self._clock()}))
 
     # -- completion --------------------------------------------------------------------------
 

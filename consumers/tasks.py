@@ -17,7 +17,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery import Task
 from celery.concurrency.prefork import TaskPool as PreforkPool
@@ -57,6 +58,7 @@ from pleo.client import MAX_UPDATE_ITEMS
 log = logging.getLogger(__name__)
 
 FLUSH_TASK = "consumers.flush_reports"
+T = TypeVar("T")
 
 # Configured from the environment when first used, not now (contract/celery_app.py).
 app = make_app(main="consumers", worker_config=erp_worker_config)
@@ -314,8 +316,9 @@ def _act_on(decision: str, job_id: str) -> None:
     elif decision == "now":
         try:
             _flush(job_id)
-        except _TRANSIENT as exc:
-            # The outcome is safely recorded; the write-back is retried by its own task.
+        except (*_TRANSIENT, AuthenticationFailed) as exc:
+            # The outcome is safely recorded; the write-back is retried by its own task (which
+            # waits for new credentials, backing off, when Pleo refuses ours).
             log.warning("inline_flush_failed job_id=%s error=%s", job_id, type(exc).__name__)
             flush_reports.apply_async(args=[job_id], countdown=settings().report_interval)
 
@@ -338,17 +341,29 @@ def flush_reports(self: Task, job_id: str) -> dict[str, Any]:
         # expiring the job meanwhile ends it (a 422 on the next flush).
         countdown = task_countdown(self.request.retries, settings().report_interval)
         log.error(  # noqa: TRY400 - the sentence is the story
-            "flush_waiting_for_credentials job_id=%s countdown=%.1f error=%s",
+            "flush_waiting_for_credentials job_id=%s countdown=%.1f error=%s waiting=%d action=%s",
             job_id,
             countdown,
             exc.message,
+            _quietly(lambda: parts.reporter.pending(job_id), -1),
+            "'pleo-export auth login' (or a valid PLEO_API_TOKEN) lets the results go",
         )
+        refusal = exc.message
+        _quietly(lambda: parts.reporter.credentials_refused(job_id, refusal), None)
         raise retry_when_broker_answers(self, exc, countdown) from exc
     except PermanentUpstreamError as exc:
         log.error(  # noqa: TRY400 - re-raised just below, Celery records the traceback
             "flush_failed job_id=%s error=%s", job_id, exc.message
         )
         raise
+
+
+def _quietly(fn: Callable[[], T], otherwise: T) -> T:
+    """``fn()``, or ``otherwise`` when Redis cannot be reached (a note, not the work itself)."""
+    try:
+        return fn()
+    except BrokerUnavailable:
+        return otherwise
 
 
 def _flush(job_id: str) -> dict[str, Any]:

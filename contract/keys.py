@@ -22,7 +22,8 @@ them too). Global keys are refreshed by every write; kombu's keys are kombu's (s
     :progress   hash: state, counters (pages, items_seen, planned, enqueued, ...), timestamps,
                 job_status, company_id, expires_in (the job's expiresIn, seconds, from the claim);
                 ``holder`` (who runs it), ``requested_at``/``task_id`` (the latest trigger),
-                ``retry_at`` (a task retry's due time), ``resumed``/``resumed_at`` (supervisor)
+                ``retry_at`` (a task retry's due time), ``resumed``/``resumed_at`` (supervisor),
+                ``final_event_unsent`` (why a failed run could not tell Pleo)
 
     ERP workers (``consumers/reporting.py``)
     :results    hash entry -> JSON outcome (successful + external ref, or failed + reason),
@@ -40,7 +41,9 @@ them too). Global keys are refreshed by every write; kombu's keys are kombu's (s
     :items      hash: successful, failed, reported, report_errors, report_dropped, final_event,
                 final_event_at; when Pleo finished the job itself (final_event=already_finished):
                 finished_by_pleo (its status in Pleo), pleo_failure_reason_type (e.g.
-                job_expired) and pleo_failure_reason, as one read of the job showed them
+                job_expired) and pleo_failure_reason, as one read of the job showed them;
+                while Pleo refuses our credentials for the write-back: credentials_refused (the
+                sentence) and credentials_refused_at (epoch s), deleted by the next accepted PUT
     :flush      the write-back lease (like :lease, with :flush-fence): one flusher per job
     :flush-due  set while a delayed flush task is pending (cleared when it runs; PX 10 min)
     :flushed-at when the job's results were last written back (epoch seconds)

@@ -256,6 +256,15 @@ def test_pleo_grant_revoked_mid_job_keeps_every_result_until_login(
     assert waiting > 0
     assert sim_state.jobs[job_id].status == "in_progress"
     assert reported() + waiting + rdb.scard(sending_key(job_id)) >= 600 - 100
+    # What `pleo-export status` shows meanwhile: why the results wait, and what to do.
+    stuck = wait_for(
+        lambda: (view := job_status(rdb, job_id)).get("credentials_refused") and view,
+        timeout=30,
+        what="the refusal noted for status",
+    )
+    assert "pleo-export auth login" in stuck["credentials_refused"]
+    assert "pleo-export auth login" in stuck["action"]
+    assert "results wait" in stuck["action"]
     seed(rdb, server)  # 'pleo-export auth login' again
     status = wait_for(
         lambda: ended(sim_state, job_id),
@@ -268,4 +277,54 @@ def test_pleo_grant_revoked_mid_job_keeps_every_result_until_login(
     assert set(sim_state.update_counts(job_id).values()) == {1}
     assert rdb.hlen(outbox_key(job_id)) == 0
     assert server.counts["refused_refresh"] >= 1
+    done = job_status(rdb, job_id)
+    assert "credentials_refused" not in done
+    assert "action" not in done
     print(f"oauth_pleo_revoked waiting_at_revocation={waiting} counts={dict(server.counts)}")
+
+
+def test_pleo_grant_revoked_outright_leaves_status_saying_what_to_do(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pleo revokes the grant and its access tokens once the run claimed the job: the `failed`
+    event cannot be sent (inherent), and the log and `pleo-export status` say so and name
+    `pleo-export auth login`."""
+    oauth = pleo_oauth(settings, sim_state, lifetime=600)
+    oauth = with_settings(oauth, page_size=10, page_concurrency=1)
+    server = sim_state.oauth
+    assert server is not None
+    seed(rdb, server)
+    sim_state.latency = 0.05
+    job_id = sim_state.add_job(JobSpec(items=400, item_statuses={"pending": 1.0}))
+
+    def revoke_once_paging() -> None:
+        # Once the run pages (the claim is behind it): the run then knows the job in_progress.
+        wait_for(
+            lambda: any(c.path.endswith("/items") for c in sim_state.calls),
+            timeout=10,
+            what="the first page",
+        )
+        server.revoke()
+
+    watcher = threading.Thread(target=revoke_once_paging)
+    watcher.start()
+    with pytest.raises(AuthenticationFailed):
+        produce(job_id, settings=oauth, app=make_app(oauth))
+    watcher.join()
+    assert sim_state.jobs[job_id].status == "in_progress"  # Pleo could not be told
+    assert [e.event for e in sim_state.events(job_id) if e.accepted] == ["started"]
+    view = job_status(rdb, job_id)
+    assert view["state"] == "failed"
+    assert "pleo-export auth login" in view["final_event_unsent"]
+    assert "Pleo was not told" in view["action"]
+    assert "pleo-export auth login" in view["action"]
+    unsent = [r.getMessage() for r in caplog.records if "final_event_unsent" in r.getMessage()]
+    assert len(unsent) == 1
+    assert "auth login" in unsent[0]
+    # As the action says: sign in again and run the job again; it is published this time.
+    seed(rdb, server)
+    rerun = produce(job_id, settings=oauth, app=make_app(oauth))
+    assert rerun.status == "enqueued"
+    assert rerun.enqueued == 400
+    assert "action" not in job_status(rdb, job_id)
+    print(f"oauth_pleo_revoked_outright action={view['action']!r} counts={dict(server.counts)}")
