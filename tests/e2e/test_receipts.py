@@ -124,7 +124,7 @@ def test_receipts_fetched_after_their_urls_expired_are_all_uploaded(
     )
     assert transferred == len(stored)
     assert seen.value("pleo_export_receipt_bytes_total") == stored_bytes
-    assert downloads == counts["downloads"]
+    assert downloads == len(stored) <= counts["downloads"]  # one delivered download per file
     assert download_seconds > 0
     assert seen.value("pleo_export_receipt_failures_total") == 0
 

@@ -144,8 +144,10 @@ def test_expired_urls_are_renewed_and_every_receipt_stored_once(
     taken = [*stored, first]
     assert before.delta("pleo_export_receipts_transferred_total") == len(taken)
     assert before.delta("pleo_export_receipt_bytes_total") == sum(r["size"] for r in taken)
+    # One delivered download per file taken (a retried one, served twice on a loaded machine,
+    # is still one).
     downloads = before.delta("pleo_export_receipt_download_seconds_count")
-    assert downloads == sim_state.receipts.counts()["downloads"]
+    assert downloads == len(taken) <= sim_state.receipts.counts()["downloads"]
     assert before.delta("pleo_export_receipt_download_seconds_sum") > 0
     assert before.delta("pleo_export_receipt_failures_total") == 0
     assert "receipt_attached" in caplog.text
