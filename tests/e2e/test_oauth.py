@@ -135,15 +135,19 @@ def test_pleo_refresh_revoked_mid_run_fails_the_job_with_authentication_failure(
     assert rdb.llen(ITEMS_QUEUE) == 0  # nothing published from a run that failed
 
 
+GOVERNED = {"ERP_CALLS": "400", "ERP_PERIOD": "1", "ERP_CONCURRENCY": "2"}
+
+
 @pytest.mark.parametrize(
-    ("workers", "latency", "limits"),
+    ("workers", "latency", "limits", "receipts"),
     [
-        pytest.param(
-            2, 0.01, {"ERP_CALLS": "400", "ERP_PERIOD": "1", "ERP_CONCURRENCY": "2"}, id="governed"
-        ),
+        pytest.param(2, 0.01, GOVERNED, False, id="governed"),
         # Two processes of two pool processes each, and posts that take 1 s once past the
         # ERP's auth check: when the grant goes, posts of other processes are in flight.
-        pytest.param(2, 1.0, {}, id="plain"),
+        pytest.param(2, 1.0, {}, False, id="plain"),
+        # Receipts on: the refusal may meet an entry's upload, after the ERP booked it.
+        pytest.param(2, 0.01, GOVERNED, True, id="governed-receipts"),
+        pytest.param(2, 0.5, {}, True, id="plain-receipts"),
     ],
 )
 def test_erp_refresh_revoked_mid_job_ends_it_and_reports_every_booking(
@@ -157,10 +161,12 @@ def test_erp_refresh_revoked_mid_job_ends_it_and_reports_every_booking(
     workers: int,
     latency: float,
     limits: dict[str, str],
+    receipts: bool,
 ) -> None:
     """The ERP's grant revoked mid-job, several workers posting: the job ends `failed` with
     accounting_system_authentication_failure exactly once, after every entry the ERP booked
-    (those in flight at the revocation too) is reported; nothing is left in the outbox."""
+    (those in flight at the revocation too, those whose receipt upload met the refusal) is
+    reported; nothing is left in the outbox."""
     erp = erp_sim(latency=latency)
     erp.state.oauth = OAuthServer(CLIENT_ID, CLIENT_SECRET, access_lifetime=600)
     erp_settings = with_settings(
@@ -179,6 +185,9 @@ def test_erp_refresh_revoked_mid_job_ends_it_and_reports_every_booking(
         "PLEO_CLOSE_INTERVAL": "3600",
         **limits,
     }
+    if receipts:
+        sim_state.receipts.configure(size=1024)
+        env.update(ERP_RECEIPTS="1", ERP_HTTP_ATTACHMENTS_URL=f"{erp.url}/journal/attachments")
     produce(job_id, settings=settings, app=make_app(settings))
     for _ in range(workers):
         start_worker("consumers", ITEMS_QUEUE, concurrency=2, **env)
@@ -202,11 +211,21 @@ def test_erp_refresh_revoked_mid_job_ends_it_and_reports_every_booking(
         ("failed", "accounting_system_authentication_failure")
     ]
     booked = {b.accounting_entry_id for b in erp.state.bookings()}
-    successful = {
-        i.accounting_entry_id for i in sim_state.items(job_id) if i.status == "successful"
+    items = sim_state.items(job_id)
+    successful = {i.accounting_entry_id for i in items if i.status == "successful"}
+    # A booked entry whose receipt met the refusal is reported with that receipt's reason.
+    unattached = {
+        i.accounting_entry_id
+        for i in items
+        if i.status == "failed" and i.failure_reason_type == "receipt_upload_failure"
     }
     assert 12 <= len(booked) < 600
-    assert successful == booked  # every booking reported, nothing else claimed
+    assert successful | unattached == booked  # every booking reported, nothing else claimed
+    if receipts:
+        attached = {a.accounting_entry_id for a in erp.state.attachments.stored()}
+        assert successful <= attached
+    else:
+        assert not unattached
     assert rdb.hlen(outbox_key(job_id)) == 0
     assert rdb.scard(sending_key(job_id)) == 0
     assert rdb.hlen(results_key(job_id)) == len(booked)
@@ -225,7 +244,8 @@ def test_erp_refresh_revoked_mid_job_ends_it_and_reports_every_booking(
         assert max(posts for posts, _ in waits) >= 1
     print(
         f"oauth_erp_revoked booked_at_revocation={booked_at_revocation} booked={len(booked)} "
-        f"reported={len(successful)} ended_after={ended_after:.1f}s waits={waits} "
+        f"reported={len(successful)}+{len(unattached)} ended_after={ended_after:.1f}s "
+        f"waits={waits} "
         f"counts={counts}"
     )
 
