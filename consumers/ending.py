@@ -104,6 +104,14 @@ class JobEnding:
 
         redis_call(write, "reporting")
 
+    def release(self, job_id: str, entry_id: str) -> None:
+        """``entry_id``'s post is over without an outcome (the ERP unreachable): not in flight.
+
+        A post that timed out may still be booked by the ERP later; no wait on our side could
+        cover that (its worker has stopped waiting), so its note would only hold a job's end.
+        """
+        redis_call(lambda: self._r.hdel(erp_in_flight_key(job_id), entry_id), "reporting")
+
     def in_flight(self, job_id: str) -> list[float]:
         """The deadlines of the job's posts in flight (epoch seconds), passed or not."""
         raw = redis_call(lambda: self._r.hvals(erp_in_flight_key(job_id)), "reporting")

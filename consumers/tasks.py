@@ -133,7 +133,9 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
         return _erp_refused(job_id, entry.accounting_entry_id, refused)
     except ERPUnavailable as down:
         parts.breaker.failed(down)
-        return _erp_down(self, job_id, entry.accounting_entry_id, down)
+        entry_id = entry.accounting_entry_id
+        _quietly(lambda: parts.ending.release(job_id, entry_id), None)
+        return _erp_down(self, job_id, entry_id, down)
     except Unprocessable:
         # Pleo answers 422 to reads and writes of a job it finished (expired, say): no ERP call
         # can help any more; the job is recorded as finished by Pleo and its messages skipped.

@@ -117,6 +117,19 @@ def test_a_dead_workers_note_holds_the_end_only_until_its_deadline(rdb: redis.Re
     assert allowance - 0.05 <= held < allowance + 0.5
 
 
+def test_a_post_that_failed_unreachable_no_longer_holds_the_end(rdb: redis.Redis) -> None:
+    """A post the ERP never answered (ERPUnavailable) leaves flight at once: the end does not
+    wait out its allowance for it."""
+    records = ItemRecords(rdb, dedup_ttl=60, allowance=30.0)
+    ending = JobEnding(rdb, dedup_ttl=60)
+    assert records.before(JOB, "unanswered").goes_ahead
+    ending.release(JOB, "unanswered")
+    ending.mark(JOB, "own")
+    waited = ending.wait(JOB)
+    assert (waited.posts, waited.abandoned) == (0, 0)
+    assert waited.seconds < 1.0
+
+
 def test_at_the_defaults_a_dead_post_holds_the_end_86_seconds_at_most() -> None:
     """The arithmetic at the defaults (the tests above shorten the allowance): a post starts
     within 1 s of its note, and each of its two requests (the second after a 401) may wait 30 s
