@@ -262,6 +262,9 @@ def test_pleo_grant_revoked_mid_job_keeps_every_result_until_login(
     seed(rdb, server)
     job_id = sim_state.add_job(JobSpec(items=600, item_statuses={"pending": 1.0}))
     produce(job_id, settings=oauth, app=make_app(oauth))
+    # Write-backs of 0.2 s each: the revocation below lands before the job's last PUT (on a
+    # loaded machine the six PUTs once went by before the poll below saw the first).
+    sim_state.latency = 0.2
     for _ in range(2):
         start_worker("consumers", ITEMS_QUEUE, settings_=oauth, **oauth_env(oauth))
 
