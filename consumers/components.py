@@ -19,6 +19,7 @@ import redis
 from consumers.adapters import build_adapter
 from consumers.breaker import Breaker
 from consumers.budget import Budget, limits_for
+from consumers.ending import JobEnding, file_allowance, post_allowance
 from consumers.erp import ERPAdapter, ERPLimits
 from consumers.erp_calls import PosterSettings, drain_limit
 from consumers.payloads import PayloadCache
@@ -119,7 +120,14 @@ class Components:
             max_attempts=s.report_max_attempts,
             request_timeout=s.http_timeout,
             retry_budget=s.retry_budget,
+            post_allowance=post_allowance(s),
+            file_allowance=file_allowance(s),
         )
+
+    @functools.cached_property
+    def ending(self) -> JobEnding:
+        """A plain connection's job ending for the ERP (consumers/ending.py)."""
+        return JobEnding(self.redis, dedup_ttl=self._settings().dedup_ttl)
 
     @functools.cached_property
     def payloads(self) -> PayloadCache:

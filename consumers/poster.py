@@ -39,6 +39,8 @@ Receipts (``consumers/receipts.py``), when on: each entry booked (or found booke
 attached before its outcome is recorded, each upload one ERP call within the budget; a receipt
 that cannot be transferred is the entry's outcome, and a call that makes the poster leave leaves
 the entry unrecorded: its next try finds it booked and uploads, by key, only what is missing.
+Unless the job was given up meanwhile (no next try comes): the booked entry is then recorded
+``receipt_upload_failure``, so the job's end reports it.
 """
 
 from __future__ import annotations
@@ -402,13 +404,23 @@ class Poster:
         )
         entry_id = entry.accounting_entry_id
         if self._receipts is not None:
-            refused = self._receipts.transfer(
-                self._erp,
-                entry,
-                ref,
-                fetched_at=self._fetched.get(entry_id),
-                call=lambda fn: self._calls.call(company_id, job_id, fn),
-            )
+            try:
+                refused = self._receipts.transfer(
+                    self._erp,
+                    entry,
+                    ref,
+                    fetched_at=self._fetched.get(entry_id),
+                    call=lambda fn: self._calls.call(company_id, job_id, fn),
+                )
+            except Leave:
+                given_up = self._ready.given_up(job_id)
+                if given_up is None:
+                    raise
+                # The job ends (the ERP refused our credentials at an upload, say) and takes no
+                # more calls, but the ERP booked this entry: its outcome is recorded, so the
+                # job's end reports it (as every other booked entry of the batch).
+                why = f"The receipts of entry {entry_id} were not transferred: {given_up[0]}"
+                refused = EntryRejected("receipt_upload_failure", why)
             if refused is not None:
                 outcomes[entry_id] = failure_update(entry_id, refused.reason_type, refused.reason)
                 return

@@ -54,6 +54,7 @@ from consumers.erp import (
     ExternalRef,
     accepts_attachments,
 )
+from contract import metrics
 from contract.errors import TransientUpstreamError
 from contract.retrying import RetryPolicy, Target, call_with_retries
 from contract.settings import Settings
@@ -72,6 +73,7 @@ _FRESH_JOBS: Final = 4
 # Renewals of one file's URL before its download counts as failed.
 _RENEWALS: Final = 2
 _EXPIRED_STATUSES: Final = frozenset({401, 403, 410})
+_REASONS: Final = frozenset(metrics.RECEIPT_REASONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +168,11 @@ class Receipts:
         """Whether receipts go to ``erp``: ``ERP_RECEIPTS`` on and an adapter that takes them."""
         return self._settings.enabled and accepts_attachments(erp)
 
+    def files_to_transfer(self, erp: ERPAdapter, entry: Entry) -> int:
+        """How many files ``transfer`` would take up for the booked ``entry`` (0: none)."""
+        files = (entry.export_item or {}).get("files")
+        return len(files) if self.wanted(erp) and isinstance(files, list) else 0
+
     def transfer(
         self,
         erp: ERPAdapter,
@@ -203,6 +210,8 @@ class Receipts:
                     raise _refused(
                         entry, "receipt_upload_failure", f"the ERP refused file {index}: {refused}"
                     ) from None
+                metrics.receipts_transferred.inc()
+                metrics.receipt_bytes.inc(attachment.size)
                 log.info(
                     "receipt_attached job_id=%s entry=%s file=%d bytes=%d attachment=%s",
                     entry.job_id,
@@ -212,6 +221,8 @@ class Receipts:
                     attached,
                 )
         except EntryRejected as rejected:
+            reason = metrics.failure_label(rejected.reason_type, _REASONS)
+            metrics.receipt_failures.labels(reason).inc()
             log.info(
                 "receipt_failed job_id=%s entry=%s type=%s",
                 entry.job_id,
@@ -228,12 +239,13 @@ class Receipts:
     ) -> tuple[bytes, str]:
         """The file's bytes and type, its URL renewed when it has expired."""
         self._check_declared(entry, index, file)
+        started = time.monotonic()
         renewals = 0
         if fetched_at is not None and self._clock() >= self._settings.renew_at(fetched_at):
             file, renewals = self._renewed(entry, index, force=False), 1
         while True:
             try:
-                return self._download(entry, index, file)
+                fetched = self._download(entry, index, file)
             except _UrlExpired:
                 if renewals >= _RENEWALS:
                     raise _refused(
@@ -244,6 +256,9 @@ class Receipts:
                 # The first renewal may come from this process's recent read; the second reads.
                 file = self._renewed(entry, index, force=renewals > 0)
                 renewals += 1
+                continue
+            metrics.receipt_download_seconds.observe(time.monotonic() - started)
+            return fetched
 
     def _check_declared(self, entry: Entry, index: int, file: FileRef) -> None:
         cap = self._settings.max_bytes

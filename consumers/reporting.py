@@ -60,6 +60,10 @@ from pleo.models import ACTIONABLE_ITEM_STATUSES
 
 log = logging.getLogger(__name__)
 
+# ``:items`` fields while Pleo refuses our credentials for the write-back (``pleo-export status``
+# shows them); the next update Pleo accepts deletes them.
+CREDENTIALS_REFUSED = ("credentials_refused", "credentials_refused_at")
+
 
 @dataclass(frozen=True, slots=True)
 class FlushResult:
@@ -76,7 +80,8 @@ class Reporter:
     """Per-job result buffer, batched write-back and the final job event.
 
     ``expiry_recheck`` is how long (seconds) this process trusts Pleo's answer on whether a quiet
-    job is finished (``finished_in_pleo``).
+    job is finished (``finished_in_pleo``); ``post_allowance`` and ``file_allowance``, how long
+    a post, and each receipt of a booked entry, stay in flight (``consumers/ending.py``).
     """
 
     def __init__(
@@ -92,6 +97,8 @@ class Reporter:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         expiry_recheck: float = 30.0,
+        post_allowance: float = 60.0,
+        file_allowance: float = 60.0,
     ) -> None:
         self._r = client
         self._request_timeout = request_timeout
@@ -104,7 +111,10 @@ class Reporter:
         self._clock = clock
         self._record = client.register_script(RECORD)
         self._stamp_reported = client.register_script(STAMP_REPORTED)
-        self._items = ItemRecords(client, dedup_ttl=dedup_ttl, clock=clock)
+        self._items = ItemRecords(
+            client, dedup_ttl=dedup_ttl, allowance=post_allowance, clock=clock
+        )
+        self._file_allowance = file_allowance
         self._activity = PleoActivity(client, dedup_ttl=dedup_ttl)
         self._finished = FinishedInPleo(
             client, pleo, self._activity, dedup_ttl=dedup_ttl, recheck=expiry_recheck, clock=clock
@@ -139,6 +149,10 @@ class Reporter:
     def before_post(self, job_id: str, entry_id: str) -> Before:
         """The direct path's one read before the ERP call (``consumers/item_records.py``)."""
         return self._items.before(job_id, entry_id)
+
+    def keep_in_flight(self, job_id: str, entry_id: str, *, files: int) -> None:
+        """The booked ``entry_id`` stays in flight while its ``files`` receipts are transferred."""
+        self._items.extend(job_id, entry_id, files * self._file_allowance)
 
     def record_posted(
         self, job_id: str, update: Mapping[str, Any], *, attempt: int, interval: float
@@ -352,6 +366,8 @@ class Reporter:
                 if accepted or dropped:
                     pipe.hdel(outbox, *accepted, *dropped)
                 if accepted:
+                    # Pleo takes our updates again: a refusal of our credentials is over.
+                    pipe.hdel(items, *CREDENTIALS_REFUSED)
                     pipe.sadd(reported_key(job_id), *accepted)
                     pipe.hincrby(items, "reported", len(accepted))
                     stamp: list[str | int] = [int(self._clock()), *accepted]
@@ -365,6 +381,12 @@ class Reporter:
         self._redis(write)
         metrics.entries_reported.inc(len(accepted))
         metrics.writeback_dropped.inc(len(dropped))
+
+    def credentials_refused(self, job_id: str, message: str) -> None:
+        """Pleo refused our credentials for the job's write-back: noted for ``status``."""
+        refused, at = CREDENTIALS_REFUSED
+        items = items_key(job_id)
+        self._redis(lambda: self._r.hset(items, mapping={refused: message, at: self._clock()}))
 
     # -- completion --------------------------------------------------------------------------
 

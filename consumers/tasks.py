@@ -17,7 +17,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery import Task
 from celery.concurrency.prefork import TaskPool as PreforkPool
@@ -27,8 +28,8 @@ from consumers.adapter_check import guard_worker_start
 from consumers.budget import governed
 from consumers.closing import ClosingStep
 from consumers.components import Components
+from consumers.ending import end_job
 from consumers.erp import Entry, ERPAuthenticationFailed, ERPUnavailable
-from consumers.erp_calls import FLUSH_BEFORE_FAILING
 from consumers.poster import Poster
 from consumers.poster_step import Kicker
 from consumers.reporting import Reporter
@@ -57,6 +58,7 @@ from pleo.client import MAX_UPDATE_ITEMS
 log = logging.getLogger(__name__)
 
 FLUSH_TASK = "consumers.flush_reports"
+T = TypeVar("T")
 
 # Configured from the environment when first used, not now (contract/celery_app.py).
 app = make_app(main="consumers", worker_config=erp_worker_config)
@@ -128,10 +130,12 @@ def export_item(self: Task, **kwargs: Any) -> dict[str, Any]:
             fetched_at=None if waited is None else time.time() - waited,
         )
     except ERPAuthenticationFailed as refused:
-        return _erp_refused(job_id, refused)
+        return _erp_refused(job_id, entry.accounting_entry_id, refused)
     except ERPUnavailable as down:
         parts.breaker.failed(down)
-        return _erp_down(self, job_id, down)
+        entry_id = entry.accounting_entry_id
+        _quietly(lambda: parts.ending.release(job_id, entry_id), None)
+        return _erp_down(self, job_id, entry_id, down)
     except Unprocessable:
         # Pleo answers 422 to reads and writes of a job it finished (expired, say): no ERP call
         # can help any more; the job is recorded as finished by Pleo and its messages skipped.
@@ -314,8 +318,9 @@ def _act_on(decision: str, job_id: str) -> None:
     elif decision == "now":
         try:
             _flush(job_id)
-        except _TRANSIENT as exc:
-            # The outcome is safely recorded; the write-back is retried by its own task.
+        except (*_TRANSIENT, AuthenticationFailed) as exc:
+            # The outcome is safely recorded; the write-back is retried by its own task (which
+            # waits for new credentials, backing off, when Pleo refuses ours).
             log.warning("inline_flush_failed job_id=%s error=%s", job_id, type(exc).__name__)
             flush_reports.apply_async(args=[job_id], countdown=settings().report_interval)
 
@@ -338,17 +343,29 @@ def flush_reports(self: Task, job_id: str) -> dict[str, Any]:
         # expiring the job meanwhile ends it (a 422 on the next flush).
         countdown = task_countdown(self.request.retries, settings().report_interval)
         log.error(  # noqa: TRY400 - the sentence is the story
-            "flush_waiting_for_credentials job_id=%s countdown=%.1f error=%s",
+            "flush_waiting_for_credentials job_id=%s countdown=%.1f error=%s waiting=%d action=%s",
             job_id,
             countdown,
             exc.message,
+            _quietly(lambda: parts.reporter.pending(job_id), -1),
+            "'pleo-export auth login' (or a valid PLEO_API_TOKEN) lets the results go",
         )
+        refusal = exc.message
+        _quietly(lambda: parts.reporter.credentials_refused(job_id, refusal), None)
         raise retry_when_broker_answers(self, exc, countdown) from exc
     except PermanentUpstreamError as exc:
         log.error(  # noqa: TRY400 - re-raised just below, Celery records the traceback
             "flush_failed job_id=%s error=%s", job_id, exc.message
         )
         raise
+
+
+def _quietly(fn: Callable[[], T], otherwise: T) -> T:
+    """``fn()``, or ``otherwise`` when Redis cannot be reached (a note, not the work itself)."""
+    try:
+        return fn()
+    except BrokerUnavailable:
+        return otherwise
 
 
 def _flush(job_id: str) -> dict[str, Any]:
@@ -369,7 +386,7 @@ def _flush(job_id: str) -> dict[str, Any]:
     }
 
 
-def _erp_down(task: Task, job_id: str, down: ERPUnavailable) -> dict[str, Any]:
+def _erp_down(task: Task, job_id: str, entry_id: str, down: ERPUnavailable) -> dict[str, Any]:
     reporter = parts.reporter
     outage = reporter.erp_down_for(job_id)
     if outage < settings().erp_unreachable_limit:
@@ -378,29 +395,32 @@ def _erp_down(task: Task, job_id: str, down: ERPUnavailable) -> dict[str, Any]:
         raise task.retry(exc=down, countdown=countdown, **_reprs(task)) from down
     reason = f"The accounting system could not be reached for {outage:.0f} seconds."
     log.error("erp_unreachable_giving_up job_id=%s for=%.0fs", job_id, outage)
-    reporter.send_final(
-        job_id, "failed", failure_reason=reason, failure_reason_type="accounting_system_unreachable"
+    end_job(
+        reporter,
+        parts.ending,
+        job_id,
+        entry_id,
+        reason=reason,
+        reason_type="accounting_system_unreachable",
     )
     return {"job_id": job_id, "status": "job_failed", "reason": reason}
 
 
-def _erp_refused(job_id: str, refused: ERPAuthenticationFailed) -> dict[str, Any]:
+def _erp_refused(job_id: str, entry_id: str, refused: ERPAuthenticationFailed) -> dict[str, Any]:
     """The ERP's credentials are refused for good: write back what was booked, then fail the job.
 
-    Every recorded outcome goes to Pleo first (waiting out a flush under way elsewhere, as a
-    given-up governed job does), so nothing is stranded in the outbox by the final event.
+    No post starts once the job is ending, the posts other workers have in flight are waited
+    for, and every recorded outcome goes to Pleo before the final event (``consumers/ending.py``),
+    so nothing the ERP booked is stranded by it.
     """
-    reporter = parts.reporter
     log.error("erp_credentials_refused job_id=%s", job_id)
-    deadline = time.monotonic() + FLUSH_BEFORE_FAILING
-    while reporter.pending(job_id) and time.monotonic() < deadline:
-        if reporter.flush(job_id).locked:
-            time.sleep(0.1)
     reason = str(refused)
-    reporter.send_final(
+    end_job(
+        parts.reporter,
+        parts.ending,
         job_id,
-        "failed",
-        failure_reason=reason,
-        failure_reason_type="accounting_system_authentication_failure",
+        entry_id,
+        reason=reason,
+        reason_type="accounting_system_authentication_failure",
     )
     return {"job_id": job_id, "status": "job_failed", "reason": reason}

@@ -396,5 +396,10 @@ def credential_for(
         kind=kind,
         name=name,
         ahead=settings.token_refresh_ahead,
-        wait=max(_LEASE_TTL, 3 * settings.http_timeout),
+        wait=refresh_wait(settings),
     )
+
+
+def refresh_wait(settings: Settings) -> float:
+    """The longest a request waits for its credential's refresh (its own or another's), seconds."""
+    return max(_LEASE_TTL, 3 * settings.http_timeout)

@@ -22,7 +22,8 @@ them too). Global keys are refreshed by every write; kombu's keys are kombu's (s
     :progress   hash: state, counters (pages, items_seen, planned, enqueued, ...), timestamps,
                 job_status, company_id, expires_in (the job's expiresIn, seconds, from the claim);
                 ``holder`` (who runs it), ``requested_at``/``task_id`` (the latest trigger),
-                ``retry_at`` (a task retry's due time), ``resumed``/``resumed_at`` (supervisor)
+                ``retry_at`` (a task retry's due time), ``resumed``/``resumed_at`` (supervisor),
+                ``final_event_unsent`` (why a failed run could not tell Pleo)
 
     ERP workers (``consumers/reporting.py``)
     :results    hash entry -> JSON outcome (successful + external ref, or failed + reason),
@@ -40,12 +41,20 @@ them too). Global keys are refreshed by every write; kombu's keys are kombu's (s
     :items      hash: successful, failed, reported, report_errors, report_dropped, final_event,
                 final_event_at; when Pleo finished the job itself (final_event=already_finished):
                 finished_by_pleo (its status in Pleo), pleo_failure_reason_type (e.g.
-                job_expired) and pleo_failure_reason, as one read of the job showed them
+                job_expired) and pleo_failure_reason, as one read of the job showed them;
+                while Pleo refuses our credentials for the write-back: credentials_refused (the
+                sentence) and credentials_refused_at (epoch s), deleted by the next accepted PUT
     :flush      the write-back lease (like :lease, with :flush-fence): one flusher per job
     :flush-due  set while a delayed flush task is pending (cleared when it runs; PX 10 min)
     :flushed-at when the job's results were last written back (epoch seconds)
     :final      the final job event: "sending" (PX, while the call is under way), then its name
     :erp-down   when the ERP was first found unreachable for this job (epoch seconds)
+    :erp-in-flight  hash entry -> until when (epoch seconds) its post may still book: set by the
+                direct path's read before the ERP call, cleared with the outcome
+                (``consumers/item_records.py``)
+    :erp-ending when a worker began to end the job for the ERP (its credential refused, or
+                unreachable too long; epoch seconds): no post starts after it, and the job's
+                final event waits for the posts in flight (``consumers/ending.py``)
     :payloads   hash entry -> export item JSON, filled once per job when messages carry none
     :payloads-lock  the lease of the one worker filling ``:payloads`` (``contract/lease.py``),
                 with ``:payloads-lock-fence``
@@ -261,6 +270,8 @@ flush_due_key = _per_job("flush-due", "Key set while a delayed flush task is pen
 flushed_key = _per_job("flushed-at", "Key of when the job's results were last written back.")
 final_key = _per_job("final", "Key of the job's final event.")
 erp_down_key = _per_job("erp-down", "Key of when the ERP was first found unreachable.")
+erp_in_flight_key = _per_job("erp-in-flight", "Key of each post in flight and until when.")
+erp_ending_key = _per_job("erp-ending", "Key of when a worker began to end the job for the ERP.")
 payloads_key = _per_job("payloads", "Key of the job's export items read by a worker.")
 repaired_key = _per_job("repaired-at", "Key of when the repair sweep last examined the job.")
 # The ERP workers' posting of governed connections (consumers/ready.py, consumers/poster.py).
@@ -290,6 +301,8 @@ DROPPED_AT_CLOSE = (
     "flush-due",
     "flushed-at",
     "erp-down",
+    "erp-in-flight",
+    "erp-ending",
     "repaired-at",
     "trigger",
     "pleo-action-at",

@@ -222,6 +222,8 @@ class Ledger:
             "already_enqueued": 0,
             "error": "",
             "finished_at": "",
+            # A failed run's note that Pleo could not be told (producer/runner.py): this run may.
+            "final_event_unsent": "",
         }
         with self._pipeline() as pipe:
             pipe.hset(progress_key(job_id), mapping=fields)

@@ -31,6 +31,13 @@ FINAL_STATUSES: Final = ("completed", "completed_with_errors", "failed", "alread
 WRITEBACK_RESULTS: Final = ("ok", "job_finished", "error")
 # Why an ERP call did not book: refused for good, unreachable now, or anything else.
 ERP_ERROR_KINDS: Final = ("rejected", "unavailable", "unexpected")
+# Why a booked entry's receipts were not transferred: Pleo's receipt_* failureReasonTypes.
+RECEIPT_REASONS: Final = (
+    "receipt_download_failure",
+    "receipt_file_size_limit_exceeded",
+    "receipt_conversion_failure",
+    "receipt_upload_failure",
+)
 
 # -- producer ---------------------------------------------------------------------------------
 
@@ -113,6 +120,23 @@ erp_quota_wait = Counter(
     "pleo_export_erp_quota_wait_seconds_total",
     "Seconds ERP workers slept waiting for the shared budget's next call (consumers/budget.py).",
 )
+receipts_transferred = Counter(
+    "pleo_export_receipts_transferred_total",
+    "Receipt files the ERP's attach took (a replay of one after a retry counts again).",
+)
+receipt_bytes = Counter(
+    "pleo_export_receipt_bytes_total", "Bytes of the receipt files the ERP's attach took."
+)
+receipt_failures = Counter(
+    "pleo_export_receipt_failures_total",
+    "Booked entries whose receipts were not transferred, by receipt_* failureReasonType.",
+    ["reason"],
+)
+receipt_download_seconds = Histogram(
+    "pleo_export_receipt_download_seconds",
+    "Wall time of each receipt file's download that delivered it (retries and renewals included).",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
 
 COUNTERS: Final = (
     producer_runs,
@@ -133,8 +157,11 @@ COUNTERS: Final = (
     erp_errors,
     erp_rate_limited,
     erp_quota_wait,
+    receipts_transferred,
+    receipt_bytes,
+    receipt_failures,
 )
-HISTOGRAMS: Final = (producer_run_duration,)
+HISTOGRAMS: Final = (producer_run_duration, receipt_download_seconds)
 
 
 def failure_label(reason_type: str | None, known: frozenset[str]) -> str:
@@ -163,6 +190,8 @@ def _zeroes() -> None:
         final_events.labels(status)
     for kind in ERP_ERROR_KINDS:
         erp_errors.labels(kind)
+    for reason in RECEIPT_REASONS:
+        receipt_failures.labels(reason)
 
 
 _zeroes()

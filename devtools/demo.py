@@ -13,6 +13,11 @@ the database that ``REDIS_URL`` names.
 With ``erp="http"`` (``pleo-export demo --erp http``) the ERP worker posts through the HTTP adapter
 (``consumers/erp_http.py``) to the ERP simulator (``devtools/erp_simulator/``), started beside the
 Pleo simulator, instead of writing the SQLite journal; the summary counts its bookings.
+
+With ``receipts=True`` (``pleo-export demo --receipts``) the Pleo simulator serves each entry's
+receipt (``RECEIPT_BYTES`` each), the ERP worker runs with ``ERP_RECEIPTS=1`` (the HTTP adapter
+uploads to the ERP simulator's ``/journal/attachments``) and the summary counts the receipts
+stored in the ERP and the files the simulator served.
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ DEADLINE_SECONDS: Final = 600.0
 STARTUP_SECONDS: Final = 10.0
 STOP_GRACE_SECONDS: Final = 10.0
 TERMINAL: Final = frozenset({"completed", "completed_with_errors", "failed"})
+# Each demo receipt's size: small, so a few thousand entries' files stay a few MB.
+RECEIPT_BYTES: Final = 4096
 ROOT: Final = Path(__file__).resolve().parent.parent
 
 
@@ -87,6 +94,9 @@ class DemoSummary:
     journal_path: Path
     # Where the entries went: the SQLite journal's path, or the ERP simulator's URL.
     erp: str = ""
+    # With receipts on: those the ERP stored, and the files the Pleo simulator served.
+    receipts: int | None = None
+    downloads: int | None = None
 
     @property
     def items_per_second(self) -> float:
@@ -100,10 +110,12 @@ def run_demo(
     interactive: bool = True,
     console: Console | None = None,
     erp: Literal["sql", "http"] = "sql",
+    receipts: bool = False,
 ) -> DemoSummary:
     """Run the whole pipeline once on a sample job of ``items`` entries and summarise it.
 
-    ``erp``: post to the SQLite journal (``sql``) or to the ERP simulator over HTTP (``http``).
+    ``erp``: post to the SQLite journal (``sql``) or to the ERP simulator over HTTP (``http``);
+    ``receipts``: each booked entry's receipt follows it into the ERP.
     """
     out = console or Console()
     workdir = Path.cwd() / WORKDIR_NAME
@@ -115,6 +127,8 @@ def run_demo(
         url = stack.enter_context(demo_database(out))
         state = SimState(token=DEMO_TOKEN, max_page_size=1000, seed=1)
         job_id = state.add_job(JobSpec(items=items, missing_account_ratio=FAILING_RATIO, seed=1))
+        if receipts:
+            state.receipts.configure(size=RECEIPT_BYTES)
         sim = start_in_thread(state, host="127.0.0.1", port=0)
         stack.callback(sim.stop)
         out.print(f"Pleo simulator: {sim.url} (pending job {job_id}, {items} items)")
@@ -132,6 +146,7 @@ def run_demo(
             visibility_timeout=30,
             # The demo's Redis (embedded, or a database it empties) is a throwaway by design.
             redis_ephemeral=True,
+            erp_receipts=receipts,
         )
         erp_state = None
         if erp == "http":
@@ -140,8 +155,13 @@ def run_demo(
             stack.callback(erp_sim.stop)
             out.print(f"ERP simulator: {erp_sim.url} (the workers post over HTTP)")
             settings = dataclasses.replace(
-                settings, erp_adapter="consumers.erp_http:from_settings", erp_http_url=erp_sim.url
+                settings,
+                erp_adapter="consumers.erp_http:from_settings",
+                erp_http_url=erp_sim.url,
+                erp_http_attachments_url=f"{erp_sim.url}/journal/attachments",
             )
+        if receipts:
+            out.print(f"Receipts: on ({RECEIPT_BYTES} bytes each, downloaded from the simulator)")
         receiver = stack.enter_context(_receiver(settings))
         out.print(f"Webhook receiver: {receiver}/webhooks/pleo")
         workers = [
@@ -170,6 +190,12 @@ def run_demo(
             with contextlib.suppress(EOFError):
                 out.input(f"Simulator still at {sim.url}. Press Enter to stop everything. ")
     return summary
+
+
+def run_from_cli(*, items: int, no_input: bool, erp: str, receipts: bool) -> None:
+    """``pleo-export demo`` with its options as given (``producer/cli.py``)."""
+    kind: Literal["sql", "http"] = "http" if erp == "http" else "sql"
+    run_demo(items=items, interactive=not no_input, erp=kind, receipts=receipts)
 
 
 @contextmanager
@@ -299,6 +325,8 @@ def _worker(
         ERP_DATABASE_URL=settings.erp_database_url,
         ERP_ADAPTER=settings.erp_adapter,
         ERP_HTTP_URL=settings.erp_http_url or "",
+        ERP_HTTP_ATTACHMENTS_URL=settings.erp_http_attachments_url or "",
+        ERP_RECEIPTS="1" if settings.erp_receipts else "0",
         PLEO_PAGE_SIZE=str(settings.page_size),
         PLEO_REPORT_INTERVAL=str(settings.report_interval),
         PLEO_VISIBILITY_TIMEOUT=str(settings.visibility_timeout),
@@ -388,12 +416,15 @@ def _summarise(
     """Collect the run's numbers from the simulator, the status view and the ERP journal."""
     if erp_state is not None:
         posted, erp = erp_state.stats()["entriesBooked"], settings.erp_http_url or ""
+        stored = len(erp_state.attachments.stored())
     else:
         journal = SqlJournal(settings.erp_database_url)
         try:
             posted, erp = journal.entries_count(), str(journal_path)
+            stored = len(journal.attachments())
         finally:
             journal.close()
+    on = settings.erp_receipts
     puts = [call for call in state.calls if call.method == "PUT"]
     return DemoSummary(
         job_id=job_id,
@@ -408,6 +439,8 @@ def _summarise(
         seconds=seconds,
         journal_path=journal_path,
         erp=erp,
+        receipts=stored if on else None,
+        downloads=state.receipts.counts()["downloads"] if on else None,
     )
 
 
@@ -425,6 +458,8 @@ def _print_summary(out: Console, summary: DemoSummary, workdir: Path) -> None:
         ("wall time (webhook to done)", f"{summary.seconds:.1f} s"),
         ("throughput", f"{summary.items_per_second:.0f} items/s"),
     ]
+    if summary.receipts is not None:
+        rows.insert(5, ("receipts stored (downloads)", f"{summary.receipts} ({summary.downloads})"))
     for name, value in rows:
         table.add_row(name, value)
     out.print(table)

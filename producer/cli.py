@@ -494,15 +494,16 @@ def purge(job_id: str, force: bool, as_json: bool) -> None:
 )
 @click.option("--no-input", is_flag=True, help="Never wait for Enter at the end.")
 @click.option("--erp", type=click.Choice(["sql", "http"]), default="sql", show_default=True)
+@click.option("--receipts", is_flag=True, help="Transfer each entry's receipt to the ERP too.")
 @guarded
-def demo(items: int, no_input: bool, erp: str) -> None:
+def demo(items: int, no_input: bool, erp: str, receipts: bool) -> None:
     """Run the whole pipeline on this machine: simulator, Redis, webhook, workers, summary.
 
     --erp http posts to the ERP simulator through the HTTP adapter instead of a SQLite journal.
     """
-    from devtools.demo import run_demo
+    from devtools.demo import run_from_cli
 
-    run_demo(items=items, interactive=not no_input, erp="http" if erp == "http" else "sql")
+    run_from_cli(items=items, no_input=no_input, erp=erp, receipts=receipts)
 
 
 main.add_command(simulate_erp_command(guarded))

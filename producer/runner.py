@@ -194,11 +194,15 @@ def fail_job(
     except PleoExportError as unsent:
         # Pleo cannot be told now (the same credentials may be what failed): say so and leave it.
         log.error(  # noqa: TRY400 - the sentence is the story
-            "final_event_unsent job_id=%s reason_type=%s error=%s",
+            "final_event_unsent job_id=%s reason_type=%s error=%s action=%s",
             job_id,
             reason_type,
             unsent.message,
+            "the job stays in_progress in Pleo until 'pleo-export auth login' and a new run "
+            "(pleo-export enqueue), or until Pleo expires it",
         )
+        # Shown by 'pleo-export status' (producer/status.py).
+        ledger.record(job_id, final_event_unsent=unsent.message)
 
 
 def _run(

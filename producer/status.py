@@ -21,8 +21,11 @@ _INTEGER = re.compile(r"-?[0-9]+")
 _DECIMAL = re.compile(r"-?[0-9]+\.[0-9]+(?:[eE][+-]?[0-9]+)?")
 # Flags stored as 0/1, shown as ``run --json`` shows them: true/false.
 _FLAGS = ("recovery", "near_expiry")
-# How Pleo finished a job itself (consumers/finished.py): shown only when recorded.
+# How Pleo finished a job itself (consumers/finished.py), and a refusal of our credentials by
+# the write-back (consumers/reporting.py): shown only when recorded.
 _PLEO_FINISH = ("finished_by_pleo", "pleo_failure_reason_type", "pleo_failure_reason")
+_REFUSED = ("credentials_refused", "credentials_refused_at")
+_LOGIN = "run 'pleo-export auth login' (or set a valid PLEO_API_TOKEN)"
 
 
 def job_status(client: redis.Redis, job_id: str) -> dict[str, Any]:
@@ -61,7 +64,7 @@ def job_status(client: redis.Redis, job_id: str) -> dict[str, Any]:
     view["parked"] = parked_count(client, job_id)
     view["final_event"] = final = workers.get("final_event")
     view["final_event_at"] = workers.get("final_event_at")
-    view.update({name: workers[name] for name in _PLEO_FINISH if name in workers})
+    view.update({name: workers[name] for name in (*_PLEO_FINISH, *_REFUSED) if name in workers})
     # ``job_status`` is the job's status in Pleo as far as we know it: the claim's reading until
     # the job ended, then how it ended (our final event, or what Pleo said when it ended it).
     if "job_status" in view:
@@ -69,7 +72,25 @@ def job_status(client: redis.Redis, job_id: str) -> dict[str, Any]:
     ended = final if final in TERMINAL_JOB_STATUSES else view.get("finished_by_pleo")
     if ended:
         view["job_status"] = ended
+    action = _action(view)
+    if action:
+        view["action"] = action
     return view
+
+
+def _action(view: dict[str, Any]) -> str | None:
+    """What an operator must do for the job, when Pleo refused our credentials (None: nothing)."""
+    if view.get("final_event_unsent") and not view["final_event"]:
+        return (
+            f"Pleo was not told that the job failed (our credentials were refused too): {_LOGIN}, "
+            "then 'pleo-export enqueue' the job; until then it stays in_progress in Pleo."
+        )
+    if view.get("credentials_refused") and not view["final_event"]:
+        return (
+            f"Pleo refuses our credentials: {view['waiting_report']} results wait to be written "
+            f"back; {_LOGIN} and they go, nothing is lost meanwhile."
+        )
+    return None
 
 
 def _text(value: bytes | str) -> str:

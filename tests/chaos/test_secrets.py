@@ -6,7 +6,8 @@ A Redis of its own with a real ``requirepass``, a Bearer token, an API key (Basi
 (success, a 401 from Pleo, Redis unreachable, a bad job id, 503s outlasting the retry budget),
 ``enqueue``, ``status``, ``poll``, the webhook receiver (valid and invalid deliveries), a producer
 worker and an ERP worker finishing jobs end to end. Every captured byte and every Redis key and
-value is then searched for each secret and its base64 and URL-encoded forms.
+value is then searched for each secret and its base64 and URL-encoded forms. OAuth's secrets
+(access and refresh tokens, client secrets, PLEO_CREDENTIALS_KEY): test_secrets_oauth.py.
 """
 
 from __future__ import annotations

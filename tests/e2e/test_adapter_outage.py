@@ -6,6 +6,7 @@ adapter's journal in PostgreSQL (reached through a forwarder the test cuts, in o
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections import Counter
@@ -19,6 +20,7 @@ from consumers.audit import write_manifest
 from consumers.audit_sql import SqlManifestSink
 from consumers.erp_sql import SqlJournal
 from contract.celery_app import make_app
+from contract.keys import outbox_key
 from contract.names import ITEMS_QUEUE
 from contract.settings import Settings
 from devtools.processes import stop_group
@@ -180,3 +182,51 @@ def assert_manifest_counts_the_retries(
     )
     assert retries >= 1
     assert sum((e.erp_attempts or 0) - 1 for e in manifest.entries) == retries
+
+
+def test_plain_erp_unreachable_past_the_limit_fails_the_job_after_every_booking_is_reported(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, start_worker: Any, erp_sim: Any
+) -> None:
+    """The ERP behind a plain HTTP connection answers every call 503 from mid-job on, longer
+    than ERP_UNREACHABLE_LIMIT: the job ends `failed` with accounting_system_unreachable exactly
+    once, and every entry the ERP booked (those in flight when it went down too) is reported;
+    nothing is left in the outbox (consumers/ending.py)."""
+    erp = erp_sim(latency=0.3)
+    job_id = sim_state.add_job(JobSpec(items=400, item_statuses={"pending": 1.0}))
+    produce(job_id, settings=settings, app=make_app(settings))
+    env = {
+        "ERP_ADAPTER": "consumers.erp_http:from_settings",
+        "ERP_HTTP_URL": erp.url,
+        "ERP_UNREACHABLE_LIMIT": "2",
+        "PLEO_CLOSE_INTERVAL": "3600",
+    }
+    for _ in range(2):
+        start_worker("consumers", ITEMS_QUEUE, concurrency=2, **env)
+    wait_for(lambda: len(erp.state.bookings()) >= 12, timeout=60, what="12 bookings")
+    went_down = time.monotonic()
+    erp.state.configure(dataclasses.replace(erp.state.config, fail_rate=1.0))
+    booked_then = len(erp.state.bookings())
+    status = wait_for(
+        lambda: (s := sim_state.jobs[job_id].status) in {"completed", "failed"} and s,
+        timeout=90,
+        what="the job to end",
+        explain=lambda: job_status(rdb, job_id),
+    )
+    took = time.monotonic() - went_down
+    time.sleep(1.0)  # a post still on its way would land by now (0.3 s each)
+    assert status == "failed"
+    finals = [e for e in sim_state.events(job_id) if e.event != "started" and e.accepted]
+    assert [(e.event, e.failure_reason_type) for e in finals] == [
+        ("failed", "accounting_system_unreachable")
+    ]
+    booked = {b.accounting_entry_id for b in erp.state.bookings()}
+    successful = {
+        i.accounting_entry_id for i in sim_state.items(job_id) if i.status == "successful"
+    }
+    assert 12 <= len(booked) < 400
+    assert successful == booked
+    assert rdb.hlen(outbox_key(job_id)) == 0
+    print(
+        f"plain_erp_unreachable booked_when_down={booked_then} booked={len(booked)} "
+        f"reported={len(successful)} ended_after={took:.1f}s"
+    )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from consumers.erp_sql import SqlJournal
 from devtools.demo import WORKDIR_NAME
 from tests.support.serial import taking_turns
 
@@ -70,3 +71,48 @@ def test_demo_command_runs_a_job_to_the_end_and_summarises_it(
     assert f"ERP journal: {journal}" in printed
     assert journal.exists()
     print(printed)
+
+
+@pytest.mark.parametrize("erp", ["sql", "http"])
+def test_demo_with_receipts_stores_each_booked_entrys_receipt(
+    redis_url: str, tmp_path: Path, erp: str
+) -> None:
+    """`pleo-export demo --receipts`: each entry the ERP booked gets its receipt stored, once,
+    and the summary says how many were stored and downloaded."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLEO_", "CELERY_", "ERP_"))}
+    env["REDIS_URL"] = redis_url
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    env["COLUMNS"] = "200"
+    started = time.monotonic()
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "producer", "demo"),
+            *("--items", "200", "--no-input", "--receipts", "--erp", erp),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    took = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    printed = proc.stdout
+    rows = summary_rows(printed)
+    receipts = re.fullmatch(r"(\d+) \((\d+)\)", rows.get("receipts stored (downloads)", ""))
+    assert receipts is not None, printed
+    stored, downloads = int(receipts[1]), int(receipts[2])
+    posted = int(rows["posted to ERP"])
+    print(
+        f"demo --receipts --erp {erp}: posted={posted} stored={stored} downloads={downloads} "
+        f"took={took:.1f}s"
+    )
+    assert posted > 0
+    assert stored == posted  # one receipt per sample entry, each stored once
+    assert downloads >= stored
+    assert int(rows["reported to Pleo"]) == int(rows["planned"])
+    if erp == "sql":
+        journal = tmp_path / WORKDIR_NAME / "erp-journal.sqlite3"
+        with SqlJournal(f"sqlite:///{journal}") as opened:
+            assert len(opened.attachments()) == stored

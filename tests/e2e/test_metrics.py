@@ -14,10 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.erp_sql import BATCH_SIZE
 from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE
@@ -26,52 +24,11 @@ from devtools.simulator import JobSpec, SimState
 from producer.status import job_status
 from tests.conftest import wait_for
 from tests.support.local import free_port, journal_ids, pool_children
+from tests.support.metrics import answering, metrics_env, scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
 
 ITEMS = 1000
-
-
-class Scrape:
-    """One parsed scrape: sample values by name and labels, summed over any other label."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self._samples = [
-            s for family in text_string_to_metric_families(text) for s in family.samples
-        ]
-
-    def value(self, name: str, **labels: str) -> float:
-        """The sum of ``name``'s samples whose labels include ``labels``."""
-        return sum(
-            s.value for s in self._samples if s.name == name and labels.items() <= s.labels.items()
-        )
-
-    def names(self) -> set[str]:
-        """Every sample name in the scrape."""
-        return {s.name for s in self._samples}
-
-
-def scrape(port: int) -> Scrape:
-    """GET /metrics from a worker's endpoint."""
-    answer = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
-    assert answer.status_code == 200, answer.text
-    return Scrape(answer.text)
-
-
-def answering(port: int) -> bool:
-    """Whether the endpoint answers yet."""
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def metrics_env(tmp_path: Path, name: str, port: int) -> dict[str, str]:
-    """A worker's endpoint: its port and its own multiprocess directory, empty at start."""
-    directory = tmp_path / f"{name}-metrics"
-    directory.mkdir()
-    return {"PLEO_METRICS_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(directory)}
 
 
 @pytest.mark.timeout(300)

@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.worker]
 
 ENDED = {"completed", "completed_with_errors", "failed"}
 _REFRESHED = re.compile(r"credential_refreshed kind=pleo")
+_ENDING_WAITED = re.compile(r"erp_ending_waited job_id=\S+ posts=(\d+) seconds=([\d.]+)")
 
 
 def ended(state: SimState, job_id: str) -> str | None:
@@ -134,13 +135,19 @@ def test_pleo_refresh_revoked_mid_run_fails_the_job_with_authentication_failure(
     assert rdb.llen(ITEMS_QUEUE) == 0  # nothing published from a run that failed
 
 
+GOVERNED = {"ERP_CALLS": "400", "ERP_PERIOD": "1", "ERP_CONCURRENCY": "2"}
+
+
 @pytest.mark.parametrize(
-    ("workers", "limits"),
+    ("workers", "latency", "limits", "receipts"),
     [
-        pytest.param(
-            2, {"ERP_CALLS": "400", "ERP_PERIOD": "1", "ERP_CONCURRENCY": "2"}, id="governed"
-        ),
-        pytest.param(1, {}, id="plain"),
+        pytest.param(2, 0.01, GOVERNED, False, id="governed"),
+        # Two processes of two pool processes each, and posts that take 1 s once past the
+        # ERP's auth check: when the grant goes, posts of other processes are in flight.
+        pytest.param(2, 1.0, {}, False, id="plain"),
+        # Receipts on: the refusal may meet an entry's upload, after the ERP booked it.
+        pytest.param(2, 0.01, GOVERNED, True, id="governed-receipts"),
+        pytest.param(2, 0.5, {}, True, id="plain-receipts"),
     ],
 )
 def test_erp_refresh_revoked_mid_job_ends_it_and_reports_every_booking(
@@ -150,13 +157,17 @@ def test_erp_refresh_revoked_mid_job_ends_it_and_reports_every_booking(
     rdb: redis.Redis,
     start_worker: Any,
     erp_sim: Any,
+    tmp_path: Path,
     workers: int,
+    latency: float,
     limits: dict[str, str],
+    receipts: bool,
 ) -> None:
-    """The ERP's grant revoked mid-job: the job ends with
-    accounting_system_authentication_failure, after every entry the ERP booked is reported;
-    nothing is left in the outbox. (A plain connection: one worker, see the README on why.)"""
-    erp = erp_sim(latency=0.01)
+    """The ERP's grant revoked mid-job, several workers posting: the job ends `failed` with
+    accounting_system_authentication_failure exactly once, after every entry the ERP booked
+    (those in flight at the revocation too, those whose receipt upload met the refusal) is
+    reported; nothing is left in the outbox."""
+    erp = erp_sim(latency=latency)
     erp.state.oauth = OAuthServer(CLIENT_ID, CLIENT_SECRET, access_lifetime=600)
     erp_settings = with_settings(
         settings,
@@ -174,30 +185,69 @@ def test_erp_refresh_revoked_mid_job_ends_it_and_reports_every_booking(
         "PLEO_CLOSE_INTERVAL": "3600",
         **limits,
     }
+    if receipts:
+        sim_state.receipts.configure(size=1024)
+        env.update(ERP_RECEIPTS="1", ERP_HTTP_ATTACHMENTS_URL=f"{erp.url}/journal/attachments")
     produce(job_id, settings=settings, app=make_app(settings))
     for _ in range(workers):
-        start_worker("consumers", ITEMS_QUEUE, **env)
-    wait_for(lambda: len(erp.state.bookings()) >= 100, timeout=60, what="100 bookings")
+        start_worker("consumers", ITEMS_QUEUE, concurrency=2, **env)
+    wait_for(lambda: len(erp.state.bookings()) >= 12, timeout=60, what="12 bookings")
+    revoked_at = time.monotonic()
     erp.state.oauth.revoke()
+    booked_at_revocation = len(erp.state.bookings())
     status = wait_for(
         lambda: ended(sim_state, job_id),
         timeout=90,
         what="the job to end",
         explain=lambda: job_status(rdb, job_id),
     )
+    ended_after = time.monotonic() - revoked_at
+    time.sleep(2.0)  # a post still on its way would land by now (1 s each)
     job = sim_state.jobs[job_id]
     assert status == "failed"
     assert job.failure_reason_type == "accounting_system_authentication_failure"
+    finals = [e for e in sim_state.events(job_id) if e.event != "started" and e.accepted]
+    assert [(e.event, e.failure_reason_type) for e in finals] == [
+        ("failed", "accounting_system_authentication_failure")
+    ]
     booked = {b.accounting_entry_id for b in erp.state.bookings()}
-    successful = {
-        i.accounting_entry_id for i in sim_state.items(job_id) if i.status == "successful"
+    items = sim_state.items(job_id)
+    successful = {i.accounting_entry_id for i in items if i.status == "successful"}
+    # A booked entry whose receipt met the refusal is reported with that receipt's reason.
+    unattached = {
+        i.accounting_entry_id
+        for i in items
+        if i.status == "failed" and i.failure_reason_type == "receipt_upload_failure"
     }
-    assert 100 <= len(booked) < 600
-    assert successful == booked  # every booking reported, nothing else claimed
+    assert 12 <= len(booked) < 600
+    assert successful | unattached == booked  # every booking reported, nothing else claimed
+    if receipts:
+        attached = {a.accounting_entry_id for a in erp.state.attachments.stored()}
+        assert successful <= attached
+    else:
+        assert not unattached
     assert rdb.hlen(outbox_key(job_id)) == 0
     assert rdb.scard(sending_key(job_id)) == 0
     assert rdb.hlen(results_key(job_id)) == len(booked)
-    assert erp.state.oauth.counts["refused_refresh"] >= 1
+    counts = dict(erp.state.oauth.counts)
+    assert counts["refused_refresh"] >= 1
+    # On the plain connection each worker that met the refusal waited for the posts in flight
+    # (consumers/ending.py): what they saw, from their logs.
+    waits = [
+        (int(posts), float(seconds))
+        for index in range(workers)
+        for posts, seconds in _ENDING_WAITED.findall(worker_log(tmp_path, index))
+    ]
+    if not limits:
+        assert waits, "no worker ended the job"
+        # Four pool processes post back to back: when one meets the refusal, others are mid-post.
+        assert max(posts for posts, _ in waits) >= 1
+    print(
+        f"oauth_erp_revoked booked_at_revocation={booked_at_revocation} booked={len(booked)} "
+        f"reported={len(successful)}+{len(unattached)} ended_after={ended_after:.1f}s "
+        f"waits={waits} "
+        f"counts={counts}"
+    )
 
 
 def test_pleo_grant_revoked_mid_job_keeps_every_result_until_login(
@@ -212,6 +262,9 @@ def test_pleo_grant_revoked_mid_job_keeps_every_result_until_login(
     seed(rdb, server)
     job_id = sim_state.add_job(JobSpec(items=600, item_statuses={"pending": 1.0}))
     produce(job_id, settings=oauth, app=make_app(oauth))
+    # Write-backs of 0.2 s each: the revocation below lands before the job's last PUT (on a
+    # loaded machine the six PUTs once went by before the poll below saw the first).
+    sim_state.latency = 0.2
     for _ in range(2):
         start_worker("consumers", ITEMS_QUEUE, settings_=oauth, **oauth_env(oauth))
 
@@ -226,6 +279,15 @@ def test_pleo_grant_revoked_mid_job_keeps_every_result_until_login(
     assert waiting > 0
     assert sim_state.jobs[job_id].status == "in_progress"
     assert reported() + waiting + rdb.scard(sending_key(job_id)) >= 600 - 100
+    # What `pleo-export status` shows meanwhile: why the results wait, and what to do.
+    stuck = wait_for(
+        lambda: (view := job_status(rdb, job_id)).get("credentials_refused") and view,
+        timeout=30,
+        what="the refusal noted for status",
+    )
+    assert "pleo-export auth login" in stuck["credentials_refused"]
+    assert "pleo-export auth login" in stuck["action"]
+    assert "results wait" in stuck["action"]
     seed(rdb, server)  # 'pleo-export auth login' again
     status = wait_for(
         lambda: ended(sim_state, job_id),
@@ -238,4 +300,54 @@ def test_pleo_grant_revoked_mid_job_keeps_every_result_until_login(
     assert set(sim_state.update_counts(job_id).values()) == {1}
     assert rdb.hlen(outbox_key(job_id)) == 0
     assert server.counts["refused_refresh"] >= 1
+    done = job_status(rdb, job_id)
+    assert "credentials_refused" not in done
+    assert "action" not in done
     print(f"oauth_pleo_revoked waiting_at_revocation={waiting} counts={dict(server.counts)}")
+
+
+def test_pleo_grant_revoked_outright_leaves_status_saying_what_to_do(
+    settings: Settings, sim_state: SimState, rdb: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pleo revokes the grant and its access tokens once the run claimed the job: the `failed`
+    event cannot be sent (inherent), and the log and `pleo-export status` say so and name
+    `pleo-export auth login`."""
+    oauth = pleo_oauth(settings, sim_state, lifetime=600)
+    oauth = with_settings(oauth, page_size=10, page_concurrency=1)
+    server = sim_state.oauth
+    assert server is not None
+    seed(rdb, server)
+    sim_state.latency = 0.05
+    job_id = sim_state.add_job(JobSpec(items=400, item_statuses={"pending": 1.0}))
+
+    def revoke_once_paging() -> None:
+        # Once the run pages (the claim is behind it): the run then knows the job in_progress.
+        wait_for(
+            lambda: any(c.path.endswith("/items") for c in sim_state.calls),
+            timeout=10,
+            what="the first page",
+        )
+        server.revoke()
+
+    watcher = threading.Thread(target=revoke_once_paging)
+    watcher.start()
+    with pytest.raises(AuthenticationFailed):
+        produce(job_id, settings=oauth, app=make_app(oauth))
+    watcher.join()
+    assert sim_state.jobs[job_id].status == "in_progress"  # Pleo could not be told
+    assert [e.event for e in sim_state.events(job_id) if e.accepted] == ["started"]
+    view = job_status(rdb, job_id)
+    assert view["state"] == "failed"
+    assert "pleo-export auth login" in view["final_event_unsent"]
+    assert "Pleo was not told" in view["action"]
+    assert "pleo-export auth login" in view["action"]
+    unsent = [r.getMessage() for r in caplog.records if "final_event_unsent" in r.getMessage()]
+    assert len(unsent) == 1
+    assert "auth login" in unsent[0]
+    # As the action says: sign in again and run the job again; it is published this time.
+    seed(rdb, server)
+    rerun = produce(job_id, settings=oauth, app=make_app(oauth))
+    assert rerun.status == "enqueued"
+    assert rerun.enqueued == 400
+    assert "action" not in job_status(rdb, job_id)
+    print(f"oauth_pleo_revoked_outright action={view['action']!r} counts={dict(server.counts)}")

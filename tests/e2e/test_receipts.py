@@ -10,6 +10,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +27,8 @@ from devtools.simulator import JobSpec, SimState
 from producer.components import produce
 from producer.status import job_status
 from tests.conftest import wait_for
+from tests.support.local import free_port
+from tests.support.metrics import metrics_env, scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
 
@@ -72,11 +75,13 @@ def test_receipts_fetched_after_their_urls_expired_are_all_uploaded(
     rdb: redis.Redis,
     start_worker: Callable[..., Any],
     erp_sim: Callable[..., RunningErpSimulator],
+    tmp_path: Path,
 ) -> None:
     """The worker starts after every URL of the job expired: it reads the data layer again for
     fresh ones (before trying any, since the message says when it was fetched), and every
-    receipt lands once. (Without the fetch time, schema 1, each URL is tried, refused 403 and
-    renewed: tests/integration/test_receipts.py.)"""
+    receipt lands once; the worker's metrics count each file, its bytes and its download.
+    (Without the fetch time, schema 1, each URL is tried, refused 403 and renewed:
+    tests/integration/test_receipts.py.)"""
     sim_state.receipts.configure(lifetime=2.0, size=2048)
     job_id = sim_state.add_job(JobSpec(items=12, item_statuses={"pending": 1.0}))
     # Schema 2 carries published_at, the fetch's time (no worker has announced it yet).
@@ -87,13 +92,18 @@ def test_receipts_fetched_after_their_urls_expired_are_all_uploaded(
     # The SQL journal is a governed connection (it batches); the HTTP one without limits is not.
     erp = erp_sim() if path == "direct" else None
     env = RECEIPTS_ON if erp is None else http_env(erp)
-    start_worker("consumers", ITEMS_QUEUE, **env, PLEO_FILE_URL_LIFETIME="2")
+    port = free_port()
+    metrics = metrics_env(tmp_path, "erp", port)
+    start_worker("consumers", ITEMS_QUEUE, **env, **metrics, PLEO_FILE_URL_LIFETIME="2")
     assert await_end(sim_state, rdb, job_id) == "completed"
     if erp is None:
         with SqlJournal(settings.erp_database_url) as journal:
-            stored = [r["accounting_entry_id"] for r in journal.attachments()]
+            rows = journal.attachments()
+        stored = [r["accounting_entry_id"] for r in rows]
+        stored_bytes = sum(r["size"] for r in rows)
     else:
         stored = list(stored_per_entry(erp).elements())
+        stored_bytes = sum(s.size for s in erp.state.attachments.stored())
     planned = sorted(i.accounting_entry_id for i in sim_state.items(job_id))
     assert sorted(stored) == planned
     counts = sim_state.receipts.counts()
@@ -102,6 +112,21 @@ def test_receipts_fetched_after_their_urls_expired_are_all_uploaded(
     assert counts["expired"] == 0
     assert counts["downloads"] == 12
     assert rereads >= 1
+    seen = scrape(port)
+    transferred = seen.value("pleo_export_receipts_transferred_total")
+    downloads = seen.value("pleo_export_receipt_download_seconds_count")
+    download_seconds = seen.value("pleo_export_receipt_download_seconds_sum")
+    print(
+        f"receipt metrics ({path}): transferred={transferred:g} "
+        f"bytes={seen.value('pleo_export_receipt_bytes_total'):g} downloads={downloads:g} "
+        f"download_seconds={download_seconds:.3f} "
+        f"failures={seen.value('pleo_export_receipt_failures_total'):g}"
+    )
+    assert transferred == len(stored)
+    assert seen.value("pleo_export_receipt_bytes_total") == stored_bytes
+    assert downloads == len(stored) <= counts["downloads"]  # one delivered download per file
+    assert download_seconds > 0
+    assert seen.value("pleo_export_receipt_failures_total") == 0
 
 
 def test_an_oversized_receipt_fails_its_entry_with_the_size_reason(
@@ -109,15 +134,24 @@ def test_an_oversized_receipt_fails_its_entry_with_the_size_reason(
     sim_state: SimState,
     rdb: redis.Redis,
     start_worker: Callable[..., Any],
+    tmp_path: Path,
 ) -> None:
     """Files over ERP_RECEIPT_MAX_BYTES (SQL journal, governed): each entry is reported
-    receipt_file_size_limit_exceeded, the job ends completed_with_errors, nothing is stored."""
+    receipt_file_size_limit_exceeded (and counted by that reason), the job ends
+    completed_with_errors, nothing is stored."""
     sim_state.receipts.configure(size=5000)
     job_id = sim_state.add_job(JobSpec(items=6, item_statuses={"pending": 1.0}))
     produce(job_id, settings=settings, app=make_app(settings))
-    start_worker("consumers", ITEMS_QUEUE, **RECEIPTS_ON, ERP_RECEIPT_MAX_BYTES="4096")
+    port = free_port()
+    metrics = metrics_env(tmp_path, "erp", port)
+    start_worker("consumers", ITEMS_QUEUE, **RECEIPTS_ON, **metrics, ERP_RECEIPT_MAX_BYTES="4096")
     assert await_end(sim_state, rdb, job_id) == "completed_with_errors"
     reasons = Counter(i.failure_reason_type for i in sim_state.items(job_id))
+    seen = scrape(port)
+    for kind, entries in reasons.items():
+        counted = seen.value("pleo_export_receipt_failures_total", reason=str(kind))
+        assert counted == entries, (kind, counted)
+    assert seen.value("pleo_export_receipts_transferred_total") == 0
     print(f"receipts: item reasons={dict(reasons)} downloads={sim_state.receipts.counts()}")
     assert reasons == {"receipt_file_size_limit_exceeded": 6}
     assert all("4096" in (i.failure_reason or "") for i in sim_state.items(job_id))

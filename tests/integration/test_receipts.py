@@ -34,6 +34,7 @@ from devtools.erp_simulator import RunningErpSimulator
 from devtools.simulator import JobSpec, RunningSimulator, SimState
 from devtools.simulator.files import ReceiptFiles, content_of
 from pleo.client import PleoClient, make_http_client
+from tests.support.metrics import Registry
 from tests.support.postgres import PG_URL, empty_journal
 
 pytestmark = pytest.mark.integration
@@ -118,6 +119,7 @@ def test_expired_urls_are_renewed_and_every_receipt_stored_once(
     entries = fetched_entries(settings, job_id)
     time.sleep(1.2)  # every URL the fetch gave is now expired
     receipts = receipts_for(settings, pleo, url_lifetime=1.0)
+    before = Registry()
     for n, entry in enumerate(entries):
         known = fetched_at if n % 2 == 0 else None  # odd ones: the fetch time is unknown
         assert receipts.transfer(journal, entry, booked(journal, entry), fetched_at=known) is None
@@ -138,6 +140,16 @@ def test_expired_urls_are_renewed_and_every_receipt_stored_once(
     entry = entries[0]
     assert receipts.transfer(journal, entry, booked(journal, entry), fetched_at=fetched_at) is None
     assert len(journal.attachments()) == 4
+    # Counted: each file the journal took (the replay's again), its bytes, each download.
+    taken = [*stored, first]
+    assert before.delta("pleo_export_receipts_transferred_total") == len(taken)
+    assert before.delta("pleo_export_receipt_bytes_total") == sum(r["size"] for r in taken)
+    # One delivered download per file taken (a retried one, served twice on a loaded machine,
+    # is still one).
+    downloads = before.delta("pleo_export_receipt_download_seconds_count")
+    assert downloads == len(taken) <= sim_state.receipts.counts()["downloads"]
+    assert before.delta("pleo_export_receipt_download_seconds_sum") > 0
+    assert before.delta("pleo_export_receipt_failures_total") == 0
     assert "receipt_attached" in caplog.text
     # The simulator's own access log (uvicorn, in this process) aside, no line names a URL.
     ours = [r.getMessage() for r in caplog.records if not r.name.startswith("uvicorn")]
@@ -152,21 +164,31 @@ def test_oversized_files_are_refused_declared_or_streamed(
     job_id = sim_state.add_job(JobSpec(items=2, item_statuses={"pending": 1.0}))
     receipts = receipts_for(settings, pleo, max_bytes=4096, url_lifetime=DAY)
     sim_state.receipts.configure(size=5000)
+    before = Registry()
+    seen: list[str | None] = []
     declared = fetched_entries(settings, job_id)[0]
     refused = receipts.transfer(
         journal, declared, booked(journal, declared), fetched_at=time.time()
     )
     assert reason(refused) == "receipt_file_size_limit_exceeded"
+    seen.append(reason(refused))
     assert sim_state.receipts.counts()["downloads"] == 0
     sim_state.receipts.configure(size=50_000, declared_size=100)
     lying = fetched_entries(settings, job_id)[1]
     refused = receipts.transfer(journal, lying, booked(journal, lying), fetched_at=time.time())
     assert reason(refused) == "receipt_file_size_limit_exceeded"
+    seen.append(reason(refused))
     assert "4096" in refused.reason
     assert "https://" not in refused.reason
     assert "http://" not in refused.reason
     assert sim_state.receipts.counts()["downloads"] == 1
     assert journal.attachments() == []
+    size_failures = "pleo_export_receipt_failures_total"
+    for kind in set(seen):
+        assert before.delta(size_failures, reason=str(kind)) == seen.count(kind)
+    assert before.delta(size_failures) == len(seen)
+    assert before.delta("pleo_export_receipts_transferred_total") == 0
+    assert before.delta("pleo_export_receipt_download_seconds_count") == 0  # none delivered
 
 
 def test_types_and_downloads_map_to_their_reasons(
@@ -178,22 +200,33 @@ def test_types_and_downloads_map_to_their_reasons(
     job_id = sim_state.add_job(JobSpec(items=4, item_statuses={"pending": 1.0}))
     receipts = receipts_for(settings, pleo, url_lifetime=DAY)
     sim_state.receipts.configure(size=1000, content_type="image/bmp")
+    before = Registry()
+    seen: list[str | None] = []
     entry = fetched_entries(settings, job_id)[0]
     refused = receipts.transfer(journal, entry, booked(journal, entry), fetched_at=None)
     assert reason(refused) == "receipt_conversion_failure"
+    seen.append(reason(refused))
     sim_state.receipts.configure(content_type=None, served_type="text/html")
     entry = fetched_entries(settings, job_id)[1]
     refused = receipts.transfer(journal, entry, booked(journal, entry), fetched_at=None)
     assert reason(refused) == "receipt_conversion_failure"
+    seen.append(reason(refused))
     sim_state.receipts.configure(served_type=None, fail_next=10)
     entry = fetched_entries(settings, job_id)[2]
     refused = receipts.transfer(journal, entry, booked(journal, entry), fetched_at=None)
     assert reason(refused) == "receipt_download_failure"
+    seen.append(reason(refused))
     assert sim_state.receipts.counts()["failed"] == 3  # the retry policy's three attempts
     sim_state.receipts.configure(fail_next=1)
     entry = fetched_entries(settings, job_id)[3]
     assert receipts.transfer(journal, entry, booked(journal, entry), fetched_at=None) is None
     assert [r["accounting_entry_id"] for r in journal.attachments()] == [entry.accounting_entry_id]
+    failures = "pleo_export_receipt_failures_total"
+    for kind in set(seen):
+        assert before.delta(failures, reason=str(kind)) == seen.count(kind)
+    assert before.delta(failures) == len(seen)
+    assert before.delta("pleo_export_receipts_transferred_total") == 1
+    assert before.delta("pleo_export_receipt_bytes_total") == journal.attachments()[0]["size"]
 
 
 def test_an_adapter_without_attach_or_receipts_off_transfers_nothing(
