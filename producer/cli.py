@@ -25,6 +25,7 @@ from contract.names import PRODUCER_QUEUE
 from contract.settings import Settings
 from producer.auth_cli import auth_group
 from producer.erp_sim_command import simulate_erp_command
+from producer.sim_command import simulate_command
 
 log = logging.getLogger(__name__)
 
@@ -238,99 +239,6 @@ def status(job_id: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
-@click.option(
-    "--items",
-    default=1000,
-    show_default=True,
-    type=click.IntRange(0, 10_000_000),
-    help="Items in the seeded sample job.",
-)
-@click.option("--seed", default=1, show_default=True, type=int)
-@click.option("--max-page-size", default=1000, show_default=True, type=click.IntRange(1))
-@click.option(
-    "--latency",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    help="Seconds added to every API request.",
-)
-@click.option(
-    "--expires-in",
-    default=3600,
-    show_default=True,
-    type=click.IntRange(1, 2**31 - 1),
-    help="The job's expiresIn: seconds without an action before Pleo fails it as job_expired.",
-)
-@click.option(
-    "--job-id",
-    default=None,
-    help="The sample job's id (a UUID); by default one derived from --seed.",
-)
-@click.option(
-    "--oauth-lifetime",
-    default=None,
-    type=click.FloatRange(0, min_open=True),
-    help="Serve OAuth (/oauth/authorize, /oauth/token; client PLEO_OAUTH_CLIENT_ID/SECRET) with "
-    "access tokens living this many seconds.",
-)
-@guarded
-def simulate(
-    *,
-    host: str,
-    port: int,
-    items: int,
-    seed: int,
-    max_page_size: int,
-    latency: float,
-    expires_in: int,
-    job_id: str | None,
-    oauth_lifetime: float | None,
-) -> None:
-    """Run the Pleo API simulator with one seeded pending job."""
-    from devtools.simulator import JobSpec, SimState, serve
-
-    settings = load_settings()
-    state = SimState(
-        token=settings.api_token,
-        api_key=settings.api_key,
-        max_page_size=max_page_size,
-        latency=latency,
-        seed=seed,
-    )
-    if oauth_lifetime is not None:
-        from devtools.oauth_server import OAuthServer
-
-        state.oauth = OAuthServer(
-            settings.pleo_oauth_client_id or "sim-client",
-            settings.pleo_oauth_client_secret or "sim-secret",
-            access_lifetime=oauth_lifetime,
-        )
-    given = job_id is not None
-    spec = JobSpec(
-        items=items,
-        seed=seed,
-        expires_in=expires_in,
-        job_id=validate_uuid(job_id, "Job id") if given else None,
-    )
-    job_id = state.add_job(spec)
-    origin = (
-        "the id given"
-        if given
-        else f"the id comes from --seed {seed}: the same seed gives the same job, whose marks "
-        "a ledger may already hold; another seed or --job-id gives a new one"
-    )
-
-    def announce(url: str) -> None:
-        click.echo(
-            f"simulated pending job {job_id} with {items} items at {url} ({origin})", err=True
-        )
-
-    serve(state, host, port, on_listening=announce)
-
-
-@main.command()
 @click.argument("job_id")
 @click.option(
     "--url",
@@ -506,6 +414,7 @@ def demo(items: int, no_input: bool, erp: str, receipts: bool) -> None:
     run_from_cli(items=items, no_input=no_input, erp=erp, receipts=receipts)
 
 
+main.add_command(simulate_command(guarded, load_settings))
 main.add_command(simulate_erp_command(guarded))
 main.add_command(auth_group(guarded, load_checked_settings))
 
