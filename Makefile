@@ -3,15 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The suite runs in 4 processes (pytest-xdist; with the workers and CLI runs they start, they keep
-# both cores busy), each with its own Redis and PostgreSQL database (tests/conftest.py); the
-# RabbitMQ and demo tests take turns (tests/support/serial.py). Work stealing keeps all four busy
-# to the end: with xdist's default (load) scheduling, two processes sat idle for the last ~90 s
-# of the run while the other two worked through the long tests already queued to them.
-# PYTEST_ARGS= runs it in one process.
-PYTEST_ARGS ?= -n 4 --dist worksteal
+# The suite runs in 6 processes (pytest-xdist), each with its own Redis database (9-14) and
+# PostgreSQL database (tests/conftest.py); the RabbitMQ and demo tests take turns
+# (tests/support/serial.py). Most of a test's time is spent waiting on real timers (leases, rate
+# limits, kombu's sweeps), so six overlap on two cores. Longest first (tests/durations.json,
+# tests/support/ordering.py), handed out one at a time (--maxschedchunk 1), so that all six end
+# together instead of one working through a long test queued last. PYTEST_ARGS= runs it in one
+# process; `make durations` measures the times again.
+PYTEST_ARGS ?= -n 6 --dist load --maxschedchunk 1
 
-.PHONY: install test chaos lint format demo bench clean
+.PHONY: install test durations chaos lint format demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,11 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m compileall -q contract pleo producer consumers devtools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+durations: $(STAMP)
+	rm -f .timeline.jsonl
+	PYTEST_TIMELINE=.timeline.jsonl $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m tests.support.ordering .timeline.jsonl && rm -f .timeline.jsonl
 
 chaos: $(STAMP)
 	CHAOS_FULL=1 CHAOS_REPORT=$${CHAOS_REPORT:-chaos-report.json} $(BIN)/python -m pytest -m chaos tests/chaos $(PYTEST_ARGS)

@@ -34,7 +34,7 @@ TEST_TOKEN = "test-token-8d1f0c"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
-pytest_plugins = ["tests.support.timeline"]
+pytest_plugins = ["tests.support.ordering", "tests.support.timeline"]
 
 PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -332,12 +332,13 @@ def test_enqueue_api_dedupes_within_the_window_only(
     wh_settings: Settings, rdb: redis.Redis
 ) -> None:
     """triggers.enqueue with its own clients sends once per window, and again once it passed."""
-    first = enqueue(JOB, settings=wh_settings, window=0.3)
-    again = enqueue(JOB.upper(), settings=wh_settings, window=0.3)
+    # 2 s: each call connects its own clients, which a loaded machine may take a second to do.
+    first = enqueue(JOB, settings=wh_settings, window=2.0)
+    again = enqueue(JOB.upper(), settings=wh_settings, window=2.0)
     assert (first.deduplicated, again.deduplicated) == (False, True)
     assert again.task_id == first.task_id
-    time.sleep(0.4)
-    later = enqueue(JOB, settings=wh_settings, window=0.3)
+    time.sleep(2.1)
+    later = enqueue(JOB, settings=wh_settings, window=2.0)
     assert not later.deduplicated
     messages = redis_queue(rdb, PRODUCER_QUEUE)
     assert [m.task_id for m in messages] == [first.task_id, later.task_id]
