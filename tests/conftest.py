@@ -25,7 +25,7 @@ from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE
 from contract.settings import Settings
 from devtools.processes import signal_group
 from devtools.simulator import RunningSimulator, SimState, start_in_thread
-from tests.support import serving
+from tests.support import serving, zygote
 from tests.support.journal import ram_journal_url
 from tests.support.stops import BackgroundStops
 
@@ -263,9 +263,12 @@ def cli(settings: Settings) -> Callable[..., subprocess.CompletedProcess[str]]:
     def run(
         *args: str, settings_: Settings | None = None, **env: str
     ) -> subprocess.CompletedProcess[str]:
+        command_env = env_for(settings_ or settings, **env)
+        if zygote.forkable(command_env):
+            return zygote.zygote().run("producer", list(args), command_env, timeout=90)
         return subprocess.run(
             [sys.executable, "-m", "producer", *args],
-            env=env_for(settings_ or settings, **env),
+            env=command_env,
             capture_output=True,
             text=True,
             timeout=90,
@@ -343,38 +346,29 @@ def start_worker(
         **env: str,
     ) -> subprocess.Popen[bytes]:
         log_path = tmp_path / f"worker-{len(procs)}.log"
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    app,
-                    "worker",
-                    "-Q",
-                    queue,
-                    "-c",
-                    str(concurrency),
-                    "-P",
-                    pool,
-                    "--without-mingle",
-                    "--without-gossip",
-                    "-l",
-                    loglevel,
-                ],
-                # A node name of its own (``CELERY_WORKER_HOSTNAME`` sets it): two workers both
-                # called celery@host share one pidbox queue, which RabbitMQ refuses the second.
-                env=env_for(
-                    settings_ or settings,
-                    **{"CELERY_WORKER_HOSTNAME": f"worker{len(procs)}.{os.getpid()}@%h", **env},
-                ),
-                cwd=ROOT,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                # Its own process group, so a test can kill the worker with all its children.
-                start_new_session=True,
-            )
+        celery_args = ["-A", app, "worker", "-Q", queue, "-c", str(concurrency), "-P", pool]
+        celery_args += ["--without-mingle", "--without-gossip", "-l", loglevel]
+        # A node name of its own (``CELERY_WORKER_HOSTNAME`` sets it): two workers both called
+        # celery@host share one pidbox queue, which RabbitMQ refuses the second.
+        worker_env = env_for(
+            settings_ or settings,
+            **{"CELERY_WORKER_HOSTNAME": f"worker{len(procs)}.{os.getpid()}@%h", **env},
+        )
+        proc: subprocess.Popen[bytes]
+        if zygote.forkable(worker_env, app=app):
+            # Forked from a process that has imported Celery and our code (tests/support/zygote.py).
+            proc = zygote.zygote().spawn("celery", celery_args, worker_env, log_path)
+        else:
+            with log_path.open("wb") as log_file:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "celery", *celery_args],
+                    env=worker_env,
+                    cwd=ROOT,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    # Its own process group, so a test can kill the worker with all its children.
+                    start_new_session=True,
+                )
         procs.append(proc)
         return proc
 
@@ -411,3 +405,8 @@ def erp_sim(background_stops: BackgroundStops) -> Iterator[Any]:
     sims = ErpSims()
     yield sims
     sims.stop_all(background_stops.stop)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """End this pytest process's worker zygote (tests/support/zygote.py), if it started one."""
+    zygote.close()

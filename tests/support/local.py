@@ -44,14 +44,20 @@ def worker_log(tmp_path: Path, index: int = 0) -> str:
 def pleo_export(settings: Settings, *args: str, timeout: float = 120) -> dict[str, Any]:
     """Run ``pleo-export ARGS --json`` with ``settings``; its JSON answer (exit 0 required)."""
     from tests.conftest import env_for
+    from tests.support import zygote
 
-    done = subprocess.run(
-        [sys.executable, "-m", "producer", *args, "--json"],
-        env=env_for(settings),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+    env = env_for(settings)
+    done = (
+        zygote.zygote().run("producer", [*args, "--json"], env, timeout=timeout)
+        if zygote.forkable(env)
+        else subprocess.run(
+            [sys.executable, "-m", "producer", *args, "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     )
     assert done.returncode == 0, done.stderr
     answer: dict[str, Any] = json.loads(done.stdout)
