@@ -263,16 +263,8 @@ def cli(settings: Settings) -> Callable[..., subprocess.CompletedProcess[str]]:
     def run(
         *args: str, settings_: Settings | None = None, **env: str
     ) -> subprocess.CompletedProcess[str]:
-        command_env = env_for(settings_ or settings, **env)
-        if zygote.forkable(command_env):
-            return zygote.zygote().run("producer", list(args), command_env, timeout=90)
-        return subprocess.run(
-            [sys.executable, "-m", "producer", *args],
-            env=command_env,
-            capture_output=True,
-            text=True,
-            timeout=90,
-            check=False,
+        return zygote.run_module(
+            "producer", list(args), env_for(settings_ or settings, **env), timeout=90
         )
 
     return run

@@ -14,8 +14,6 @@ from __future__ import annotations
 import ast
 import json
 import re
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -41,6 +39,7 @@ from producer.webhook import create_app
 from tests.chaos.conftest import scale, tally
 from tests.chaos.test_api_chaos import expected_messages
 from tests.conftest import env_for, wait_for, with_settings
+from tests.support import zygote
 from tests.support.queues import redis_queue
 from tests.support.serving import Served, start_in_thread
 
@@ -89,14 +88,7 @@ def deliver(url: str, job_id: str) -> str:
 
 def cli_enqueue(settings: Settings, job_id: str) -> str:
     """``pleo-export enqueue JOB``: ``enqueued`` or ``deduplicated``, from what it printed."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "producer", "enqueue", job_id],
-        env=env_for(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = zygote.run_module("producer", ["enqueue", job_id], env_for(settings), timeout=60)
     assert proc.returncode == 0, proc.stderr
     if proc.stdout.startswith("enqueued producer task"):
         return "enqueued"

@@ -43,6 +43,7 @@ from producer.signature import sign
 from producer.triggers import enqueue
 from tests.chaos.conftest import scale, tally
 from tests.conftest import ROOT, env_for, wait_for, with_settings
+from tests.support import zygote
 from tests.support.local import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.worker]
@@ -109,13 +110,8 @@ class Capture:
         self, name: str, *args: str, settings: Settings | None = None, **extra: str
     ) -> subprocess.CompletedProcess[str]:
         """Run ``pleo-export -vv ARGS``; stdout and stderr land in ``<name>.out``/``.err``."""
-        done = subprocess.run(
-            [sys.executable, "-m", "producer", "-vv", *args],
-            env=self.env(settings, **extra),
-            capture_output=True,
-            text=True,
-            timeout=90,
-            check=False,
+        done = zygote.run_module(
+            "producer", ["-vv", *args], self.env(settings, **extra), timeout=90
         )
         (self.folder / f"{name}.out").write_text(done.stdout)
         (self.folder / f"{name}.err").write_text(done.stderr)

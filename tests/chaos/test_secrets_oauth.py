@@ -41,6 +41,7 @@ from devtools.processes import signal_group, stop_group
 from devtools.simulator import JobSpec, SimState
 from tests.chaos.conftest import scale, tally
 from tests.conftest import ROOT, env_for, wait_for, with_settings
+from tests.support import zygote
 from tests.support.local import free_port
 from tests.support.metrics import answering, metrics_env, scrape
 from tests.support.oauth import CLIENT_ID, CLIENT_SECRET, KEY, oauth_env, pleo_oauth
@@ -122,15 +123,7 @@ class Outputs:
         self.workers: list[subprocess.Popen[bytes]] = []
 
     def cli(self, name: str, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [sys.executable, "-m", "producer", "-vv", *args],
-            env=self.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = zygote.run_module("producer", ["-vv", *args], self.env, timeout=120)
         (self.folder / f"{name}.out").write_text(done.stdout)
         (self.folder / f"{name}.err").write_text(done.stderr)
         assert done.returncode == code, (name, done.stderr[-2000:])

@@ -7,8 +7,6 @@ in-process; the refusals are also shown where operators meet them: a command and
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,6 +18,7 @@ from contract.names import ITEMS_QUEUE, PRODUCER_QUEUE
 from contract.redis_check import RedisUnfit, check_redis
 from contract.settings import Settings
 from tests.conftest import env_for, wait_for
+from tests.support import zygote
 from tests.support.local import free_port, worker_log
 from tests.support.redis_servers import redis_server
 
@@ -61,13 +60,8 @@ def checked(settings: Settings) -> list[str]:
 
 def test_an_evicting_redis_is_refused_by_a_command_with_exit_2(servers: dict[str, str]) -> None:
     """``pleo-export enqueue`` on an allkeys-lru Redis: exit 2, one sentence, nothing written."""
-    done = subprocess.run(
-        [sys.executable, "-m", "producer", "enqueue", JOB_ID],
-        env=env_for(on(servers["evicting"])),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = zygote.run_module(
+        "producer", ["enqueue", JOB_ID], env_for(on(servers["evicting"])), timeout=60
     )
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""

@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +45,7 @@ def pleo_export(settings: Settings, *args: str, timeout: float = 120) -> dict[st
     from tests.conftest import env_for
     from tests.support import zygote
 
-    env = env_for(settings)
-    done = (
-        zygote.zygote().run("producer", [*args, "--json"], env, timeout=timeout)
-        if zygote.forkable(env)
-        else subprocess.run(
-            [sys.executable, "-m", "producer", *args, "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    )
+    done = zygote.run_module("producer", [*args, "--json"], env_for(settings), timeout=timeout)
     assert done.returncode == 0, done.stderr
     answer: dict[str, Any] = json.loads(done.stdout)
     return answer

@@ -3,7 +3,7 @@
 ``tests/durations.json`` holds each test's seconds as a timeline run measured them
 (``PYTEST_TIMELINE``, see ``tests/support/timeline.py``); ``python -m tests.support.ordering
 TIMELINE`` writes it again. Tests sharing a module-scoped fixture stay together (one unit, the
-sum of their times), so the fixture is set up once. A test the file does not know counts as
+sum of their times; longest first within it). A test the file does not know counts as
 ``UNKNOWN_WORKER`` seconds if it starts a worker, else ``UNKNOWN``. The order changes what runs
 when, never what runs: every collected test still runs.
 """
@@ -58,7 +58,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     cost = {u: sum(_seconds(i, known) for i in members) for u, members in units.items()}
     # Ties keep collection order (sorted is stable), so every worker collects the same order.
     ordered = sorted(units, key=lambda u: -cost[u])
-    items[:] = [item for unit in ordered for item in units[unit]]
+    items[:] = [
+        item for unit in ordered for item in sorted(units[unit], key=lambda i: -_seconds(i, known))
+    ]
 
 
 def write(timeline: Path) -> None:

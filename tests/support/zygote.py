@@ -189,6 +189,23 @@ class Zygote:
             self._proc.stdout.close()
 
 
+def run_module(
+    module: str, args: list[str], env: dict[str, str], *, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` to its end, output captured as text: forked when ``forkable``."""
+    if forkable(env):
+        return zygote().run(module, args, env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 _zygote: Zygote | None = None
 _zygote_lock = threading.Lock()
 
