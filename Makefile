@@ -25,14 +25,17 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Byte-compiled once first: where PYTHONDONTWRITEBYTECODE is set, each of the processes the suite
-# starts (workers, CLI runs) would compile our modules again (~11 CPU-seconds a run).
+# starts (workers, CLI runs) would compile our modules again (~11 CPU-seconds a run), and pytest
+# would rewrite the asserts of 433 modules (the tests' and its plugins', most of them
+# schemathesis's) in each of its seven processes on every run (~4 CPU-seconds each): pytest runs
+# without it, so it keeps what it rewrote.
 test: $(STAMP)
 	$(BIN)/python -m compileall -q contract pleo producer consumers devtools
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 durations: $(STAMP)
 	rm -f .timeline.jsonl
-	PYTEST_TIMELINE=.timeline.jsonl $(BIN)/python -m pytest $(PYTEST_ARGS)
+	env -u PYTHONDONTWRITEBYTECODE PYTEST_TIMELINE=.timeline.jsonl $(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(BIN)/python -m tests.support.ordering .timeline.jsonl && rm -f .timeline.jsonl
 
 chaos: $(STAMP)
