@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import fields
@@ -35,6 +34,7 @@ from producer.triggers import enqueue
 from tests.chaos.conftest import FULL, measure, scale, tally
 from tests.chaos.test_producer_kill import holding, plan_order
 from tests.conftest import env_for, wait_for, with_settings
+from tests.support import zygote
 from tests.support.local import journal_ids, pleo_export, pool_children
 from tests.support.queues import redis_queue
 
@@ -143,13 +143,8 @@ def resumed_runs(rdb: redis.Redis, job_id: str) -> int:
 
 def start_run(live: Settings, job_id: str, log: Path) -> subprocess.Popen[bytes]:
     """``pleo-export run JOB --json`` in the background, publishing in small batches."""
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "producer", "-v", "run", job_id, "--json"],
-            env=env_for(with_settings(live, publish_batch=KILL_BATCH)),
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-        )
+    env = env_for(with_settings(live, publish_batch=KILL_BATCH))
+    return zygote.start_module("producer", ["-v", "run", job_id, "--json"], env, None, log)
 
 
 def rerun(live: Settings, job_id: str) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from devtools.simulator import FaultRule, JobSpec, SimState
 from tests.chaos.conftest import chaos_seed, scale, tally
 from tests.conftest import env_for, wait_for, with_settings
 from tests.integration import test_run_rabbitmq
+from tests.support import zygote
 from tests.support.local import journal_ids, pleo_export
 from tests.support.queues import Queued, decode, redis_queue
 from tests.support.rabbit import depth, peek
@@ -162,13 +162,8 @@ class KillChain:
                 return True
             return proc.poll() is not None
 
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "producer", "-v", "run", self.job_id, "--json"],
-                env=env_for(run_settings),
-                stdout=subprocess.DEVNULL,
-                stderr=log_file,
-            )
+        args = ["-v", "run", self.job_id, "--json"]
+        proc = zygote.start_module("producer", args, env_for(run_settings), None, log_path)
         try:
             # Probed every 2 ms, not wait_for's 50: a run publishes ~2,500 messages in 50 ms.
             deadline = time.monotonic() + PHASE_TIMEOUT

@@ -20,7 +20,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -42,7 +41,7 @@ from devtools.simulator import FaultRule, JobSpec, SimState
 from producer.signature import sign
 from producer.triggers import enqueue
 from tests.chaos.conftest import scale, tally
-from tests.conftest import ROOT, env_for, wait_for, with_settings
+from tests.conftest import env_for, wait_for, with_settings
 from tests.support import zygote
 from tests.support.local import free_port
 
@@ -128,15 +127,8 @@ class Capture:
     def start(self, name: str, *argv: str, **extra: str) -> Path:
         """Start a long-running process (stdout and stderr into ``<name>.log``); returns the log."""
         log_path = self.folder / f"{name}.log"
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", *argv],
-                env=self.env(None, **extra),
-                cwd=ROOT,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        module, *args = argv
+        proc = zygote.start_module(module, args, self.env(None, **extra), log_path)
         self.processes.append(proc)
         return log_path
 

@@ -154,20 +154,9 @@ class Outputs:
 
     def worker(self, name: str, **extra: str) -> Path:
         log_path = self.folder / f"{name}.log"
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "celery", "-A", "consumers", "worker"),
-                    *("-Q", ITEMS_QUEUE, "-c", "2", "-l", "DEBUG"),
-                    *("--without-mingle", "--without-gossip"),
-                ],
-                env={**self.env, **extra},
-                cwd=ROOT,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.workers.append(proc)
+        args = ["-A", "consumers", "worker", "-Q", ITEMS_QUEUE, "-c", "2", "-l", "DEBUG"]
+        args += ["--without-mingle", "--without-gossip"]
+        self.workers.append(zygote.start_module("celery", args, {**self.env, **extra}, log_path))
         return log_path
 
     def stop(self) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -16,6 +14,7 @@ from contract.keys import marks_key
 from contract.settings import Settings
 from devtools.simulator import JobSpec, SimState
 from tests.conftest import env_for, with_settings
+from tests.support import zygote
 from tests.support.queues import redis_queue
 
 pytestmark = pytest.mark.integration
@@ -36,12 +35,7 @@ def test_killed_producer_then_rerun_leaves_each_entry_once_in_order(
     env = env_for(fast)
     kill_after = random.Random(seed).randrange(1, items // 2)
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "producer", "run", job_id],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = zygote.start_module("producer", ["run", job_id], env, None)
     try:
         deadline = time.monotonic() + 60
         while rdb.hlen(marks_key(job_id)) < kill_after and proc.poll() is None:
@@ -54,13 +48,8 @@ def test_killed_producer_then_rerun_leaves_each_entry_once_in_order(
     partial = len(redis_queue(rdb))
     assert partial == rdb.hlen(marks_key(job_id)), "a mark without its message, or the reverse"
 
-    rerun = subprocess.run(
-        [sys.executable, "-m", "producer", "run", job_id, "--json"],
-        env={**env, "PLEO_LEASE_WAIT": "5"},
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
+    rerun = zygote.run_module(
+        "producer", ["run", job_id, "--json"], {**env, "PLEO_LEASE_WAIT": "5"}, timeout=90
     )
     assert rerun.returncode == 0, rerun.stderr
     queued = [q.kwargs for q in redis_queue(rdb)]

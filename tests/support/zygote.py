@@ -206,6 +206,26 @@ def run_module(
     )
 
 
+def start_module(
+    module: str, args: list[str], env: dict[str, str], out: Path | None, err: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``python -m MODULE ARGS`` in the background, in a session of its own: stdout to ``out``
+    (None: discarded), stderr to ``err`` (None: with stdout). Forked when ``forkable``."""
+    out = out or Path(os.devnull)
+    app = args[args.index("-A") + 1] if module == "celery" and "-A" in args else "consumers"
+    if forkable(env, app=app):
+        return zygote().spawn(module, args, env, out, err)
+    with out.open("wb") as stdout, (err or out).open("wb") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            env=env,
+            cwd=ROOT,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+
+
 _zygote: Zygote | None = None
 _zygote_lock = threading.Lock()
 
