@@ -146,10 +146,17 @@ def test_exhausted_retries_exit_4_and_publish_nothing(
 def test_lying_pages_stop_the_run_and_publish_nothing(
     cli: Cli, sim_state: SimState, rdb: redis.Redis, kind: str
 ) -> None:
-    """A page that breaks the spec, a cursor loop or a lying total exits 1 with nothing queued."""
+    """A page that breaks the spec, a cursor loop or a lying total exits 1 with nothing queued.
+
+    A cursor loop is the cursor walk's lie (``PLEO_PAGE_CONCURRENCY=1``): the offset walk reads
+    no cursor, so whether it notices one depends on which page the loop lands on (the last, whose
+    ``hasNextPage`` it checks, or a middle one, whose ``endCursor`` it ignores rightly), which the
+    order its concurrent requests arrive in decides.
+    """
     job_id = sim_state.add_job(JobSpec(items=500))
     sim_state.add_fault(FaultRule(endpoint="job_items", kind=kind, after=2))
-    proc = cli("run", job_id)
+    walk = {"PLEO_PAGE_CONCURRENCY": "1"} if kind == "cursor_loop" else {}
+    proc = cli("run", job_id, **walk)
     assert_one_sentence_error(proc, 1)
     assert rdb.llen(ITEMS_QUEUE) == 0
 
