@@ -212,8 +212,14 @@ def test_message_lost_in_the_brpop_window_is_repaired(
     assert wait_until_finished(sim_state, rdb, job_id, timeout=120) == "completed"
     view = assert_each_entry_once(settings, sim_state, job_id)
     assert {q.kwargs["accounting_entry_id"] for q in lost} <= set(journal_ids(settings))
-    assert rdb.hget(items_key(job_id), "republished") == b"2"
-    assert view["republished"] == 2
+    # The two lost, and now and then a spare: on a loaded machine the running worker can hold a
+    # message in the same window (taken, not yet indexed as unacked) when a stall is noticed. A
+    # spare copy is harmless (booked once, asserted above), and
+    # test_repair_rebuilds_the_lost_message_and_spares_held_ones proves the sweep resends nothing
+    # the queue or the unacked index holds.
+    republished = int(rdb.hget(items_key(job_id), "republished") or 0)
+    assert 2 <= republished <= 4, republished
+    assert view["republished"] == republished
 
 
 def kill(worker: subprocess.Popen[bytes], *, whole_group: bool) -> int:
