@@ -2,8 +2,9 @@
 
 ``tests/durations.json`` holds each test's seconds as a timeline run measured them
 (``PYTEST_TIMELINE``, see ``tests/support/timeline.py``); ``python -m tests.support.ordering
-TIMELINE`` writes it again. Tests sharing a module-scoped fixture stay together (one unit, the
-sum of their times; longest first within it). A test the file does not know counts as
+TIMELINE`` writes it again. Tests of ``LONG`` seconds or more go first, longest first; the rest
+sharing a module-scoped fixture stay together (one unit, the sum of their times), so a process
+sets the fixture up for several of them in a row. A test the file does not know counts as
 ``UNKNOWN_WORKER`` seconds if it starts a worker, else ``UNKNOWN``. The order changes what runs
 when, never what runs: every collected test still runs.
 """
@@ -20,6 +21,9 @@ import pytest
 DURATIONS = Path(__file__).resolve().parent.parent / "durations.json"
 UNKNOWN = 0.5
 UNKNOWN_WORKER = 10.0
+# Tests this long go first, longest first, whatever their module: one of them queued behind a
+# module's many short tests would end the run late.
+LONG = 10.0
 # Shorter tests are left out of the file: they count as UNKNOWN, and their order hardly matters.
 KEPT = 1.0
 
@@ -52,15 +56,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if config.getoption("dist", "no") != "load":
         return
     known = _known()
+    # Ties keep collection order (sorted is stable), so every worker collects the same order.
+    longest = sorted(
+        (i for i in items if _seconds(i, known) >= LONG), key=lambda i: -_seconds(i, known)
+    )
     units: dict[str, list[pytest.Item]] = defaultdict(list)
     for item in items:
-        units[_unit(item)].append(item)
+        if _seconds(item, known) < LONG:
+            units[_unit(item)].append(item)
     cost = {u: sum(_seconds(i, known) for i in members) for u, members in units.items()}
-    # Ties keep collection order (sorted is stable), so every worker collects the same order.
     ordered = sorted(units, key=lambda u: -cost[u])
-    items[:] = [
-        item for unit in ordered for item in sorted(units[unit], key=lambda i: -_seconds(i, known))
-    ]
+    items[:] = longest + [item for unit in ordered for item in units[unit]]
 
 
 def write(timeline: Path) -> None:
