@@ -35,8 +35,15 @@ from datetime import datetime
 import redis
 from celery import Celery
 
-from bench.common import DEFAULT_REDIS, own_redis, print_table, rate, sample_export_items
-from bench.rabbit import DEFAULT_AMQP, RabbitOutcome, bench_rabbitmq, reachable
+from bench.common import (
+    bench_rabbitmq_url,
+    bench_redis_url,
+    own_redis,
+    print_table,
+    rate,
+    sample_export_items,
+)
+from bench.rabbit import RabbitOutcome, bench_rabbitmq, reachable
 from contract.celery_app import make_app
 from contract.ledger import Ledger
 from contract.names import ITEM_TASK, ITEMS_QUEUE
@@ -202,11 +209,13 @@ def main() -> None:
         "--baseline-items", type=int, default=10_000, help="messages for (b), the slow one"
     )
     parser.add_argument("--quick", action="store_true", help="20,000 messages, 2,000 for (b)")
-    parser.add_argument("--redis", default=DEFAULT_REDIS, help="a Redis database to empty and use")
+    parser.add_argument(
+        "--redis", default=bench_redis_url(), help="a Redis database to empty and use"
+    )
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of (a)")
     parser.add_argument(
         "--rabbitmq",
-        default=DEFAULT_AMQP,
+        default=bench_rabbitmq_url(),
         help="a RabbitMQ URL whose vhost's items queue may be emptied and used ('' to skip)",
     )
     parser.add_argument(

@@ -32,7 +32,7 @@ from typing import Any
 
 import redis
 
-from bench.common import TOKEN, own_redis, print_table
+from bench.common import TOKEN, bench_redis_url, own_redis, print_table
 from contract.keys import progress_key
 from contract.settings import Settings
 from devtools.simulator import JobSpec, SimState, start_in_thread
@@ -161,7 +161,7 @@ def main() -> None:
     parser.add_argument("--page-size", type=int, default=1_000, help="PLEO_PAGE_SIZE")
     parser.add_argument("--latency", type=float, default=0.02, help="simulator seconds/request")
     parser.add_argument("--quick", action="store_true", help="a 20,000-item job")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/13", help="a db to empty")
+    parser.add_argument("--redis", default=bench_redis_url(), help="a db to empty")
     parser.add_argument("--concurrency", type=int, help="PLEO_PAGE_CONCURRENCY (default: its own)")
     parser.add_argument(
         "--paging", action="store_true", help="page size 100, 100 ms: concurrencies side by side"
