@@ -58,7 +58,7 @@ demo: $(STAMP)
 # a PostgreSQL database for bench/e2e.py's journal rows (none by default). For example:
 #   make bench BENCH_REDIS=redis://127.0.0.1:6379/1 BENCH_RABBITMQ=amqp://guest:guest@127.0.0.1:5672/pleo-bench \
 #     BENCH_POSTGRES=postgresql://postgres@127.0.0.1:5432/bench1
-# Not in `make bench` (about 6 minutes, Redis grows to ~6 GB): the 1,000,000-entry run,
+# Not in `make bench` (about 8 minutes, Redis grows to ~6 GB): the 1,000,000-entry run,
 #   $(BIN)/python -m bench.run_job -n 1000000 --repeat 1
 BENCH_ARGS ?=
 bench: $(STAMP)

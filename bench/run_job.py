@@ -11,7 +11,7 @@ Each run is followed, in the same process, by the physical limit (``bench/raw_li
 client reading both layers' pages side by side, bytes only, then a raw pipelined LPUSH of as many
 byte strings as the run queued, each as long as one of its messages), and the table shows wall /
 physical limit. Every figure is the median of ``--repeat`` runs (3), each on a fresh Redis db.
-``-n 1000000 --repeat 1`` is the million-entry run (about 6 minutes; Redis grows to ~6 GB): what
+``-n 1000000 --repeat 1`` is the million-entry run (about 8 minutes; Redis grows to ~6 GB): what
 an operator sizes, peak RSS, spool and Redis bytes per entry, time per entry.
 Usage: ``python -m bench.run_job [-n 100000] [--latency 0.02] [--concurrency N] [--repeat 3]
 [--quick]``.
@@ -177,7 +177,8 @@ def print_run(args: argparse.Namespace, items: int, runs: list[dict[str, float]]
         ["wall time (process start to exit)", f"{m['wall']:.2f} s (runs: {walls})"],
         [
             "physical limit: raw fetch + raw LPUSH (same run)",
-            f"{m['physical']:.2f} s = {m['raw_fetch']:.2f} + {m['raw_lpush']:.2f}",
+            f"{m['physical']:.2f} s (medians: fetch {m['raw_fetch']:.2f}, LPUSH"
+            f" {m['raw_lpush']:.2f})",
         ],
         ["wall / physical limit", f"{m['wall_physical']:.2f}x (goal <= 1.5x)"],
         ["producer's own run time (summary `seconds`)", f"{m['run']:.2f} s"],
