@@ -54,6 +54,15 @@ demo: $(STAMP)
 	$(BIN)/pleo-export demo
 
 # The benchmarks (bench/), one table each, at the issue's sizes; BENCH_ARGS=--quick: a few minutes.
+# Services, from the environment or the command line (make passes both on to the benches):
+# BENCH_REDIS, a Redis database every bench empties (default redis://127.0.0.1:6379/8; the suite
+# takes 9-15); BENCH_RABBITMQ, a RabbitMQ URL whose vhost's items queue is emptied (default the
+# default vhost, where the RabbitMQ tests take turns; skipped when nothing listens); BENCH_POSTGRES,
+# a PostgreSQL database for bench/e2e.py's journal rows (none by default). For example:
+#   make bench BENCH_REDIS=redis://127.0.0.1:6379/1 BENCH_RABBITMQ=amqp://guest:guest@127.0.0.1:5672/pleo-bench \
+#     BENCH_POSTGRES=postgresql://postgres@127.0.0.1:5432/bench1
+# Not in `make bench` (about 8 minutes, Redis grows to ~6 GB): the 1,000,000-entry run,
+#   $(BIN)/python -m bench.run_job -n 1000000 --repeat 1
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m bench.publish $(BENCH_ARGS)

@@ -1,5 +1,9 @@
 """What the benchmarks share: one table style, a Redis database of their own, realistic payloads.
 
+Every bench's ``--redis`` defaults to ``BENCH_REDIS`` (else db 8) and ``--rabbitmq`` to
+``BENCH_RABBITMQ`` (``bench/e2e.py``'s ``--postgres`` to ``BENCH_POSTGRES``):
+``make bench BENCH_REDIS=redis://127.0.0.1:6379/1`` moves them all.
+
 Every bench prints one table of figures measured side by side in the same run (a shared, busy
 machine makes absolute numbers noisy; the ratios between rows are the result), and empties only
 its own Redis database, before and after.
@@ -22,11 +26,25 @@ from rich.table import Table
 from contract.settings import Settings
 from devtools.simulator.payloads import export_item, seeded_uuid
 
-DEFAULT_REDIS = "redis://127.0.0.1:6379/12"
+# db 8: the test suite takes dbs 9-15 (tests/conftest.py); a bench beside it empties none of them.
+DEFAULT_REDIS = "redis://127.0.0.1:6379/8"
+# The default virtual host, which the RabbitMQ tests take turns on (tests/support/serial.py); give
+# the bench one of its own on a shared broker (bench/rabbit.py).
+DEFAULT_RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 TOKEN = "bench-token"
 # The checkout, put on a started worker's PYTHONPATH.
 ROOT = Path(__file__).resolve().parent.parent
 _EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def bench_redis_url() -> str:
+    """The Redis database every bench empties and uses: ``BENCH_REDIS``, else db 8."""
+    return os.environ.get("BENCH_REDIS") or DEFAULT_REDIS
+
+
+def bench_rabbitmq_url() -> str:
+    """The RabbitMQ URL (and virtual host) the benches use: ``BENCH_RABBITMQ``, else the default."""
+    return os.environ.get("BENCH_RABBITMQ") or DEFAULT_RABBITMQ
 
 
 def print_table(

@@ -4,10 +4,10 @@ Runs the producer in-process against the simulator (real HTTP on loopback) and a
 starts `celery -A consumers worker -c W` (through ``bench/worker_probe.py``, which clocks each
 process's Redis and SQL calls) and times from the first message taken off the queue to the job's
 final event. Every row is the median of ``--runs`` runs, for both journals (SQLite; PostgreSQL
-when ``--postgres URL`` is given), both posting paths (governed: the journal's declared batches
-of 500, posted by poster threads; direct: ``ERP_BATCH_SIZE=1``, one entry per message) and, with
-``--before DIR``, the worker code of another checkout (an older commit, its dependencies
-installed in this virtualenv) side by side.
+when ``--postgres URL`` or ``BENCH_POSTGRES`` is given), both posting paths (governed: the
+journal's declared batches of 500, posted by poster threads; direct: ``ERP_BATCH_SIZE=1``, one
+entry per message) and, with ``--before DIR``, the worker code of another checkout (an older
+commit, its dependencies installed in this virtualenv) side by side.
 
 Usage: ``python -m bench.e2e [--items 10000] [--quick] [--redis URL] [--postgres URL]
 [--before DIR] [--runs 3] [--paths governed,direct] [--processes 1,2] [--pools]`` (``--pools``
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import redis
 
-from bench.common import DEFAULT_REDIS, ROOT, TOKEN, own_redis, print_table, worker_env
+from bench.common import ROOT, TOKEN, bench_redis_url, own_redis, print_table, worker_env
 from consumers.erp_sql import SqlJournal
 from contract.celery_app import make_app
 from contract.names import ITEMS_QUEUE
@@ -151,8 +152,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--items", type=int, default=10_000, help="items in each job")
     parser.add_argument("--quick", action="store_true", help="a 2,000-item job")
-    parser.add_argument("--redis", default=DEFAULT_REDIS, help="a Redis database to empty and use")
-    parser.add_argument("--postgres", help="a PostgreSQL database for the journal rows too")
+    parser.add_argument(
+        "--redis", default=bench_redis_url(), help="a Redis database to empty and use"
+    )
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("BENCH_POSTGRES") or None,
+        help="a PostgreSQL database for the journal rows too (default: BENCH_POSTGRES)",
+    )
     parser.add_argument("--before", type=Path, help="another checkout's worker code, side by side")
     parser.add_argument("--runs", type=int, default=3, help="runs per row (the median is shown)")
     parser.add_argument(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from bench.common import DEFAULT_REDIS, ROOT, TOKEN, own_redis, print_table, worker_env
+from bench.common import ROOT, TOKEN, bench_redis_url, own_redis, print_table, worker_env
 from contract.celery_app import make_app
 from contract.names import ITEMS_QUEUE
 from contract.settings import Settings
@@ -115,7 +115,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=5, help="the ERP's calls at once")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds an answer")
     parser.add_argument("--quick", action="store_true", help="smaller jobs")
-    parser.add_argument("--redis", default=DEFAULT_REDIS, help="a Redis database to empty and use")
+    parser.add_argument(
+        "--redis", default=bench_redis_url(), help="a Redis database to empty and use"
+    )
     args = parser.parse_args()
     base = Settings(redis_url=args.redis, broker_url=args.redis, api_token=TOKEN, page_size=1000)
     # About 20 s of the ERP's calls each (5 s with --quick): long enough for a steady rate.

@@ -9,9 +9,13 @@ other in one run:
     (a') the same publisher handed payload dicts, so it encodes every payload itself;
 (b) baseline: what one writes by hand, per item a ``SET NX`` on a dedup key, then ``send_task``
     with the same kwargs and task id through a Celery app configured like ours;
+(b') the best hand-written: per batch of 500, the ``SET NX`` marks in one pipeline, then the
+    new entries' ``send_task`` calls with a short ``kwargsrepr`` inside kombu's
+    ``Producer.batch`` (their LPUSHes in one pipeline), and no ``task-sent`` event (ours sends
+    none); ours against it is the headline ratio;
 (c) ceiling: raw ``LPUSH`` of byte strings as long as (a)'s messages, pipelined 1,000 at a time.
 
-After each, the queue is checked to hold every message (and (a)'s and (b)'s decode as Celery
+After each, the queue is checked to hold every message (and (a)'s, (b)'s and (b')'s decode as Celery
 task messages with the right ids and kwargs), so no contender wins by skipping work. A second
 table does the same on RabbitMQ with publisher confirms (``bench/rabbit.py``: ours against raw
 confirmed publishes, median of 3), when anything listens at ``--rabbitmq``.
@@ -35,13 +39,20 @@ from datetime import datetime
 import redis
 from celery import Celery
 
-from bench.common import DEFAULT_REDIS, own_redis, print_table, rate, sample_export_items
-from bench.rabbit import DEFAULT_AMQP, RabbitOutcome, bench_rabbitmq, reachable
+from bench.common import (
+    bench_rabbitmq_url,
+    bench_redis_url,
+    own_redis,
+    print_table,
+    rate,
+    sample_export_items,
+)
+from bench.rabbit import RabbitOutcome, bench_rabbitmq, reachable
 from contract.celery_app import make_app
 from contract.ledger import Ledger
 from contract.names import ITEM_TASK, ITEMS_QUEUE
 from contract.settings import Settings
-from contract.wire import task_id_for
+from contract.wire import short_repr, task_id_for
 from pleo.models import ExportItem
 from producer.components import make_ledger
 from producer.plan import PlannedItem
@@ -52,6 +63,8 @@ from tests.support.queues import decode
 JOB_ID = "5b0e1a4c-7d2f-4e8a-9c31-2f6d8b7a1e90"
 COMPANY_ID = "0c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f"
 LPUSH_BATCH = 1_000
+# (b')'s batch: as many marks and messages a pipeline as ours puts in one script.
+PIPELINED_BATCH = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +158,42 @@ def run_baseline(app: Celery, client: redis.Redis, items: Sequence[PlannedItem])
     return Outcome("(b) baseline: SET NX + send_task", total, seconds)
 
 
+def run_pipelined(app: Celery, client: redis.Redis, items: Sequence[PlannedItem]) -> Outcome:
+    """(b'): per batch of 500, the ``SET NX`` marks in one pipeline, then the new entries' Celery
+    messages in one (kombu's ``Producer.batch``), each with a short ``kwargsrepr``.
+
+    ``app`` should send no ``task-sent`` events (``task_send_sent_event``), as ours sends none:
+    with them every message is two publishes.
+    """
+    total = len(items)
+    started = time.perf_counter()
+    with app.producer_or_acquire() as producer:
+        for start in range(0, total, PIPELINED_BATCH):
+            batch = items[start : start + PIPELINED_BATCH]
+            with client.pipeline(transaction=False) as pipe:
+                for item in batch:
+                    pipe.set(
+                        f"bench:dedup:{JOB_ID}:{item.accounting_entry_id}", 1, nx=True, ex=3600
+                    )
+                fresh = pipe.execute()
+            with producer.batch(max_size=PIPELINED_BATCH):
+                for item, new in zip(batch, fresh, strict=True):
+                    if new:
+                        kwargs = item.message(JOB_ID, COMPANY_ID, total).to_kwargs()
+                        app.send_task(
+                            ITEM_TASK,
+                            kwargs=kwargs,
+                            task_id=task_id_for(JOB_ID, item.accounting_entry_id),
+                            queue=ITEMS_QUEUE,
+                            producer=producer,
+                            kwargsrepr=short_repr(kwargs),
+                        )
+    seconds = time.perf_counter() - started
+    return Outcome(
+        "(b') hand-written, pipelined: SET NX x 500, then send_task x 500", total, seconds
+    )
+
+
 def run_raw(client: redis.Redis, sizes: Sequence[int]) -> Outcome:
     """(c): LPUSH byte strings of the given sizes, pipelined ``LPUSH_BATCH`` at a time."""
     bodies = [b"x" * size for size in sizes]
@@ -202,11 +251,13 @@ def main() -> None:
         "--baseline-items", type=int, default=10_000, help="messages for (b), the slow one"
     )
     parser.add_argument("--quick", action="store_true", help="20,000 messages, 2,000 for (b)")
-    parser.add_argument("--redis", default=DEFAULT_REDIS, help="a Redis database to empty and use")
+    parser.add_argument(
+        "--redis", default=bench_redis_url(), help="a Redis database to empty and use"
+    )
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of (a)")
     parser.add_argument(
         "--rabbitmq",
-        default=DEFAULT_AMQP,
+        default=bench_rabbitmq_url(),
         help="a RabbitMQ URL whose vhost's items queue may be emptied and used ('' to skip)",
     )
     parser.add_argument(
@@ -231,6 +282,12 @@ def main() -> None:
         baseline_items = planned_items(baseline_count)
         baseline = run_baseline(app, client, baseline_items)
         check_celery_queue(client, baseline_items, "(b)")
+        client.flushdb()
+        # The same app's configuration, less the task-sent event per message ours does not send.
+        quiet = make_app(settings)
+        quiet.conf.task_send_sent_event = False
+        pipelined = run_pipelined(quiet, client, items)
+        check_celery_queue(client, items, "(b')")
         client.flushdb()
         raw = run_raw(client, sizes)
         if client.llen(ITEMS_QUEUE) != count:
@@ -257,19 +314,23 @@ def main() -> None:
     mean_size = sum(sizes) / len(sizes)
     rows = [
         [o.name, f"{o.items:,}", f"{o.seconds:.2f}", rate(o.items, o.seconds)]
-        for o in (ours, encoding, baseline, raw)
+        for o in (ours, encoding, baseline, pipelined, raw)
     ]
     print_table(
         f"Publish to Redis: {count:,} schema-1 messages, mean {mean_size:,.0f} bytes",
         ["contender", "messages", "seconds", "messages/s"],
         rows,
         [
-            f"a/b = {ours.per_second / baseline.per_second:.1f}x   "
-            f"a/c = {ours.per_second / raw.per_second:.0%}   (targets: >= 20x, >= 20%)",
+            f"a/b' = {ours.per_second / pipelined.per_second:.1f}x (the headline: ours against"
+            f" the best hand-written)   a/c = {ours.per_second / raw.per_second:.0%}"
+            "   (goal: a/c >= 50%)",
+            f"a/b = {ours.per_second / baseline.per_second:.1f}x (against the naive one)   "
+            f"b'/c = {pipelined.per_second / raw.per_second:.0%}",
             f"a'/b = {encoding.per_second / baseline.per_second:.1f}x   "
             f"a'/c = {encoding.per_second / raw.per_second:.0%}",
             f"(b) ran on {baseline_count:,} messages (slow); rates are per second either way.",
-            "Each queue was checked after its run: every message there once, (a) and (b) decoded.",
+            "Each queue was checked after its run: every message there once, (a), (a'), (b) and"
+            " (b') decoded with the right task ids and kwargs.",
         ],
     )
     if rabbit is not None:

@@ -39,7 +39,6 @@ from producer.plan import PlannedItem
 from producer.publish import KombuPublisher, PayloadSource
 from tests.support.serial import taking_turns
 
-DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672//"
 RUNS = 3
 CONFIRM_EVERY = 1_000
 

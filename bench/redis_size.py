@@ -25,7 +25,7 @@ from pathlib import Path
 
 import redis
 
-from bench.common import DEFAULT_REDIS, ROOT, TOKEN, own_redis, print_table, worker_env
+from bench.common import ROOT, TOKEN, bench_redis_url, own_redis, print_table, worker_env
 from consumers.closing import Closer
 from contract.celery_app import make_app
 from contract.keys import payloads_key
@@ -107,7 +107,9 @@ def main() -> None:
     """Measure both orderings and print one table each."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--items", type=int, default=3000, help="entries in each job")
-    parser.add_argument("--redis", default=DEFAULT_REDIS, help="a Redis database to empty and use")
+    parser.add_argument(
+        "--redis", default=bench_redis_url(), help="a Redis database to empty and use"
+    )
     args = parser.parse_args()
     items = args.items
     base = Settings(redis_url=args.redis, broker_url=args.redis, api_token=TOKEN, page_size=1000)

@@ -5,7 +5,7 @@ Redis client's send and read calls (a round trip is one send: a pipeline or a sc
 SQLAlchemy's cursor executes and commits, then hands over to ``celery``. Every process (the main
 one, each pool process) writes its totals to ``OUT_DIR/<pid>.json`` after each task (at most
 every 0.2 s) and when it exits. Redis work is split by client: the ledger's (``ours``, built by
-``consumers.tasks``) and everything else (kombu's broker traffic, task events). A bench tool
+``consumers.components``) and everything else (kombu's broker traffic, task events). A bench tool
 only: it patches libraries, which production code never does.
 """
 
@@ -126,9 +126,10 @@ def _timed_commit(self: Any) -> None:
 
 sqlalchemy.engine.Connection._commit_impl = _timed_commit  # type: ignore[method-assign]
 
-import consumers.tasks  # noqa: E402
+# The item path's ledger client: what a worker process's parts (consumers/components.py) build.
+import consumers.components  # noqa: E402
 
-_ledger_client = consumers.tasks.ledger_client  # type: ignore[attr-defined]
+_ledger_client = consumers.components.ledger_client
 
 
 def _marked_client(*args: Any, **kwargs: Any) -> redis.Redis:
@@ -145,7 +146,7 @@ def _marked_client(*args: Any, **kwargs: Any) -> redis.Redis:
     return client
 
 
-consumers.tasks.ledger_client = _marked_client  # type: ignore[attr-defined]
+consumers.components.ledger_client = _marked_client
 
 
 @task_postrun.connect(weak=False)  # type: ignore[untyped-decorator]
