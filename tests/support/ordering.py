@@ -53,7 +53,9 @@ def _unit(item: pytest.Item) -> str:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("dist", "no") != "load":
+    # An xdist worker runs with ``dist`` reset to "no" (xdist/remote.py), and it is the workers'
+    # collections that the controller hands out: order there, and in a controller of --dist load.
+    if not hasattr(config, "workerinput") and config.getoption("dist", "no") != "load":
         return
     known = _known()
     # Ties keep collection order (sorted is stable), so every worker collects the same order.
