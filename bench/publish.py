@@ -48,6 +48,7 @@ from bench.common import (
     sample_export_items,
 )
 from bench.rabbit import RabbitOutcome, bench_rabbitmq, reachable
+from bench.raw_limit import lpush_seconds
 from contract.celery_app import make_app
 from contract.ledger import Ledger
 from contract.names import ITEM_TASK, ITEMS_QUEUE
@@ -62,7 +63,6 @@ from tests.support.queues import decode
 
 JOB_ID = "5b0e1a4c-7d2f-4e8a-9c31-2f6d8b7a1e90"
 COMPANY_ID = "0c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f"
-LPUSH_BATCH = 1_000
 # (b')'s batch: as many marks and messages a pipeline as ours puts in one script.
 PIPELINED_BATCH = 500
 
@@ -195,16 +195,9 @@ def run_pipelined(app: Celery, client: redis.Redis, items: Sequence[PlannedItem]
 
 
 def run_raw(client: redis.Redis, sizes: Sequence[int]) -> Outcome:
-    """(c): LPUSH byte strings of the given sizes, pipelined ``LPUSH_BATCH`` at a time."""
-    bodies = [b"x" * size for size in sizes]
-    started = time.perf_counter()
-    for start in range(0, len(bodies), LPUSH_BATCH):
-        with client.pipeline(transaction=False) as pipe:
-            for body in bodies[start : start + LPUSH_BATCH]:
-                pipe.lpush(ITEMS_QUEUE, body)
-            pipe.execute()
-    seconds = time.perf_counter() - started
-    return Outcome("(c) ceiling: raw pipelined LPUSH", len(bodies), seconds)
+    """(c): LPUSH byte strings of the given sizes (``bench.raw_limit.lpush_seconds``)."""
+    seconds = lpush_seconds(client, ITEMS_QUEUE, sizes)
+    return Outcome("(c) ceiling: raw pipelined LPUSH", len(sizes), seconds)
 
 
 def check_celery_queue(client: redis.Redis, items: Sequence[PlannedItem], who: str) -> list[int]:

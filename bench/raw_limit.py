@@ -101,23 +101,29 @@ def message_sizes(client: redis.Redis, queue: str, chunk: int = 10_000) -> list[
     return sizes
 
 
-def raw_lpush(client: redis.Redis, sizes: Sequence[int]) -> float:
-    """LPUSH byte strings of ``sizes``, pipelined ``LPUSH_BATCH`` at a time: the seconds."""
+def lpush_seconds(client: redis.Redis, key: str, sizes: Sequence[int]) -> float:
+    """LPUSH byte strings of ``sizes`` onto ``key``, pipelined ``LPUSH_BATCH`` at a time: the
+    seconds it took."""
     # One byte string per distinct length (a million bodies would hold ~5 GB here).
     by_size = {size: b"x" * size for size in set(sizes)}
     bodies = [by_size[size] for size in sizes]
-    client.delete(RAW_KEY)
     started = time.perf_counter()
     for start in range(0, len(bodies), LPUSH_BATCH):
         with client.pipeline(transaction=False) as pipe:
             for body in bodies[start : start + LPUSH_BATCH]:
-                pipe.lpush(RAW_KEY, body)
+                pipe.lpush(key, body)
             pipe.execute()
-    seconds = time.perf_counter() - started
+    return time.perf_counter() - started
+
+
+def raw_lpush(client: redis.Redis, sizes: Sequence[int]) -> float:
+    """The raw LPUSH of ``sizes`` on a key of its own, checked and removed: the seconds."""
+    client.delete(RAW_KEY)
+    seconds = lpush_seconds(client, RAW_KEY, sizes)
     queued = int(client.llen(RAW_KEY))
     client.delete(RAW_KEY)
-    if queued != len(bodies):
-        raise SystemExit(f"the raw LPUSH queued {queued} of {len(bodies)}")
+    if queued != len(sizes):
+        raise SystemExit(f"the raw LPUSH queued {queued} of {len(sizes)}")
     return seconds
 
 
