@@ -62,14 +62,14 @@ def _sentinel_master(url: str, master: str) -> redis.Redis:
     db = first.path.strip("/")
     if db and not db.isdigit():
         raise BadInput(f"A sentinel:// URL's path must be a Redis database number, not {db!r}.")
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
         [(node.hostname or "127.0.0.1", node.port or SENTINEL_PORT) for node in nodes],
         sentinel_kwargs={
             "socket_connect_timeout": CONNECT_TIMEOUT,
             "socket_timeout": CONNECT_TIMEOUT,
         },
     )
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
         master,
         redis_class=redis.Redis,
         db=int(db) if db else 0,
